@@ -1,0 +1,216 @@
+"""Idempotent bootstrap of everything the broker needs in Vault/OpenBao.
+
+Each step checks what is there before writing, and reports ``created``, ``updated`` or
+``present``; running it twice changes nothing the second time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import hvac
+
+from broker.vault._errors import translate_errors
+from broker.vault.layout import (
+    APPROLE_MOUNT,
+    CA_COMMON_NAME,
+    KV_MOUNT,
+    PKI_MOUNT,
+    PKI_ROLE,
+    PLATFORM_EDITOR_POLICY,
+    SECURITY_OPERATOR_POLICY,
+    SIGNING_CERT_TTL,
+    TRANSIT_MOUNT,
+    approle_role,
+    sidecar_policy,
+    token_role,
+)
+from broker.vault.policies import (
+    demo_policy_hcl,
+    platform_editor_hcl,
+    security_operator_hcl,
+    sidecar_policy_hcl,
+)
+
+SIDECAR_TOKEN_TTL = "1h"
+SIDECAR_TOKEN_MAX_TTL = "24h"
+
+
+@dataclass(frozen=True)
+class AgentGrant:
+    """What bootstrap needs to know of one manifest."""
+
+    agent: str
+    token_policies: frozenset[str] = frozenset()
+    dynamic_paths: frozenset[str] = frozenset()  # e.g. database/creds/orders-readonly
+    max_token_ttl: int = 3600
+
+
+@dataclass(frozen=True)
+class Step:
+    thing: str
+    state: str  # created | updated | present
+
+    def __str__(self) -> str:
+        return f"{self.state:>8}  {self.thing}"
+
+
+@dataclass
+class Bootstrap:
+    client: hvac.Client
+    steps: list[Step] = field(default_factory=list)
+
+    def _note(self, thing: str, state: str) -> None:
+        self.steps.append(Step(thing, state))
+
+    def mount(self, path: str, kind: str, options: dict[str, str] | None = None) -> None:
+        mounts = self.client.sys.list_mounted_secrets_engines()["data"]
+        if f"{path}/" in mounts:
+            self._note(f"secrets engine {kind} at {path}/", "present")
+            return
+        self.client.sys.enable_secrets_engine(
+            backend_type=kind, path=path, options=options, max_lease_ttl="87600h"
+        )
+        self._note(f"secrets engine {kind} at {path}/", "created")
+
+    def auth(self, path: str, kind: str) -> None:
+        methods = self.client.sys.list_auth_methods()["data"]
+        if f"{path}/" in methods:
+            self._note(f"auth method {kind} at {path}/", "present")
+            return
+        self.client.sys.enable_auth_method(method_type=kind, path=path)
+        self._note(f"auth method {kind} at {path}/", "created")
+
+    def policy(self, name: str, hcl: str) -> None:
+        try:
+            current = self.client.sys.read_policy(name)["data"]["rules"]
+        except hvac.exceptions.InvalidPath:
+            current = None
+        if current == hcl:
+            self._note(f"policy {name}", "present")
+            return
+        self.client.sys.create_or_update_policy(name=name, policy=hcl)
+        self._note(f"policy {name}", "created" if current is None else "updated")
+
+    def write_if_changed(self, path: str, wanted: dict[str, Any], label: str) -> None:
+        """Write ``wanted`` at ``path`` unless every wanted field already reads back equal."""
+        try:
+            current = self.client.read(path)
+        except hvac.exceptions.InvalidPath:
+            current = None
+        data = (current or {}).get("data") or {}
+        if current and all(_same(data.get(k), v) for k, v in wanted.items()):
+            self._note(label, "present")
+            return
+        self.client.write_data(path, data=wanted)
+        self._note(label, "created" if not current else "updated")
+
+    def pki_root(self) -> None:
+        issuers = self.client.list(f"{PKI_MOUNT}/issuers")
+        if issuers and issuers.get("data", {}).get("keys"):
+            self._note(f"CA in {PKI_MOUNT}/", "present")
+            return
+        self.client.write_data(
+            f"{PKI_MOUNT}/root/generate/internal",
+            data={"common_name": CA_COMMON_NAME, "key_type": "ed25519", "ttl": "87600h"},
+        )
+        self._note(f"CA in {PKI_MOUNT}/ (ed25519)", "created")
+
+    def transit_key(self, name: str) -> None:
+        try:
+            exists = self.client.read(f"{TRANSIT_MOUNT}/keys/{name}") is not None
+        except hvac.exceptions.InvalidPath:
+            exists = False
+        if exists:
+            self._note(f"transit key {name}", "present")
+            return
+        self.client.write_data(f"{TRANSIT_MOUNT}/keys/{name}", data={"type": "ed25519"})
+        self._note(f"transit key {name}", "created")
+
+
+def _same(have: Any, want: Any) -> bool:
+    if isinstance(want, list | tuple | frozenset | set):
+        return sorted(map(str, have or [])) == sorted(map(str, want))
+    if isinstance(want, bool) or have is None:
+        return bool(have) == want if isinstance(want, bool) else have == want
+    return str(have) == str(want) or _duration_equal(have, want)
+
+
+def _duration_equal(have: Any, want: Any) -> bool:
+    units = {"s": 1, "m": 60, "h": 3600}
+    if isinstance(want, str) and want[:-1].isdigit() and want[-1] in units:
+        return str(have) == str(int(want[:-1]) * units[want[-1]])
+    return False
+
+
+def bootstrap(
+    client: hvac.Client, grants: Sequence[AgentGrant], *, demo: bool = False, addr: str = ""
+) -> list[Step]:
+    """Create or confirm the mounts, CA, keys, policies and roles for ``grants``."""
+    b = Bootstrap(client)
+    with translate_errors("bootstrap", addr):
+        b.mount(KV_MOUNT, "kv", {"version": "2"})
+        b.mount(PKI_MOUNT, "pki")
+        b.mount(TRANSIT_MOUNT, "transit")
+        b.auth(APPROLE_MOUNT, "approle")
+        b.pki_root()
+        b.write_if_changed(
+            f"{PKI_MOUNT}/roles/{PKI_ROLE}",
+            {
+                "key_type": "ed25519",
+                "allow_any_name": True,
+                "enforce_hostnames": False,
+                "max_ttl": SIGNING_CERT_TTL,
+                "server_flag": False,
+                "client_flag": False,
+                "no_store": True,
+            },
+            f"PKI role {PKI_ROLE} (ed25519, max {SIGNING_CERT_TTL})",
+        )
+        b.transit_key("audit-checkpoint")
+        b.policy(SECURITY_OPERATOR_POLICY, security_operator_hcl())
+        b.policy(PLATFORM_EDITOR_POLICY, platform_editor_hcl())
+        for grant in grants:
+            _agent(b, grant)
+        if demo:
+            _demo(b, client, _all_policies(grants))
+    return b.steps
+
+
+def _agent(b: Bootstrap, grant: AgentGrant) -> None:
+    policy = sidecar_policy(grant.agent)
+    b.policy(policy, sidecar_policy_hcl(grant.agent, grant.dynamic_paths))
+    b.write_if_changed(
+        f"auth/{APPROLE_MOUNT}/role/{approle_role(grant.agent)}",
+        {
+            "token_policies": [policy],
+            "token_ttl": SIDECAR_TOKEN_TTL,
+            "token_max_ttl": SIDECAR_TOKEN_MAX_TTL,
+            "secret_id_num_uses": 0,
+        },
+        f"AppRole role {approle_role(grant.agent)}",
+    )
+    b.write_if_changed(
+        f"auth/token/roles/{token_role(grant.agent)}",
+        {
+            "allowed_policies": sorted(grant.token_policies) or ["default"],
+            "orphan": False,
+            "renewable": False,
+            "token_explicit_max_ttl": grant.max_token_ttl,
+        },
+        f"token role {token_role(grant.agent)}",
+    )
+
+
+def _all_policies(grants: Iterable[AgentGrant]) -> set[str]:
+    return {p for g in grants for p in g.token_policies}
+
+
+def _demo(b: Bootstrap, client: hvac.Client, policies: set[str]) -> None:
+    """Development stand-ins for app policies, each able to read one demo secret."""
+    for name in sorted(policies):
+        b.policy(name, demo_policy_hcl(name))
+        client.secrets.kv.v2.create_or_update_secret(
+            path=f"demo/{name}", secret={"note": f"readable with policy {name}"}, mount_point="secret"
+        )

@@ -1,0 +1,36 @@
+"""Names of everything the broker keeps in Vault, in one place.
+
+Mount paths, policy names and role names are derived from the agent id here and nowhere
+else, so bootstrap, the sidecar and the runbook commands cannot disagree."""
+
+from __future__ import annotations
+
+KV_MOUNT = "broker-kv"  # KV v2: control state, approvals, published manifests, audit heads
+PKI_MOUNT = "broker-pki"  # certifies each sidecar's in-memory signing key for minutes
+PKI_ROLE = "sidecar"
+TRANSIT_MOUNT = "broker-transit"  # signs audit checkpoints
+APPROLE_MOUNT = "approle"
+DATABASE_MOUNT = "database"
+
+SECURITY_OPERATOR_POLICY = "broker-security-operator"
+PLATFORM_EDITOR_POLICY = "broker-platform-editor"
+
+CA_COMMON_NAME = "agent-credential-broker CA"
+SIGNING_CERT_TTL = "15m"
+
+
+def sidecar_policy(agent: str) -> str:
+    return f"broker-sidecar-{agent}"
+
+
+def approle_role(agent: str) -> str:
+    return f"broker-{agent}"
+
+
+def token_role(agent: str) -> str:
+    return f"broker-{agent}"
+
+
+def control_path(*parts: str) -> str:
+    """A KV v2 secret path under the control tree (without the mount)."""
+    return "/".join(("control", *parts))

@@ -1,0 +1,84 @@
+"""The Vault policies the broker ships, as HCL built from the layout.
+
+Vault's own policy engine decides who may mint, revoke, kill, rotate and publish:
+a sidecar may mint for its own agent only; a security operator may revoke, kill and
+rotate; a platform editor may publish manifests and nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from broker.vault.layout import (
+    APPROLE_MOUNT,
+    DATABASE_MOUNT,
+    KV_MOUNT,
+    PKI_MOUNT,
+    PKI_ROLE,
+    TRANSIT_MOUNT,
+    token_role,
+)
+
+
+def _rule(path: str, *capabilities: str) -> str:
+    caps = ", ".join(f'"{c}"' for c in capabilities)
+    return f'path "{path}" {{\n  capabilities = [{caps}]\n}}\n'
+
+
+def sidecar_policy_hcl(agent: str, dynamic_paths: Iterable[str]) -> str:
+    """What one agent's sidecar identity may do: mint for itself, read control state."""
+    rules = [
+        _rule(f"{PKI_MOUNT}/sign/{PKI_ROLE}", "update"),
+        _rule(f"auth/token/create/{token_role(agent)}", "update"),
+        _rule(f"{KV_MOUNT}/data/control/*", "read"),
+        _rule(f"{KV_MOUNT}/metadata/control/*", "read", "list"),
+        _rule(f"{KV_MOUNT}/data/heartbeat/{agent}", "create", "update", "read"),
+        _rule(f"{KV_MOUNT}/data/outstanding/{agent}", "create", "update", "read"),
+        _rule(f"{KV_MOUNT}/data/audit/{agent}/*", "create", "update", "read"),
+        _rule(f"{KV_MOUNT}/data/approvals/{agent}/*", "create", "update", "read"),
+        _rule(f"{KV_MOUNT}/metadata/approvals/{agent}/*", "read", "list"),
+        _rule(f"{KV_MOUNT}/data/manifests/{agent}", "read"),
+        _rule(f"{TRANSIT_MOUNT}/sign/audit-checkpoint", "update"),
+        _rule(f"{TRANSIT_MOUNT}/keys/audit-checkpoint", "read"),
+    ]
+    rules += [_rule(path, "read") for path in sorted(set(dynamic_paths))]
+    return "\n".join(rules)
+
+
+def security_operator_hcl() -> str:
+    """Revoke, kill, rotate: the runbook commands of the security team."""
+    rules = [
+        _rule(f"{KV_MOUNT}/data/*", "create", "read", "update", "delete", "patch"),
+        _rule(f"{KV_MOUNT}/metadata/*", "read", "list", "delete"),
+        _rule("sys/leases/revoke", "update"),
+        _rule("sys/leases/revoke/*", "update"),
+        _rule("sys/leases/revoke-prefix/*", "update", "sudo"),
+        _rule("sys/leases/lookup/*", "list", "sudo"),
+        _rule("auth/token/revoke-accessor", "update"),
+        _rule("auth/token/lookup-accessor", "update"),
+        _rule(f"auth/{APPROLE_MOUNT}/role/+/secret-id", "update"),
+        _rule(f"auth/{APPROLE_MOUNT}/role/+/secret-id-accessor/*", "update"),
+        _rule(f"auth/{APPROLE_MOUNT}/role/+/role-id", "read"),
+        _rule(f"{DATABASE_MOUNT}/rotate-root/*", "update"),
+        _rule(f"{PKI_MOUNT}/revoke", "update"),
+        _rule(f"{PKI_MOUNT}/ca/pem", "read"),
+        _rule(f"{TRANSIT_MOUNT}/keys/*", "read"),
+        _rule(f"{TRANSIT_MOUNT}/keys/+/rotate", "update"),
+        _rule(f"{TRANSIT_MOUNT}/sign/audit-checkpoint", "update"),
+    ]
+    return "\n".join(rules)
+
+
+def platform_editor_hcl() -> str:
+    """Publish manifests; read (never change) control state."""
+    rules = [
+        _rule(f"{KV_MOUNT}/data/manifests/*", "create", "update", "read"),
+        _rule(f"{KV_MOUNT}/metadata/manifests/*", "read", "list"),
+        _rule(f"{KV_MOUNT}/data/control/*", "read"),
+        _rule(f"{KV_MOUNT}/data/audit/platform/*", "create", "update", "read"),
+    ]
+    return "\n".join(rules)
+
+
+def demo_policy_hcl(policy: str) -> str:
+    """A development stand-in for an app policy named in a manifest: one readable secret."""
+    return _rule(f"secret/data/demo/{policy}", "read")

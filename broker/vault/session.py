@@ -1,0 +1,112 @@
+"""An authenticated connection to Vault/OpenBao for one identity.
+
+A sidecar logs in with AppRole (role id and secret id read from files, as Vault Agent
+does) or, in development, with a token. ``ensure_fresh`` renews the token when half its
+TTL is gone and logs in again when renewal is refused, so a long-running sidecar never
+holds an expired identity. The clock is injected."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hvac
+import requests
+
+from broker.errors import BackendUnavailable, ConfigError
+from broker.settings import VaultSettings
+from broker.vault._errors import translate_errors
+from broker.vault.layout import APPROLE_MOUNT
+
+Clock = Callable[[], float]
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
+    if not value:
+        raise ConfigError(f"the {what} file {path} is empty")
+    return value
+
+
+def make_client(addr: str, token: str | None = None, timeout: float = 5.0) -> hvac.Client:
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return hvac.Client(url=addr, token=token, timeout=timeout, session=session)
+
+
+class VaultSession:
+    """One identity's client. Thread-safe for renewal; hvac calls may run in threads."""
+
+    def __init__(self, settings: VaultSettings, clock: Clock = time.time) -> None:
+        self.settings = settings
+        self.addr = settings.addr
+        self.client = make_client(settings.addr)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._renew_at = 0.0
+        self._expires_at = 0.0
+        self.accessor = ""
+        self.policies: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"VaultSession(addr={self.addr!r}, accessor={self.accessor!r})"
+
+    def login(self) -> None:
+        """Authenticate from the settings: AppRole when configured, else the token."""
+        with self._lock, translate_errors("login", self.addr):
+            s = self.settings
+            if s.role_id_file and s.secret_id_file:
+                role_id = _read_secret_file(s.role_id_file, "role id")
+                secret_id = _read_secret_file(s.secret_id_file, "secret id")
+                result = self.client.auth.approle.login(
+                    role_id=role_id, secret_id=secret_id, mount_point=APPROLE_MOUNT
+                )
+                self._note_auth(result["auth"])
+            elif s.token is not None:
+                self.client.token = s.token.get_secret_value()
+                self._note_auth(self.client.auth.token.lookup_self()["data"])
+            else:
+                raise ConfigError(
+                    "no Vault credentials: set VAULT_TOKEN, or BROKER_ROLE_ID_FILE and "
+                    "BROKER_SECRET_ID_FILE for AppRole"
+                )
+
+    def _note_auth(self, auth: dict[str, Any]) -> None:
+        ttl = int(auth.get("lease_duration") or auth.get("ttl") or 0)
+        now = self._clock()
+        self.accessor = str(auth.get("accessor", ""))
+        self.policies = list(auth.get("policies") or auth.get("token_policies") or [])
+        # ttl 0 is a root/periodic-less token that never expires.
+        self._expires_at = now + ttl if ttl else float("inf")
+        self._renew_at = now + ttl / 2 if ttl else float("inf")
+
+    def ensure_fresh(self) -> None:
+        """Renew at half-life; log in again if renewal is refused or the token is gone."""
+        if self._clock() < self._renew_at:
+            return
+        try:
+            with self._lock, translate_errors("token renewal", self.addr):
+                self._note_auth(self.client.auth.token.renew_self()["auth"])
+        except BackendUnavailable:
+            self.login()
+
+    @property
+    def token(self) -> str:
+        return str(self.client.token)
+
+    def healthy(self) -> bool:
+        """Reachable, initialised and unsealed."""
+        try:
+            with translate_errors("health check", self.addr):
+                status = self.client.sys.read_health_status(method="GET")
+        except BackendUnavailable:
+            return False
+        return isinstance(status, dict) and not status.get("sealed", True)
