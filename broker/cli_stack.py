@@ -1,10 +1,148 @@
-"""Placeholder: this command group is being written; it registers nothing yet."""
+"""Commands that run the broker: ``up``, ``bootstrap``, ``sidecar``, ``verify``, ``bench mint``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
+from broker.errors import ConfigError
+from broker.settings import DEFAULT_MAX_BODY, vault_from_env
 
-def register(commands: argparse._SubParsersAction[Any], bench: argparse._SubParsersAction[Any]) -> None:
-    del commands, bench
+Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+
+
+def register(commands: Sub, bench: Sub) -> None:
+    p = commands.add_parser("up", help="start OpenBao (or use one), bootstrap it, run a sidecar per manifest")
+    p.add_argument("paths", nargs="*", type=Path, default=[Path("scopes")], help="manifests or directories")
+    p.add_argument("--vault-addr", help="use this Vault/OpenBao instead of starting a dev server")
+    p.add_argument("--state-dir", type=Path, help="sockets, secrets and audit trails (default: a new temp dir)")
+    p.add_argument("--no-postgres", action="store_true", help="do not start PostgreSQL for dynamic credentials")
+    p.set_defaults(func=cmd_up)
+
+    p = commands.add_parser("bootstrap", help="create the mounts, policies and roles in an existing Vault")
+    p.add_argument("paths", nargs="*", type=Path, default=[Path("scopes")])
+    p.add_argument("--vault-addr")
+    p.add_argument("--demo-policies", action="store_true", help="also create stand-ins for manifest policies")
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = commands.add_parser("sidecar", help="serve one agent's credential requests")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--listen", default="unix:/run/broker/sidecar.sock", help="unix:PATH or 127.0.0.1:PORT")
+    p.add_argument("--audit", type=Path, required=True, help="the audit trail file (JSON lines)")
+    p.add_argument("--vault-addr")
+    p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY)
+    p.add_argument("--poll-interval", type=float, default=0.25, help="control-state poll, seconds")
+    p.set_defaults(func=cmd_sidecar)
+
+    p = commands.add_parser("verify", help="verify an action token as a tool or gateway would")
+    p.add_argument("token")
+    p.add_argument("--audience", required=True)
+    p.add_argument("--action")
+    p.add_argument("--inputs", help="the call's actual inputs, as JSON")
+    p.add_argument("--vault-addr")
+    p.add_argument("--no-revocation", action="store_true", help="skip the control-state check")
+    p.set_defaults(func=cmd_verify)
+
+    from broker.bench import register_bench
+
+    register_bench(bench)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from broker.stack import describe, example_request, up
+
+    vault = vault_from_env(addr=args.vault_addr) if args.vault_addr else None
+    stack = up(args.paths, vault=vault, state_dir=args.state_dir, with_postgres=not args.no_postgres)
+    try:
+        for step in stack.steps:
+            print(step)
+        print()
+        for line in describe(stack):
+            print(line)
+        print("\nMint a credential:\n  " + example_request(stack))
+        print("\nOperator environment for the other broker commands:")
+        print(f"  export VAULT_ADDR={stack.vault_addr}")
+        if stack.dev_server is not None:
+            print(f"  export VAULT_TOKEN={stack.operator_token}")
+        print("\nCtrl-C (or SIGTERM) stops everything.", flush=True)
+        _wait_for_signal()
+    finally:
+        stack.stop()
+        print("stopped.", flush=True)
+    return 0
+
+
+def _wait_for_signal() -> None:
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not received:
+        signal.pause()
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from broker.stack import _load, check_reachable, grant_for
+    from broker.vault.bootstrap import bootstrap
+    from broker.vault.session import make_client
+
+    vault = vault_from_env(addr=args.vault_addr)
+    if vault.token is None:
+        raise ConfigError("bootstrap needs an operator token in VAULT_TOKEN (or BAO_TOKEN)")
+    client = make_client(vault.addr, vault.token.get_secret_value(), timeout=5.0)
+    check_reachable(client, vault.addr)
+    manifests = [m for _, m in _load(args.paths)]
+    for step in bootstrap(client, [grant_for(m) for m in manifests], demo=args.demo_policies, addr=vault.addr):
+        print(step)
+    return 0
+
+
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    from broker.sidecar import SidecarConfig, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = SidecarConfig(
+        manifest_path=args.manifest,
+        vault=vault_from_env(addr=args.vault_addr),
+        listen=args.listen,
+        audit_path=args.audit,
+        max_body=args.max_body,
+        poll_interval=args.poll_interval,
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from broker.errors import VerificationError
+    from broker.verify import Verifier
+    from broker.vault.control import VaultRevocations
+    from broker.vault.pki import fetch_ca_pem
+
+    vault = vault_from_env(addr=args.vault_addr)
+    inputs = _json_arg(args.inputs, "--inputs") if args.inputs else None
+    revocations = None if args.no_revocation else VaultRevocations(vault)
+    verifier = Verifier([fetch_ca_pem(vault.addr)], revocations=revocations)
+    try:
+        claims = verifier.verify(args.token, audience=args.audience, action=args.action, inputs=inputs)
+    except VerificationError as exc:
+        print(f"refused: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 1
+    print(json.dumps(claims.__dict__, indent=2))
+    return 0
+
+
+def _json_arg(text: str, flag: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} is not valid JSON: {exc.msg} at column {exc.colno}") from exc

@@ -17,12 +17,12 @@ from broker.vault.layout import (
     CA_COMMON_NAME,
     KV_MOUNT,
     PKI_MOUNT,
-    PKI_ROLE,
     PLATFORM_EDITOR_POLICY,
     SECURITY_OPERATOR_POLICY,
     SIGNING_CERT_TTL,
     TRANSIT_MOUNT,
     approle_role,
+    pki_role,
     sidecar_policy,
     token_role,
 )
@@ -155,19 +155,6 @@ def bootstrap(
         b.mount(TRANSIT_MOUNT, "transit")
         b.auth(APPROLE_MOUNT, "approle")
         b.pki_root()
-        b.write_if_changed(
-            f"{PKI_MOUNT}/roles/{PKI_ROLE}",
-            {
-                "key_type": "ed25519",
-                "allow_any_name": True,
-                "enforce_hostnames": False,
-                "max_ttl": SIGNING_CERT_TTL,
-                "server_flag": False,
-                "client_flag": False,
-                "no_store": True,
-            },
-            f"PKI role {PKI_ROLE} (ed25519, max {SIGNING_CERT_TTL})",
-        )
         b.transit_key("audit-checkpoint")
         b.policy(SECURITY_OPERATOR_POLICY, security_operator_hcl())
         b.policy(PLATFORM_EDITOR_POLICY, platform_editor_hcl())
@@ -181,6 +168,23 @@ def bootstrap(
 def _agent(b: Bootstrap, grant: AgentGrant) -> None:
     policy = sidecar_policy(grant.agent)
     b.policy(policy, sidecar_policy_hcl(grant.agent, grant.dynamic_paths))
+    b.write_if_changed(
+        f"{PKI_MOUNT}/roles/{pki_role(grant.agent)}",
+        {
+            "key_type": "ed25519",
+            "allowed_domains": [grant.agent],
+            "allow_bare_domains": True,
+            "allow_subdomains": False,
+            "allow_localhost": False,
+            "allow_ip_sans": False,
+            "enforce_hostnames": False,
+            "max_ttl": SIGNING_CERT_TTL,
+            "server_flag": False,
+            "client_flag": False,
+            "no_store": True,
+        },
+        f"PKI role {pki_role(grant.agent)} (ed25519, CN {grant.agent} only, max {SIGNING_CERT_TTL})",
+    )
     b.write_if_changed(
         f"auth/{APPROLE_MOUNT}/role/{approle_role(grant.agent)}",
         {
@@ -212,5 +216,7 @@ def _demo(b: Bootstrap, client: hvac.Client, policies: set[str]) -> None:
     for name in sorted(policies):
         b.policy(name, demo_policy_hcl(name))
         client.secrets.kv.v2.create_or_update_secret(
-            path=f"demo/{name}", secret={"note": f"readable with policy {name}"}, mount_point="secret"
+            path=f"demo/{name}",
+            secret={"note": f"readable with policy {name}"},
+            mount_point="secret",
         )

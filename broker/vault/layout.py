@@ -7,7 +7,6 @@ from __future__ import annotations
 
 KV_MOUNT = "broker-kv"  # KV v2: control state, approvals, published manifests, audit heads
 PKI_MOUNT = "broker-pki"  # certifies each sidecar's in-memory signing key for minutes
-PKI_ROLE = "sidecar"
 TRANSIT_MOUNT = "broker-transit"  # signs audit checkpoints
 APPROLE_MOUNT = "approle"
 DATABASE_MOUNT = "database"
@@ -25,6 +24,12 @@ def sidecar_policy(agent: str) -> str:
 
 def approle_role(agent: str) -> str:
     return f"broker-{agent}"
+
+
+def pki_role(agent: str) -> str:
+    """Each agent has its own PKI role, allowed only its own id as common name, so a
+    sidecar cannot obtain a certificate that speaks for another agent."""
+    return f"agent-{agent}"
 
 
 def token_role(agent: str) -> str:

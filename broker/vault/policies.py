@@ -13,8 +13,8 @@ from broker.vault.layout import (
     DATABASE_MOUNT,
     KV_MOUNT,
     PKI_MOUNT,
-    PKI_ROLE,
     TRANSIT_MOUNT,
+    pki_role,
     token_role,
 )
 
@@ -27,7 +27,7 @@ def _rule(path: str, *capabilities: str) -> str:
 def sidecar_policy_hcl(agent: str, dynamic_paths: Iterable[str]) -> str:
     """What one agent's sidecar identity may do: mint for itself, read control state."""
     rules = [
-        _rule(f"{PKI_MOUNT}/sign/{PKI_ROLE}", "update"),
+        _rule(f"{PKI_MOUNT}/sign/{pki_role(agent)}", "update"),
         _rule(f"auth/token/create/{token_role(agent)}", "update"),
         _rule(f"{KV_MOUNT}/data/control/*", "read"),
         _rule(f"{KV_MOUNT}/metadata/control/*", "read", "list"),

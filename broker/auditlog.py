@@ -1,0 +1,497 @@
+"""The durable audit log: recovery on open, group-committed appends, signed checkpoints.
+
+Invariants:
+
+- An append returns only after its line is written *and* fsync'ed. One writer thread owns the
+  file; it drains every append queued while the previous fsync ran and commits them with one
+  write and one fsync (group commit), assigning ``seq`` in write order.
+- Any write, fsync or "the file is no longer at its path" failure puts the log in a failed
+  state: the pending and every later append raise ``AuditUnavailable`` until it is reopened.
+  Fail closed: the broker must not act on a decision it could not record.
+- On open, a torn final line (a crash mid-write) is moved aside to ``<path>.torn-<n>`` and the
+  chain continues from the last good record; damage anywhere else refuses to open.
+- Checkpoints are signed off the writer thread, so a slow or absent Vault delays checkpoints,
+  never appends. A failed checkpoint is noted and retried after ``checkpoint_retry`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import fcntl
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker.audit import (
+    CHECKPOINT,
+    CHECKPOINT_WINDOW,
+    RESERVED,
+    ChainVerifier,
+    CheckpointSigner,
+    Record,
+    canonical,
+    checkpoint_body,
+    checkpoint_message,
+    iso_utc,
+    parse_line,
+    seal,
+)
+from broker.errors import AuditUnavailable, BrokerError
+
+__all__ = ["AuditLog", "bench_append"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class _Pending:
+    body: dict[str, Any]
+    future: concurrent.futures.Future[Record]
+
+
+_STOP = object()
+_TICK = object()
+
+
+@dataclass(frozen=True)
+class _Recovered:
+    count: int
+    head_hash: str
+    good_bytes: int
+    torn: bytes
+    data: int  # non-checkpoint records
+    data_signed: int  # non-checkpoint records before the last checkpoint
+
+
+class AuditLog:
+    """An append-only, hash-chained, fsync'ed audit file. Open it once per process."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        signer: CheckpointSigner | None = None,
+        agent: str = "",
+        clock: Clock = time.time,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 60.0,
+        checkpoint_retry: float = 5.0,
+        max_batch: int = 1024,
+        latency_window: int = 10_000,
+    ) -> None:
+        self.path = Path(path)
+        self.notes: list[str] = []
+        self._signer, self._agent, self._clock = signer, agent, clock
+        self._every, self._interval, self._retry = (
+            checkpoint_every,
+            checkpoint_interval,
+            checkpoint_retry,
+        )
+        self._max_batch = max_batch
+        self._fd = _open_locked(self.path)
+        try:
+            found = _recover(self.path, self._fd)
+            if found.torn:
+                self.notes.append(_set_aside(self.path, self._fd, found))
+            _fsync_dir(self.path.parent)
+            stat = os.fstat(self._fd)
+        except OSError as exc:
+            os.close(self._fd)
+            raise _unavailable(self.path, exc) from exc
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._identity = (stat.st_dev, stat.st_ino)
+        # (seq, hash) of the last durable record, one attribute so readers never see a mix.
+        self._tip = (found.count, found.head_hash)
+        self._failed = ""
+        self._closed = self._stopped = False
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._latencies: deque[float] = deque(maxlen=latency_window)
+        self._counters = {"appends": 0, "records": 0, "fsyncs": 0, "batches": 0}
+        self._ckpt = {"ok": 0, "failed": 0}
+        self.last_checkpoint_error = ""
+        # Non-checkpoint records written, and how many of them the last checkpoint covers.
+        self._data, self._data_signed = found.data, found.data_signed
+        self._signed_at = clock()
+        self._not_before = 0.0
+        self._inflight: concurrent.futures.Future[None] | None = None
+        self._signing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit-ckpt")
+        self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._writer.start()
+
+    # --- appending ------------------------------------------------------------------------
+
+    async def append(self, body: Mapping[str, Any]) -> Record:
+        """Seal and durably write ``body``; returns once it is on disk."""
+        started = time.perf_counter()
+        record = await asyncio.wrap_future(self._submit(body))
+        self._latencies.append(time.perf_counter() - started)
+        return record
+
+    def append_sync(self, body: Mapping[str, Any]) -> Record:
+        started = time.perf_counter()
+        record = self._submit(body).result()
+        self._latencies.append(time.perf_counter() - started)
+        return record
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last durable record."""
+        return self._tip
+
+    @property
+    def failed(self) -> str:
+        return self._failed
+
+    def _submit(
+        self, body: Mapping[str, Any], *, internal: bool = False
+    ) -> concurrent.futures.Future[Record]:
+        clash = RESERVED.intersection(body)
+        if clash:
+            raise ValueError(f"record body may not set {sorted(clash)}: the chain owns them")
+        if body.get("type") == CHECKPOINT and not internal:
+            raise ValueError("only the log itself writes checkpoint records")
+        # A snapshot, so a caller mutating its dict after append cannot change the record.
+        snapshot: dict[str, Any] = _json_copy(body)
+        pending = _Pending(snapshot, concurrent.futures.Future())
+        with self._lock:
+            if self._failed:
+                raise AuditUnavailable(self._failed)
+            if self._stopped or (self._closed and not internal):
+                raise AuditUnavailable(f"audit trail {self.path} is closed")
+            self._counters["appends"] += 1
+            self._queue.put(pending)
+        return pending.future
+
+    # --- the writer thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                items = [self._queue.get(timeout=1.0)]
+            except queue.Empty:
+                items = [_TICK]  # wake up now and then so an idle log still checkpoints
+            while len(items) < self._max_batch:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [
+                i
+                for i in items
+                if isinstance(i, _Pending) and i.future.set_running_or_notify_cancel()
+            ]
+            if batch:
+                self._commit(batch)
+            self._maybe_checkpoint()
+            if _STOP in items:
+                self._drain_after_stop()
+                return
+
+    def _drain_after_stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Pending) and item.future.set_running_or_notify_cancel():
+                _fail_all([item], f"audit trail {self.path} is closed")
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        if self._failed:
+            _fail_all(batch, self._failed)
+            return
+        records, (seq, prev) = [], self._tip
+        for item in batch:
+            seq += 1
+            records.append(seal(item.body, prev, seq))
+            prev = records[-1].hash
+        try:
+            _write_all(self._fd, b"".join(r.line for r in records))
+            os.fsync(self._fd)
+            self._counters["fsyncs"] += 1
+            self._check_identity()
+        except OSError as exc:
+            self._fail(exc)
+            _fail_all(batch, self._failed)
+            return
+        self._tip = (seq, prev)
+        self._data += sum(1 for item in batch if item.body.get("type") != CHECKPOINT)
+        self._counters["records"] += len(batch)
+        self._counters["batches"] += 1
+        for item, record in zip(batch, records, strict=True):
+            item.future.set_result(record)
+
+    def _check_identity(self) -> None:
+        """The file must still be the one we opened: writes to an unlinked or replaced file
+        would succeed and be lost."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError as exc:
+            raise OSError(errno.ENOENT, "the file was removed") from exc
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            raise OSError(errno.ESTALE, "the file was replaced")
+
+    def _fail(self, exc: OSError) -> None:
+        name = errno.errorcode.get(exc.errno or 0, "EIO")
+        reason = exc.strerror or str(exc)
+        with self._lock:
+            self._failed = (
+                f"audit trail {self.path} cannot be written: {name} ({reason}); "
+                "appends are refused until it is reopened"
+            )
+        log.error("%s", self._failed)
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def maybe_checkpoint(self) -> None:
+        """Ask the writer to check now whether a checkpoint is due (e.g. after a clock step)."""
+        self._queue.put(_TICK)
+
+    def wait_checkpoints(self, timeout: float | None = None) -> None:
+        """Block until the checkpoint being signed, if any, is written and published."""
+        inflight = self._inflight
+        if inflight is not None:
+            concurrent.futures.wait([inflight], timeout=timeout)
+
+    def _maybe_checkpoint(self) -> None:
+        if self._signer is None or self._closed or self._failed or self._data == self._data_signed:
+            return
+        if self._inflight is not None and not self._inflight.done():
+            return
+        now = self._clock()
+        if now < self._not_before:
+            return
+        if self._data - self._data_signed >= self._every or now - self._signed_at >= self._interval:
+            head, data = self._tip, self._data
+            self._inflight = self._signing.submit(self._checkpoint, head, data)
+
+    def _checkpoint(self, head: tuple[int, str], data: int) -> None:
+        """Runs on the signing thread: sign, write the checkpoint record, publish the head."""
+        assert self._signer is not None
+        head_seq, head_hash = head
+        try:
+            signature, version = self._signer.sign(checkpoint_message(head_seq, head_hash))
+            body = checkpoint_body(head_seq, head_hash, signature, version, iso_utc(self._clock()))
+            if self._tip[0] - head_seq >= CHECKPOINT_WINDOW:
+                raise AuditUnavailable("the signed head fell too far behind; signing again later")
+            self._submit(body, internal=True).result()
+            self._signer.publish_head(self._agent, head_seq, head_hash, signature)
+        except BrokerError as exc:
+            self._ckpt["failed"] += 1
+            self.last_checkpoint_error = exc.detail
+            self._not_before = self._clock() + self._retry
+            log.warning("audit checkpoint at seq %d failed, will retry: %s", head_seq, exc.detail)
+            return
+        self._ckpt["ok"] += 1
+        self._data_signed, self._signed_at = data, self._clock()
+
+    # --- closing and stats ----------------------------------------------------------------
+
+    def close(self, *, final_checkpoint: bool = True) -> None:
+        """Stop the writer; with a signer, first sign the final head so a cut is detectable."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.wait_checkpoints()
+        if (
+            final_checkpoint
+            and self._signer
+            and not self._failed
+            and self._data > self._data_signed
+        ):
+            # Through the signing executor: serialised after any checkpoint still in flight.
+            self._signing.submit(self._checkpoint, self._tip, self._data).result()
+        self._queue.put(_STOP)
+        self._writer.join()
+        self._signing.shutdown(wait=True)
+        os.close(self._fd)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, float]:
+        """Counters and append latency (ms) over the last ``latency_window`` appends."""
+        ordered = sorted(self._latencies)
+
+        def pct(p: float) -> float:
+            return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000 if ordered else 0.0
+
+        return {
+            **self._counters,
+            "checkpoints": self._ckpt["ok"],
+            "checkpoint_failures": self._ckpt["failed"],
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+        }
+
+
+# --- opening and recovery (module-level: they run before the writer exists) ---------------
+
+
+def _open_locked(path: Path) -> int:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _unavailable(path, exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.fchmod(fd, 0o600)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise AuditUnavailable(f"audit trail {path} is held open by another writer") from exc
+    except OSError as exc:
+        os.close(fd)
+        raise _unavailable(path, exc) from exc
+    return fd
+
+
+def _unavailable(path: Path, exc: OSError) -> AuditUnavailable:
+    name = errno.errorcode.get(exc.errno or 0, "EIO")
+    return AuditUnavailable(f"audit trail {path} cannot be opened: {name} ({exc.strerror})")
+
+
+def _recover(path: Path, fd: int) -> _Recovered:
+    """Verify the chain; a bad *final* line that is torn or unparsable is returned as ``torn``."""
+    verifier = ChainVerifier()
+    good = data = data_signed = 0
+    with os.fdopen(os.dup(fd), "rb") as reader:
+        reader.seek(0)
+        for line in reader:
+            seen = verifier.last_checkpoint
+            problem = verifier.feed(line)
+            if not problem:
+                good += len(line)
+                if verifier.last_checkpoint is seen:
+                    data += 1
+                else:
+                    data_signed = data
+                continue
+            is_last = not reader.read(1)
+            if is_last and (not line.endswith(b"\n") or parse_line(line[:-1])[0] is None):
+                return _Recovered(verifier.count, verifier.head_hash, good, line, data, data_signed)
+            raise AuditUnavailable(
+                f"audit trail {path} is damaged at seq {verifier.expected_seq}: {problem}; "
+                "run `broker audit verify` and move the file aside before writing again"
+            )
+    return _Recovered(verifier.count, verifier.head_hash, good, b"", data, data_signed)
+
+
+def _set_aside(path: Path, fd: int, found: _Recovered) -> str:
+    """Move the torn tail to ``<path>.torn-<n>`` (never dropped), then cut the file."""
+    for n in range(1, 10_000):
+        aside = path.with_name(f"{path.name}.torn-{n}")
+        try:
+            out = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _unavailable(aside, exc) from exc
+        try:
+            _write_all(out, found.torn)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.ftruncate(fd, found.good_bytes)
+        os.fsync(fd)
+        note = (
+            f"set aside {len(found.torn)} torn byte(s) after seq {found.count} of {path} "
+            f"to {aside}; the chain continues from seq {found.count}"
+        )
+        log.warning("%s", note)
+        return note
+    raise AuditUnavailable(f"too many torn files beside {path}; clean them up first")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fail_all(batch: list[_Pending], reason: str) -> None:
+    for item in batch:
+        item.future.set_exception(AuditUnavailable(reason))
+
+
+def _json_copy(body: Mapping[str, Any]) -> dict[str, Any]:
+    copy: dict[str, Any] = json.loads(canonical(dict(body)))
+    return copy
+
+
+def bench_append(
+    path: str | os.PathLike[str], n: int = 20_000, concurrency: int = 32
+) -> dict[str, float]:
+    """Append ``n`` decision-sized records from ``concurrency`` concurrent tasks to a fresh
+    log at ``path``; returns throughput, latency percentiles and fsyncs per record."""
+    return asyncio.run(_bench(Path(path), n, concurrency))
+
+
+async def _bench(path: Path, n: int, concurrency: int) -> dict[str, float]:
+    log = AuditLog(path, latency_window=n)
+    body = {
+        "type": "decision",
+        "agent_id": "bench-agent",
+        "workflow": "bench",
+        "inputs": {"ticket_id": "CS-19422", "amount_usd": 120},
+        "tool_calls": [{"tool": "stripe.refund", "status": "ok"}],
+        "policy_version": "bench",
+        "outcome": "allow",
+        "credential_id": "jti-0123456789abcdef",
+        "timestamp": "2026-03-18T14:02:11Z",
+    }
+
+    async def worker(w: int) -> None:
+        for i in range(w, n, concurrency):
+            await log.append({**body, "request_id": f"req_{i}"})
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    finally:
+        await log.aclose()
+    stats = log.stats()
+    return {
+        "records": n,
+        "concurrency": concurrency,
+        "seconds": elapsed,
+        "appends_per_s": n / elapsed,
+        "p50_ms": stats["p50_ms"],
+        "p99_ms": stats["p99_ms"],
+        "fsyncs": stats["fsyncs"],
+        "fsyncs_per_record": stats["fsyncs"] / n,
+    }

@@ -1,0 +1,180 @@
+"""``broker bench``: mint throughput and latency through a real sidecar socket, side by side
+with the raw Vault operation each kind rests on, measured in the same run.
+
+Without ``--socket`` it starts its own stack (OpenBao, PostgreSQL for ``dynamic``, and a
+sidecar for ``bench/scopes/bench-agent.yaml``) and stops it afterwards."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+
+BENCH_MANIFEST = Path(__file__).resolve().parent.parent / "bench" / "scopes" / "bench-agent.yaml"
+
+
+@dataclass(frozen=True)
+class Result:
+    label: str
+    count: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+    def pct(self, p: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+    def line(self) -> str:
+        return (
+            f"{self.label:<28} {self.rate:>9.0f}/s  p50 {self.pct(50):6.2f} ms  "
+            f"p99 {self.pct(99):6.2f} ms  ({self.count} ok, {self.errors} errors, {self.seconds:.1f}s)"
+        )
+
+
+def register_bench(bench: Sub) -> None:
+    p = bench.add_parser("mint", help="mints per second and latency through a sidecar socket")
+    p.add_argument("--kind", choices=["jwt", "vault_token", "dynamic"], default="jwt")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--socket", help="unix:PATH or http://127.0.0.1:PORT of a running sidecar")
+    p.add_argument("--action", help="action to request (default: bench.<kind>)")
+    p.add_argument("--inputs", default='{"n": 1}')
+    p.add_argument("--baseline", action="store_true", help="also measure the raw Vault operation")
+    p.add_argument("--rounds", type=int, default=1, help="alternate sidecar and baseline this many times")
+    p.set_defaults(func=cmd_bench_mint)
+
+
+async def drive(url: str, body: dict[str, Any], concurrency: int, duration: float) -> Result:
+    """``concurrency`` clients, each sending its next request when the last one answered."""
+    if url.startswith("unix:"):
+        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=url[5:], limit=concurrency)
+        base = "http://sidecar"
+    else:
+        connector, base = aiohttp.TCPConnector(limit=concurrency), url
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=connector) as session:
+        deadline = time.perf_counter() + duration
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                async with session.post(f"{base}/v1/credentials", json=body) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        latencies.append((time.perf_counter() - t0) * 1000)
+                    else:
+                        errors += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return Result("sidecar", len(latencies), errors, elapsed, latencies)
+
+
+def threaded(label: str, op: Callable[[], object], concurrency: int, duration: float) -> Result:
+    """The raw operation from ``concurrency`` threads, as a Vault client library would."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    deadline = time.perf_counter() + duration
+
+    def worker() -> None:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                op()
+            except Exception:  # noqa: BLE001 - counted, the bench goes on
+                with lock:
+                    errors[0] += 1
+                continue
+            with lock:
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return Result(label, len(latencies), errors[0], time.perf_counter() - start, latencies)
+
+
+def baseline_op(kind: str, addr: str, token: str) -> tuple[str, Callable[[], object]]:
+    from broker.vault.session import make_client
+
+    client = make_client(addr, token)
+    if kind == "vault_token":
+        from broker.vault.tokens import create_token_raw
+
+        return "raw Vault token create", lambda: create_token_raw(client, "bench-agent", ["bench-read"], addr)
+    if kind == "dynamic":
+        from broker.vault.database import issue_credential
+
+        return "raw Vault database creds", lambda: issue_credential(client, mount="database", role="bench-readonly")
+    client.write_data("broker-transit/keys/bench-sign", data={"type": "ed25519"})
+    return "raw Vault transit sign", lambda: client.write_data(
+        "broker-transit/sign/bench-sign", data={"input": "YmVuY2g="}
+    )
+
+
+def cmd_bench_mint(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    body = {"action": args.action or f"bench.{args.kind}", "inputs": json.loads(args.inputs)}
+    stack = None
+    url, addr, token = args.socket, os.environ.get("VAULT_ADDR", ""), os.environ.get("VAULT_TOKEN", "")
+    if url is None:
+        from broker.stack import up
+
+        stack = up([BENCH_MANIFEST], vault=None, with_postgres=args.kind == "dynamic")
+        url, addr, token = f"unix:{stack.sidecars[0].socket}", stack.vault_addr, stack.operator_token
+    try:
+        print(f"bench mint --kind {args.kind} --concurrency {args.concurrency} --duration {args.duration}")
+        results = _rounds(args, url, body, addr, token)
+    finally:
+        if stack is not None:
+            stack.stop()
+    _summarise(results)
+    return 0
+
+
+def _rounds(args: argparse.Namespace, url: str, body: dict[str, Any], addr: str, token: str) -> list[Result]:
+    results: list[Result] = []
+    baseline = baseline_op(args.kind, addr, token) if args.baseline else None
+    for _ in range(max(1, args.rounds)):
+        results.append(asyncio.run(drive(url, body, args.concurrency, args.duration)))
+        print(results[-1].line(), flush=True)
+        if baseline is not None:
+            results.append(threaded(baseline[0], baseline[1], args.concurrency, args.duration))
+            print(results[-1].line(), flush=True)
+    return results
+
+
+def _summarise(results: list[Result]) -> None:
+    sidecar = [r.rate for r in results if r.label == "sidecar"]
+    raw = [r.rate for r in results if r.label != "sidecar"]
+    print(f"median sidecar: {statistics.median(sidecar):.0f}/s")
+    if raw:
+        print(f"median raw Vault: {statistics.median(raw):.0f}/s  ratio sidecar/raw: {statistics.median(sidecar) / statistics.median(raw):.2f}")
+
+

@@ -1,0 +1,141 @@
+"""A sidecar's long-lived connections and the loops that keep them current.
+
+``Runtime`` owns the Vault session, the in-memory signer and the control state. Its
+background loop polls the shared control state every ``poll_interval`` seconds (kill
+switches, revocations and key generations reach the sidecar within that time), renews the
+Vault token, replaces the signing certificate before it expires, and publishes a heartbeat.
+``vault_ok`` turns false the moment a poll fails, so minting fails closed within one poll
+interval plus the request timeout; it turns true again on the first good poll."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from broker.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
+from broker.errors import BackendUnavailable, BrokerError
+from broker.settings import VaultSettings
+from broker.signing import ActionTokenSigner
+from broker.vault.kv import kv_read, kv_write
+from broker.vault.pki import SignedCert, sign_csr
+from broker.vault.session import VaultSession, make_client
+
+log = logging.getLogger("broker.runtime")
+
+HEARTBEAT_EVERY = 2.0
+
+
+class Runtime:
+    def __init__(
+        self,
+        agent: str,
+        vault: VaultSettings,
+        *,
+        poll_interval: float = 0.25,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.agent = agent
+        self.session = VaultSession(vault, clock=clock)
+        # Polls use their own short-timeout client so a hung Vault is noticed quickly.
+        self._poller = make_client(vault.addr, timeout=1.0)
+        self.signer = ActionTokenSigner(agent, self._issue_cert)
+        self.control = ControlState(agent=agent)
+        self.vault_ok = False
+        self.vault_problem = "not connected yet"
+        self.poll_interval = poll_interval
+        self.last_poll_ok = 0.0
+        self.outstanding: Callable[[], dict[str, Any]] = dict
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._last_heartbeat = 0.0
+        self._killed_seen_at: float | None = None
+
+    def _issue_cert(self, csr_pem: str, ttl: str) -> SignedCert:
+        return sign_csr(self.session.client, self.agent, csr_pem, ttl, self.session.addr)
+
+    async def start(self) -> None:
+        """Log in and certify a first key; raises BackendUnavailable when Vault is not there."""
+        await asyncio.to_thread(self.session.login)
+        await asyncio.to_thread(self._refresh)
+        self._task = asyncio.create_task(self._loop(), name=f"runtime-{self.agent}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await asyncio.to_thread(self._refresh)
+            except BrokerError as exc:
+                self._mark_down(exc.detail)
+            except Exception as exc:  # noqa: BLE001 - any failure must fail closed, not kill the loop
+                self._mark_down(f"unexpected {type(exc).__name__}")
+
+    def _mark_down(self, why: str) -> None:
+        if self.vault_ok:
+            log.warning("Vault unavailable, refusing to mint: %s", why)
+        self.vault_ok = False
+        self.vault_problem = why
+
+    def _refresh(self) -> None:
+        """One poll: control state, token freshness, signing key, heartbeat."""
+        self._poller.token = self.session.token
+        try:
+            self._read_control()
+        except BackendUnavailable:
+            # A revoked or expired sidecar token reads as permission denied: log in again.
+            self.session.login()
+            self._poller.token = self.session.token
+            self._read_control()
+        self.session.ensure_fresh()
+        now = self._clock()
+        if self.signer.needs_rotation(now, self.control.signing_generation):
+            self.signer.rotate(self.control.signing_generation)
+        if now - self._last_heartbeat >= HEARTBEAT_EVERY or self._killed_changed():
+            self._heartbeat(now)
+        if not self.vault_ok:
+            log.info("Vault reachable at %s; minting resumes", self.session.addr)
+        self.vault_ok = True
+        self.vault_problem = ""
+        self.last_poll_ok = now
+
+    def _read_control(self) -> None:
+        addr = self.session.addr
+        self.control = ControlState.from_docs(
+            self.agent,
+            kv_read(self._poller, GLOBAL_PATH, addr),
+            kv_read(self._poller, agent_path(self.agent), addr),
+            kv_read(self._poller, REVOKED_PATH, addr),
+        )
+
+    def _killed_changed(self) -> bool:
+        seen = self._killed_seen_at is not None
+        if self.control.killed and not seen:
+            self._killed_seen_at = self._clock()
+            return True
+        if not self.control.killed and seen:
+            self._killed_seen_at = None
+            return True
+        return False
+
+    def _heartbeat(self, now: float) -> None:
+        doc = {
+            "at": now,
+            "pid": os.getpid(),
+            "accessor": self.session.accessor,
+            "killed_seen_at": self._killed_seen_at,
+            "signing_serial": repr(self.signer),
+            "generation": self.signer.generation,
+            **self.outstanding(),
+        }
+        kv_write(self._poller, f"heartbeat/{self.agent}", doc, self.session.addr)
+        self._last_heartbeat = now

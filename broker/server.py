@@ -1,0 +1,132 @@
+"""The sidecar's HTTP surface (aiohttp): parse, call the service, render.
+
+Every failure is rendered as ``{"error": code, "detail": text}`` with a stable code; no
+handler can answer with a stack trace. Bodies are bounded (413 past ``max_body``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from broker.api import CredentialRequest, OutcomeReport, openapi_document
+from broker.decision import ActionRequest
+from broker.errors import BrokerError, NotFound, PayloadTooLarge, RequestError
+from broker.service import CredentialService, Reply
+
+log = logging.getLogger("broker.server")
+
+SERVICE: web.AppKey[CredentialService] = web.AppKey("service", CredentialService)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, detail: str) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BrokerError as exc:
+        return _error(exc.http_status, exc.code, exc.detail)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, PayloadTooLarge.code, "request body is too large")
+    except web.HTTPException as exc:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return _error(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error(500, "internal_error", "the sidecar failed; the incident is logged")
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > request.app["max_body"]:
+        raise PayloadTooLarge(f"request body is larger than {request.app['max_body']} bytes")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"body is not valid JSON: {exc}", code="malformed_json") from exc
+
+
+def _validation_error(exc: ValidationError) -> RequestError:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    if first["type"] == "extra_forbidden":
+        return RequestError(f"unknown field {where!r}", code="unknown_field")
+    if first["type"] == "missing":
+        return RequestError(f"missing field {where!r}", code="missing_field")
+    return RequestError(f"field {where!r}: {first['msg']}", code="invalid_field")
+
+
+M = TypeVar("M", CredentialRequest, OutcomeReport)
+
+
+def _parse(model: type[M], data: Any) -> M:
+    if not isinstance(data, dict):
+        raise RequestError("body must be a JSON object", code="invalid_body")
+    try:
+        return model.model_validate(data, strict=False)
+    except ValidationError as exc:
+        raise _validation_error(exc) from exc
+
+
+def _render(reply: Reply) -> web.Response:
+    return web.json_response(reply.body, status=reply.status, headers=reply.headers)
+
+
+async def post_credentials(request: web.Request) -> web.Response:
+    body = _parse(CredentialRequest, await _json_body(request))
+    req = ActionRequest(
+        action=body.action,
+        inputs=body.inputs,
+        workflow=body.workflow,
+        request_id=body.request_id or request.app[SERVICE].new_request_id(),
+    )
+    return _render(await request.app[SERVICE].request(req))
+
+
+async def post_outcome(request: web.Request) -> web.Response:
+    body = _parse(OutcomeReport, await _json_body(request))
+    service = request.app[SERVICE]
+    if not await service.report_outcome(
+        request.match_info["credential_id"], body.status, body.cost
+    ):
+        raise NotFound(f"no outstanding credential {request.match_info['credential_id']!r}")
+    return web.json_response({"recorded": True})
+
+
+async def get_scope(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE].scope())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "up"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, detail = request.app[SERVICE].readiness()
+    return web.json_response(detail, status=200 if ready else 503)
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def build_app(service: CredentialService, *, max_body: int) -> web.Application:
+    # aiohttp's own limit is set above ours so that our check answers first, with our code.
+    app = web.Application(middlewares=[errors_middleware], client_max_size=max_body + 1)
+    app[SERVICE] = service
+    app["max_body"] = max_body
+    app.router.add_post("/v1/credentials", post_credentials)
+    app.router.add_post("/v1/credentials/{credential_id}/outcome", post_outcome)
+    app.router.add_get("/v1/scope", get_scope)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", get_openapi)
+    return app

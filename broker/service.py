@@ -1,0 +1,357 @@
+"""decide -> reserve -> mint -> audit -> answer, for one agent.
+
+Invariants:
+- A decision and its charge happen with no ``await`` between them, so budgets, rates and
+  concurrency are exact in one event loop; a failed mint gives the reservation back.
+- A credential leaves the sidecar only after its record is durable in the audit trail.
+  A JWT's record is written before it is even signed (its jti is chosen first); a Vault
+  token or lease whose record cannot be written is revoked in Vault before answering 503.
+- Vault unreachable, or the audit trail unwritable, means no credential (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from broker.audit import iso_utc, redact
+from broker.decision import ActionRequest, Decision, decide
+from broker.errors import AuditUnavailable, BrokerError
+from broker.limits import UsageLedger
+from broker.manifest import Manifest
+from broker.minting import IssuedCredential, Minter
+from broker.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
+from broker.runtime import Runtime
+from broker.vault.database import revoke_lease
+from broker.vault.tokens import revoke_accessor
+
+log = logging.getLogger("broker.service")
+
+RETRY_AFTER_UNAVAILABLE = 2
+
+
+class AuditSink(Protocol):
+    async def append(self, body: Mapping[str, Any]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer for the HTTP layer: status, JSON body, extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _refusal(
+    decision: Decision, reason: ReasonCode, detail: str, retry_after: float | None
+) -> Reply:
+    body = {"outcome": Outcome.deny.value, "reason": reason.value, "detail": detail}
+    body["policy_version"] = decision.policy_version
+    headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))} if retry_after else {}
+    return Reply(REASON_HTTP_STATUS.get(reason, 403), body, headers)
+
+
+class CredentialService:
+    def __init__(
+        self,
+        manifest: Manifest,
+        runtime: Runtime,
+        audit: AuditSink,
+        ledger: UsageLedger,
+        *,
+        redact_key: bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.manifest = manifest
+        self.runtime = runtime
+        self.minter = Minter(runtime.session, runtime.signer)
+        self.audit = audit
+        self.ledger = ledger
+        self._redact_key = redact_key
+        self._clock = clock
+        # Outstanding Vault-backed credentials: credential id -> (kind, vault id, action, expiry).
+        self.vault_ids: dict[str, tuple[str, str, str, float]] = {}
+
+    @staticmethod
+    def new_request_id() -> str:
+        return "req_" + uuid.uuid4().hex[:16]
+
+    def scope(self) -> dict[str, Any]:
+        """What this agent may do, for its planner: actions, inputs, limits, approval gates."""
+        m = self.manifest
+        return {
+            "agent": m.agent,
+            "policy_version": m.policy_version,
+            "manifest_hash": m.content_hash,
+            "disabled": self.runtime.control.killed,
+            "budgets": {n: b.model_dump(mode="json") for n, b in m.budgets.items()},
+            "concurrency": m.concurrency,
+            "actions": {
+                name: {
+                    "credential": a.credential.kind,
+                    "inputs": {
+                        k: v.model_dump(mode="json", exclude_none=True) for k, v in a.inputs.items()
+                    },
+                    "needs_approval": a.approval is not None,
+                    "accountable": a.accountable,
+                }
+                for name, a in m.actions.items()
+            },
+        }
+
+    def outstanding_summary(self) -> dict[str, Any]:
+        """For the heartbeat: how many credentials are live, and which Vault ids back them."""
+        now = self._clock()
+        for cid in [c for c, v in self.vault_ids.items() if v[3] <= now]:
+            del self.vault_ids[cid]
+        return {
+            "in_flight": self.ledger.in_flight(now),
+            "vault_credentials": [
+                {"credential_id": c, "kind": k, "vault_id": v, "action": a, "expires_at": e}
+                for c, (k, v, a, e) in self.vault_ids.items()
+            ],
+        }
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        ready = self.runtime.vault_ok
+        return ready, {
+            "ready": ready,
+            "vault": "ok" if ready else self.runtime.vault_problem,
+            "manifest": {"agent": self.manifest.agent, "hash": self.manifest.content_hash},
+            "agent_disabled": self.runtime.control.killed,
+        }
+
+    async def report_outcome(
+        self, credential_id: str, status: str, cost: Mapping[str, float]
+    ) -> bool:
+        """Free the slot and record the outcome; False for an unknown or released credential."""
+        if not self.ledger.release(credential_id):
+            return False
+        body = {
+            "type": "outcome",
+            "timestamp": iso_utc(self._clock()),
+            "agent_id": self.manifest.agent,
+            "credential_id": credential_id,
+            "status": status,
+            "cost": dict(cost),
+        }
+        await self.audit.append(body)
+        return True
+
+    async def request(self, req: ActionRequest) -> Reply:
+        now = self._clock()
+        decision = decide(
+            req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
+        )
+        if decision.outcome is Outcome.deny:
+            assert decision.reason is not None
+            await self._record(req, decision, now, status="blocked")
+            return _refusal(decision, decision.reason, decision.detail, decision.retry_after)
+        if not self.runtime.vault_ok:
+            detail = f"Vault is unavailable, nothing is minted: {self.runtime.vault_problem}"
+            await self._record(
+                req,
+                decision,
+                now,
+                status="blocked",
+                override=ReasonCode.backend_unavailable,
+                detail=detail,
+            )
+            return _refusal(
+                decision, ReasonCode.backend_unavailable, detail, RETRY_AFTER_UNAVAILABLE
+            )
+        if decision.outcome is Outcome.pending_approval:
+            return await self._pending(req, decision, now)
+        return await self._allow(req, decision, now)
+
+    async def _pending(self, req: ActionRequest, decision: Decision, now: float) -> Reply:
+        approval_id = "apr_" + uuid.uuid4().hex[:20]
+        await self._record(req, decision, now, status="blocked", extra={"approval_id": approval_id})
+        body = {
+            "outcome": Outcome.pending_approval.value,
+            "approval_id": approval_id,
+            "reason": decision.approval_reason,
+            "detail": decision.detail,
+        }
+        return Reply(202, body)
+
+    async def _allow(self, req: ActionRequest, decision: Decision, now: float) -> Reply:
+        spec = decision.credential
+        assert spec is not None
+        credential_id = uuid.uuid4().hex
+        expires_at = now + spec.ttl
+        self.ledger.charge(decision, credential_id, expires_at, now)
+        try:
+            issued = await self._mint(req, decision, credential_id, now)
+        except BrokerError as exc:
+            self.ledger.refund(decision, credential_id, now)
+            await self._record(
+                req,
+                decision,
+                now,
+                status="error",
+                override=ReasonCode.backend_unavailable,
+                detail=exc.detail,
+            )
+            return _refusal(
+                decision, ReasonCode.backend_unavailable, exc.detail, RETRY_AFTER_UNAVAILABLE
+            )
+        return Reply(
+            200,
+            {
+                "outcome": Outcome.allow.value,
+                "credential": issued.to_json(),
+                "decision": _summary(decision),
+            },
+        )
+
+    async def _mint(
+        self, req: ActionRequest, decision: Decision, credential_id: str, now: float
+    ) -> IssuedCredential:
+        spec = decision.credential
+        assert spec is not None
+        if spec.kind == "jwt":
+            # The record goes first: the token does not exist until it is durable.
+            await self._record(
+                req, decision, now, status="ok", credential=(credential_id, spec.kind, spec.ttl)
+            )
+            return self.minter.mint_jwt(
+                jti=credential_id, now=now, ttl=spec.ttl, claims=_jwt_claims(decision)
+            )
+        if spec.kind == "vault_token":
+            meta = {
+                "agent": decision.agent,
+                "action": decision.action,
+                "credential_id": credential_id,
+            }
+            issued = await self.minter.mint_vault_token(
+                now=now, policies=list(spec.policies), ttl=spec.ttl, uses=spec.uses, meta=meta
+            )
+        else:
+            issued = await self.minter.mint_dynamic(
+                now=now, mount=spec.mount, role=spec.role, ttl=spec.ttl
+            )
+        try:
+            await self._record(
+                req,
+                decision,
+                now,
+                status="ok",
+                credential=(credential_id, spec.kind, issued.ttl),
+                vault_id=issued.credential_id,
+            )
+        except AuditUnavailable:
+            await asyncio.to_thread(self._revoke_quietly, spec.kind, issued.credential_id)
+            raise
+        self.vault_ids[credential_id] = (spec.kind, issued.credential_id, decision.action, issued.expires_at)
+        return IssuedCredential(
+            issued.kind,
+            credential_id,
+            issued.expires_at,
+            issued.ttl,
+            {**issued.secret, "vault_id": issued.credential_id},
+        )
+
+    def _revoke_quietly(self, kind: str, vault_id: str) -> None:
+        client, addr = self.runtime.session.client, self.runtime.session.addr
+        with contextlib.suppress(BrokerError):
+            if kind == "vault_token":
+                revoke_accessor(client, vault_id, addr)
+            else:
+                revoke_lease(client, vault_id)
+
+    async def _record(
+        self,
+        req: ActionRequest,
+        decision: Decision,
+        now: float,
+        *,
+        status: str,
+        override: ReasonCode | None = None,
+        detail: str | None = None,
+        credential: tuple[str, str, int] | None = None,
+        vault_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        reason = override or decision.reason
+        action = self.manifest.actions.get(req.action)
+        fields = action.redact if action is not None else ()
+        outcome = Outcome.deny if override else decision.outcome
+        body: dict[str, Any] = {
+            "type": "decision",
+            "timestamp": iso_utc(now),
+            "at": round(now, 6),
+            "agent_id": decision.agent,
+            "workflow": req.workflow,
+            "request_id": req.request_id,
+            "inputs": redact(req.inputs, fields, self._redact_key),
+            "tool_calls": [_tool_call(req.action, status, decision, reason)],
+            "output": detail or decision.detail,
+            "policy_version": decision.policy_version,
+            "human_override": False,
+            "outcome": outcome.value,
+            "reason": reason.value if reason else None,
+            "approval_reason": decision.approval_reason,
+            "credential_id": credential[0] if credential else None,
+            "credential_kind": credential[1] if credential else None,
+            "ttl": credential[2] if credential else None,
+            "vault_id": vault_id,
+            "raci": _raci(decision),
+            "manifest_hash": decision.manifest_hash,
+            "inputs_hash": decision.inputs_hash,
+            "charges": dict(decision.charges),
+            **(extra or {}),
+        }
+        await self.audit.append(body)
+
+
+def _tool_call(
+    action: str, status: str, decision: Decision, reason: ReasonCode | None
+) -> dict[str, Any]:
+    call: dict[str, Any] = {"tool": action, "status": status}
+    if decision.outcome is Outcome.pending_approval and decision.approval_reason:
+        call["reason"] = decision.approval_reason
+    elif reason is not None:
+        call["reason"] = reason.value
+    return call
+
+
+def _raci(decision: Decision) -> dict[str, Any]:
+    r = decision.raci
+    if r is None:
+        return {}
+    return {
+        "accountable": r.accountable,
+        "consulted": list(r.consulted),
+        "informed": list(r.informed),
+        "approvers": list(r.approvers),
+    }
+
+
+def _jwt_claims(decision: Decision) -> dict[str, Any]:
+    spec = decision.credential
+    assert spec is not None and decision.raci is not None
+    return {
+        "audience": spec.audience,
+        "action": decision.action,
+        "accountable": decision.raci.accountable,
+        "policy_version": decision.policy_version,
+        "inputs_hash": decision.inputs_hash,
+        "manifest_hash": decision.manifest_hash,
+    }
+
+
+def _summary(decision: Decision) -> dict[str, Any]:
+    return {
+        "action": decision.action,
+        "policy_version": decision.policy_version,
+        "manifest_hash": decision.manifest_hash,
+        "accountable": decision.raci.accountable if decision.raci else None,
+    }

@@ -1,0 +1,218 @@
+"""Assemble and run one agent's sidecar: manifest, Vault runtime, audit trail, usage ledger,
+HTTP server on a unix socket (mode 0600) or 127.0.0.1:PORT.
+
+Budgets survive restarts because the ledger is rebuilt from the audit trail itself: every
+credential that was handed out has a durable record with its charges and time, so a
+sidecar killed with SIGKILL continues exactly where its records end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from broker.auditlog import AuditLog
+from broker.errors import ConfigError
+from broker.limits import UsageLedger
+from broker.loader import load_manifest
+from broker.manifest import Manifest
+from broker.runtime import Runtime
+from broker.server import build_app
+from broker.service import CredentialService
+from broker.settings import DEFAULT_MAX_BODY, VaultSettings
+
+log = logging.getLogger("broker.sidecar")
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    manifest_path: Path
+    vault: VaultSettings
+    listen: str  # "unix:/path/to.sock" or "127.0.0.1:8080" / ":8080" / "8080"
+    audit_path: Path
+    redact_key_file: Path | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    poll_interval: float = 0.25
+    checkpoint_every: int = 1000
+    checkpoint_interval: float = 60.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_listen(listen: str) -> tuple[str, str | int]:
+    """("unix", path) or ("tcp", port). TCP is loopback only: a sidecar serves its neighbour."""
+    if listen.startswith("unix:"):
+        return "unix", listen[5:]
+    host, _, port = listen.rpartition(":")
+    if host not in ("", "127.0.0.1", "localhost"):
+        raise ConfigError(
+            f"--listen {listen!r}: a sidecar listens on 127.0.0.1 or a unix socket only"
+        )
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"--listen {listen!r}: expected unix:PATH or 127.0.0.1:PORT")
+    return "tcp", int(port)
+
+
+@dataclass(frozen=True)
+class _Charged:
+    action: str
+    charges: dict[str, float]
+
+
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        for line in fh:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    yield record
+
+
+def _epoch(record: dict[str, Any]) -> float:
+    if isinstance(record.get("at"), int | float):
+        return float(record["at"])
+    return datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def restore_ledger(manifest: Manifest, audit_path: Path) -> UsageLedger:
+    """Replay the audit trail's issued credentials and outcomes into a fresh ledger."""
+    ledger = UsageLedger.for_manifest(manifest)
+    for record in _records(audit_path):
+        if record.get("agent_id") != manifest.agent:
+            continue
+        if (
+            record.get("type") == "decision"
+            and record.get("credential_id")
+            and record.get("outcome") == "allow"
+        ):
+            at = _epoch(record)
+            charged = _Charged(
+                str(record.get("tool_calls", [{}])[0].get("tool", "")),
+                dict(record.get("charges") or {}),
+            )
+            ledger.charge(
+                charged, str(record["credential_id"]), at + float(record.get("ttl") or 0), at
+            )
+        elif record.get("type") == "outcome" and record.get("credential_id"):
+            ledger.release(str(record["credential_id"]))
+    return ledger
+
+
+def _redact_key(config: SidecarConfig) -> bytes:
+    """The keyed-hash key for redacted inputs: from a file, else made once beside the trail."""
+    path = config.redact_key_file or config.audit_path.with_name(config.audit_path.name + ".key")
+    if path.exists():
+        return path.read_bytes()
+    if config.redact_key_file is not None:
+        raise ConfigError(f"the redaction key file {path} does not exist")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    return key
+
+
+def _checkpoint_signer(runtime: Runtime) -> Any:
+    from broker.vault.transit import TransitCheckpointSigner
+
+    return TransitCheckpointSigner(runtime.session.client, agent=runtime.agent)
+
+
+class Sidecar:
+    def __init__(self, config: SidecarConfig) -> None:
+        self.config = config
+        self.manifest = load_manifest(config.manifest_path)
+        self.runtime = Runtime(
+            self.manifest.agent, config.vault, poll_interval=config.poll_interval
+        )
+        self.audit: AuditLog | None = None
+        self.service: CredentialService | None = None
+        self._runner: web.AppRunner | None = None
+        self.address = ""
+
+    async def start(self) -> str:
+        await self.runtime.start()
+        ledger = restore_ledger(self.manifest, self.config.audit_path)
+        self.audit = AuditLog(
+            self.config.audit_path,
+            signer=_checkpoint_signer(self.runtime),
+            agent=self.manifest.agent,
+            checkpoint_every=self.config.checkpoint_every,
+            checkpoint_interval=self.config.checkpoint_interval,
+        )
+        for note in self.audit.notes:
+            log.warning("audit trail recovery: %s", note)
+        self.service = CredentialService(
+            self.manifest, self.runtime, self.audit, ledger, redact_key=_redact_key(self.config)
+        )
+        self.runtime.outstanding = self.service.outstanding_summary
+        app = build_app(self.service, max_body=self.config.max_body)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self.address = await self._listen(self._runner)
+        return self.address
+
+    async def _listen(self, runner: web.AppRunner) -> str:
+        kind, where = parse_listen(self.config.listen)
+        if kind == "unix":
+            path = Path(str(where))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+            try:
+                await web.UnixSite(runner, str(path)).start()
+            finally:
+                os.umask(old)
+            os.chmod(path, 0o600)
+            return f"unix:{path}"
+        site = web.TCPSite(runner, "127.0.0.1", int(where))
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.audit is not None:
+            await self.audit.aclose()
+        await self.runtime.stop()
+
+
+async def serve(
+    config: SidecarConfig, on_ready: Callable[[Sidecar], Awaitable[None] | None] | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly (the audit trail closes last-but-one)."""
+    sidecar = Sidecar(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        address = await sidecar.start()
+        log.info("sidecar for %s listening on %s", sidecar.manifest.agent, address)
+        if on_ready is not None:
+            result = on_ready(sidecar)
+            if result is not None:
+                await result
+        await stop.wait()
+    finally:
+        await sidecar.stop()
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000

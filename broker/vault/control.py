@@ -1,0 +1,42 @@
+"""Read the shared control state from Vault, for verifiers (cached briefly)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from broker.claims import ActionClaims
+from broker.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
+from broker.settings import VaultSettings
+from broker.vault.kv import kv_read
+from broker.vault.session import make_client
+
+CACHE_SECONDS = 1.0
+
+
+class VaultRevocations:
+    """A ``RevocationView`` for ``broker.verify``: control state at most a second old."""
+
+    def __init__(self, vault: VaultSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        token = vault.token.get_secret_value() if vault.token else None
+        self._client = make_client(vault.addr, token, timeout=2.0)
+        self._addr = vault.addr
+        self._clock = clock
+        self._cache: dict[str, tuple[float, ControlState]] = {}
+
+    def state(self, agent: str) -> ControlState:
+        hit = self._cache.get(agent)
+        now = self._clock()
+        if hit is not None and now - hit[0] < CACHE_SECONDS:
+            return hit[1]
+        state = ControlState.from_docs(
+            agent,
+            kv_read(self._client, GLOBAL_PATH, self._addr),
+            kv_read(self._client, agent_path(agent), self._addr),
+            kv_read(self._client, REVOKED_PATH, self._addr),
+        )
+        self._cache[agent] = (now, state)
+        return state
+
+    def revoked(self, claims: ActionClaims) -> str | None:
+        return self.state(claims.agent).token_revoked(claims)

@@ -1,0 +1,50 @@
+"""Vault PKI: certify a sidecar's in-memory Ed25519 key for minutes; publish the CA.
+
+The private key never leaves the sidecar process: only a CSR travels to Vault."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import hvac
+
+from broker.errors import BackendUnavailable
+from broker.vault._errors import translate_errors
+from broker.vault.layout import PKI_MOUNT, pki_role
+
+
+@dataclass(frozen=True)
+class SignedCert:
+    certificate_pem: str
+    serial: str
+
+
+def sign_csr(client: hvac.Client, agent: str, csr_pem: str, ttl: str, addr: str = "") -> SignedCert:
+    with translate_errors("certificate signing", addr):
+        result = client.write_data(
+            f"{PKI_MOUNT}/sign/{pki_role(agent)}",
+            data={"csr": csr_pem, "common_name": agent, "ttl": ttl, "format": "pem"},
+        )
+    data = result["data"]
+    return SignedCert(certificate_pem=data["certificate"], serial=data["serial_number"])
+
+
+def revoke_certificate(client: hvac.Client, serial: str, addr: str = "") -> None:
+    with translate_errors("certificate revocation", addr):
+        client.write_data(f"{PKI_MOUNT}/revoke", data={"serial_number": serial})
+
+
+def fetch_ca_pem(addr: str, timeout: float = 5.0) -> str:
+    """The broker CA, from Vault's unauthenticated CA endpoint: what verifiers trust."""
+    url = f"{addr.rstrip('/')}/v1/{PKI_MOUNT}/ca/pem"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - operator-set Vault URL
+            body: bytes = resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise BackendUnavailable(f"cannot fetch the broker CA from {url}: {exc}") from exc
+    text = body.decode()
+    if "BEGIN CERTIFICATE" not in text:
+        raise BackendUnavailable(f"Vault at {addr} has no broker CA yet; run `broker bootstrap`")
+    return text

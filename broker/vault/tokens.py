@@ -1,0 +1,63 @@
+"""Vault child tokens: created under the sidecar's own token through the agent's token
+role, so revoking the sidecar's token revokes every child, and Vault itself enforces that
+only the role's allowed policies can be granted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import hvac
+
+from broker.vault._errors import translate_errors
+from broker.vault.layout import token_role
+
+
+@dataclass(frozen=True)
+class ChildToken:
+    token: str = field(repr=False)
+    accessor: str
+    ttl: int
+    policies: tuple[str, ...]
+
+
+def create_child_token(
+    client: hvac.Client,
+    agent: str,
+    *,
+    policies: list[str],
+    ttl: int,
+    uses: int,
+    meta: dict[str, str],
+    addr: str = "",
+) -> ChildToken:
+    with translate_errors("child token creation", addr):
+        result = client.auth.token.create(
+            role_name=token_role(agent),
+            policies=policies,
+            ttl=f"{ttl}s",
+            num_uses=uses,
+            renewable=False,
+            meta=meta,
+            no_default_policy=True,
+        )
+    auth = result["auth"]
+    return ChildToken(
+        token=auth["client_token"],
+        accessor=auth["accessor"],
+        ttl=int(auth["lease_duration"]),
+        policies=tuple(auth["policies"]),
+    )
+
+
+def create_token_raw(client: hvac.Client, agent: str, policies: list[str], addr: str = "") -> str:
+    """The bare Vault operation a ``vault_token`` mint rests on (for the bench baseline)."""
+    with translate_errors("child token creation", addr):
+        result = client.auth.token.create(
+            role_name=token_role(agent), policies=policies, ttl="30s", num_uses=1
+        )
+    return str(result["auth"]["accessor"])
+
+
+def revoke_accessor(client: hvac.Client, accessor: str, addr: str = "") -> None:
+    with translate_errors("token revocation", addr):
+        client.auth.token.revoke_accessor(accessor)
