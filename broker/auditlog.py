@@ -62,7 +62,14 @@ class _Pending:
 
 
 _STOP = object()
-_TICK = object()
+_TICK = object()  # wakes the writer to consider a checkpoint
+
+
+@dataclass
+class _Tick:
+    """A tick whose sender waits until the writer has considered a checkpoint."""
+
+    done: threading.Event
 
 
 @dataclass(frozen=True)
@@ -181,26 +188,36 @@ class AuditLog:
 
     def _run(self) -> None:
         while True:
-            try:
-                items = [self._queue.get(timeout=1.0)]
-            except queue.Empty:
-                items = [_TICK]  # wake up now and then so an idle log still checkpoints
-            while len(items) < self._max_batch:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            items = self._take()
             batch = [
                 i
                 for i in items
                 if isinstance(i, _Pending) and i.future.set_running_or_notify_cancel()
             ]
-            if batch:
-                self._commit(batch)
+            written = self._commit(batch) if batch else []
+            # Scheduled before the appenders wake, so a caller's wait_checkpoints() sees it.
             self._maybe_checkpoint()
+            for pending, record in zip(batch, written, strict=False):
+                pending.future.set_result(record)
+            for tick in items:
+                if isinstance(tick, _Tick):
+                    tick.done.set()
             if _STOP in items:
                 self._drain_after_stop()
                 return
+
+    def _take(self) -> list[_Pending | object]:
+        """Everything queued (up to max_batch), waiting for at least one item or a second."""
+        try:
+            items = [self._queue.get(timeout=1.0)]
+        except queue.Empty:
+            return [_TICK]  # an idle log still considers its interval checkpoint
+        while len(items) < self._max_batch:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return items
 
     def _drain_after_stop(self) -> None:
         with self._lock:
@@ -213,10 +230,11 @@ class AuditLog:
             if isinstance(item, _Pending) and item.future.set_running_or_notify_cancel():
                 _fail_all([item], f"audit trail {self.path} is closed")
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[_Pending]) -> list[Record]:
+        """Write and fsync the batch; the caller resolves the futures with what is returned."""
         if self._failed:
             _fail_all(batch, self._failed)
-            return
+            return []
         records, (seq, prev) = [], self._tip
         for item in batch:
             seq += 1
@@ -230,13 +248,12 @@ class AuditLog:
         except OSError as exc:
             self._fail(exc)
             _fail_all(batch, self._failed)
-            return
+            return []
         self._tip = (seq, prev)
         self._data += sum(1 for item in batch if item.body.get("type") != CHECKPOINT)
         self._counters["records"] += len(batch)
         self._counters["batches"] += 1
-        for item, record in zip(batch, records, strict=True):
-            item.future.set_result(record)
+        return records
 
     def _check_identity(self) -> None:
         """The file must still be the one we opened: writes to an unlinked or replaced file
@@ -260,9 +277,14 @@ class AuditLog:
 
     # --- checkpoints ----------------------------------------------------------------------
 
-    def maybe_checkpoint(self) -> None:
-        """Ask the writer to check now whether a checkpoint is due (e.g. after a clock step)."""
-        self._queue.put(_TICK)
+    def maybe_checkpoint(self, timeout: float = 10.0) -> None:
+        """Have the writer consider a checkpoint now (the writer also does so after each batch
+        and about once a second when idle); returns once it has, not when it is signed."""
+        if self._stopped:
+            return
+        tick = _Tick(threading.Event())
+        self._queue.put(tick)
+        tick.done.wait(timeout)
 
     def wait_checkpoints(self, timeout: float | None = None) -> None:
         """Block until the checkpoint being signed, if any, is written and published."""

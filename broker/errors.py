@@ -46,8 +46,10 @@ class ManifestError(BrokerError):
     http_status = 422
 
     def __init__(self, detail: str, issues: list[str] | None = None) -> None:
-        super().__init__(detail)
         self.issues = list(issues or [detail])
+        if issues:
+            detail = "\n  ".join([detail, *self.issues])
+        super().__init__(detail)
 
 
 class RequestError(BrokerError):

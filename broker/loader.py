@@ -9,6 +9,7 @@ silently resolve to the last one (a reviewer would see one rule, the broker anot
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from broker.manifest import Manifest, Problems
 M = TypeVar("M", bound=BaseModel)
 MAX_FILE_BYTES = 1 << 20
 DocPath = tuple[str, ...]
+ALIAS_REFUSED = "YAML aliases (*name) are not allowed in manifests; write the value out"
 
 _HINTS = {
     "accountable": "every action needs an accountable human (an email address); "
@@ -97,6 +99,8 @@ def load_model(path: Path, model: type[M]) -> tuple[M | None, list[str]]:
     except yaml.YAMLError as exc:
         return None, [_yaml_issue(path, exc)]
     issues = [f"{path}:{line}: {msg}" for line, msg in duplicates]
+    if any(ALIAS_REFUSED in issue for issue in issues):
+        return None, issues
     try:
         result = model.model_validate(data)
     except ValidationError as exc:
@@ -128,8 +132,10 @@ def _walk(
     issues: list[tuple[int, str]],
     seen: set[int],
 ) -> None:
-    # Aliases share nodes; visiting each once keeps "billion laughs" documents linear.
+    # Aliases hide content from reviewers and allow "billion laughs" documents: refuse them.
     if id(node) in seen:
+        where = ".".join(path) or "(document)"
+        issues.append((node.start_mark.line + 1, f"{where}: {ALIAS_REFUSED}"))
         return
     seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
@@ -205,5 +211,8 @@ def _message(err: Any, missing: bool) -> str:
 
 
 def _found(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _SHORT.repr(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
-from broker.errors import BackendUnavailable, BrokerError
+from broker.errors import BrokerError, PermissionDenied
 from broker.settings import VaultSettings
 from broker.signing import ActionTokenSigner
 from broker.vault.kv import kv_read, kv_write
@@ -28,6 +28,8 @@ from broker.vault.session import VaultSession, make_client
 log = logging.getLogger("broker.runtime")
 
 HEARTBEAT_EVERY = 2.0
+# A poll older than this means Vault is not answering, even if the poll itself still hangs.
+STALE_AFTER = 1.5
 
 
 class Runtime:
@@ -54,6 +56,10 @@ class Runtime:
         self._task: asyncio.Task[None] | None = None
         self._last_heartbeat = 0.0
         self._killed_seen_at: float | None = None
+
+    def available(self) -> bool:
+        """Vault answered the last poll, recently enough: the condition for minting anything."""
+        return self.vault_ok and self._clock() - self.last_poll_ok < STALE_AFTER + self.poll_interval
 
     def _issue_cert(self, csr_pem: str, ttl: str) -> SignedCert:
         return sign_csr(self.session.client, self.agent, csr_pem, ttl, self.session.addr)
@@ -91,7 +97,7 @@ class Runtime:
         self._poller.token = self.session.token
         try:
             self._read_control()
-        except BackendUnavailable:
+        except PermissionDenied:
             # A revoked or expired sidecar token reads as permission denied: log in again.
             self.session.login()
             self._poller.token = self.session.token

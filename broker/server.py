@@ -21,6 +21,7 @@ from broker.service import CredentialService, Reply
 log = logging.getLogger("broker.server")
 
 SERVICE: web.AppKey[CredentialService] = web.AppKey("service", CredentialService)
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -45,8 +46,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def _json_body(request: web.Request) -> Any:
-    if request.content_length is not None and request.content_length > request.app["max_body"]:
-        raise PayloadTooLarge(f"request body is larger than {request.app['max_body']} bytes")
+    if request.content_length is not None and request.content_length > request.app[MAX_BODY]:
+        raise PayloadTooLarge(f"request body is larger than {request.app[MAX_BODY]} bytes")
     raw = await request.read()
     try:
         return json.loads(raw)
@@ -122,7 +123,7 @@ def build_app(service: CredentialService, *, max_body: int) -> web.Application:
     # aiohttp's own limit is set above ours so that our check answers first, with our code.
     app = web.Application(middlewares=[errors_middleware], client_max_size=max_body + 1)
     app[SERVICE] = service
-    app["max_body"] = max_body
+    app[MAX_BODY] = max_body
     app.router.add_post("/v1/credentials", post_credentials)
     app.router.add_post("/v1/credentials/{credential_id}/outcome", post_outcome)
     app.router.add_get("/v1/scope", get_scope)

@@ -54,8 +54,11 @@ def _refusal(
 ) -> Reply:
     body = {"outcome": Outcome.deny.value, "reason": reason.value, "detail": detail}
     body["policy_version"] = decision.policy_version
+    status = REASON_HTTP_STATUS.get(reason, 403)
+    if retry_after is None and status in (429, 503):
+        retry_after = 1.0  # these refusals are temporary by nature: say when to come back
     headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))} if retry_after else {}
-    return Reply(REASON_HTTP_STATUS.get(reason, 403), body, headers)
+    return Reply(status, body, headers)
 
 
 class CredentialService:
@@ -120,7 +123,7 @@ class CredentialService:
         }
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        ready = self.runtime.vault_ok
+        ready = self.runtime.available()
         return ready, {
             "ready": ready,
             "vault": "ok" if ready else self.runtime.vault_problem,
@@ -154,7 +157,7 @@ class CredentialService:
             assert decision.reason is not None
             await self._record(req, decision, now, status="blocked")
             return _refusal(decision, decision.reason, decision.detail, decision.retry_after)
-        if not self.runtime.vault_ok:
+        if not self.runtime.available():
             detail = f"Vault is unavailable, nothing is minted: {self.runtime.vault_problem}"
             await self._record(
                 req,

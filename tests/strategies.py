@@ -113,13 +113,15 @@ ticket_ids = st.sampled_from(["CS-1", "CS-19422", "cs-1", "CS-", "CS-1\n"]) | st
 amounts = st.integers(-10, 2000) | st.floats(-10, 2000, allow_nan=False) | json_scalars
 
 
+_action_names = st.sampled_from(ACTIONS_IN_SCOPE) | st.from_regex(
+    r"[a-z]{1,6}\.[a-z_]{1,8}", fullmatch=True
+)
+
+
 @st.composite
 def requests(draw: st.DrawFn, action_names: st.SearchStrategy[str] | None = None) -> ActionRequest:
     """Mostly near-valid refund-agent requests, with junk mixed in."""
-    names = action_names or (
-        st.sampled_from(ACTIONS_IN_SCOPE)
-        | st.from_regex(r"[a-z]{1,6}\.[a-z_]{1,8}", fullmatch=True)
-    )
+    names = action_names if action_names is not None else _action_names
     inputs: dict[str, Any] = {}
     if draw(st.booleans()):
         inputs["ticket_id"] = draw(ticket_ids)

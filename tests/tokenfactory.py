@@ -51,7 +51,9 @@ def _hash_for(key: PrivateKeyTypes) -> hashes.SHA256 | None:
     return None if isinstance(key, Ed25519PrivateKey) else hashes.SHA256()
 
 
-def self_signed(key: PrivateKeyTypes, common_name: str, not_before: float, not_after: float) -> x509.Certificate:
+def self_signed(
+    key: PrivateKeyTypes, common_name: str, not_before: float, not_after: float
+) -> x509.Certificate:
     return (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
@@ -122,7 +124,12 @@ class Identity:
 
     @classmethod
     def certified(
-        cls, ca: FakeCA, common_name: str, not_before: float, not_after: float, key: PrivateKeyTypes | None = None
+        cls,
+        ca: FakeCA,
+        common_name: str,
+        not_before: float,
+        not_after: float,
+        key: PrivateKeyTypes | None = None,
     ) -> Identity:
         key = key or Ed25519PrivateKey.generate()
         return cls(key, ca.certify(key.public_key(), common_name, not_before, not_after))
@@ -182,7 +189,9 @@ def segment(value: dict[str, Any]) -> str:
     return b64url(json.dumps(value, separators=(",", ":")).encode())
 
 
-def forge(header: dict[str, Any], payload: dict[str, Any], sign: Callable[[bytes], bytes] | None) -> str:
+def forge(
+    header: dict[str, Any], payload: dict[str, Any], sign: Callable[[bytes], bytes] | None
+) -> str:
     """A compact JWS built by hand: ``sign`` gets the signing input; ``None`` leaves it empty."""
     signing_input = f"{segment(header)}.{segment(payload)}"
     signature = sign(signing_input.encode()) if sign else b""

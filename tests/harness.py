@@ -1,0 +1,106 @@
+"""Start real sidecars against the session's OpenBao, in-process, for integration tests.
+
+Each sidecar logs in with its own AppRole (as in production), serves on 127.0.0.1 on an
+ephemeral port, and writes its audit trail under the test's tmp_path."""
+
+from __future__ import annotations
+
+import secrets
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import hvac
+import psycopg
+
+from broker.devstack import DevServer
+from broker.loader import load_manifest
+from broker.pgdev import PgCluster
+from broker.settings import VaultSettings
+from broker.sidecar import Sidecar, SidecarConfig
+from broker.stack import approle_files, grant_for
+from broker.vault.bootstrap import bootstrap
+from broker.vault.database import DatabaseRole, configure_database
+from broker.vault.session import make_client
+
+REPO = Path(__file__).resolve().parent.parent
+SCOPES = REPO / "scopes"
+
+
+def root_client(openbao: DevServer) -> hvac.Client:
+    return make_client(openbao.addr, openbao.root_token)
+
+
+def write_manifest(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / f"manifest-{secrets.token_hex(3)}.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def unique_agent(prefix: str = "test-agent") -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def setup_database(openbao: DevServer, postgres: PgCluster, role: str = "orders-readonly") -> None:
+    """The ``database`` mount with a read-only role on a demo ``orders`` table (idempotent)."""
+    with psycopg.connect(postgres.superuser_dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, usd numeric)")
+        conn.execute("INSERT INTO orders VALUES (1, 42) ON CONFLICT DO NOTHING")
+        conn.execute("CREATE TABLE IF NOT EXISTS payroll (id int PRIMARY KEY, salary numeric)")
+    configure_database(
+        root_client(openbao),
+        mount="database",
+        connection_name="test-postgres",
+        host=postgres.host,
+        port=postgres.port,
+        username=postgres.superuser,
+        password=postgres.password,
+        sslmode="disable",
+        roles={role: DatabaseRole(grants=("SELECT ON TABLE public.orders",), default_ttl=300, max_ttl=3600)},
+    )
+
+
+@dataclass
+class Harness:
+    sidecar: Sidecar
+    url: str
+    http: aiohttp.ClientSession
+    audit_path: Path
+
+    async def ask(self, action: str, inputs: dict[str, Any] | None = None, **extra: Any) -> tuple[int, dict[str, Any], Any]:
+        body = {"action": action, "inputs": inputs or {}, **extra}
+        async with self.http.post(f"{self.url}/v1/credentials", json=body) as resp:
+            return resp.status, await resp.json(), resp.headers
+
+    async def raw(self, method: str, path: str, **kw: Any) -> tuple[int, dict[str, Any], Any]:
+        async with self.http.request(method, f"{self.url}{path}", **kw) as resp:
+            return resp.status, await resp.json(content_type=None), resp.headers
+
+
+@asynccontextmanager
+async def running_sidecar(
+    openbao: DevServer, manifest_path: Path, tmp_path: Path, **config: Any
+) -> AsyncIterator[Harness]:
+    manifest = load_manifest(manifest_path)
+    client = root_client(openbao)
+    bootstrap(client, [grant_for(manifest)], demo=True, addr=openbao.addr)
+    role_file, secret_file = approle_files(client, manifest.agent, tmp_path / "secrets")
+    cfg = SidecarConfig(
+        manifest_path=manifest_path,
+        vault=VaultSettings(addr=openbao.addr, role_id_file=role_file, secret_id_file=secret_file),
+        listen="127.0.0.1:0",
+        audit_path=config.pop("audit_path", tmp_path / "audit" / f"{manifest.agent}.jsonl"),
+        poll_interval=config.pop("poll_interval", 0.1),
+        **config,
+    )
+    sidecar = Sidecar(cfg)
+    url = await sidecar.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Harness(sidecar, url, http, cfg.audit_path)
+    finally:
+        await sidecar.stop()

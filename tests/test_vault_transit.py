@@ -1,0 +1,113 @@
+"""Checkpoints signed by a real OpenBao transit key, verified offline, and the published head."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import hvac
+import pytest
+
+from broker.audit import checkpoint_message, signature_problem
+from broker.auditlog import AuditLog
+from broker.cli import main
+from broker.devstack import DevServer
+from broker.vault.transit import TransitCheckpointSigner
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def signer(openbao: DevServer) -> TransitCheckpointSigner:
+    """A signer for a fresh agent id, so tests do not see each other's heads."""
+    client = hvac.Client(url=openbao.addr, token=openbao.root_token)
+    signer = TransitCheckpointSigner(client, agent=f"agent-{uuid.uuid4().hex[:8]}")
+    signer.ensure_key()
+    return signer
+
+
+@pytest.fixture
+def vault_env(openbao: DevServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VAULT_ADDR", "BAO_ADDR", "VAULT_TOKEN", "BAO_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VAULT_ADDR", openbao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+
+
+def test_ensure_key_is_idempotent(signer: TransitCheckpointSigner) -> None:
+    """A second ensure finds the key present (the fixture created it)."""
+    assert signer.ensure_key() == "present"
+
+
+def test_transit_signature_verifies_offline(signer: TransitCheckpointSigner) -> None:
+    """An ed25519 transit signature verifies with cryptography and the key's public bytes."""
+    message = checkpoint_message(7, "sha256:" + "a" * 64)
+    signature, version = signer.sign(message)
+    keys = signer.public_keys()
+    assert signature.startswith(f"vault:v{version}:")
+    assert signature_problem(message, signature, keys) == ""
+    assert signature_problem(checkpoint_message(8, "sha256:" + "a" * 64), signature, keys)
+
+
+def test_published_head_round_trips(signer: TransitCheckpointSigner) -> None:
+    """publish_head stores seq, hash and signature in KV v2; read_head returns them."""
+    assert signer.read_head() is None
+    signer.publish_head(signer.agent, 3, "sha256:" + "b" * 64, "vault:v1:c2ln")
+    head = signer.read_head()
+    assert head is not None
+    assert (head.seq, head.hash, head.signature) == (3, "sha256:" + "b" * 64, "vault:v1:c2ln")
+
+
+def write_trail(path: Path, signer: TransitCheckpointSigner, n: int) -> None:
+    with AuditLog(path, signer=signer, agent=signer.agent, checkpoint_every=5) as log:
+        for i in range(n):
+            log.append_sync({"type": "decision", "agent_id": signer.agent, "request_id": f"r{i}"})
+            log.wait_checkpoints()
+
+
+@pytest.mark.usefixtures("vault_env")
+def test_verify_checks_signatures_and_the_published_head(
+    signer: TransitCheckpointSigner, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trail written with real checkpoints verifies against Vault's keys and head."""
+    path = tmp_path / "audit.jsonl"
+    write_trail(path, signer, 12)
+    assert main(["audit", "verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "signatures verified" in out
+    assert f"published head for {signer.agent}" in out
+
+
+@pytest.mark.usefixtures("vault_env")
+def test_truncated_tail_behind_a_checkpoint_is_detected(
+    signer: TransitCheckpointSigner, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cutting whole records off the end passes the chain alone but fails against Vault's head."""
+    path = tmp_path / "audit.jsonl"
+    write_trail(path, signer, 12)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-4]))
+    assert main(["audit", "verify", str(path), "--offline"]) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", str(path), "--agent", signer.agent]) == 1
+    out = capsys.readouterr().out
+    assert f"first bad seq {len(lines) - 3}" in out
+    assert "removed" in out
+
+
+@pytest.mark.usefixtures("vault_env")
+def test_forged_checkpoint_signature_is_detected(
+    signer: TransitCheckpointSigner, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint re-signed with a key Vault does not have fails verification online."""
+    from broker.audit import InMemorySigner
+
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, signer=InMemorySigner(), agent=signer.agent, checkpoint_every=3) as log:
+        for i in range(3):
+            log.append_sync({"type": "decision", "agent_id": signer.agent, "request_id": f"r{i}"})
+            log.wait_checkpoints()
+    assert main(["audit", "verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "first bad seq 4" in out
+    assert "signature" in out
