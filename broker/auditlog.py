@@ -194,7 +194,13 @@ class AuditLog:
                 for i in items
                 if isinstance(i, _Pending) and i.future.set_running_or_notify_cancel()
             ]
-            written = self._commit(batch) if batch else []
+            try:
+                written = self._commit(batch) if batch else []
+            except Exception as exc:  # a bug must fail closed, not leave appenders hanging
+                log.exception("audit writer failed")
+                self._fail(OSError(errno.EIO, f"internal error: {type(exc).__name__}"))
+                _fail_all(batch, self._failed)
+                written = []
             # Scheduled before the appenders wake, so a caller's wait_checkpoints() sees it.
             self._maybe_checkpoint()
             for pending, record in zip(batch, written, strict=False):
@@ -315,11 +321,12 @@ class AuditLog:
                 raise AuditUnavailable("the signed head fell too far behind; signing again later")
             self._submit(body, internal=True).result()
             self._signer.publish_head(self._agent, head_seq, head_hash, signature)
-        except BrokerError as exc:
+        except Exception as exc:  # whatever Vault did, appends go on and we retry later
+            detail = exc.detail if isinstance(exc, BrokerError) else type(exc).__name__
             self._ckpt["failed"] += 1
-            self.last_checkpoint_error = exc.detail
+            self.last_checkpoint_error = detail
             self._not_before = self._clock() + self._retry
-            log.warning("audit checkpoint at seq %d failed, will retry: %s", head_seq, exc.detail)
+            log.warning("audit checkpoint at seq %d failed, will retry: %s", head_seq, detail)
             return
         self._ckpt["ok"] += 1
         self._data_signed, self._signed_at = data, self._clock()

@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 
-Sub = argparse._SubParsersAction  # type: ignore[type-arg]
 
 BENCH_MANIFEST = Path(__file__).resolve().parent.parent / "bench" / "scopes" / "bench-agent.yaml"
 
@@ -48,7 +47,7 @@ class Result:
         )
 
 
-def register_bench(bench: Sub) -> None:
+def register_bench(bench: argparse._SubParsersAction[Any]) -> None:
     p = bench.add_parser("mint", help="mints per second and latency through a sidecar socket")
     p.add_argument("--kind", choices=["jwt", "vault_token", "dynamic"], default="jwt")
     p.add_argument("--concurrency", type=int, default=32)
@@ -57,7 +56,9 @@ def register_bench(bench: Sub) -> None:
     p.add_argument("--action", help="action to request (default: bench.<kind>)")
     p.add_argument("--inputs", default='{"n": 1}')
     p.add_argument("--baseline", action="store_true", help="also measure the raw Vault operation")
-    p.add_argument("--rounds", type=int, default=1, help="alternate sidecar and baseline this many times")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="alternate sidecar and baseline this many times"
+    )
     p.set_defaults(func=cmd_bench_mint)
 
 
@@ -102,7 +103,7 @@ def threaded(label: str, op: Callable[[], object], concurrency: int, duration: f
             t0 = time.perf_counter()
             try:
                 op()
-            except Exception:  # noqa: BLE001 - counted, the bench goes on
+            except Exception:
                 with lock:
                     errors[0] += 1
                 continue
@@ -125,11 +126,15 @@ def baseline_op(kind: str, addr: str, token: str) -> tuple[str, Callable[[], obj
     if kind == "vault_token":
         from broker.vault.tokens import create_token_raw
 
-        return "raw Vault token create", lambda: create_token_raw(client, "bench-agent", ["bench-read"], addr)
+        return "raw Vault token create", lambda: create_token_raw(
+            client, "bench-agent", ["bench-read"], addr
+        )
     if kind == "dynamic":
         from broker.vault.database import issue_credential
 
-        return "raw Vault database creds", lambda: issue_credential(client, mount="database", role="bench-readonly")
+        return "raw Vault database creds", lambda: issue_credential(
+            client, mount="database", role="bench-readonly"
+        )
     client.write_data("broker-transit/keys/bench-sign", data={"type": "ed25519"})
     return "raw Vault transit sign", lambda: client.write_data(
         "broker-transit/sign/bench-sign", data={"input": "YmVuY2g="}
@@ -142,14 +147,24 @@ def cmd_bench_mint(args: argparse.Namespace) -> int:
 
     body = {"action": args.action or f"bench.{args.kind}", "inputs": json.loads(args.inputs)}
     stack = None
-    url, addr, token = args.socket, os.environ.get("VAULT_ADDR", ""), os.environ.get("VAULT_TOKEN", "")
+    url, addr, token = (
+        args.socket,
+        os.environ.get("VAULT_ADDR", ""),
+        os.environ.get("VAULT_TOKEN", ""),
+    )
     if url is None:
         from broker.stack import up
 
         stack = up([BENCH_MANIFEST], vault=None, with_postgres=args.kind == "dynamic")
-        url, addr, token = f"unix:{stack.sidecars[0].socket}", stack.vault_addr, stack.operator_token
+        url, addr, token = (
+            f"unix:{stack.sidecars[0].socket}",
+            stack.vault_addr,
+            stack.operator_token,
+        )
     try:
-        print(f"bench mint --kind {args.kind} --concurrency {args.concurrency} --duration {args.duration}")
+        print(
+            f"bench mint --kind {args.kind} --concurrency {args.concurrency} --duration {args.duration}"
+        )
         results = _rounds(args, url, body, addr, token)
     finally:
         if stack is not None:
@@ -158,7 +173,9 @@ def cmd_bench_mint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rounds(args: argparse.Namespace, url: str, body: dict[str, Any], addr: str, token: str) -> list[Result]:
+def _rounds(
+    args: argparse.Namespace, url: str, body: dict[str, Any], addr: str, token: str
+) -> list[Result]:
     results: list[Result] = []
     baseline = baseline_op(args.kind, addr, token) if args.baseline else None
     for _ in range(max(1, args.rounds)):
@@ -175,6 +192,6 @@ def _summarise(results: list[Result]) -> None:
     raw = [r.rate for r in results if r.label != "sidecar"]
     print(f"median sidecar: {statistics.median(sidecar):.0f}/s")
     if raw:
-        print(f"median raw Vault: {statistics.median(raw):.0f}/s  ratio sidecar/raw: {statistics.median(sidecar) / statistics.median(raw):.2f}")
-
-
+        print(
+            f"median raw Vault: {statistics.median(raw):.0f}/s  ratio sidecar/raw: {statistics.median(sidecar) / statistics.median(raw):.2f}"
+        )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ISSUER = "urn:agent-credential-broker"
-TOKEN_TYPE = "agent-action+jwt"
+TOKEN_TYPE = "agent-action+jwt"  # noqa: S105 - a JWT "typ", not a secret
 ALGORITHM = "EdDSA"
 REQUIRED_CLAIMS = (
     "iss",

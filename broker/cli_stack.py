@@ -14,26 +14,40 @@ from typing import Any
 from broker.errors import ConfigError
 from broker.settings import DEFAULT_MAX_BODY, vault_from_env
 
-Sub = argparse._SubParsersAction  # type: ignore[type-arg]
 
-
-def register(commands: Sub, bench: Sub) -> None:
-    p = commands.add_parser("up", help="start OpenBao (or use one), bootstrap it, run a sidecar per manifest")
-    p.add_argument("paths", nargs="*", type=Path, default=[Path("scopes")], help="manifests or directories")
+def register(
+    commands: argparse._SubParsersAction[Any], bench: argparse._SubParsersAction[Any]
+) -> None:
+    p = commands.add_parser(
+        "up", help="start OpenBao (or use one), bootstrap it, run a sidecar per manifest"
+    )
+    p.add_argument(
+        "paths", nargs="*", type=Path, default=[Path("scopes")], help="manifests or directories"
+    )
     p.add_argument("--vault-addr", help="use this Vault/OpenBao instead of starting a dev server")
-    p.add_argument("--state-dir", type=Path, help="sockets, secrets and audit trails (default: a new temp dir)")
-    p.add_argument("--no-postgres", action="store_true", help="do not start PostgreSQL for dynamic credentials")
+    p.add_argument(
+        "--state-dir", type=Path, help="sockets, secrets and audit trails (default: a new temp dir)"
+    )
+    p.add_argument(
+        "--no-postgres", action="store_true", help="do not start PostgreSQL for dynamic credentials"
+    )
     p.set_defaults(func=cmd_up)
 
-    p = commands.add_parser("bootstrap", help="create the mounts, policies and roles in an existing Vault")
+    p = commands.add_parser(
+        "bootstrap", help="create the mounts, policies and roles in an existing Vault"
+    )
     p.add_argument("paths", nargs="*", type=Path, default=[Path("scopes")])
     p.add_argument("--vault-addr")
-    p.add_argument("--demo-policies", action="store_true", help="also create stand-ins for manifest policies")
+    p.add_argument(
+        "--demo-policies", action="store_true", help="also create stand-ins for manifest policies"
+    )
     p.set_defaults(func=cmd_bootstrap)
 
     p = commands.add_parser("sidecar", help="serve one agent's credential requests")
     p.add_argument("--manifest", type=Path, required=True)
-    p.add_argument("--listen", default="unix:/run/broker/sidecar.sock", help="unix:PATH or 127.0.0.1:PORT")
+    p.add_argument(
+        "--listen", default="unix:/run/broker/sidecar.sock", help="unix:PATH or 127.0.0.1:PORT"
+    )
     p.add_argument("--audit", type=Path, required=True, help="the audit trail file (JSON lines)")
     p.add_argument("--vault-addr")
     p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY)
@@ -57,8 +71,11 @@ def register(commands: Sub, bench: Sub) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from broker.stack import describe, example_request, up
 
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     vault = vault_from_env(addr=args.vault_addr) if args.vault_addr else None
-    stack = up(args.paths, vault=vault, state_dir=args.state_dir, with_postgres=not args.no_postgres)
+    stack = up(
+        args.paths, vault=vault, state_dir=args.state_dir, with_postgres=not args.no_postgres
+    )
     try:
         for step in stack.steps:
             print(step)
@@ -101,7 +118,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     client = make_client(vault.addr, vault.token.get_secret_value(), timeout=5.0)
     check_reachable(client, vault.addr)
     manifests = [m for _, m in _load(args.paths)]
-    for step in bootstrap(client, [grant_for(m) for m in manifests], demo=args.demo_policies, addr=vault.addr):
+    for step in bootstrap(
+        client, [grant_for(m) for m in manifests], demo=args.demo_policies, addr=vault.addr
+    ):
         print(step)
     return 0
 
@@ -109,7 +128,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_sidecar(args: argparse.Namespace) -> int:
     from broker.sidecar import SidecarConfig, serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     config = SidecarConfig(
         manifest_path=args.manifest,
         vault=vault_from_env(addr=args.vault_addr),
@@ -124,16 +145,18 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from broker.errors import VerificationError
-    from broker.verify import Verifier
     from broker.vault.control import VaultRevocations
     from broker.vault.pki import fetch_ca_pem
+    from broker.verify import Verifier
 
     vault = vault_from_env(addr=args.vault_addr)
     inputs = _json_arg(args.inputs, "--inputs") if args.inputs else None
     revocations = None if args.no_revocation else VaultRevocations(vault)
     verifier = Verifier([fetch_ca_pem(vault.addr)], revocations=revocations)
     try:
-        claims = verifier.verify(args.token, audience=args.audience, action=args.action, inputs=inputs)
+        claims = verifier.verify(
+            args.token, audience=args.audience, action=args.action, inputs=inputs
+        )
     except VerificationError as exc:
         print(f"refused: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import Any, Generic, TypeGuard, TypeVar
 
 import aiohttp
 
@@ -47,6 +47,7 @@ __all__ = [
 
 OUTCOME_STATUSES = frozenset({"ok", "error", "rolled_back"})
 DEFAULT_TIMEOUT = 10.0
+T = TypeVar("T")
 
 
 class BrokerClientError(Exception):
@@ -129,7 +130,9 @@ class Credential:
         if not isinstance(doc, dict):
             raise BrokerClientError("the broker allowed the action but sent no credential")
         kind, cid, expires_at, ttl = (doc.get(name) for name in _PUBLIC_FIELDS)
-        if not (isinstance(kind, str) and isinstance(cid, str) and _number(expires_at) and _number(ttl)):
+        if not (
+            isinstance(kind, str) and isinstance(cid, str) and _number(expires_at) and _number(ttl)
+        ):
             raise BrokerClientError("the broker sent a credential without kind, id, expiry or ttl")
         secret = {k: v for k, v in doc.items() if k not in _PUBLIC_FIELDS}
         return cls(
@@ -162,7 +165,7 @@ class Credential:
         return self._secret_str("lease_id")
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -194,7 +197,9 @@ def _interpret(status: int, retry_after: str | None, body: bytes) -> dict[str, A
     if status >= 500:
         raise BrokerUnavailable(detail, _retry_after(retry_after, doc or {}))
     if doc is None:
-        raise BrokerClientError(f"the broker answered HTTP {status} with a body that is not a JSON object")
+        raise BrokerClientError(
+            f"the broker answered HTTP {status} with a body that is not a JSON object"
+        )
     reason = str(doc.get("reason") or doc.get("error") or f"http_{status}")
     if status == 429:
         raise RateLimited(reason, detail, _retry_after(retry_after, doc))
@@ -211,25 +216,46 @@ def _interpret(status: int, retry_after: str | None, body: bytes) -> dict[str, A
 
 def _credential(doc: Mapping[str, Any]) -> Credential:
     if doc.get("outcome") != "allow":
-        raise BrokerClientError(f"the broker answered outcome {doc.get('outcome')!r} with HTTP 200")
+        raise BrokerClientError(
+            f"the broker answered outcome {doc.get('outcome')!r} with a 2xx status"
+        )
     return Credential.from_json(doc.get("credential"), doc.get("decision"))
 
 
-def _credential_body(
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One operation of the contract: what to send and how to read a 2xx reply."""
+
+    method: str
+    path: str
+    body: Mapping[str, Any] | None
+    parse: Callable[[dict[str, Any]], T]
+
+
+def _credential_call(
     action: str, inputs: Mapping[str, Any], workflow: str | None, request_id: str | None
-) -> dict[str, Any]:
+) -> _Call[Credential]:
     body: dict[str, Any] = {"action": action, "inputs": dict(inputs)}
     if workflow is not None:
         body["workflow"] = workflow
     if request_id is not None:
         body["request_id"] = request_id
-    return body
+    return _Call("POST", "/v1/credentials", body, _credential)
 
 
-def _outcome_body(status: str, cost: float | None) -> dict[str, Any]:
+def _redeem_call(approval_id: str) -> _Call[Credential]:
+    return _Call("POST", f"/v1/approvals/{_segment(approval_id)}/redeem", {}, _credential)
+
+
+def _scope_call() -> _Call[dict[str, Any]]:
+    return _Call("GET", "/v1/scope", None, lambda doc: doc)
+
+
+def _outcome_call(credential_id: str, status: str, cost: float | None) -> _Call[None]:
     if status not in OUTCOME_STATUSES:
         raise ValueError(f"status must be one of {sorted(OUTCOME_STATUSES)}, not {status!r}")
-    return {"status": status} if cost is None else {"status": status, "cost": cost}
+    body: dict[str, Any] = {"status": status} if cost is None else {"status": status, "cost": cost}
+    return _Call("POST", f"/v1/credentials/{_segment(credential_id)}/outcome", body, lambda _: None)
 
 
 def _segment(value: str) -> str:
@@ -298,7 +324,8 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class BrokerClient:
-    """Synchronous client. One connection per call, so one client may serve many threads."""
+    """Synchronous client; the same operations as ``AsyncBrokerClient``. One connection per
+    call, so one client may serve many threads."""
 
     def __init__(
         self,
@@ -325,17 +352,14 @@ class BrokerClient:
         workflow: str | None = None,
         request_id: str | None = None,
     ) -> Credential:
-        """A credential for ``action`` on ``inputs``, or Denied/PendingApproval/... raised."""
-        body = _credential_body(action, inputs, workflow, request_id)
-        return _credential(self._request("POST", "/v1/credentials", body))
+        return self._run(_credential_call(action, inputs, workflow, request_id))
 
     def redeem(self, approval_id: str) -> Credential:
-        """One attempt to turn an approval into a credential (PendingApproval while pending)."""
-        return _credential(self._request("POST", f"/v1/approvals/{_segment(approval_id)}/redeem", {}))
+        return self._run(_redeem_call(approval_id))
 
-    def wait_for_approval(self, approval_id: str, *, timeout: float, poll: float = 1.0) -> Credential:
-        """Redeem until approved; the last PendingApproval is raised once ``timeout`` passes,
-        and a refusal (Denied) as soon as it comes."""
+    def wait_for_approval(
+        self, approval_id: str, *, timeout: float, poll: float = 1.0
+    ) -> Credential:
         _check_wait(timeout, poll)
         deadline = self._clock() + timeout
         while True:
@@ -348,13 +372,10 @@ class BrokerClient:
                 self._sleep(min(poll, left))
 
     def scope(self) -> dict[str, Any]:
-        """What this agent may do: actions, inputs, limits, approval gates."""
-        return self._request("GET", "/v1/scope", None)
+        return self._run(_scope_call())
 
     def report_outcome(self, credential_id: str, status: str, cost: float | None = None) -> None:
-        """Tell the broker how the action went (ok, error or rolled_back), freeing its slot."""
-        body = _outcome_body(status, cost)
-        self._request("POST", f"/v1/credentials/{_segment(credential_id)}/outcome", body)
+        self._run(_outcome_call(credential_id, status, cost))
 
     def close(self) -> None:
         self._closed = True
@@ -371,24 +392,28 @@ class BrokerClient:
             return _UnixHTTPConnection(t.socket_path, self._timeout)
         return http.client.HTTPConnection(t.host, t.port, timeout=self._timeout)
 
-    def _request(self, method: str, path: str, body: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _run(self, call: _Call[T]) -> T:
         if self._closed:
             raise BrokerClientError("the client is closed")
         headers = {"Accept": "application/json"}
         payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
+        if call.body is not None:
+            payload = json.dumps(call.body).encode()
             headers["Content-Type"] = "application/json"
         conn = self._connection()
         try:
-            conn.request(method, self._target.prefix + path, body=payload, headers=headers)
+            conn.request(
+                call.method, self._target.prefix + call.path, body=payload, headers=headers
+            )
             resp = conn.getresponse()
             status, retry_after, data = resp.status, resp.getheader("Retry-After"), resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise BrokerUnavailable(f"cannot reach the broker at {self._target.where}: {exc!r}") from exc
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {self._target.where}: {exc!r}"
+            ) from exc
         finally:
             conn.close()
-        return _interpret(status, retry_after, data)
+        return call.parse(_interpret(status, retry_after, data))
 
 
 # --- asynchronous ---------------------------------------------------------------------
@@ -423,18 +448,19 @@ class AsyncBrokerClient:
         workflow: str | None = None,
         request_id: str | None = None,
     ) -> Credential:
-        """A credential for ``action`` on ``inputs``, or Denied/PendingApproval/... raised."""
-        body = _credential_body(action, inputs, workflow, request_id)
-        return _credential(await self._request("POST", "/v1/credentials", body))
+        """A credential for ``action`` on ``inputs``; Denied, RateLimited, PendingApproval,
+        BrokerUnavailable or BadRequest otherwise."""
+        return await self._run(_credential_call(action, inputs, workflow, request_id))
 
     async def redeem(self, approval_id: str) -> Credential:
         """One attempt to turn an approval into a credential (PendingApproval while pending)."""
-        path = f"/v1/approvals/{_segment(approval_id)}/redeem"
-        return _credential(await self._request("POST", path, {}))
+        return await self._run(_redeem_call(approval_id))
 
-    async def wait_for_approval(self, approval_id: str, *, timeout: float, poll: float = 1.0) -> Credential:
-        """Redeem until approved; the last PendingApproval is raised once ``timeout`` passes,
-        and a refusal (Denied) as soon as it comes."""
+    async def wait_for_approval(
+        self, approval_id: str, *, timeout: float, poll: float = 1.0
+    ) -> Credential:
+        """Redeem every ``poll`` s until approved. A refusal (Denied) is raised as it comes;
+        once ``timeout`` has passed, the last PendingApproval is raised."""
         _check_wait(timeout, poll)
         deadline = self._clock() + timeout
         while True:
@@ -448,12 +474,13 @@ class AsyncBrokerClient:
 
     async def scope(self) -> dict[str, Any]:
         """What this agent may do: actions, inputs, limits, approval gates."""
-        return await self._request("GET", "/v1/scope", None)
+        return await self._run(_scope_call())
 
-    async def report_outcome(self, credential_id: str, status: str, cost: float | None = None) -> None:
-        """Tell the broker how the action went (ok, error or rolled_back), freeing its slot."""
-        body = _outcome_body(status, cost)
-        await self._request("POST", f"/v1/credentials/{_segment(credential_id)}/outcome", body)
+    async def report_outcome(
+        self, credential_id: str, status: str, cost: float | None = None
+    ) -> None:
+        """How the action went (ok, error or rolled_back); frees the credential's slot."""
+        await self._run(_outcome_call(credential_id, status, cost))
 
     async def close(self) -> None:
         self._closed = True
@@ -465,7 +492,10 @@ class AsyncBrokerClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -475,18 +505,21 @@ class AsyncBrokerClient:
         if self._session is None:
             path = self._target.socket_path
             connector = aiohttp.UnixConnector(path=path) if path else aiohttp.TCPConnector()
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout)
-            )
+            timeout = aiohttp.ClientTimeout(total=self._timeout)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         return self._session
 
-    async def _request(self, method: str, path: str, body: Mapping[str, Any] | None) -> dict[str, Any]:
+    async def _run(self, call: _Call[T]) -> T:
         session = self._open()
+        url = self._target.url(call.path)
         try:
             async with session.request(
-                method, self._target.url(path), json=body, headers={"Accept": "application/json"}
+                call.method, url, json=call.body, headers={"Accept": "application/json"}
             ) as resp:
-                status, retry_after, data = resp.status, resp.headers.get("Retry-After"), await resp.read()
+                status, retry_after = resp.status, resp.headers.get("Retry-After")
+                data = await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise BrokerUnavailable(f"cannot reach the broker at {self._target.where}: {exc!r}") from exc
-        return _interpret(status, retry_after, data)
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {self._target.where}: {exc!r}"
+            ) from exc
+        return call.parse(_interpret(status, retry_after, data))

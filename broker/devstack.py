@@ -50,12 +50,16 @@ def free_port_pair() -> int:
     raise ConfigError("no two adjacent free loopback ports were found")
 
 
-def wait_until_ready(addr: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until_ready(
+    addr: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll ``sys/health`` until the server answers unsealed and active."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise BackendUnavailable(f"OpenBao exited with status {process.returncode} while starting")
+            raise BackendUnavailable(
+                f"OpenBao exited with status {process.returncode} while starting"
+            )
         try:
             with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=1) as resp:  # noqa: S310 - loopback URL we built
                 if resp.status == 200:

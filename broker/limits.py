@@ -18,7 +18,7 @@ which makes check-then-charge atomic in its single event loop.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -124,6 +124,14 @@ class UsageLedger:
         self._expire(now)
         self._in_flight[credential_id] = expires_at
 
+    def refund(self, decision: Chargeable, credential_id: str, now: float) -> None:
+        """Undo ``charge`` made at ``now`` when minting failed: nothing was issued."""
+        for name, amount in decision.charges.items():
+            self._sub_budget(name, amount, now)
+        for key in (AGENT_RATE_KEY, decision.action):
+            self._unlog_call(key, now)
+        self._in_flight.pop(credential_id, None)
+
     def release(self, credential_id: str) -> bool:
         """Free a credential's concurrency slot early; False if it was not in flight."""
         return self._in_flight.pop(credential_id, None) is not None
@@ -145,6 +153,23 @@ class UsageLedger:
         if held_start != start:
             used = Decimal(0)
         self._budgets[name] = (start, used + Decimal(repr(float(amount))))
+
+    def _sub_budget(self, name: str, amount: float, now: float) -> None:
+        per = self.periods.get(name)
+        entry = self._budgets.get(name)
+        if per is None or entry is None or entry[0] != window_start(now, per):
+            return  # the window has rolled over: its usage is already gone
+        left = max(entry[1] - Decimal(repr(float(amount))), Decimal(0))
+        self._budgets[name] = (entry[0], left)
+
+    def _unlog_call(self, key: str, now: float) -> None:
+        log = self._rates.get(key)
+        if not log:
+            return
+        # The call was logged at ``now``, or later if the clock had stepped back.
+        index = bisect_left(log, now)
+        if index < len(log):
+            del log[index]
 
     def _log_call(self, key: str, now: float) -> None:
         log = self._rates.setdefault(key, [])

@@ -442,9 +442,9 @@ def manifest_json_schema() -> dict[str, Any]:
     """The published JSON Schema for scope manifests (validation shape)."""
     schema = Manifest.model_json_schema(mode="validation")
     return {
+        **schema,
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Agent credential broker scope manifest",
-        **schema,
     }
 
 

@@ -59,7 +59,9 @@ class Runtime:
 
     def available(self) -> bool:
         """Vault answered the last poll, recently enough: the condition for minting anything."""
-        return self.vault_ok and self._clock() - self.last_poll_ok < STALE_AFTER + self.poll_interval
+        return (
+            self.vault_ok and self._clock() - self.last_poll_ok < STALE_AFTER + self.poll_interval
+        )
 
     def _issue_cert(self, csr_pem: str, ttl: str) -> SignedCert:
         return sign_csr(self.session.client, self.agent, csr_pem, ttl, self.session.addr)
@@ -83,7 +85,7 @@ class Runtime:
                 await asyncio.to_thread(self._refresh)
             except BrokerError as exc:
                 self._mark_down(exc.detail)
-            except Exception as exc:  # noqa: BLE001 - any failure must fail closed, not kill the loop
+            except Exception as exc:
                 self._mark_down(f"unexpected {type(exc).__name__}")
 
     def _mark_down(self, why: str) -> None:

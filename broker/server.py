@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 from broker.api import CredentialRequest, OutcomeReport, openapi_document
 from broker.decision import ActionRequest
@@ -85,7 +85,7 @@ async def post_credentials(request: web.Request) -> web.Response:
     body = _parse(CredentialRequest, await _json_body(request))
     req = ActionRequest(
         action=body.action,
-        inputs=body.inputs,
+        inputs=cast(dict[str, JsonValue], body.inputs),
         workflow=body.workflow,
         request_id=body.request_id or request.app[SERVICE].new_request_id(),
     )

@@ -24,7 +24,7 @@ from broker.audit import iso_utc, redact
 from broker.decision import ActionRequest, Decision, decide
 from broker.errors import AuditUnavailable, BrokerError
 from broker.limits import UsageLedger
-from broker.manifest import Manifest
+from broker.manifest import JwtCredential, Manifest
 from broker.minting import IssuedCredential, Minter
 from broker.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
 from broker.runtime import Runtime
@@ -253,7 +253,12 @@ class CredentialService:
         except AuditUnavailable:
             await asyncio.to_thread(self._revoke_quietly, spec.kind, issued.credential_id)
             raise
-        self.vault_ids[credential_id] = (spec.kind, issued.credential_id, decision.action, issued.expires_at)
+        self.vault_ids[credential_id] = (
+            spec.kind,
+            issued.credential_id,
+            decision.action,
+            issued.expires_at,
+        )
         return IssuedCredential(
             issued.kind,
             credential_id,
@@ -340,7 +345,8 @@ def _raci(decision: Decision) -> dict[str, Any]:
 
 def _jwt_claims(decision: Decision) -> dict[str, Any]:
     spec = decision.credential
-    assert spec is not None and decision.raci is not None
+    if not isinstance(spec, JwtCredential) or decision.raci is None:
+        raise TypeError("action-token claims need a jwt credential spec and a RACI")
     return {
         "audience": spec.audience,
         "action": decision.action,

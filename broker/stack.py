@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +41,12 @@ def grant_for(manifest: Manifest) -> AgentGrant:
     creds = [a.credential for a in manifest.actions.values()]
     return AgentGrant(
         agent=manifest.agent,
-        token_policies=frozenset(p for c in creds if isinstance(c, VaultTokenCredential) for p in c.policies),
-        dynamic_paths=frozenset(f"{c.mount}/creds/{c.role}" for c in creds if isinstance(c, DynamicCredential)),
+        token_policies=frozenset(
+            p for c in creds if isinstance(c, VaultTokenCredential) for p in c.policies
+        ),
+        dynamic_paths=frozenset(
+            f"{c.mount}/creds/{c.role}" for c in creds if isinstance(c, DynamicCredential)
+        ),
     )
 
 
@@ -112,8 +116,12 @@ def _write_secret(path: Path, value: str) -> None:
 def approle_files(client: hvac.Client, agent: str, directory: Path) -> tuple[Path, Path]:
     """A fresh secret id for the agent's AppRole, written where its sidecar reads it."""
     role = approle_role(agent)
-    role_id = client.auth.approle.read_role_id(role_name=role, mount_point=APPROLE_MOUNT)["data"]["role_id"]
-    secret_id = client.auth.approle.generate_secret_id(role_name=role, mount_point=APPROLE_MOUNT)["data"]["secret_id"]
+    role_id = client.auth.approle.read_role_id(role_name=role, mount_point=APPROLE_MOUNT)["data"][
+        "role_id"
+    ]
+    secret_id = client.auth.approle.generate_secret_id(role_name=role, mount_point=APPROLE_MOUNT)[
+        "data"
+    ]["secret_id"]
     role_file, secret_file = directory / f"{agent}.role-id", directory / f"{agent}.secret-id"
     _write_secret(role_file, role_id)
     _write_secret(secret_file, secret_id)
@@ -124,10 +132,18 @@ def _demo_database(client: hvac.Client, manifests: Sequence[Manifest], pg: PgClu
     import psycopg  # only the dev stack needs a driver: it creates the demo table
 
     with psycopg.connect(pg.superuser_dsn(DEMO_DB), autocommit=True) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, item text, usd numeric)")
-        conn.execute("INSERT INTO orders (item, usd) SELECT 'demo', 42 WHERE NOT EXISTS (SELECT 1 FROM orders)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, item text, usd numeric)"
+        )
+        conn.execute(
+            "INSERT INTO orders (item, usd) SELECT 'demo', 42 WHERE NOT EXISTS (SELECT 1 FROM orders)"
+        )
     roles = {
-        name: DatabaseRole(grants=("SELECT ON TABLE public.orders",), default_ttl=spec.ttl, max_ttl=max(spec.ttl, 3600))
+        name: DatabaseRole(
+            grants=("SELECT ON TABLE public.orders",),
+            default_ttl=spec.ttl,
+            max_ttl=max(spec.ttl, 3600),
+        )
         for name, spec in dynamic_roles(manifests).items()
     }
     done = configure_database(
@@ -146,7 +162,12 @@ def _demo_database(client: hvac.Client, manifests: Sequence[Manifest], pg: PgClu
 
 
 def start_sidecar(
-    stack: Stack, manifest_path: Path, agent: str, vault: VaultSettings, *, role_files: tuple[Path, Path] | None
+    stack: Stack,
+    manifest_path: Path,
+    agent: str,
+    vault: VaultSettings,
+    *,
+    role_files: tuple[Path, Path] | None,
 ) -> SidecarProcess:
     socket = stack.state_dir / f"{agent}.sock"
     audit = stack.state_dir / "audit" / f"{agent}.jsonl"
@@ -156,27 +177,47 @@ def start_sidecar(
         env["BROKER_ROLE_ID_FILE"], env["BROKER_SECRET_ID_FILE"] = map(str, role_files)
     elif vault.token is not None:
         env["VAULT_TOKEN"] = vault.token.get_secret_value()
-    cmd = [sys.executable, "-m", "broker.cli", "sidecar", "--manifest", str(manifest_path),
-           "--listen", f"unix:{socket}", "--audit", str(audit)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "broker.cli",
+        "sidecar",
+        "--manifest",
+        str(manifest_path),
+        "--listen",
+        f"unix:{socket}",
+        "--audit",
+        str(audit),
+    ]
     log = open(stack.state_dir / f"{agent}.log", "ab")  # noqa: SIM115 - owned by the child
-    process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     log.close()
     sc = SidecarProcess(agent, socket, process, audit)
     stack.sidecars.append(sc)
     return sc
 
 
-def wait_ready(sc: SidecarProcess, timeout: float = 30.0) -> None:
-    from broker.client import BrokerClient
+def _ready(socket_path: Path) -> bool:
+    """One ``GET /readyz`` over the sidecar's unix socket."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect(str(socket_path))
+        sock.sendall(b"GET /readyz HTTP/1.0\r\nHost: sidecar\r\n\r\n")
+        return sock.recv(64).split(b"\r\n", 1)[0].endswith(b" 200 OK")
+    return False
 
+
+def wait_ready(sc: SidecarProcess, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if sc.process.poll() is not None:
-            raise BackendUnavailable(f"the sidecar for {sc.agent} exited with status {sc.process.returncode}")
-        if sc.socket.exists():
-            with contextlib.suppress(OSError, urllib.error.URLError, ValueError), BrokerClient(f"unix:{sc.socket}") as c:
-                if c.ready():
-                    return
+            raise BackendUnavailable(
+                f"the sidecar for {sc.agent} exited with status {sc.process.returncode}"
+            )
+        if sc.socket.exists() and _ready(sc.socket):
+            return
         time.sleep(0.1)
     raise BackendUnavailable(f"the sidecar for {sc.agent} was not ready within {timeout:.0f}s")
 
@@ -197,8 +238,18 @@ def up(
         _start_vault(stack, vault)
         client = make_client(stack.vault_addr, stack.operator_token)
         manifests = [m for _, m in manifests_with_paths]
-        stack.steps += bootstrap(client, [grant_for(m) for m in manifests], demo=stack.dev_server is not None, addr=stack.vault_addr)
-        if with_postgres and dynamic_roles(manifests) and stack.dev_server is not None and PG_BINDIR.exists():
+        stack.steps += bootstrap(
+            client,
+            [grant_for(m) for m in manifests],
+            demo=stack.dev_server is not None,
+            addr=stack.vault_addr,
+        )
+        if (
+            with_postgres
+            and dynamic_roles(manifests)
+            and stack.dev_server is not None
+            and PG_BINDIR.exists()
+        ):
             stack.postgres = start_cluster()
             stack.steps += _demo_database(client, manifests, stack.postgres)
         sidecar_vault = VaultSettings(addr=stack.vault_addr)
@@ -230,13 +281,17 @@ def _start_vault(stack: Stack, vault: VaultSettings | None) -> None:
         stack.vault_addr, stack.operator_token = stack.dev_server.addr, stack.dev_server.root_token
         return
     if vault.token is None:
-        raise ConfigError("--vault-addr needs an operator token in VAULT_TOKEN (or BAO_TOKEN) to bootstrap")
+        raise ConfigError(
+            "--vault-addr needs an operator token in VAULT_TOKEN (or BAO_TOKEN) to bootstrap"
+        )
     stack.vault_addr, stack.operator_token = vault.addr, vault.token.get_secret_value()
     check_reachable(make_client(vault.addr, stack.operator_token, timeout=3.0), vault.addr)
 
 
 def describe(stack: Stack) -> Iterator[str]:
-    yield f"Vault/OpenBao: {stack.vault_addr}" + (" (dev server started by broker up)" if stack.dev_server else "")
+    yield f"Vault/OpenBao: {stack.vault_addr}" + (
+        " (dev server started by broker up)" if stack.dev_server else ""
+    )
     if stack.postgres is not None:
         yield f"PostgreSQL:    127.0.0.1:{stack.postgres.port} (throwaway, for dynamic credentials)"
     yield f"State:         {stack.state_dir}"
@@ -245,7 +300,10 @@ def describe(stack: Stack) -> Iterator[str]:
 
 
 def example_request(stack: Stack, manifests: dict[str, Any] | None = None) -> str:
-    sc = next((s for s in stack.sidecars if s.agent == "support-refund-agent"), stack.sidecars[0] if stack.sidecars else None)
+    sc = next(
+        (s for s in stack.sidecars if s.agent == "support-refund-agent"),
+        stack.sidecars[0] if stack.sidecars else None,
+    )
     if sc is None:
         return ""
     body = '{"action": "zendesk.get_ticket", "inputs": {"ticket_id": "CS-19422"}}'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -76,6 +77,19 @@ def test_concurrency_slots_free_on_release_or_expiry() -> None:
     assert led.in_flight(NOW) == 0
 
 
+def test_refund_undoes_a_charge_whose_mint_failed() -> None:
+    """refund returns the budget, the rate-log entry and the slot of a failed mint."""
+    led = ledger()
+    kept = Charge(**{"refunds-usd": 10})
+    failed = Charge(**{"refunds-usd": 0.1})
+    led.charge(kept, "a", NOW + 30, NOW)
+    led.charge(failed, "b", NOW + 30, NOW + 1)
+    led.refund(failed, "b", NOW + 1)
+    assert led.budget_used("refunds-usd", NOW + 2) == 10
+    assert led.rate_count("stripe.refund", 60, NOW + 2) == 1
+    assert led.in_flight(NOW + 2) == 1
+
+
 def test_persistence_round_trip_continues_where_it_stopped() -> None:
     """A restarted sidecar restores budgets, rate logs and in-flight credentials exactly."""
     led = ledger()
@@ -126,16 +140,18 @@ steps = st.lists(
 
 @settings(max_examples=150)
 @given(limit_sets(), steps)
-def test_driven_by_decide_the_ledger_never_exceeds_any_limit(limits: dict, script: list) -> None:  # type: ignore[type-arg]
+def test_driven_by_decide_the_ledger_never_exceeds_any_limit(
+    limits: dict[str, Any], script: list[tuple[float, str, int, int, bool]]
+) -> None:
     """Deciding then charging, over time, never exceeds concurrency, rate or budget limits."""
     manifest = refund_manifest(limits)
     led, now, held = UsageLedger.for_manifest(manifest), NOW, []
     allowed: list[tuple[float, str]] = []
     for advance, action, amount, life, release in script:
         now += advance
-        inputs = {"ticket_id": "CS-1", "amount_usd": amount} if "refund" in action else {}
-        if action == "zendesk.get_ticket":
-            inputs = {"ticket_id": "CS-1"}
+        inputs: dict[str, Any] = {"ticket_id": "CS-1"}
+        if action == "stripe.refund":
+            inputs["amount_usd"] = amount
         d = decide(ActionRequest(action=action, inputs=inputs, request_id="r"), manifest, led, now)
         if d.outcome is Outcome.allow:
             led.charge(d, f"c{len(allowed)}", now + life, now)

@@ -13,7 +13,7 @@ import pytest
 from broker.api import openapi_document
 from broker.devstack import DevServer
 from broker.vault.kv import kv_write
-from tests.harness import REPO, Harness, root_client, running_sidecar, unique_agent, write_manifest
+from tests.harness import REPO, root_client, running_sidecar, unique_agent, write_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +132,9 @@ async def test_scope_health_readiness_and_openapi(openbao: DevServer, manifest_p
         missing = await h.raw("GET", "/nope")
     assert set(scope["actions"]) == {"read.thing", "pay.out", "ping.it"}
     assert scope["actions"]["pay.out"]["needs_approval"] is True
-    assert health[0] == 200 and ready[0] == 200 and ready[1]["ready"] is True
+    assert health[0] == 200
+    assert ready[0] == 200
+    assert ready[1]["ready"] is True
     assert served == json.loads((REPO / "openapi.json").read_text())
     assert (missing[0], missing[1]["error"]) == (404, "not_found")
 
@@ -150,5 +152,6 @@ async def test_outcome_report_frees_the_concurrency_slot(openbao: DevServer, man
         done = await h.raw("POST", f"/v1/credentials/{ids[0]}/outcome", json={"status": "ok"})
         again = await h.raw("POST", f"/v1/credentials/{ids[0]}/outcome", json={"status": "ok"})
         after = await h.ask("read.thing", {"id": "T-3"})
-    assert done[0] == 200 and again[0] == 404
+    assert done[0] == 200
+    assert again[0] == 404
     assert after[0] == 200

@@ -39,7 +39,8 @@ async def test_vault_token_reads_its_policy_and_nothing_else(openbao: DevServer,
         status, body, _ = await h.ask("stripe.refund", {"ticket_id": "CS-1", "amount_usd": 20})
     assert status == 200, body
     cred = body["credential"]
-    assert cred["kind"] == "vault_token" and cred["policies"] == ["stripe-refund"]
+    assert cred["kind"] == "vault_token"
+    assert cred["policies"] == ["stripe-refund"]
     client = make_client(openbao.addr, cred["token"])
     secret = client.secrets.kv.v2.read_secret_version(path="demo/stripe-refund", mount_point="secret", raise_on_deleted_version=False)
     assert secret["data"]["data"]["note"].startswith("readable")
@@ -73,7 +74,9 @@ async def test_vault_token_expires_with_its_ttl(openbao: DevServer, tmp_path: Pa
     async with running_sidecar(openbao, SCOPES / "support-refund-agent.yaml", tmp_path) as h:
         _, body, _ = await h.ask("stripe.refund", {"ticket_id": "CS-4", "amount_usd": 5})
     info = root_client(openbao).auth.token.lookup_accessor(body["credential"]["vault_id"])["data"]
-    assert 0 < info["ttl"] <= 30 and info["num_uses"] == 1 and info["renewable"] is False
+    assert 0 < info["ttl"] <= 30
+    assert info["num_uses"] == 1
+    assert info["renewable"] is False
 
 
 async def test_dynamic_credential_logs_in_until_its_lease_is_revoked(
@@ -157,8 +160,10 @@ async def test_vault_down_means_503_within_two_seconds_and_recovery(openbao: Dev
         finally:
             openbao.resume()
         assert elapsed < 2.0
-        assert body["reason"] == "backend_unavailable" and int(headers["Retry-After"]) >= 1
-        assert ready[0] == 503 and refused_token[0] == 503
+        assert body["reason"] == "backend_unavailable"
+        assert int(headers["Retry-After"]) >= 1
+        assert ready[0] == 503
+        assert refused_token[0] == 503
         for _ in range(100):
             if (await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"}))[0] == 200:
                 break

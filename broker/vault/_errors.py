@@ -30,4 +30,6 @@ def translate_errors(operation: str, addr: str = "") -> Iterator[None]:
         reason = "; ".join(str(e) for e in (exc.errors or [])) or type(exc).__name__
         raise BackendUnavailable(f"Vault{where} failed {operation}: {reason[:200]}") from exc
     except requests.exceptions.RequestException as exc:
-        raise BackendUnavailable(f"Vault is unreachable{where} ({operation}): {type(exc).__name__}") from exc
+        raise BackendUnavailable(
+            f"Vault is unreachable{where} ({operation}): {type(exc).__name__}"
+        ) from exc

@@ -33,8 +33,8 @@ from broker.vault.policies import (
     sidecar_policy_hcl,
 )
 
-SIDECAR_TOKEN_TTL = "1h"
-SIDECAR_TOKEN_MAX_TTL = "24h"
+SIDECAR_TOKEN_TTL = "1h"  # noqa: S105 - a duration, not a secret
+SIDECAR_TOKEN_MAX_TTL = "24h"  # noqa: S105 - a duration, not a secret
 
 
 @dataclass(frozen=True)
