@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 
-
 BENCH_MANIFEST = Path(__file__).resolve().parent.parent / "bench" / "scopes" / "bench-agent.yaml"
 
 

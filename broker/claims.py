@@ -52,8 +52,14 @@ class ActionClaims:
             issued_at=int(payload["iat"]),
             expires_at=int(payload["exp"]),
             jti=str(payload["jti"]),
-            generation=int(payload["gen"]),
+            generation=_integer(payload["gen"]),
         )
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected an integer claim")
+    return value
 
 
 def action_payload(

@@ -68,14 +68,28 @@ def register(
     register_bench(bench)
 
 
+class Stop(BaseException):
+    """SIGTERM or SIGINT: unwind through every ``finally`` so nothing started is left behind."""
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise Stop(signum)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from broker.stack import describe, example_request, up
 
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    # Installed before anything starts: a signal during start-up still cleans up.
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
     vault = vault_from_env(addr=args.vault_addr) if args.vault_addr else None
-    stack = up(
-        args.paths, vault=vault, state_dir=args.state_dir, with_postgres=not args.no_postgres
-    )
+    try:
+        stack = up(
+            args.paths, vault=vault, state_dir=args.state_dir, with_postgres=not args.no_postgres
+        )
+    except Stop:
+        return 0
     try:
         for step in stack.steps:
             print(step)
@@ -88,23 +102,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         if stack.dev_server is not None:
             print(f"  export VAULT_TOKEN={stack.operator_token}")
         print("\nCtrl-C (or SIGTERM) stops everything.", flush=True)
-        _wait_for_signal()
+        while True:
+            signal.pause()
+    except Stop:
+        pass
     finally:
+        signal.signal(
+            signal.SIGTERM, signal.SIG_IGN
+        )  # a second signal must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stack.stop()
         print("stopped.", flush=True)
     return 0
-
-
-def _wait_for_signal() -> None:
-    received: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        received.append(signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    while not received:
-        signal.pause()
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:

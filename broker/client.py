@@ -259,7 +259,9 @@ def _outcome_call(credential_id: str, status: str, cost: float | None) -> _Call[
 
 
 def _segment(value: str) -> str:
-    """An id as one path segment: ``../x`` cannot climb out of its route."""
+    """An id as one path segment: ``../x`` cannot climb out of its route, nor can ``..``."""
+    if value in ("", ".", ".."):
+        raise ValueError(f"{value!r} is not an id")
     return urllib.parse.quote(value, safe="")
 
 

@@ -2,7 +2,8 @@
 
 Two documents in the broker's KV mount: ``control/global`` (``killed_all``,
 ``revoked_before``, ``signing_generation``, ``min_generation``) and one per agent,
-``control/agents/<agent>`` (``killed``, ``reason``, ``by``, ``at``, ``revoked_before``), and
+``control/agents/<agent>`` (``killed``, ``reason``, ``by``, ``at``, ``revoked_before``,
+``revoked_before_action``), and
 ``control/revoked`` (``jtis``: credential id to expiry, for single-token revocation). Every sidecar polls both; one runbook command
 writes them, so it reaches every sidecar. Missing documents mean "nothing revoked"."""
 
@@ -29,6 +30,7 @@ class ControlState:
     kill_reason: str = ""
     revoked_before: float = 0.0
     revoked_jtis: frozenset[str] = field(default_factory=frozenset)
+    revoked_before_action: Mapping[str, float] = field(default_factory=dict)
     signing_generation: int = 1
     min_generation: int = 0
 
@@ -53,6 +55,9 @@ class ControlState:
                 float(g.get("revoked_before", 0)), float(a.get("revoked_before", 0))
             ),
             revoked_jtis=frozenset((r.get("jtis") or {}).keys()),
+            revoked_before_action={
+                str(k): float(v) for k, v in (a.get("revoked_before_action") or {}).items()
+            },
             signing_generation=int(g.get("signing_generation", 1)),
             min_generation=int(g.get("min_generation", 0)),
         )
@@ -65,6 +70,8 @@ class ControlState:
             return f"token {claims.jti} was revoked"
         if claims.issued_at <= self.revoked_before:
             return f"tokens of {claims.agent} issued before {int(self.revoked_before)} were revoked"
+        if claims.issued_at <= self.revoked_before_action.get(claims.action, 0.0):
+            return f"tokens of {claims.agent} for {claims.action} issued before then were revoked"
         if claims.generation < self.min_generation:
             return f"signing key generation {claims.generation} was revoked"
         return None

@@ -35,9 +35,11 @@ from pydantic import (
 
 from broker.constraints import (
     CONDITION_OPS,
+    CONDITION_SCHEMA,
     INPUT_CHECKS,
     INPUT_TYPES,
-    operand_problem,
+    condition_problems,
+    condition_terms,
     regex_problem,
     valid_domain,
 )
@@ -246,64 +248,6 @@ def _input_problems(spec: InputSpec) -> Iterator[tuple[Path, str]]:
 
 # -- approval conditions -------------------------------------------------------------------
 
-_CONDITION_SCHEMA = {
-    "type": "object",
-    "description": "input name -> {operator: operand}; all must hold. `any: [conditions]` "
-    "holds when one of them holds. An empty condition always holds.",
-    "properties": {"any": {"type": "array", "items": {"type": "object"}, "minItems": 1}},
-    "additionalProperties": {
-        "type": "object",
-        "minProperties": 1,
-        "additionalProperties": False,
-        "properties": {n: {"description": op.description} for n, op in CONDITION_OPS.items()},
-    },
-}
-
-
-def condition_problems(when: object, path: Path = ()) -> Iterator[tuple[Path, str]]:
-    """Structural problems in an approval condition (operators, operands, nesting)."""
-    if not isinstance(when, dict):
-        yield path, f"expected a mapping of input name to operators, found {when!r}"
-        return
-    for key, spec in when.items():
-        if key == "any":
-            yield from _any_problems(spec, (*path, "any"))
-        elif not isinstance(spec, dict) or not spec:
-            yield (*path, str(key)), f"expected a mapping like {{gt: 100}}, found {spec!r}"
-        else:
-            yield from _ops_problems(spec, (*path, str(key)))
-
-
-def _any_problems(items: object, path: Path) -> Iterator[tuple[Path, str]]:
-    if not isinstance(items, list) or not items:
-        yield path, "'any' needs a non-empty list of conditions"
-        return
-    for i, item in enumerate(items):
-        yield from condition_problems(item, (*path, str(i)))
-
-
-def _ops_problems(spec: dict[Any, Any], path: Path) -> Iterator[tuple[Path, str]]:
-    for op_name, operand in spec.items():
-        op = CONDITION_OPS.get(op_name)
-        if op is None:
-            yield (
-                (*path, str(op_name)),
-                f"unknown operator; expected one of {', '.join(CONDITION_OPS)}",
-            )
-        elif why := operand_problem(op, operand):
-            yield (*path, str(op_name)), why
-
-
-def condition_terms(when: dict[str, Any], path: Path = ()) -> Iterator[tuple[Path, str, str, Any]]:
-    """Every (path, input name, operator, operand) a well-formed condition mentions."""
-    for key, spec in when.items():
-        if key == "any":
-            for i, item in enumerate(spec):
-                yield from condition_terms(item, (*path, "any", str(i)))
-        else:
-            for op_name, operand in spec.items():
-                yield (*path, key, op_name), key, op_name, operand
-
 
 def _check_condition(when: dict[str, Any]) -> dict[str, Any]:
     problems = list(condition_problems(when))
@@ -313,7 +257,7 @@ def _check_condition(when: dict[str, Any]) -> dict[str, Any]:
 
 
 Condition = Annotated[
-    dict[str, Any], AfterValidator(_check_condition), WithJsonSchema(_CONDITION_SCHEMA)
+    dict[str, Any], AfterValidator(_check_condition), WithJsonSchema(CONDITION_SCHEMA)
 ]
 
 

@@ -97,6 +97,8 @@ class ActionTokenSigner:
         if key is None:
             raise RuntimeError("the signer has no certified key yet")
         issued = int(now)
+        if key.not_after - issued < 1:
+            raise RuntimeError("the signer's certificate has expired; rotate first")
         ttl = max(1, min(ttl, key.not_after - issued))
         jti = jti or uuid.uuid4().hex
         payload = action_payload(

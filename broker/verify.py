@@ -32,7 +32,7 @@ MAX_LEEWAY = 30
 class RevocationView(Protocol):
     """What a verifier asks of the control state; returns why a token is revoked, or None."""
 
-    def revoked(self, claims: ActionClaims) -> str | None: ...
+    def token_revoked(self, claims: ActionClaims) -> str | None: ...
 
 
 def _fail(code: str, detail: str) -> VerificationError:
@@ -66,7 +66,11 @@ class Verifier:
         header = self._header(token)
         cert = self._certificate(header)
         payload = self._decode(token, cert, audience)
-        claims = ActionClaims.from_payload(payload)
+        self._check_times(payload)
+        try:
+            claims = ActionClaims.from_payload(payload)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _fail("token_invalid", "a claim has the wrong type") from exc
         self._check_subject(cert, claims)
         if action is not None and claims.action != action:
             raise _fail("wrong_action", f"token is for action {claims.action!r}, not {action!r}")
@@ -77,7 +81,7 @@ class Verifier:
             raise _fail(
                 "inputs_mismatch", "the call's inputs are not the inputs the token was minted for"
             )
-        reason = self._revocations.revoked(claims) if self._revocations else None
+        reason = self._revocations.token_revoked(claims) if self._revocations else None
         if reason:
             raise _fail("token_revoked", reason)
         return claims
@@ -136,7 +140,14 @@ class Verifier:
                 audience=audience,
                 issuer=ISSUER,
                 leeway=self._leeway,
-                options={"require": list(REQUIRED_CLAIMS), "verify_iat": True},
+                # Times are checked against the injected clock in _check_times, not pyjwt's.
+                options={
+                    "require": list(REQUIRED_CLAIMS),
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "strict_aud": True,
+                },
             )
         except jwt.ExpiredSignatureError as exc:
             raise _fail("token_expired", "token has expired") from exc
@@ -149,6 +160,17 @@ class Verifier:
         except jwt.PyJWTError as exc:
             raise _fail("token_invalid", f"token refused: {exc}") from exc
         return payload
+
+    def _check_times(self, payload: dict[str, Any]) -> None:
+        now, leeway = self._clock(), self._leeway
+        for name in ("exp", "nbf", "iat"):
+            value = payload[name]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _fail("token_invalid", f"claim {name!r} must be an integer time")
+        if payload["exp"] <= now - leeway:
+            raise _fail("token_expired", "token has expired")
+        if payload["nbf"] > now + leeway or payload["iat"] > now + leeway:
+            raise _fail("token_not_yet_valid", "token is not valid yet")
 
     @staticmethod
     def _check_subject(cert: x509.Certificate, claims: ActionClaims) -> None:

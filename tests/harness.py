@@ -60,7 +60,11 @@ def setup_database(openbao: DevServer, postgres: PgCluster, role: str = "orders-
         username=postgres.superuser,
         password=postgres.password,
         sslmode="disable",
-        roles={role: DatabaseRole(grants=("SELECT ON TABLE public.orders",), default_ttl=300, max_ttl=3600)},
+        roles={
+            role: DatabaseRole(
+                grants=("SELECT ON TABLE public.orders",), default_ttl=300, max_ttl=3600
+            )
+        },
     )
 
 
@@ -71,7 +75,9 @@ class Harness:
     http: aiohttp.ClientSession
     audit_path: Path
 
-    async def ask(self, action: str, inputs: dict[str, Any] | None = None, **extra: Any) -> tuple[int, dict[str, Any], Any]:
+    async def ask(
+        self, action: str, inputs: dict[str, Any] | None = None, **extra: Any
+    ) -> tuple[int, dict[str, Any], Any]:
         body = {"action": action, "inputs": inputs or {}, **extra}
         async with self.http.post(f"{self.url}/v1/credentials", json=body) as resp:
             return resp.status, await resp.json(), resp.headers

@@ -107,8 +107,13 @@ def tightened(draw: st.DrawFn, limits: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-json_scalars = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=12)
-json_scalars |= st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+json_scalars: st.SearchStrategy[Any] = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.text(max_size=12),
+    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+)
 ticket_ids = st.sampled_from(["CS-1", "CS-19422", "cs-1", "CS-", "CS-1\n"]) | st.text(max_size=8)
 amounts = st.integers(-10, 2000) | st.floats(-10, 2000, allow_nan=False) | json_scalars
 

@@ -23,7 +23,7 @@ NOW = 1_767_225_600.0  # a UTC midnight
 class Charge:
     """A minimal chargeable decision."""
 
-    def __init__(self, action: str = "stripe.refund", **charges: float) -> None:
+    def __init__(self, action: str = "stripe.refund", /, **charges: float) -> None:
         self.action = action
         self.charges = MappingProxyType(charges)
 

@@ -165,7 +165,7 @@ def test_models_are_frozen() -> None:
     """A loaded manifest cannot be changed in place."""
     m = refund_manifest()
     with pytest.raises(ValidationError):
-        m.agent = "other"  # type: ignore[misc]
+        m.agent = "other"
 
 
 def test_input_constraint_fields_mirror_the_operator_table() -> None:

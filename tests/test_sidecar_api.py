@@ -49,11 +49,43 @@ Step = tuple[str, dict[str, Any]]
 # (name, setup requests, final request, expected status, expected outcome, expected reason)
 REFUSALS: list[tuple[str, list[Step], Step, int, str, str]] = [
     ("unknown_action", [], ("deploy.production", {}), 403, "deny", "unknown_action"),
-    ("invalid_inputs", [], ("read.thing", {"id": "T-1", "extra": 1}), 403, "deny", "invalid_inputs"),
-    ("constraint_violation", [], ("read.thing", {"id": "X-1"}), 403, "deny", "constraint_violation"),
-    ("budget_exhausted", [("pay.out", {"usd": 50}), ("pay.out", {"usd": 40})], ("pay.out", {"usd": 20}), 403, "deny", "budget_exhausted"),
+    (
+        "invalid_inputs",
+        [],
+        ("read.thing", {"id": "T-1", "extra": 1}),
+        403,
+        "deny",
+        "invalid_inputs",
+    ),
+    (
+        "constraint_violation",
+        [],
+        ("read.thing", {"id": "X-1"}),
+        403,
+        "deny",
+        "constraint_violation",
+    ),
+    (
+        "budget_exhausted",
+        [("pay.out", {"usd": 50}), ("pay.out", {"usd": 40})],
+        ("pay.out", {"usd": 20}),
+        403,
+        "deny",
+        "budget_exhausted",
+    ),
     ("rate_limited", [("ping.it", {})], ("ping.it", {}), 429, "deny", "rate_limited"),
-    ("concurrency_limit", [("read.thing", {"id": "T-1"}), ("read.thing", {"id": "T-2"}), ("read.thing", {"id": "T-4"})], ("read.thing", {"id": "T-3"}), 429, "deny", "concurrency_limit"),
+    (
+        "concurrency_limit",
+        [
+            ("read.thing", {"id": "T-1"}),
+            ("read.thing", {"id": "T-2"}),
+            ("read.thing", {"id": "T-4"}),
+        ],
+        ("read.thing", {"id": "T-3"}),
+        429,
+        "deny",
+        "concurrency_limit",
+    ),
     ("approval", [], ("pay.out", {"usd": 60}), 202, "pending_approval", "big_payment"),
 ]
 
@@ -63,10 +95,21 @@ def manifest_path(tmp_path: Path) -> Path:
     return write_manifest(tmp_path, MANIFEST.format(agent=unique_agent("api")))
 
 
-@pytest.mark.parametrize(("name", "setup", "final", "status", "outcome", "reason"), REFUSALS, ids=[r[0] for r in REFUSALS])
+@pytest.mark.parametrize(
+    ("name", "setup", "final", "status", "outcome", "reason"),
+    REFUSALS,
+    ids=[r[0] for r in REFUSALS],
+)
 async def test_each_refusal_reason_reaches_the_agent_with_its_status(
-    openbao: DevServer, manifest_path: Path, tmp_path: Path,
-    name: str, setup: list[Step], final: Step, status: int, outcome: str, reason: str,
+    openbao: DevServer,
+    manifest_path: Path,
+    tmp_path: Path,
+    name: str,
+    setup: list[Step],
+    final: Step,
+    status: int,
+    outcome: str,
+    reason: str,
 ) -> None:
     """Every reason code the decision core can give is what the HTTP API answers, with its status."""
     async with running_sidecar(openbao, manifest_path, tmp_path) as h:
@@ -80,12 +123,16 @@ async def test_each_refusal_reason_reaches_the_agent_with_its_status(
         assert int(headers["Retry-After"]) >= 1
 
 
-async def test_agent_disabled_through_the_shared_control_state(openbao: DevServer, manifest_path: Path, tmp_path: Path) -> None:
+async def test_agent_disabled_through_the_shared_control_state(
+    openbao: DevServer, manifest_path: Path, tmp_path: Path
+) -> None:
     """A kill flag written to Vault's control state makes the sidecar refuse with agent_disabled."""
     async with running_sidecar(openbao, manifest_path, tmp_path) as h:
         agent = h.sidecar.manifest.agent
         assert (await h.ask("read.thing", {"id": "T-1"}))[0] == 200
-        kv_write(root_client(openbao), f"control/agents/{agent}", {"killed": True, "reason": "drill"})
+        kv_write(
+            root_client(openbao), f"control/agents/{agent}", {"killed": True, "reason": "drill"}
+        )
         await _until(lambda: h.sidecar.runtime.control.killed)
         status, body, _ = await h.ask("read.thing", {"id": "T-1"})
     assert (status, body["reason"]) == (403, "agent_disabled")
@@ -107,22 +154,39 @@ BAD_BODIES: list[tuple[str, bytes, int, str]] = [
     ("nested input", b'{"action": "ping.it", "inputs": {"a": {"b": 1}}}', 400, "invalid_field"),
     ("bad request id", b'{"action": "ping.it", "request_id": "a b\\n"}', 400, "invalid_field"),
     ("not UTF-8", b'{"action": "\xff"}', 400, "malformed_json"),
-    ("oversized", b'{"action": "ping.it", "inputs": {"x": "' + b"a" * 70_000 + b'"}}', 413, "payload_too_large"),
+    (
+        "oversized",
+        b'{"action": "ping.it", "inputs": {"x": "' + b"a" * 70_000 + b'"}}',
+        413,
+        "payload_too_large",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "raw", "status", "code"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+@pytest.mark.parametrize(
+    ("name", "raw", "status", "code"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES]
+)
 async def test_bad_requests_get_stable_codes(
-    openbao: DevServer, manifest_path: Path, tmp_path: Path, name: str, raw: bytes, status: int, code: str
+    openbao: DevServer,
+    manifest_path: Path,
+    tmp_path: Path,
+    name: str,
+    raw: bytes,
+    status: int,
+    code: str,
 ) -> None:
     """Malformed, mistyped, unknown-field and oversized bodies get a 4xx with a stable code."""
     async with running_sidecar(openbao, manifest_path, tmp_path) as h:
-        got, body, _ = await h.raw("POST", "/v1/credentials", data=raw, headers={"content-type": "application/json"})
+        got, body, _ = await h.raw(
+            "POST", "/v1/credentials", data=raw, headers={"content-type": "application/json"}
+        )
     assert (got, body["error"]) == (status, code)
     assert "Traceback" not in body["detail"]
 
 
-async def test_scope_health_readiness_and_openapi(openbao: DevServer, manifest_path: Path, tmp_path: Path) -> None:
+async def test_scope_health_readiness_and_openapi(
+    openbao: DevServer, manifest_path: Path, tmp_path: Path
+) -> None:
     """/v1/scope lists the actions; /healthz and /readyz answer 200; /openapi.json is the committed one."""
     async with running_sidecar(openbao, manifest_path, tmp_path) as h:
         scope = (await h.raw("GET", "/v1/scope"))[1]
@@ -144,10 +208,15 @@ def test_committed_openapi_document_is_current() -> None:
     assert json.loads((REPO / "openapi.json").read_text()) == openapi_document()
 
 
-async def test_outcome_report_frees_the_concurrency_slot(openbao: DevServer, manifest_path: Path, tmp_path: Path) -> None:
+async def test_outcome_report_frees_the_concurrency_slot(
+    openbao: DevServer, manifest_path: Path, tmp_path: Path
+) -> None:
     """Reporting an outcome releases the credential's slot; an unknown id is a 404."""
     async with running_sidecar(openbao, manifest_path, tmp_path) as h:
-        ids = [(await h.ask("read.thing", {"id": f"T-{i}"}))[1]["credential"]["credential_id"] for i in range(3)]
+        ids = [
+            (await h.ask("read.thing", {"id": f"T-{i}"}))[1]["credential"]["credential_id"]
+            for i in range(3)
+        ]
         assert (await h.ask("read.thing", {"id": "T-3"}))[0] == 429
         done = await h.raw("POST", f"/v1/credentials/{ids[0]}/outcome", json={"status": "ok"})
         again = await h.raw("POST", f"/v1/credentials/{ids[0]}/outcome", json={"status": "ok"})

@@ -33,7 +33,9 @@ from tests.harness import (
 pytestmark = pytest.mark.integration
 
 
-async def test_vault_token_reads_its_policy_and_nothing_else(openbao: DevServer, tmp_path: Path) -> None:
+async def test_vault_token_reads_its_policy_and_nothing_else(
+    openbao: DevServer, tmp_path: Path
+) -> None:
     """A stripe.refund token reads the secret its policy allows, is refused elsewhere, and is used up."""
     async with running_sidecar(openbao, SCOPES / "support-refund-agent.yaml", tmp_path) as h:
         status, body, _ = await h.ask("stripe.refund", {"ticket_id": "CS-1", "amount_usd": 20})
@@ -42,22 +44,32 @@ async def test_vault_token_reads_its_policy_and_nothing_else(openbao: DevServer,
     assert cred["kind"] == "vault_token"
     assert cred["policies"] == ["stripe-refund"]
     client = make_client(openbao.addr, cred["token"])
-    secret = client.secrets.kv.v2.read_secret_version(path="demo/stripe-refund", mount_point="secret", raise_on_deleted_version=False)
+    secret = client.secrets.kv.v2.read_secret_version(
+        path="demo/stripe-refund", mount_point="secret", raise_on_deleted_version=False
+    )
     assert secret["data"]["data"]["note"].startswith("readable")
     with pytest.raises(hvac.exceptions.Forbidden):  # uses: 1 is spent; and it never had more
-        client.secrets.kv.v2.read_secret_version(path="demo/stripe-refund", mount_point="secret", raise_on_deleted_version=False)
+        client.secrets.kv.v2.read_secret_version(
+            path="demo/stripe-refund", mount_point="secret", raise_on_deleted_version=False
+        )
 
 
-async def test_vault_token_cannot_read_outside_its_policy(openbao: DevServer, tmp_path: Path) -> None:
+async def test_vault_token_cannot_read_outside_its_policy(
+    openbao: DevServer, tmp_path: Path
+) -> None:
     """A fresh single-use token's one use, spent on another path, is refused."""
     async with running_sidecar(openbao, SCOPES / "support-refund-agent.yaml", tmp_path) as h:
         _, body, _ = await h.ask("stripe.refund", {"ticket_id": "CS-2", "amount_usd": 5})
     client = make_client(openbao.addr, body["credential"]["token"])
     with pytest.raises(hvac.exceptions.Forbidden):
-        client.secrets.kv.v2.read_secret_version(path="demo/other", mount_point="secret", raise_on_deleted_version=False)
+        client.secrets.kv.v2.read_secret_version(
+            path="demo/other", mount_point="secret", raise_on_deleted_version=False
+        )
 
 
-async def test_vault_token_is_a_child_of_the_sidecar_token(openbao: DevServer, tmp_path: Path) -> None:
+async def test_vault_token_is_a_child_of_the_sidecar_token(
+    openbao: DevServer, tmp_path: Path
+) -> None:
     """Revoking the sidecar's own token revokes every child token it minted."""
     async with running_sidecar(openbao, SCOPES / "support-refund-agent.yaml", tmp_path) as h:
         _, body, _ = await h.ask("stripe.refund", {"ticket_id": "CS-3", "amount_usd": 5})
@@ -98,20 +110,29 @@ async def test_dynamic_credential_logs_in_until_its_lease_is_revoked(
         psycopg.connect(dsn).close()
 
 
-async def test_jwt_verifies_with_broker_verify_and_with_plain_pyjwt(openbao: DevServer, tmp_path: Path) -> None:
+async def test_jwt_verifies_with_broker_verify_and_with_plain_pyjwt(
+    openbao: DevServer, tmp_path: Path
+) -> None:
     """An action token verifies with broker.verify, and with pyjwt given only the Vault CA's word."""
     inputs = {"ticket_id": "CS-19422"}
     async with running_sidecar(openbao, SCOPES / "support-refund-agent.yaml", tmp_path) as h:
         _, body, _ = await h.ask("zendesk.get_ticket", inputs)
     token = body["credential"]["token"]
     ca_pem = fetch_ca_pem(openbao.addr)
-    claims = Verifier([ca_pem]).verify(token, audience="zendesk-gateway", action="zendesk.get_ticket", inputs=inputs)
+    claims = Verifier([ca_pem]).verify(
+        token, audience="zendesk-gateway", action="zendesk.get_ticket", inputs=inputs
+    )
     assert (claims.agent, claims.accountable, claims.policy_version) == (
-        "support-refund-agent", "support-lead@acme.example", "refund-policy-2026-02")
+        "support-refund-agent",
+        "support-lead@acme.example",
+        "refund-policy-2026-02",
+    )
     assert claims.expires_at - claims.issued_at <= 60
     # A gateway with nothing of ours: check the chain with cryptography, the token with pyjwt.
     ca = x509.load_pem_x509_certificate(ca_pem.encode())
-    cert = x509.load_der_x509_certificate(base64.b64decode(jwt.get_unverified_header(token)["x5c"][0]))
+    cert = x509.load_der_x509_certificate(
+        base64.b64decode(jwt.get_unverified_header(token)["x5c"][0])
+    )
     cert.verify_directly_issued_by(ca)
     payload = jwt.decode(token, cert.public_key(), algorithms=["EdDSA"], audience="zendesk-gateway")  # type: ignore[arg-type]
     assert payload["ibh"] == inputs_digest("support-refund-agent", "zendesk.get_ticket", inputs)
@@ -140,7 +161,9 @@ actions:
 """
 
 
-async def test_vault_down_means_503_within_two_seconds_and_recovery(openbao: DevServer, tmp_path: Path) -> None:
+async def test_vault_down_means_503_within_two_seconds_and_recovery(
+    openbao: DevServer, tmp_path: Path
+) -> None:
     """Vault frozen mid-test: the sidecar refuses with 503 within 2 s, mints nothing, and recovers."""
     manifest = write_manifest(tmp_path, UNCAPPED.format(agent=unique_agent("failclosed")))
     async with running_sidecar(openbao, manifest, tmp_path) as h:
@@ -152,7 +175,9 @@ async def test_vault_down_means_503_within_two_seconds_and_recovery(openbao: Dev
                 status, body, headers = await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"})
                 if status == 503:
                     break
-                assert asyncio.get_running_loop().time() - start < 2.0, "still minting with Vault down"
+                assert asyncio.get_running_loop().time() - start < 2.0, (
+                    "still minting with Vault down"
+                )
                 await asyncio.sleep(0.05)
             elapsed = asyncio.get_running_loop().time() - start
             ready = await h.raw("GET", "/readyz")

@@ -149,11 +149,6 @@ def test_exp_never_exceeds_certificate_not_after(
     assert minted.expires_at == _parts(minted.token)[1]["exp"] == min(now + ttl, not_after)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="signing.py mints under an expired certificate: ttl = max(1, ...) gives exp = now + 1 "
-    "past not_after; mint must refuse once key.not_after - int(now) < 1",
-)
 def test_mint_refuses_once_the_certificate_has_expired(
     signer: ActionTokenSigner, clock: Clock
 ) -> None:

@@ -38,5 +38,5 @@ class VaultRevocations:
         self._cache[agent] = (now, state)
         return state
 
-    def revoked(self, claims: ActionClaims) -> str | None:
+    def token_revoked(self, claims: ActionClaims) -> str | None:
         return self.state(claims.agent).token_revoked(claims)
