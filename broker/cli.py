@@ -1,5 +1,7 @@
-"""The ``broker`` command. Each command group lives in its own ``cli_*`` module and adds
-itself through ``register(commands, bench)``; this module only assembles and dispatches."""
+"""The ``broker`` command: an agent credential broker's sidecar, runbooks and tools.
+
+Each command group lives in its own ``cli_*`` module and adds itself through
+``register(commands, bench)``; this module only assembles and dispatches."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ COMMAND_MODULES = (
     "broker.cli_stack",
     "broker.cli_scopes",
     "broker.cli_audit",
+    "broker.cli_control",
 )
 
 

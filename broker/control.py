@@ -297,6 +297,15 @@ class Control:
         )
         return report, str(new["secret_id"])
 
+    def role_id(self, agent: str) -> str:
+        from broker.vault.layout import APPROLE_MOUNT, approle_role
+
+        with translate_errors("AppRole role id read", self.addr):
+            data = self.client.auth.approle.read_role_id(
+                role_name=approle_role(agent), mount_point=APPROLE_MOUNT
+            )
+        return str(data["data"]["role_id"])
+
     def rotate_backend_root(self, mount: str, connection: str) -> ActionReport:
         from broker.vault.database import rotate_root
 

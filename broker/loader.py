@@ -93,6 +93,21 @@ def load_model(path: Path, model: type[M]) -> tuple[M | None, list[str]]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return None, [f"{path}: cannot read: {exc}"]
+    return load_model_text(text, str(path), model)
+
+
+def manifest_from_text(text: str, source: str) -> Manifest:
+    """Validate YAML text held elsewhere (Vault) as a manifest; issues name ``source``."""
+    if len(text.encode()) > MAX_FILE_BYTES:
+        raise ManifestError(f"{source}: larger than {MAX_FILE_BYTES} bytes")
+    model, issues = load_model_text(text, source, Manifest)
+    if model is None:
+        raise ManifestError(f"{source}: manifest does not load ({len(issues)} issues)", issues)
+    return model
+
+
+def load_model_text(text: str, path: str, model: type[M]) -> tuple[M | None, list[str]]:
+    """``load_model`` for text already read; ``path`` only labels the issues."""
     try:
         lines, duplicates = _line_map(text)
         data = yaml.safe_load(text)
@@ -108,7 +123,7 @@ def load_model(path: Path, model: type[M]) -> tuple[M | None, list[str]]:
     return (None if issues else result), issues
 
 
-def _yaml_issue(path: Path, exc: yaml.YAMLError) -> str:
+def _yaml_issue(path: Path | str, exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     line = mark.line + 1 if mark is not None else 1
     problem = getattr(exc, "problem", None) or str(exc)
@@ -157,7 +172,9 @@ def _walk(
 # -- pydantic errors -> issue lines --------------------------------------------------------
 
 
-def _validation_issues(path: Path, exc: ValidationError, lines: dict[DocPath, int]) -> list[str]:
+def _validation_issues(
+    path: Path | str, exc: ValidationError, lines: dict[DocPath, int]
+) -> list[str]:
     grouped: dict[tuple[int, str], list[str]] = {}
     for err in exc.errors():
         for doc_path, line, message in _explain(err, lines):

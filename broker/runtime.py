@@ -56,6 +56,11 @@ class Runtime:
         self._task: asyncio.Task[None] | None = None
         self._last_heartbeat = 0.0
         self._killed_seen_at: float | None = None
+        # Set when outstanding Vault credentials change, so runbooks see them on the next poll.
+        self.dirty = False
+        # Called on the event loop when the kill flag or a revocation time changes.
+        self.on_change: Callable[[ControlState, ControlState], None] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     def available(self) -> bool:
         """Vault answered the last poll, recently enough: the condition for minting anything."""
@@ -68,6 +73,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Log in and certify a first key; raises BackendUnavailable when Vault is not there."""
+        self._event_loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.session.login)
         await asyncio.to_thread(self._refresh)
         self._task = asyncio.create_task(self._loop(), name=f"runtime-{self.agent}")
@@ -108,7 +114,8 @@ class Runtime:
         now = self._clock()
         if self.signer.needs_rotation(now, self.control.signing_generation):
             self.signer.rotate(self.control.signing_generation)
-        if now - self._last_heartbeat >= HEARTBEAT_EVERY or self._killed_changed():
+        if now - self._last_heartbeat >= HEARTBEAT_EVERY or self._killed_changed() or self.dirty:
+            self.dirty = False
             self._heartbeat(now)
         if not self.vault_ok:
             log.info("Vault reachable at %s; minting resumes", self.session.addr)
@@ -118,12 +125,16 @@ class Runtime:
 
     def _read_control(self) -> None:
         addr = self.session.addr
-        self.control = ControlState.from_docs(
+        old = self.control
+        self.control = new = ControlState.from_docs(
             self.agent,
             kv_read(self._poller, GLOBAL_PATH, addr),
             kv_read(self._poller, agent_path(self.agent), addr),
             kv_read(self._poller, REVOKED_PATH, addr),
         )
+        changed = (old.killed, old.revoked_before) != (new.killed, new.revoked_before)
+        if changed and self.on_change is not None and self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(self.on_change, old, new)
 
     def _killed_changed(self) -> bool:
         seen = self._killed_seen_at is not None

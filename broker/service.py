@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from broker.audit import iso_utc, redact
+from broker.controlstate import ControlState
 from broker.decision import ActionRequest, Decision, decide
 from broker.errors import AuditUnavailable, BrokerError
 from broker.limits import UsageLedger
@@ -81,6 +82,7 @@ class CredentialService:
         self._clock = clock
         # Outstanding Vault-backed credentials: credential id -> (kind, vault id, action, expiry).
         self.vault_ids: dict[str, tuple[str, str, str, float]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
 
     @staticmethod
     def new_request_id() -> str:
@@ -108,6 +110,31 @@ class CredentialService:
                 for name, a in m.actions.items()
             },
         }
+
+    def control_changed(self, old: ControlState, new: ControlState) -> None:
+        """Runs on the event loop: a kill or mass revocation frees slots and goes on the record."""
+        if new.killed or new.revoked_before > old.revoked_before:
+            self.ledger.release_all()
+            self.vault_ids.clear()
+        event = (
+            "kill"
+            if new.killed and not old.killed
+            else "revive"
+            if old.killed and not new.killed
+            else "revoke"
+        )
+        body = {
+            "type": "control",
+            "event": event,
+            "timestamp": iso_utc(self._clock()),
+            "at": round(self._clock(), 6),
+            "agent_id": self.manifest.agent,
+            "reason": new.kill_reason,
+            "revoked_before": new.revoked_before,
+        }
+        task = asyncio.get_running_loop().create_task(self.audit.append(body))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def outstanding_summary(self) -> dict[str, Any]:
         """For the heartbeat: how many credentials are live, and which Vault ids back them."""
@@ -253,6 +280,7 @@ class CredentialService:
         except AuditUnavailable:
             await asyncio.to_thread(self._revoke_quietly, spec.kind, issued.credential_id)
             raise
+        self.runtime.dirty = True
         self.vault_ids[credential_id] = (
             spec.kind,
             issued.credential_id,

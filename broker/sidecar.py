@@ -160,6 +160,7 @@ class Sidecar:
             self.manifest, self.runtime, self.audit, ledger, redact_key=_redact_key(self.config)
         )
         self.runtime.outstanding = self.service.outstanding_summary
+        self.runtime.on_change = self.service.control_changed
         app = build_app(self.service, max_body=self.config.max_body)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

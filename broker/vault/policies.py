@@ -55,10 +55,10 @@ def security_operator_hcl() -> str:
         _rule("sys/leases/lookup/*", "list", "sudo"),
         _rule("auth/token/revoke-accessor", "update"),
         _rule("auth/token/lookup-accessor", "update"),
-        _rule(f"auth/{APPROLE_MOUNT}/role/+/secret-id", "update"),
+        _rule(f"auth/{APPROLE_MOUNT}/role/+/secret-id", "update", "list"),
         _rule(f"auth/{APPROLE_MOUNT}/role/+/secret-id-accessor/*", "update"),
         _rule(f"auth/{APPROLE_MOUNT}/role/+/role-id", "read"),
-        _rule(f"{DATABASE_MOUNT}/rotate-root/*", "update"),
+        _rule("+/rotate-root/*", "update"),  # any database secrets engine mount
         _rule(f"{PKI_MOUNT}/revoke", "update"),
         _rule(f"{PKI_MOUNT}/ca/pem", "read"),
         _rule(f"{TRANSIT_MOUNT}/keys/*", "read"),

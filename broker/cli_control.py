@@ -1,0 +1,188 @@
+"""Security's runbook commands: ``revoke``, ``kill``, ``revive``, ``rotate``, ``status``.
+
+Each acts with the operator's own Vault token (``VAULT_TOKEN``/``BAO_TOKEN``) and is
+appended, with the operator's identity, to the operator audit trail (``--audit-log`` or
+``BROKER_OPERATOR_AUDIT``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from broker.errors import ConfigError
+from broker.settings import vault_from_env
+
+
+def register(
+    commands: argparse._SubParsersAction[Any], bench: argparse._SubParsersAction[Any]
+) -> None:
+    del bench
+    p = commands.add_parser("revoke", help="revoke one credential, an agent's, or everything")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--jti", help="a credential id, JWT id, token accessor or lease id")
+    who.add_argument("--agent")
+    who.add_argument("--all", action="store_true")
+    p.add_argument("--action", help="with --agent: only this action's credentials")
+    p.add_argument("--reason", default="revoked by runbook")
+    _common(p, cmd_revoke)
+
+    p = commands.add_parser(
+        "kill", help="the kill switch: refuse everything, revoke everything held"
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--agent")
+    who.add_argument("--all", action="store_true")
+    p.add_argument("--reason", default="kill switch")
+    p.add_argument(
+        "--wait", type=float, default=10.0, help="seconds to wait for sidecars to confirm"
+    )
+    _common(p, cmd_kill)
+
+    p = commands.add_parser("revive", help="undo the kill switch for one agent")
+    p.add_argument("--agent", required=True)
+    p.add_argument("--reason", required=True)
+    _common(p, cmd_revive)
+
+    p = commands.add_parser(
+        "rotate", help="rotate the signing key, an agent's secret, or a backend root"
+    )
+    what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    q = what.add_parser("signing-key", help="new signing key generation for every sidecar")
+    q.add_argument(
+        "--revoke-old", action="store_true", help="refuse tokens of older generations now"
+    )
+    _common(q, cmd_rotate_signing_key)
+    q = what.add_parser("agent-secret", help="a new AppRole secret id; the old ones stop working")
+    q.add_argument("--agent", required=True)
+    q.add_argument(
+        "--secret-id-file", type=Path, required=True, help="where the sidecar reads it (0600)"
+    )
+    q.add_argument("--role-id-file", type=Path, help="also write the role id here (onboarding)")
+    _common(q, cmd_rotate_agent_secret)
+    q = what.add_parser("backend-root", help="Vault rotates a database root credential")
+    q.add_argument("--mount", default="database")
+    q.add_argument("--connection", required=True)
+    _common(q, cmd_rotate_backend_root)
+
+    p = commands.add_parser(
+        "status", help="agents, sidecar heartbeats, kill flags, outstanding credentials"
+    )
+    p.add_argument("--json", action="store_true")
+    _common(p, cmd_status)
+
+
+def _common(p: argparse.ArgumentParser, func: Any) -> None:
+    p.add_argument("--vault-addr")
+    p.add_argument(
+        "--audit-log", type=Path, help="operator audit trail (default $BROKER_OPERATOR_AUDIT)"
+    )
+    p.set_defaults(func=func)
+
+
+def _control(args: argparse.Namespace) -> Any:
+    from broker.control import Control
+    from broker.vault.session import make_client
+
+    vault = vault_from_env(addr=args.vault_addr)
+    if vault.token is None:
+        raise ConfigError(
+            "runbook commands act with your own Vault token: set VAULT_TOKEN (or BAO_TOKEN)"
+        )
+    return Control(make_client(vault.addr, vault.token.get_secret_value()), vault.addr)
+
+
+def _audit(args: argparse.Namespace, body: dict[str, Any]) -> None:
+    path = args.audit_log or os.environ.get("BROKER_OPERATOR_AUDIT")
+    if not path:
+        return
+    from broker.audit import iso_utc
+    from broker.auditlog import AuditLog
+
+    with AuditLog(path) as log:
+        log.append_sync({"timestamp": iso_utc(float(body["at"])), **body})
+
+
+def _finish(args: argparse.Namespace, report: Any) -> int:
+    _audit(args, report.to_audit())
+    for line in report.lines:
+        print(line)
+    for failure in report.failures:
+        print(f"FAILED: {failure}")
+    print(f"done by {report.operator} in {report.took:.2f}s")
+    return 1 if report.failures else 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    control = _control(args)
+    if args.action and not args.agent:
+        raise ConfigError("--action goes with --agent")
+    if args.jti:
+        return _finish(args, control.revoke_id(args.jti, args.reason))
+    if args.agent:
+        return _finish(args, control.revoke_agent(args.agent, args.action, args.reason))
+    return _finish(args, control.revoke_all(args.reason))
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    report = _control(args).kill(None if args.all else args.agent, args.reason, args.wait)
+    code = _finish(args, report)
+    if report.confirmed:
+        print(
+            f"kill switch in effect: confirmed by the sidecar(s) {report.took:.2f}s after the command"
+        )
+    elif report.confirmed is None:
+        print("kill switch set in Vault; no live sidecar heartbeat to confirm it")
+    return code
+
+
+def cmd_revive(args: argparse.Namespace) -> int:
+    return _finish(args, _control(args).revive(args.agent, args.reason))
+
+
+def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
+    return _finish(args, _control(args).rotate_signing_key(args.revoke_old))
+
+
+def cmd_rotate_agent_secret(args: argparse.Namespace) -> int:
+    control = _control(args)
+    report, secret_id = control.rotate_agent_secret(args.agent)
+    _write_private(args.secret_id_file, secret_id)
+    if args.role_id_file:
+        _write_private(args.role_id_file, control.role_id(args.agent))
+        report.say(f"role id written to {args.role_id_file}")
+    report.say(
+        f"new secret id written to {args.secret_id_file} (0600); restart or let the sidecar re-login"
+    )
+    return _finish(args, report)
+
+
+def _write_private(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+
+
+def cmd_rotate_backend_root(args: argparse.Namespace) -> int:
+    return _finish(args, _control(args).rotate_backend_root(args.mount, args.connection))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = list(_control(args).status())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        f"{'agent':<28} {'killed':<7} {'heartbeat':>10} {'in flight':>9} {'vault creds':>11} {'key gen':>7}"
+    )
+    for r in rows:
+        age = "none" if r["heartbeat_age"] is None else f"{r['heartbeat_age']}s ago"
+        print(
+            f"{r['agent']:<28} {'YES' if r['killed'] else 'no':<7} {age:>10} "
+            f"{r['in_flight'] if r['in_flight'] is not None else '-':>9} {r['vault_credentials']:>11} "
+            f"{r['signing_generation'] if r['signing_generation'] is not None else '-':>7}"
+        )
+    return 0

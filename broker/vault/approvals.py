@@ -1,0 +1,107 @@
+"""Approval requests in Vault's KV v2 mount, at ``approvals/<agent>/<id>``.
+
+Shared through Vault so any operator can act on one and it survives a sidecar restart.
+Every change is a check-and-set write against the version that was read, so two operators
+(or an operator and the sidecar) cannot both act on the same approval: the second write
+fails and is reported as a conflict, never silently applied."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import hvac
+
+from broker.approvals import Approval, ApprovalError, check_id
+from broker.errors import NotFound
+from broker.vault._errors import translate_errors
+from broker.vault.kv import kv_list
+from broker.vault.layout import KV_MOUNT
+
+APPROVALS_DIR = "approvals"
+
+
+def approval_path(agent: str, approval_id: str) -> str:
+    return f"{APPROVALS_DIR}/{agent}/{check_id(approval_id)}"
+
+
+class ApprovalStore:
+    """Create, read, list and change approvals with the caller's own Vault token."""
+
+    def __init__(self, client: hvac.Client, addr: str = "") -> None:
+        self.client = client
+        self.addr = addr
+
+    def create(self, approval: Approval) -> None:
+        """Write a new approval; refuses to overwrite one that exists (cas 0)."""
+        self._write(approval, 0)
+
+    def read(self, agent: str, approval_id: str) -> tuple[Approval, int] | None:
+        """The approval and its KV version, or None."""
+        path = approval_path(agent, approval_id)
+        with translate_errors(f"read of {KV_MOUNT}/{path}", self.addr):
+            try:
+                result = self.client.secrets.kv.v2.read_secret_version(
+                    path=path, mount_point=KV_MOUNT, raise_on_deleted_version=False
+                )
+            except hvac.exceptions.InvalidPath:
+                return None
+        data = (result or {}).get("data") or {}
+        if not isinstance(data.get("data"), dict):
+            return None
+        return Approval.from_json(data["data"]), int(data["metadata"]["version"])
+
+    def find(self, approval_id: str, agent: str | None = None) -> tuple[Approval, int]:
+        """An approval by id, searching every agent's approvals unless ``agent`` is given."""
+        check_id(approval_id)
+        for name in [agent] if agent else self.agents():
+            found = self.read(name, approval_id)
+            if found is not None:
+                return found
+        raise NotFound(f"no approval {approval_id}")
+
+    def agents(self) -> list[str]:
+        return [k.rstrip("/") for k in kv_list(self.client, f"{APPROVALS_DIR}/", self.addr)]
+
+    def ids(self, agent: str) -> list[str]:
+        keys = kv_list(self.client, f"{APPROVALS_DIR}/{agent}/", self.addr)
+        return [k for k in keys if not k.endswith("/")]
+
+    def list(self, agent: str | None = None) -> list[Approval]:
+        """Every approval of one agent, or of all agents, oldest first."""
+        found: list[Approval] = []
+        for name in [agent] if agent else self.agents():
+            for approval_id in self.ids(name):
+                got = self.read(name, approval_id)
+                if got is not None:
+                    found.append(got[0])
+        return sorted(found, key=lambda a: a.created_at)
+
+    def update(
+        self,
+        agent: str,
+        approval_id: str,
+        change: Callable[[Approval], Approval],
+    ) -> Approval:
+        """Apply ``change`` to the stored approval with check-and-set; ``change`` may raise."""
+        found = self.read(agent, approval_id)
+        if found is None:
+            raise NotFound(f"no approval {approval_id} for {agent}")
+        approval, version = found
+        changed = change(approval)
+        self._write(changed, version)
+        return changed
+
+    def _write(self, approval: Approval, cas: int) -> None:
+        path = approval_path(approval.agent, approval.id)
+        with translate_errors(f"write of {KV_MOUNT}/{path}", self.addr):
+            try:
+                self.client.secrets.kv.v2.create_or_update_secret(
+                    path=path, secret=approval.to_json(), cas=cas, mount_point=KV_MOUNT
+                )
+            except hvac.exceptions.InvalidRequest as exc:
+                if "check-and-set" not in str(exc):
+                    raise
+                raise ApprovalError(
+                    f"approval {approval.id} changed while this change was made; "
+                    "read it again (someone else acted first)"
+                ) from exc
