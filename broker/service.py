@@ -83,6 +83,11 @@ class CredentialService:
         # Outstanding Vault-backed credentials: credential id -> (kind, vault id, action, expiry).
         self.vault_ids: dict[str, tuple[str, str, str, float]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # Manifests by content hash, so a record written after an await is redacted under
+        # the manifest that decided it even if a new version was switched in meanwhile.
+        self._manifests: dict[str, Manifest] = {manifest.content_hash: manifest}
+        # Set by the sidecar when the manifest comes from Vault: the watcher's state.
+        self.manifest_state: Callable[[], dict[str, Any]] | None = None
 
     @staticmethod
     def new_request_id() -> str:
@@ -143,18 +148,31 @@ class CredentialService:
             del self.vault_ids[cid]
         return {
             "in_flight": self.ledger.in_flight(now),
+            "manifest_hash": self.manifest.content_hash,
             "vault_credentials": [
                 {"credential_id": c, "kind": k, "vault_id": v, "action": a, "expires_at": e}
                 for c, (k, v, a, e) in self.vault_ids.items()
             ],
         }
 
+    def swap_manifest(self, new: Manifest) -> None:
+        """Enforce ``new`` from the next request on; synchronous, so atomic on the event loop."""
+        if len(self._manifests) >= 8:
+            self._manifests = {self.manifest.content_hash: self.manifest}
+        self._manifests[new.content_hash] = new
+        self.ledger.configure(new)
+        self.manifest = new
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         ready = self.runtime.available()
         return ready, {
             "ready": ready,
             "vault": "ok" if ready else self.runtime.vault_problem,
-            "manifest": {"agent": self.manifest.agent, "hash": self.manifest.content_hash},
+            "manifest": {
+                "agent": self.manifest.agent,
+                "hash": self.manifest.content_hash,
+                **(self.manifest_state() if self.manifest_state else {}),
+            },
             "agent_disabled": self.runtime.control.killed,
         }
 
@@ -317,7 +335,8 @@ class CredentialService:
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         reason = override or decision.reason
-        action = self.manifest.actions.get(req.action)
+        manifest = self._manifests.get(decision.manifest_hash, self.manifest)
+        action = manifest.actions.get(req.action)
         fields = action.redact if action is not None else ()
         outcome = Outcome.deny if override else decision.outcome
         body: dict[str, Any] = {

@@ -31,6 +31,7 @@ from broker.manifest import Manifest
 from broker.runtime import Runtime
 from broker.server import build_app
 from broker.service import CredentialService
+from broker.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, vault_fetch
 from broker.settings import DEFAULT_MAX_BODY, VaultSettings
 
 log = logging.getLogger("broker.sidecar")
@@ -45,6 +46,7 @@ class SidecarConfig:
     redact_key_file: Path | None = None
     max_body: int = DEFAULT_MAX_BODY
     poll_interval: float = 0.25
+    manifest_poll_interval: float = DEFAULT_MANIFEST_POLL  # with manifest_path vault:<agent>
     checkpoint_every: int = 1000
     checkpoint_interval: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -135,9 +137,14 @@ def _checkpoint_signer(runtime: Runtime) -> Any:
 class Sidecar:
     def __init__(self, config: SidecarConfig) -> None:
         self.config = config
-        self.manifest = load_manifest(config.manifest_path)
+        # ``vault:<agent>``: the manifest published in Vault, read once logged in, then watched.
+        self._vault_agent = vault_agent(config.manifest_path)
+        self.watcher: ManifestWatcher | None = None
+        self.manifest: Manifest
+        if self._vault_agent is None:
+            self.manifest = load_manifest(config.manifest_path)
         self.runtime = Runtime(
-            self.manifest.agent, config.vault, poll_interval=config.poll_interval
+            self._vault_agent or self.manifest.agent, config.vault, poll_interval=config.poll_interval
         )
         self.audit: AuditLog | None = None
         self.service: CredentialService | None = None
@@ -146,6 +153,8 @@ class Sidecar:
 
     async def start(self) -> str:
         await self.runtime.start()
+        if self._vault_agent is not None:
+            await self._load_from_vault(self._vault_agent)
         ledger = restore_ledger(self.manifest, self.config.audit_path)
         self.audit = AuditLog(
             self.config.audit_path,
@@ -161,11 +170,22 @@ class Sidecar:
         )
         self.runtime.outstanding = self.service.outstanding_summary
         self.runtime.on_change = self.service.control_changed
+        if self.watcher is not None:
+            self.service.manifest_state = self.watcher.state
+            self.watcher.start(self.service, self.audit, self.config.manifest_poll_interval)
         app = build_app(self.service, max_body=self.config.max_body)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self.address = await self._listen(self._runner)
         return self.address
+
+    async def _load_from_vault(self, agent: str) -> None:
+        self.watcher = ManifestWatcher(agent, vault_fetch(self.runtime.session, agent))
+        try:
+            self.manifest = await asyncio.to_thread(self.watcher.load_initial)
+        except BaseException:
+            await self.runtime.stop()  # fail closed: no good manifest, no sidecar
+            raise
 
     async def _listen(self, runner: web.AppRunner) -> str:
         kind, where = parse_listen(self.config.listen)
@@ -187,6 +207,8 @@ class Sidecar:
         return f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.audit is not None:
