@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit clean chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,7 +32,13 @@ typecheck: $(TEST_STAMP)
 unit: $(TEST_STAMP)
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-test: lint typecheck $(TEST_STAMP)
+# The HTML report is checked in a real browser: Debian's chromium, installed once if absent.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: the browser test will be skipped (install Debian's chromium)"; fi; }
+
+test: lint typecheck chromium $(TEST_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:

@@ -33,6 +33,7 @@ from broker.approvals import (
     check_id,
     recipients,
     redeem_refusal,
+    transition,
 )
 from broker.audit import iso_utc
 from broker.decision import ActionRequest, Decision
@@ -57,7 +58,8 @@ class AuditSink(Protocol):
 
 def approval_message(manifest: Manifest, action: str, decision: Decision) -> str:
     """The record's human-readable ``output``: the manifest's message, else a template."""
-    spec = manifest.actions[action].approval
+    found = manifest.actions.get(action)
+    spec = found.approval if found is not None else None
     if spec is not None and spec.message:
         return spec.message
     who = ", ".join(decision.raci.approvers) if decision.raci else "an approver"
@@ -67,14 +69,14 @@ def approval_message(manifest: Manifest, action: str, decision: Decision) -> str
 class ApprovalGate:
     def __init__(
         self,
-        manifest: Manifest,
+        manifest: Callable[[], Manifest],
         runtime: Runtime,
         audit: AuditSink,
         ledger: UsageLedger,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.manifest, self.runtime, self.audit, self.ledger = manifest, runtime, audit, ledger
+        self._manifest, self.runtime, self.audit, self.ledger = manifest, runtime, audit, ledger
         self.clock = clock  # the approval clock: a hook for expiry tests
         self.notifier: Notifier = NullNotifier()
         self.poll = 0.25
@@ -83,6 +85,11 @@ class ApprovalGate:
         self._locks: dict[str, asyncio.Lock] = {}
         self._budgets = BudgetAlarms()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest enforced now (it may be swapped while the sidecar runs)."""
+        return self._manifest()
 
     @property
     def agent(self) -> str:
@@ -97,11 +104,18 @@ class ApprovalGate:
     async def start(self, interval: float) -> None:
         """Pick up this agent's unfinished approvals from Vault, then watch them."""
         self.poll = interval
-        for approval_id in await asyncio.to_thread(self.store.ids, self.agent):
-            found = await asyncio.to_thread(self.store.read, self.agent, approval_id)
+        try:
+            await asyncio.to_thread(self._load_open)
+        except BrokerError as exc:  # redeem still reads Vault directly; the watch catches up
+            log.warning("approvals left open before this start not loaded: %s", exc.detail)
+        self._task = asyncio.create_task(self._watch(), name=f"approvals-{self.agent}")
+
+    def _load_open(self) -> None:
+        store = self.store
+        for approval_id in store.ids(self.agent):
+            found = store.read(self.agent, approval_id)
             if found and (found[0].state not in TERMINAL or found[0].noted < len(found[0].history)):
                 self.open.add(approval_id)
-        self._task = asyncio.create_task(self._watch(), name=f"approvals-{self.agent}")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -143,7 +157,11 @@ class ApprovalGate:
     # -- opening -----------------------------------------------------------------------------
 
     async def open_for(self, req: ActionRequest, decision: Decision, now: float) -> Approval:
-        """Store a new approval request in Vault; raises BrokerError when Vault refuses."""
+        """Store a new approval request in Vault; raises BrokerError when Vault refuses.
+
+        Its deadline runs on the approval clock (operators act on wall-clock time), not on
+        the decision's ``now``, which only stamps the decision record."""
+        del now
         assert decision.raci is not None
         approval = Approval(
             id="apr_" + uuid.uuid4().hex[:20],
@@ -158,7 +176,7 @@ class ApprovalGate:
             raci=decision.raci,
             policy_version=decision.policy_version,
             manifest_hash=decision.manifest_hash,
-            created_at=now,
+            created_at=self.clock(),
             expires_in=decision.approval_expires_in or DEFAULT_APPROVAL_EXPIRY_SECONDS,
         )
         await asyncio.to_thread(self.store.create, approval)
@@ -233,8 +251,6 @@ class ApprovalGate:
         self, approval: Approval, event: Event, by: str, reason: str, *, audit: bool = True
     ) -> Approval:
         """The sidecar's own transition, written with check-and-set, then audited."""
-        from broker.approvals import transition
-
         now = self.clock()
 
         def change(stored: Approval) -> Approval:
@@ -269,7 +285,13 @@ class ApprovalGate:
         await self.audit.append(self._record(approval, step, None))
         if step.event in (Event.approve, Event.deny, Event.expire):
             name = EVENT_NAMES[step.event]
-            self._publish(f"approval.{name}", approval, tuple(recipients(approval.raci)), by=step.by, reason=step.reason)
+            self._publish(
+                f"approval.{name}",
+                approval,
+                tuple(recipients(approval.raci)),
+                by=step.by,
+                reason=step.reason,
+            )
 
     def _record(self, approval: Approval, step: Step, credential_id: str | None) -> dict[str, Any]:
         return {

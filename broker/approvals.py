@@ -232,6 +232,12 @@ def may_decide(approval: Approval, identity: str) -> bool:
     return identity in approval.raci.approvers
 
 
+def approved_by(approval: Approval) -> str:
+    """Who approved (the last approve step), or '' when nobody has."""
+    steps = [s.by for s in approval.history if s.event is Event.approve]
+    return steps[-1] if steps else ""
+
+
 def binds(approval: Approval, action: str, inputs: Mapping[str, Any]) -> bool:
     """True when ``action`` and ``inputs`` are exactly the ones that were approved."""
     return inputs_hash(approval.agent, action, inputs) == approval.inputs_hash
@@ -249,9 +255,7 @@ def transition(
         )
     if event is Event.expire and approval.state_at(at) is not State.expired:
         raise ApprovalError(f"approval {approval.id} has not reached its deadline")
-    return replace(
-        approval, state=target, history=(*approval.history, Step(event, by, at, reason))
-    )
+    return replace(approval, state=target, history=(*approval.history, Step(event, by, at, reason)))
 
 
 def decide_as(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import fcntl
 import json
@@ -59,6 +60,45 @@ Clock = Callable[[], float]
 class _Pending:
     body: dict[str, Any]
     future: concurrent.futures.Future[Record]
+    # For ``append``: the awaiting coroutine's future, settled once per batch per event loop
+    # (one wake-up of the loop for a whole group commit, not one per record).
+    waiter: asyncio.Future[Record] | None = None
+
+
+def _settle(pairs: list[tuple[asyncio.Future[Record], concurrent.futures.Future[Record]]]) -> None:
+    for waiter, done in pairs:
+        if waiter.done():
+            continue
+        if done.cancelled():
+            waiter.cancel()
+        elif (exc := done.exception()) is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(done.result())
+
+
+def _settle_later(
+    waiter: asyncio.Future[Record],
+) -> Callable[[concurrent.futures.Future[Record]], None]:
+    def callback(done: concurrent.futures.Future[Record]) -> None:
+        waiter.get_loop().call_soon_threadsafe(_settle, [(waiter, done)])
+
+    return callback
+
+
+def _wake(batch: list[_Pending]) -> None:
+    """Settle the awaiting coroutines of a finished batch: one call per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+    for item in batch:
+        if item.waiter is None:
+            continue
+        if not item.future.done():
+            item.future.add_done_callback(_settle_later(item.waiter))
+            continue
+        by_loop.setdefault(item.waiter.get_loop(), []).append((item.waiter, item.future))
+    for loop, pairs in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle, pairs)
 
 
 _STOP = object()
@@ -145,7 +185,9 @@ class AuditLog:
     async def append(self, body: Mapping[str, Any]) -> Record:
         """Seal and durably write ``body``; returns once it is on disk."""
         started = time.perf_counter()
-        record = await asyncio.wrap_future(self._submit(body))
+        waiter: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        self._submit(body, waiter=waiter)
+        record = await waiter
         self._latencies.append(time.perf_counter() - started)
         return record
 
@@ -165,7 +207,11 @@ class AuditLog:
         return self._failed
 
     def _submit(
-        self, body: Mapping[str, Any], *, internal: bool = False
+        self,
+        body: Mapping[str, Any],
+        *,
+        internal: bool = False,
+        waiter: asyncio.Future[Record] | None = None,
     ) -> concurrent.futures.Future[Record]:
         clash = RESERVED.intersection(body)
         if clash:
@@ -174,7 +220,7 @@ class AuditLog:
             raise ValueError("only the log itself writes checkpoint records")
         # A snapshot, so a caller mutating its dict after append cannot change the record.
         snapshot: dict[str, Any] = _json_copy(body)
-        pending = _Pending(snapshot, concurrent.futures.Future())
+        pending = _Pending(snapshot, concurrent.futures.Future(), waiter)
         with self._lock:
             if self._failed:
                 raise AuditUnavailable(self._failed)
@@ -205,6 +251,7 @@ class AuditLog:
             self._maybe_checkpoint()
             for pending, record in zip(batch, written, strict=False):
                 pending.future.set_result(record)
+            _wake(batch)
             for tick in items:
                 if isinstance(tick, _Tick):
                     tick.done.set()
@@ -235,6 +282,7 @@ class AuditLog:
                 return
             if isinstance(item, _Pending) and item.future.set_running_or_notify_cancel():
                 _fail_all([item], f"audit trail {self.path} is closed")
+                _wake([item])
 
     def _commit(self, batch: list[_Pending]) -> list[Record]:
         """Write and fsync the batch; the caller resolves the futures with what is returned."""

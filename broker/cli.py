@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "broker.cli_scopes",
     "broker.cli_audit",
     "broker.cli_control",
+    "broker.cli_report",
+    "broker.cli_approvals",
 )
 
 

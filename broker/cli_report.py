@@ -93,7 +93,9 @@ def read_records(inputs: Sequence[Path]) -> Iterator[dict[str, Any]]:
                     if record is not None:
                         yield record
                     elif line.strip():
-                        print(f"broker report: {path}:{number}: skipped: {problem}", file=sys.stderr)
+                        print(
+                            f"broker report: {path}:{number}: skipped: {problem}", file=sys.stderr
+                        )
         except OSError as exc:
             raise UnreadableInput(f"cannot read {path}: {exc.strerror}") from exc
 

@@ -1,4 +1,5 @@
-"""``broker scopes ...`` (validate, test, explain, schema) and ``broker bench decide``.
+"""``broker scopes ...`` (validate, test, explain, schema; the lifecycle commands are in
+``cli_lifecycle``) and ``broker bench decide``.
 
 A thin shell over the pure core: it reads files and the clock, prints, and maps outcomes to
 exit codes (0 fine, 1 findings). Bad command-line input raises ``ConfigError`` (exit 2).
@@ -46,6 +47,10 @@ def register(
 
     schema = sub.add_parser("schema", help="print the manifest JSON Schema")
     schema.set_defaults(func=cmd_schema)
+
+    from broker.cli_lifecycle import add_scopes_commands
+
+    add_scopes_commands(sub)  # publish, diff, replay, published, verify
 
     decide = bench.add_parser("decide", help="decisions per second on one core")
     decide.add_argument("--seconds", type=float, default=3.0, help="total measuring time")

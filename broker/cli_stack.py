@@ -52,6 +52,12 @@ def register(
     p.add_argument("--vault-addr")
     p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY)
     p.add_argument("--poll-interval", type=float, default=0.25, help="control-state poll, seconds")
+    p.add_argument(
+        "--webhook",
+        action="append",
+        default=[],
+        help="notification webhook URL (repeatable; default BROKER_WEBHOOKS)",
+    )
     p.set_defaults(func=cmd_sidecar)
 
     p = commands.add_parser("verify", help="verify an action token as a tool or gateway would")
@@ -62,6 +68,15 @@ def register(
     p.add_argument("--vault-addr")
     p.add_argument("--no-revocation", action="store_true", help="skip the control-state check")
     p.set_defaults(func=cmd_verify)
+
+    p = commands.add_parser(
+        "probe", help="exit 0 if a sidecar answers 200 (container health checks)"
+    )
+    p.add_argument(
+        "--listen", default="unix:/run/broker/sidecar.sock", help="unix:PATH or 127.0.0.1:PORT"
+    )
+    p.add_argument("--path", default="/healthz", choices=["/healthz", "/readyz"])
+    p.set_defaults(func=cmd_probe)
 
     from broker.bench import register_bench
 
@@ -135,6 +150,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
+    import os
+
+    from broker.notify import parse_webhooks
     from broker.sidecar import SidecarConfig, serve
 
     logging.basicConfig(
@@ -147,9 +165,20 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         audit_path=args.audit,
         max_body=args.max_body,
         poll_interval=args.poll_interval,
+        webhooks=parse_webhooks(args.webhook or [os.environ.get("BROKER_WEBHOOKS", "")]),
     )
     asyncio.run(serve(config))
     return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from broker.sidecar import parse_listen
+    from broker.stack import probe
+
+    kind, where = parse_listen(args.listen)
+    ok = probe(str(where) if kind == "unix" else ("127.0.0.1", int(where)), args.path)
+    print("ok" if ok else f"not ok: {args.listen}{args.path}")
+    return 0 if ok else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ which makes check-then-charge atomic in its single event loop.
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class UsageLedger:
     _budgets: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
     _rates: dict[str, list[float]] = field(default_factory=dict)
     _in_flight: dict[str, float] = field(default_factory=dict)
+    # (expiry, credential id), a heap: expiring slots costs O(log n), not a scan per charge.
+    # Entries of released credentials stay until their expiry and are skipped then.
+    _expiries: list[tuple[float, str]] = field(default_factory=list)
 
     @classmethod
     def for_manifest(cls, manifest: Manifest) -> UsageLedger:
@@ -108,7 +112,8 @@ class UsageLedger:
         return max(inside[len(inside) - limit] + per - now, 0.0)
 
     def in_flight(self, now: float) -> int:
-        return sum(1 for expiry in self._in_flight.values() if expiry > now)
+        self._expire(now)
+        return len(self._in_flight)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -123,6 +128,7 @@ class UsageLedger:
                 self._log_call(key, now)
         self._expire(now)
         self._in_flight[credential_id] = expires_at
+        heapq.heappush(self._expiries, (expires_at, credential_id))
 
     def refund(self, decision: Chargeable, credential_id: str, now: float) -> None:
         """Undo ``charge`` made at ``now`` when minting failed: nothing was issued."""
@@ -140,6 +146,7 @@ class UsageLedger:
         """Free the given slots, or every slot (after a mass revocation)."""
         if credential_ids is None:
             self._in_flight.clear()
+            self._expiries.clear()
         else:
             for credential_id in credential_ids:
                 self._in_flight.pop(credential_id, None)
@@ -178,8 +185,11 @@ class UsageLedger:
         del log[: bisect_right(log, now - self.rate_horizon)]
 
     def _expire(self, now: float) -> None:
-        for credential_id in [c for c, exp in self._in_flight.items() if exp <= now]:
-            del self._in_flight[credential_id]
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            expiry, credential_id = heapq.heappop(heap)
+            if self._in_flight.get(credential_id) == expiry:
+                del self._in_flight[credential_id]
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -205,6 +215,8 @@ class UsageLedger:
             ledger._budgets[name] = (int(entry["window_start"]), Decimal(entry["used"]))
         ledger._rates = {k: sorted(float(t) for t in v) for k, v in data["rates"].items()}
         ledger._in_flight = {k: float(v) for k, v in data["in_flight"].items()}
+        ledger._expiries = [(v, k) for k, v in ledger._in_flight.items()]
+        heapq.heapify(ledger._expiries)
         return ledger
 
 

@@ -270,6 +270,11 @@ class Approval(_Frozen):
         "needs_human_approval"
     )
     expires: Duration = DEFAULT_APPROVAL_EXPIRY_SECONDS
+    message: str | None = Field(
+        default=None,
+        max_length=500,
+        description="the human-readable explanation recorded as the audit record's output",
+    )
 
 
 # -- actions and the manifest --------------------------------------------------------------

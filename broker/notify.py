@@ -192,9 +192,7 @@ class WebhookNotifier:
         assert self._http is not None
         headers = {"X-Broker-Event": notification.event, "X-Broker-Delivery": notification.id}
         try:
-            async with self._http.post(
-                url, json=notification.payload(), headers=headers
-            ) as resp:
+            async with self._http.post(url, json=notification.payload(), headers=headers) as resp:
                 return "" if 200 <= resp.status < 300 else f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return f"{type(exc).__name__}"

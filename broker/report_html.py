@@ -164,15 +164,12 @@ def _agent_section(n: int, agent: AgentReport) -> str:
         ("Decisions by outcome", bar_chart("outcomes", f"outcomes-{n}", name, _outcomes(total))),
         (
             "Refusals by reason",
-            bar_chart(
-                "refusals", f"refusals-{n}", name, total.integrity.refusals_by_reason
-            ),
+            bar_chart("refusals", f"refusals-{n}", name, total.integrity.refusals_by_reason),
         ),
         ("Trust: auto-executed vs approved", trust_bar(f"trust-{n}", name, total)),
     )
     charts = "".join(
-        f"<figure><figcaption>{escape(title)}</figcaption>{svg}</figure>"
-        for title, svg in figures
+        f"<figure><figcaption>{escape(title)}</figcaption>{svg}</figure>" for title, svg in figures
     )
     head = "".join(f"<th>{escape(c)}</th>" for c in _COLUMNS)
     rows = "".join(_row(a.action, a.layers) for a in agent.actions)

@@ -19,6 +19,7 @@ from typing import Any
 
 from broker.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
 from broker.errors import BrokerError, PermissionDenied
+from broker.metrics import SidecarMetrics
 from broker.settings import VaultSettings
 from broker.signing import ActionTokenSigner
 from broker.vault.kv import kv_read, kv_write
@@ -61,6 +62,7 @@ class Runtime:
         # Called on the event loop when the kill flag or a revocation time changes.
         self.on_change: Callable[[ControlState, ControlState], None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
+        self.metrics: SidecarMetrics | None = None
 
     def available(self) -> bool:
         """Vault answered the last poll, recently enough: the condition for minting anything."""
@@ -87,10 +89,14 @@ class Runtime:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
+            if self.metrics is not None:
+                self.metrics.control_lag(self._clock() - self.last_poll_ok)
             try:
                 await asyncio.to_thread(self._refresh)
             except BrokerError as exc:
                 self._mark_down(exc.detail)
+                if self.metrics is not None:
+                    self.metrics.vault_error("control_poll")
             except Exception as exc:
                 self._mark_down(f"unexpected {type(exc).__name__}")
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import JsonValue, ValidationError
 
 from broker.api import CredentialRequest, OutcomeReport, openapi_document
+from broker.approvalgate import MAX_WAIT
 from broker.decision import ActionRequest
 from broker.errors import BrokerError, NotFound, PayloadTooLarge, RequestError
 from broker.service import CredentialService, Reply
@@ -102,6 +103,24 @@ async def post_outcome(request: web.Request) -> web.Response:
     return web.json_response({"recorded": True})
 
 
+async def post_redeem(request: web.Request) -> web.Response:
+    """``POST /v1/approvals/{id}/redeem[?wait=S]``, body ``{}`` or ``{"inputs": {...}}``."""
+    body = await _json_body(request) if request.can_read_body else {}
+    if not isinstance(body, dict) or set(body) - {"inputs"}:
+        raise RequestError('body must be {} or {"inputs": {...}}', code="invalid_body")
+    inputs = body.get("inputs")
+    if inputs is not None and not isinstance(inputs, dict):
+        raise RequestError("field 'inputs' must be an object", code="invalid_field")
+    try:
+        wait = min(float(request.query.get("wait", "0")), MAX_WAIT)
+    except ValueError:
+        wait = -1.0
+    if not wait >= 0:  # also refuses NaN
+        raise RequestError("wait must be a number of seconds >= 0", code="invalid_field")
+    service = request.app[SERVICE]
+    return _render(await service.redeem(request.match_info["approval_id"], wait, inputs))
+
+
 async def get_scope(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICE].scope())
 
@@ -115,6 +134,15 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(detail, status=200 if ready else 503)
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    metrics = request.app[SERVICE].metrics
+    if metrics is None:
+        raise NotFound("metrics are not enabled on this sidecar")
+    body, content_type = metrics.render()
+    # aiohttp refuses a charset inside content_type=, so the header is set whole.
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 async def get_openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -126,8 +154,10 @@ def build_app(service: CredentialService, *, max_body: int) -> web.Application:
     app[MAX_BODY] = max_body
     app.router.add_post("/v1/credentials", post_credentials)
     app.router.add_post("/v1/credentials/{credential_id}/outcome", post_outcome)
+    app.router.add_post("/v1/approvals/{approval_id}/redeem", post_redeem)
     app.router.add_get("/v1/scope", get_scope)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", get_openapi)
+    app.router.add_get("/metrics", get_metrics)
     return app

@@ -14,21 +14,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from broker.approvalgate import ApprovalGate
+from broker.approvals import State, approved_by
 from broker.audit import iso_utc, redact
 from broker.controlstate import ControlState
 from broker.decision import ActionRequest, Decision, decide
 from broker.errors import AuditUnavailable, BrokerError
 from broker.limits import UsageLedger
 from broker.manifest import JwtCredential, Manifest
+from broker.metrics import SidecarMetrics
 from broker.minting import IssuedCredential, Minter
 from broker.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
 from broker.runtime import Runtime
+from broker.toolcalls import ToolCallLog
 from broker.vault.database import revoke_lease
 from broker.vault.tokens import revoke_accessor
 
@@ -83,15 +87,19 @@ class CredentialService:
         # Outstanding Vault-backed credentials: credential id -> (kind, vault id, action, expiry).
         self.vault_ids: dict[str, tuple[str, str, str, float]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.metrics: SidecarMetrics | None = None
         # Manifests by content hash, so a record written after an await is redacted under
         # the manifest that decided it even if a new version was switched in meanwhile.
         self._manifests: dict[str, Manifest] = {manifest.content_hash: manifest}
         # Set by the sidecar when the manifest comes from Vault: the watcher's state.
         self.manifest_state: Callable[[], dict[str, Any]] | None = None
+        # Human approval gates (broker.approvalgate) and each request's tool calls so far.
+        self.approvals = ApprovalGate(lambda: self.manifest, runtime, audit, ledger, clock=clock)
+        self.tool_calls = ToolCallLog()
 
     @staticmethod
     def new_request_id() -> str:
-        return "req_" + uuid.uuid4().hex[:16]
+        return "req_" + secrets.token_hex(8)
 
     def scope(self) -> dict[str, Any]:
         """What this agent may do, for its planner: actions, inputs, limits, approval gates."""
@@ -137,6 +145,7 @@ class CredentialService:
             "reason": new.kill_reason,
             "revoked_before": new.revoked_before,
         }
+        self.approvals.announce_control(_CONTROL_EVENTS[event], body)
         task = asyncio.get_running_loop().create_task(self.audit.append(body))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -182,6 +191,9 @@ class CredentialService:
         """Free the slot and record the outcome; False for an unknown or released credential."""
         if not self.ledger.release(credential_id):
             return False
+        if self.metrics is not None:
+            held = self.vault_ids.get(credential_id)
+            self.metrics.outcome(held[2] if held else "other", status)
         body = {
             "type": "outcome",
             "timestamp": iso_utc(self._clock()),
@@ -220,25 +232,99 @@ class CredentialService:
         return await self._allow(req, decision, now)
 
     async def _pending(self, req: ActionRequest, decision: Decision, now: float) -> Reply:
-        approval_id = "apr_" + uuid.uuid4().hex[:20]
-        await self._record(req, decision, now, status="blocked", extra={"approval_id": approval_id})
-        body = {
-            "outcome": Outcome.pending_approval.value,
-            "approval_id": approval_id,
-            "reason": decision.approval_reason,
-            "detail": decision.detail,
-        }
-        return Reply(202, body)
+        """Store the approval request in Vault (fail closed), record it, answer 202."""
+        try:
+            approval = await self.approvals.open_for(req, decision, now)
+        except BrokerError as exc:
+            detail = f"the approval request could not be stored: {exc.detail}"
+            await self._record(
+                req,
+                decision,
+                now,
+                status="blocked",
+                override=ReasonCode.backend_unavailable,
+                detail=detail,
+            )
+            return _refusal(
+                decision, ReasonCode.backend_unavailable, detail, RETRY_AFTER_UNAVAILABLE
+            )
+        await self._record(
+            req,
+            decision,
+            now,
+            status="blocked",
+            detail=approval.message,
+            extra={"approval_id": approval.id},
+        )
+        self.approvals.announce_requested(approval)
+        return Reply(202, self.approvals.pending_body(approval))
 
-    async def _allow(self, req: ActionRequest, decision: Decision, now: float) -> Reply:
+    async def redeem(
+        self, approval_id: str, wait: float = 0.0, inputs: Mapping[str, Any] | None = None
+    ) -> Reply:
+        """An approved request's credential, once: 202 while pending, 403 once denied,
+        expired or spent, or when ``inputs`` are not the approved ones."""
+        gate = self.approvals
+        async with gate.lock(approval_id):
+            approval = await gate.fetch(approval_id, wait)
+            req = gate.request_of(approval)
+            refusal = await gate.refusal(approval, None, inputs)
+            if refusal is None and approval.state_at(gate.clock()) is State.pending:
+                return Reply(202, gate.pending_body(approval))
+            if refusal is None and not self.runtime.available():
+                refusal = ReasonCode.backend_unavailable, "Vault is unavailable, nothing is minted"
+            if refusal is None:
+                approval = await gate.spend(approval)  # single use: spent before minting
+            now = self._clock()
+            decision = decide(
+                req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
+            )
+            extra = {"approval_id": approval.id}
+            if refusal is None and decision.outcome is Outcome.deny:
+                assert decision.reason is not None
+                refusal = decision.reason, decision.detail
+                await gate.reopen(approval, f"refused at redeem: {decision.reason}")
+            if refusal is not None:
+                denied = replace(
+                    decision,
+                    outcome=Outcome.deny,
+                    reason=refusal[0],
+                    approval_reason=None,
+                    detail=refusal[1],
+                )
+                await self._record(req, denied, now, status="blocked", extra=extra)
+                return _refusal(denied, refusal[0], refusal[1], decision.retry_after)
+            by = approved_by(approval)
+            granted = replace(
+                decision, outcome=Outcome.allow, reason=None, detail=f"approved by {by}"
+            )
+            reply = await self._allow(
+                req, granted, now, extra={**extra, "approved_by": by, "human_override": True}
+            )
+            if reply.status == 200:
+                await gate.redeemed(approval, reply.body["credential"]["credential_id"])
+            else:
+                await gate.reopen(approval, "the mint failed")
+            return reply
+
+    async def _allow(
+        self,
+        req: ActionRequest,
+        decision: Decision,
+        now: float,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Reply:
         spec = decision.credential
         assert spec is not None
-        credential_id = uuid.uuid4().hex
+        credential_id = secrets.token_hex(16)
         expires_at = now + spec.ttl
         self.ledger.charge(decision, credential_id, expires_at, now)
+        started = time.perf_counter()
         try:
-            issued = await self._mint(req, decision, credential_id, now)
+            issued = await self._mint(req, decision, credential_id, now, extra)
         except BrokerError as exc:
+            if self.metrics is not None:
+                self.metrics.vault_error(f"mint_{spec.kind}")
             self.ledger.refund(decision, credential_id, now)
             await self._record(
                 req,
@@ -251,6 +337,9 @@ class CredentialService:
             return _refusal(
                 decision, ReasonCode.backend_unavailable, exc.detail, RETRY_AFTER_UNAVAILABLE
             )
+        if self.metrics is not None:
+            self.metrics.mint_latency(spec.kind, time.perf_counter() - started)
+            self.metrics.credentials_issued(spec.kind)
         return Reply(
             200,
             {
@@ -261,14 +350,24 @@ class CredentialService:
         )
 
     async def _mint(
-        self, req: ActionRequest, decision: Decision, credential_id: str, now: float
+        self,
+        req: ActionRequest,
+        decision: Decision,
+        credential_id: str,
+        now: float,
+        extra: Mapping[str, Any] | None = None,
     ) -> IssuedCredential:
         spec = decision.credential
         assert spec is not None
         if spec.kind == "jwt":
             # The record goes first: the token does not exist until it is durable.
             await self._record(
-                req, decision, now, status="ok", credential=(credential_id, spec.kind, spec.ttl)
+                req,
+                decision,
+                now,
+                status="ok",
+                credential=(credential_id, spec.kind, spec.ttl),
+                extra=extra,
             )
             return self.minter.mint_jwt(
                 jti=credential_id, now=now, ttl=spec.ttl, claims=_jwt_claims(decision)
@@ -294,6 +393,7 @@ class CredentialService:
                 status="ok",
                 credential=(credential_id, spec.kind, issued.ttl),
                 vault_id=issued.credential_id,
+                extra=extra,
             )
         except AuditUnavailable:
             await asyncio.to_thread(self._revoke_quietly, spec.kind, issued.credential_id)
@@ -347,7 +447,10 @@ class CredentialService:
             "workflow": req.workflow,
             "request_id": req.request_id,
             "inputs": redact(req.inputs, fields, self._redact_key),
-            "tool_calls": [_tool_call(req.action, status, decision, reason)],
+            "action": req.action,
+            "tool_calls": self.tool_calls.add(
+                req.workflow, req.request_id, _tool_call(req.action, status, decision, reason)
+            ),
             "output": detail or decision.detail,
             "policy_version": decision.policy_version,
             "human_override": False,
@@ -364,7 +467,18 @@ class CredentialService:
             "charges": dict(decision.charges),
             **(extra or {}),
         }
+        started = time.perf_counter()
         await self.audit.append(body)
+        if self.metrics is not None:
+            self.metrics.audit_append(time.perf_counter() - started)
+            self.metrics.decision(req.action, outcome.value, reason.value if reason else None)
+
+
+_CONTROL_EVENTS = {
+    "kill": "agent.killed",
+    "revive": "agent.revived",
+    "revoke": "credentials.revoked",
+}
 
 
 def _tool_call(

@@ -28,11 +28,13 @@ from broker.errors import ConfigError
 from broker.limits import UsageLedger
 from broker.loader import load_manifest
 from broker.manifest import Manifest
+from broker.metrics import SidecarMetrics
+from broker.notify import WebhookNotifier
 from broker.runtime import Runtime
 from broker.server import build_app
 from broker.service import CredentialService
-from broker.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, vault_fetch
 from broker.settings import DEFAULT_MAX_BODY, VaultSettings
+from broker.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, vault_fetch
 
 log = logging.getLogger("broker.sidecar")
 
@@ -49,6 +51,9 @@ class SidecarConfig:
     manifest_poll_interval: float = DEFAULT_MANIFEST_POLL  # with manifest_path vault:<agent>
     checkpoint_every: int = 1000
     checkpoint_interval: float = 60.0
+    webhooks: tuple[str, ...] = ()  # notification receivers (broker.notify)
+    webhook_attempts: int = 5
+    webhook_backoff: float = 0.5  # seconds before the first retry; doubles per retry
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,7 +107,8 @@ def restore_ledger(manifest: Manifest, audit_path: Path) -> UsageLedger:
         ):
             at = _epoch(record)
             charged = _Charged(
-                str(record.get("tool_calls", [{}])[0].get("tool", "")),
+                # A record lists every tool call of its request; its own action is named.
+                str(record.get("action") or record.get("tool_calls", [{}])[-1].get("tool", "")),
                 dict(record.get("charges") or {}),
             )
             ledger.charge(
@@ -144,10 +150,13 @@ class Sidecar:
         if self._vault_agent is None:
             self.manifest = load_manifest(config.manifest_path)
         self.runtime = Runtime(
-            self._vault_agent or self.manifest.agent, config.vault, poll_interval=config.poll_interval
+            self._vault_agent or self.manifest.agent,
+            config.vault,
+            poll_interval=config.poll_interval,
         )
         self.audit: AuditLog | None = None
         self.service: CredentialService | None = None
+        self.notifier: WebhookNotifier | None = None
         self._runner: web.AppRunner | None = None
         self.address = ""
 
@@ -168,8 +177,21 @@ class Sidecar:
         self.service = CredentialService(
             self.manifest, self.runtime, self.audit, ledger, redact_key=_redact_key(self.config)
         )
+        self.service.metrics = SidecarMetrics(
+            actions=self.manifest.actions, budgets=self.manifest.budgets
+        )
+        self.runtime.metrics = self.service.metrics
         self.runtime.outstanding = self.service.outstanding_summary
         self.runtime.on_change = self.service.control_changed
+        self.notifier = WebhookNotifier(
+            self.config.webhooks,
+            self.audit.append,
+            attempts=self.config.webhook_attempts,
+            backoff=self.config.webhook_backoff,
+        )
+        await self.notifier.start()
+        self.service.approvals.notifier = self.notifier
+        await self.service.approvals.start(self.config.poll_interval)
         if self.watcher is not None:
             self.service.manifest_state = self.watcher.state
             self.watcher.start(self.service, self.audit, self.config.manifest_poll_interval)
@@ -211,6 +233,10 @@ class Sidecar:
             await self.watcher.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.service is not None:
+            await self.service.approvals.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.audit is not None:
             await self.audit.aclose()
         await self.runtime.stop()

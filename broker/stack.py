@@ -199,12 +199,13 @@ def start_sidecar(
     return sc
 
 
-def _ready(socket_path: Path) -> bool:
-    """One ``GET /readyz`` over the sidecar's unix socket."""
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+def probe(where: str | tuple[str, int], path: str = "/readyz") -> bool:
+    """One GET over a unix socket path or to (host, port): True on a 200."""
+    family = socket.AF_UNIX if isinstance(where, str) else socket.AF_INET
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(2.0)
-        sock.connect(str(socket_path))
-        sock.sendall(b"GET /readyz HTTP/1.0\r\nHost: sidecar\r\n\r\n")
+        sock.connect(where)
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: sidecar\r\n\r\n".encode())
         return sock.recv(64).split(b"\r\n", 1)[0].endswith(b" 200 OK")
     return False
 
@@ -216,7 +217,7 @@ def wait_ready(sc: SidecarProcess, timeout: float = 30.0) -> None:
             raise BackendUnavailable(
                 f"the sidecar for {sc.agent} exited with status {sc.process.returncode}"
             )
-        if sc.socket.exists() and _ready(sc.socket):
+        if sc.socket.exists() and probe(str(sc.socket)):
             return
         time.sleep(0.1)
     raise BackendUnavailable(f"the sidecar for {sc.agent} was not ready within {timeout:.0f}s")

@@ -153,8 +153,11 @@ class ManifestWatcher:
             self.refused = event
             self._refused_versions.add(event.version)
             self.refusals += 1
-            log.warning("manifest version %s refused, keeping the last good one: %s",
-                        event.version, event.reason)  # fmt: skip
+            log.warning(
+                "manifest version %s refused, keeping the last good one: %s",
+                event.version,
+                event.reason,
+            )
             with contextlib.suppress(BrokerError):
                 await audit.append(self._refusal_record(event, now))
             return
@@ -164,8 +167,9 @@ class ManifestWatcher:
         self.reloads += 1
         if event.published.published_at:
             self.last_switch_delay = max(0.0, now - event.published.published_at)
-        log.info("manifest version %s in force (%s)", event.published.version,
-                 event.new.content_hash)  # fmt: skip
+        log.info(
+            "manifest version %s in force (%s)", event.published.version, event.new.content_hash
+        )
 
     def _base(self, event: str, now: float) -> dict[str, Any]:
         return {

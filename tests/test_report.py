@@ -84,7 +84,16 @@ def outcome(
 
 
 def approval(event: str, approval_id: str, **extra: Any) -> dict[str, Any]:
-    record = {"type": "approval", "timestamp": _iso(RECENT + 60), "agent_id": "a1"}
+    """An approval record shaped like ``ApprovalGate._record`` writes it (the pending decision
+    record is the request; approval records follow its lifecycle)."""
+    record = {
+        "type": "approval",
+        "timestamp": _iso(RECENT + 60),
+        "agent_id": "a1",
+        "action": REFUND,
+        "credential_id": None,
+        "human_override": event == "approved",
+    }
     return {**record, "event": event, "approval_id": approval_id, **extra}
 
 
@@ -112,10 +121,8 @@ def trail_records() -> list[dict[str, Any]]:
         decision(REFUND, "pending_approval", approval_id="apr_2"),
         {"type": "checkpoint", "seq": 99, "head_seq": 98, "signature": "x"},
         {"type": "heartbeat", "agent_id": "a1", "timestamp": _iso(RECENT)},
-        approval("requested", "apr_1"),
-        approval("requested", "apr_2"),
-        approval("approved", "apr_1", human_override=True),
-        approval("denied", "apr_2", human_override=False),
+        approval("approved", "apr_1"),
+        approval("denied", "apr_2"),
         approval("redeemed", "apr_1", credential_id="c8"),
         decision(
             REFUND, "allow", credential="c8", charges={"usd": 100.0}, approval_id="apr_1", override=True
@@ -168,7 +175,7 @@ def test_integrity_layer_exact() -> None:
     assert i.refusals == 3
     assert i.refusals_by_reason == {"budget_exhausted": 2, "rate_limited": 1}
     assert (i.errors, i.rollbacks, i.approval_denials, i.revocations, i.kills) == (1, 1, 1, 1, 0)
-    assert i.approvals == {"approved": 1, "denied": 1, "redeemed": 1, "requested": 2}
+    assert i.approvals == {"approved": 1, "denied": 1, "redeemed": 1}
     refund = next(a.layers.integrity for a in a1.actions if a.action == REFUND)
     assert refund.revocations == 1  # the revoke names c3, a stripe.refund credential
     assert refund.refusals_by_reason == {"budget_exhausted": 2}
@@ -304,7 +311,8 @@ def test_cli_html_has_the_numbers(
     assert bars(html, "refusals-0") == {"budget_exhausted": 2, "rate_limited": 1}
     assert bars(html, "trust-0") == {"auto": 7, "approved": 1}
     assert bars(html, "refusals-1") == {"agent_disabled": 1}
-    assert "<td>87.5%</td>" in html and "<td>usd=11.25</td>" in html
+    assert "<td>87.5%</td>" in html
+    assert "<td>usd=11.25</td>" in html
 
 
 def bars(html: str, chart_id: str) -> dict[str, int]:
@@ -319,7 +327,8 @@ def test_html_escapes_names() -> None:
     """An action or agent name is text in the page, never markup."""
     hostile = decision("<script>alert(1)</script>", "deny", agent='a"><b>', reason="unknown_action")
     html = render_html(build_report([hostile], now=NOW))
-    assert "<script>alert" not in html and "<b>" not in html
+    assert "<script>alert" not in html
+    assert "<b>" not in html
 
 
 @pytest.mark.parametrize("missing", ["nope.jsonl", "emptydir"])

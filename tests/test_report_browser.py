@@ -6,11 +6,11 @@ the test is skipped locally, but fails on CI (``CI`` set), where a silent skip w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,10 +66,8 @@ def run_chromium(binary: Path, profile: Path, *args: str) -> str:
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the group has already gone, as it should
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # the group has already gone, as it should
     proc.wait()
 
 
@@ -86,9 +84,9 @@ def page(report: Report, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dom(chromium: Path, page: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def dom(chromium: Path, page: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     profile = tmp_path_factory.mktemp("chromium-profile")
-    yield run_chromium(chromium, profile, "--dump-dom", page.as_uri())
+    return run_chromium(chromium, profile, "--dump-dom", page.as_uri())
 
 
 def drawn_bars(dom: str, chart_id: str) -> list[tuple[str, int, float, float]]:
@@ -124,10 +122,14 @@ def test_refusal_bars_match_the_report(dom: str, report: Report) -> None:
     """The refusal chart draws one bar per reason with the report's counts."""
     bars = drawn_bars(dom, "refusals-0")
     expected = report.agents[0].total.integrity.refusals_by_reason
-    assert {label: value for label, value, _, _ in bars} == expected == {
-        "budget_exhausted": 2,
-        "rate_limited": 1,
-    }
+    assert (
+        {label: value for label, value, _, _ in bars}
+        == expected
+        == {
+            "budget_exhausted": 2,
+            "rate_limited": 1,
+        }
+    )
     assert bars[0][3] == pytest.approx(2 * bars[1][3])
 
 

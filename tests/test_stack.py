@@ -58,6 +58,7 @@ def test_up_mints_through_openbao_and_sigterm_leaves_nothing_behind(tmp_path: Pa
     proc = subprocess.Popen(
         [*BROKER, "up", "--state-dir", str(tmp_path / "state")],
         cwd=REPO,
+        check=False,
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -101,6 +102,7 @@ def test_up_with_an_unreachable_vault_says_so_and_exits_non_zero() -> None:
     done = subprocess.run(
         [*BROKER, "up", "--vault-addr", "http://127.0.0.1:1"],
         cwd=REPO,
+        check=False,
         env=env,
         capture_output=True,
         text=True,
@@ -128,7 +130,13 @@ def test_up_names_a_bad_manifest_file(tmp_path: Path, content: str, expected: st
     bad = tmp_path / "bad-agent.yaml"
     bad.write_text(content)
     done = subprocess.run(
-        [*BROKER, "up", str(bad)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60
+        [*BROKER, "up", str(bad)],
+        check=False,
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode != 0
     assert str(bad) in done.stderr
@@ -141,6 +149,7 @@ def test_up_with_a_missing_scopes_path_names_it(tmp_path: Path) -> None:
     done = subprocess.run(
         [*BROKER, "up", str(missing)],
         cwd=REPO,
+        check=False,
         env=_env(),
         capture_output=True,
         text=True,

@@ -10,7 +10,6 @@ from collections.abc import Iterable
 
 from broker.vault.layout import (
     APPROLE_MOUNT,
-    DATABASE_MOUNT,
     KV_MOUNT,
     PKI_MOUNT,
     TRANSIT_MOUNT,
@@ -49,6 +48,9 @@ def security_operator_hcl() -> str:
     rules = [
         _rule(f"{KV_MOUNT}/data/*", "create", "read", "update", "delete", "patch"),
         _rule(f"{KV_MOUNT}/metadata/*", "read", "list", "delete"),
+        # Vault applies the most specific rule: only platform editors publish manifests.
+        _rule(f"{KV_MOUNT}/data/manifests/*", "read"),
+        _rule(f"{KV_MOUNT}/metadata/manifests/*", "read", "list"),
         _rule("sys/leases/revoke", "update"),
         _rule("sys/leases/revoke/*", "update"),
         _rule("sys/leases/revoke-prefix/*", "update", "sudo"),
@@ -69,11 +71,13 @@ def security_operator_hcl() -> str:
 
 
 def platform_editor_hcl() -> str:
-    """Publish manifests; read (never change) control state."""
+    """Publish manifests; read (never change) control state and sidecar heartbeats (which
+    report the manifest hash each sidecar enforces: ``broker scopes verify``)."""
     rules = [
         _rule(f"{KV_MOUNT}/data/manifests/*", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/metadata/manifests/*", "read", "list"),
         _rule(f"{KV_MOUNT}/data/control/*", "read"),
+        _rule(f"{KV_MOUNT}/data/heartbeat/*", "read"),
         _rule(f"{KV_MOUNT}/data/audit/platform/*", "create", "update", "read"),
     ]
     return "\n".join(rules)
