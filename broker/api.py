@@ -128,6 +128,40 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/approvals/{approval_id}/redeem": {
+                "post": {
+                    "summary": "Redeem an approved request for its credential, once",
+                    "description": (
+                        "Body {} or {\"inputs\": {...}} (refused unless exactly the approved "
+                        "inputs). ?wait=SECONDS (at most 30) holds the request while pending."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "approval_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^apr_[0-9a-f]{20}$"},
+                        },
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "number", "minimum": 0, "maximum": 30},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(credential, "approved: the credential, single use"),
+                        "202": _json(pending, "still pending human approval"),
+                        "403": _json(
+                            _refusal_schema(),
+                            "approval_denied, approval_expired (also once redeemed), "
+                            "invalid_inputs (not the approved inputs), or a current limit",
+                        ),
+                        "404": _json(_error_schema(), "no such approval for this agent"),
+                        "409": _json(_error_schema(), "the approval changed meanwhile; retry"),
+                    },
+                }
+            },
             "/v1/scope": {
                 "get": {
                     "summary": "What this agent may do",

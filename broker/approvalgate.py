@@ -82,7 +82,8 @@ class ApprovalGate:
         self.poll = 0.25
         self.open: set[str] = set()
         self._noted: dict[str, int] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # one redeem at a time per approval
+        self._steps = asyncio.Lock()  # the watch and a redeem must not audit a step twice
         self._budgets = BudgetAlarms()
         self._task: asyncio.Task[None] | None = None
 
@@ -149,7 +150,15 @@ class ApprovalGate:
             if approval.state in TERMINAL and self._noted.get(approval_id, 0) >= len(
                 approval.history
             ):
-                self.open.discard(approval_id)
+                self._forget(approval_id)
+
+    def _forget(self, approval_id: str) -> None:
+        """A finished approval: stop watching it (a late redeem still reads it from Vault)."""
+        self.open.discard(approval_id)
+        self._noted.pop(approval_id, None)
+        lock = self._locks.get(approval_id)
+        if lock is not None and not lock.locked():
+            del self._locks[approval_id]
 
     def lock(self, approval_id: str) -> asyncio.Lock:
         return self._locks.setdefault(approval_id, asyncio.Lock())
@@ -257,22 +266,24 @@ class ApprovalGate:
             moved = transition(stored, event, at=now, by=by, reason=reason)
             return replace(moved, noted=len(moved.history))
 
-        moved = await asyncio.to_thread(self.store.update, self.agent, approval.id, change)
-        already = self._noted.get(approval.id, approval.noted)
-        self._noted[approval.id] = len(moved.history)
-        steps = moved.history[already:] if audit else moved.history[already:-1]
-        for step in steps:
-            await self._step(moved, step)
+        async with self._steps:
+            moved = await asyncio.to_thread(self.store.update, self.agent, approval.id, change)
+            already = self._noted.get(approval.id, approval.noted)
+            self._noted[approval.id] = len(moved.history)
+            steps = moved.history[already:] if audit else moved.history[already:-1]
+            for step in steps:
+                await self._step(moved, step)
         return moved
 
     async def note(self, approval: Approval) -> Approval:
         """Audit and announce steps this sidecar has not yet recorded (operators' steps)."""
-        already = max(self._noted.get(approval.id, 0), approval.noted)
-        if already >= len(approval.history):
-            return approval
-        for step in approval.history[already:]:
-            await self._step(approval, step)
-        self._noted[approval.id] = done = len(approval.history)
+        async with self._steps:
+            already = max(self._noted.get(approval.id, 0), approval.noted)
+            if already >= len(approval.history):
+                return approval
+            for step in approval.history[already:]:
+                await self._step(approval, step)
+            self._noted[approval.id] = done = len(approval.history)
 
         def mark(stored: Approval) -> Approval:
             return replace(stored, noted=max(stored.noted, done))

@@ -8,6 +8,7 @@ see it on their next poll (a quarter of a second by default)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -88,7 +89,14 @@ class Control:
         return sorted(names)
 
     def heartbeat(self, agent: str) -> dict[str, Any]:
-        return kv_read(self.client, f"heartbeat/{agent}", self.addr) or {}
+        beat = kv_read(self.client, f"heartbeat/{agent}", self.addr) or {}
+        listed = beat.get("vault_credentials")
+        if isinstance(listed, str):  # lists travel as one JSON string (see broker.runtime)
+            try:
+                beat["vault_credentials"] = json.loads(listed)
+            except ValueError:
+                beat["vault_credentials"] = []
+        return beat
 
     def outstanding(self, agent: str) -> list[dict[str, Any]]:
         now = self.clock()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -162,5 +163,15 @@ class Runtime:
             "generation": self.signer.generation,
             **self.outstanding(),
         }
-        kv_write(self._poller, f"heartbeat/{self.agent}", doc, self.session.addr)
+        # Lists go as one JSON string: Vault caps the number of strings in a request body
+        # (1,000 by default), and a sidecar may hold thousands of credentials.
+        doc = {k: json.dumps(v) if isinstance(v, list) else v for k, v in doc.items()}
+        try:
+            kv_write(self._poller, f"heartbeat/{self.agent}", doc, self.session.addr)
+        except BrokerError as exc:
+            # Minting does not depend on the heartbeat; runbooks see a stale one and say so.
+            log.warning("heartbeat not written: %s", exc.detail)
+            if self.metrics is not None:
+                self.metrics.vault_error("heartbeat")
+            return
         self._last_heartbeat = now

@@ -183,6 +183,8 @@ class CredentialService:
                 **(self.manifest_state() if self.manifest_state else {}),
             },
             "agent_disabled": self.runtime.control.killed,
+            "revoked_before": self.runtime.control.revoked_before,
+            "control_age_seconds": round(self._clock() - self.runtime.last_poll_ok, 3),
         }
 
     async def report_outcome(

@@ -15,8 +15,10 @@ import pytest
 from aiohttp import web
 
 from broker.cli import main
+from broker.controlstate import agent_path
 from broker.devstack import DevServer
 from broker.vault.approvals import ApprovalStore
+from broker.vault.kv import kv_write
 from tests.harness import Harness, root_client, running_sidecar, unique_agent, write_manifest
 
 pytestmark = pytest.mark.integration
@@ -350,3 +352,36 @@ async def test_webhook_receiver_down_leaves_decisions_alone(
     [failed] = records(h.audit_path, type="notification")
     assert (failed["status"], failed["attempts"]) == ("failed", 3)
     assert failed["event"] == "approval.requested"
+
+
+async def test_budget_crossing_and_kill_switch_are_announced(
+    openbao: DevServer,
+    manifest_path: Path,
+    tmp_path: Path,
+    receiver: tuple[Receiver, str],
+) -> None:
+    """80% of a budget and the kill switch each reach the webhook once, with their humans."""
+    got, url = receiver
+    async with running_sidecar(openbao, manifest_path, tmp_path, webhooks=(url,)) as h:
+        for n in range(8):
+            status, body, _ = await h.ask("pay.out", {"ticket_id": f"CS-{n}", "usd": 100})
+            assert status == 200, body
+        await h.sidecar.service.approvals.tick()
+        agent = h.sidecar.manifest.agent
+        kv_write(root_client(openbao), agent_path(agent), {"killed": True, "reason": "drill"})
+        for _ in range(50):
+            if any(g["event"] == "agent.killed" for g in got.got):
+                break
+            await asyncio.sleep(0.05)
+        assert h.sidecar.notifier is not None
+        assert await h.sidecar.notifier.drain(5)
+    by_event = {g["event"]: g for g in got.got}
+    assert set(by_event) == {"budget.warning", "agent.killed"}
+    assert by_event["budget.warning"]["data"]["used"] == 800
+    assert by_event["budget.warning"]["recipients"] == [
+        "risk@acme.example",
+        APPROVER,
+        "billing-lead@acme.example",
+        "billing-alerts@acme.example",
+    ]
+    assert "platform@acme.example" in by_event["agent.killed"]["recipients"]

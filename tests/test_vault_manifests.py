@@ -58,7 +58,7 @@ async def test_platform_editor_publishes_a_tested_manifest(
     assert (stored.published_by, stored.policy_version) == ("alice@acme.example", "v1")
     assert list(manifest_versions(root_client(openbao), agent)) == [1]
     (record,) = _audit(audit)
-    assert record["event"] == "publish" and record["status"] == "ok"
+    assert (record["event"], record["status"]) == ("publish", "ok")
     assert record["operator"] == "alice@acme.example"
     assert (record["content_hash"], record["policy_version"]) == (manifest.content_hash, "v1")
     assert record["version"] == 1
@@ -110,13 +110,15 @@ async def test_sidecar_identity_reads_its_own_manifest_and_nothing_else(
     )
     session.login()
     mine = read_manifest(session.client, agent)
-    assert mine is not None and mine.version == 1
+    assert mine is not None
+    assert mine.version == 1
     with pytest.raises(PermissionDenied):
         raw_write(session.client, agent, {**mine.to_doc(), "yaml": "agent: widened"})
     with pytest.raises(PermissionDenied):
         read_manifest(session.client, other)
     stored = read_manifest(root_client(openbao), agent)
-    assert stored is not None and stored.version == 1
+    assert stored is not None
+    assert stored.version == 1
 
 
 async def test_diff_and_published_read_vault_versions(
