@@ -132,7 +132,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Redeem an approved request for its credential, once",
                     "description": (
-                        "Body {} or {\"inputs\": {...}} (refused unless exactly the approved "
+                        'Body {} or {"inputs": {...}} (refused unless exactly the approved '
                         "inputs). ?wait=SECONDS (at most 30) holds the request while pending."
                     ),
                     "parameters": [

@@ -8,6 +8,7 @@ sidecar killed with SIGKILL continues exactly where its records end."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -37,6 +38,8 @@ from broker.settings import DEFAULT_MAX_BODY, VaultSettings
 from broker.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, vault_fetch
 
 log = logging.getLogger("broker.sidecar")
+
+VAULT_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,11 @@ class Sidecar:
         self.address = ""
 
     async def start(self) -> str:
+        # hvac is synchronous: Vault calls run in threads. The default pool (cores + 4) would
+        # cap concurrent mints far below what Vault serves; match the HTTP pool instead.
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(VAULT_THREADS, thread_name_prefix="vault")
+        )
         await self.runtime.start()
         if self._vault_agent is not None:
             await self._load_from_vault(self._vault_agent)
