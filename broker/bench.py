@@ -84,6 +84,8 @@ async def drive(url: str, body: dict[str, Any], concurrency: int, duration: floa
                         latencies.append((time.perf_counter() - t0) * 1000)
                     else:
                         errors += 1
+                        if errors == 1:
+                            print(f"first refusal: {resp.status} {(await resp.text())[:200]}")
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

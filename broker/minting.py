@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.signing import ActionTokenSigner
+from broker.vault.asyncapi import AsyncVault
 from broker.vault.database import issue_credential
+from broker.vault.layout import token_role
 from broker.vault.session import VaultSession
-from broker.vault.tokens import create_child_token
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Minter:
     def __init__(self, session: VaultSession, signer: ActionTokenSigner) -> None:
         self.session = session
         self.signer = signer
+        self.vault = AsyncVault(session.addr, lambda: session.token)
 
     def mint_jwt(
         self, *, jti: str, now: float, ttl: int, claims: dict[str, Any]
@@ -57,22 +59,28 @@ class Minter:
     async def mint_vault_token(
         self, *, now: float, policies: list[str], ttl: int, uses: int, meta: dict[str, str]
     ) -> IssuedCredential:
-        child = await asyncio.to_thread(
-            create_child_token,
-            self.session.client,
-            self.signer.agent,
-            policies=policies,
-            ttl=ttl,
-            uses=uses,
-            meta=meta,
-            addr=self.session.addr,
-        )
+        body = {
+            "policies": policies,
+            "ttl": f"{ttl}s",
+            "num_uses": uses,
+            "renewable": False,
+            "meta": meta,
+            "no_default_policy": True,
+        }
+        role = token_role(self.signer.agent)
+        result = await self.vault.post(f"auth/token/create/{role}", body, "child token creation")
+        auth = result["auth"]
+        granted = int(auth["lease_duration"])
         return IssuedCredential(
             kind="vault_token",
-            credential_id=child.accessor,
-            expires_at=now + child.ttl,
-            ttl=child.ttl,
-            secret={"token": child.token, "policies": list(child.policies), "uses": uses},
+            credential_id=str(auth["accessor"]),
+            expires_at=now + granted,
+            ttl=granted,
+            secret={
+                "token": auth["client_token"],
+                "policies": list(auth["policies"]),
+                "uses": uses,
+            },
         )
 
     async def mint_dynamic(

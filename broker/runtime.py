@@ -29,7 +29,7 @@ from broker.vault.session import VaultSession, make_client
 
 log = logging.getLogger("broker.runtime")
 
-HEARTBEAT_EVERY = 2.0
+HEARTBEAT_EVERY = 2.0  # and at most once a second sooner when the outstanding set changed
 # A poll older than this means Vault is not answering, even if the poll itself still hangs.
 STALE_AFTER = 1.5
 
@@ -78,7 +78,7 @@ class Runtime:
         """Log in and certify a first key; raises BackendUnavailable when Vault is not there."""
         self._event_loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.session.login)
-        await asyncio.to_thread(self._refresh)
+        await asyncio.to_thread(self._refresh, self.outstanding())
         self._task = asyncio.create_task(self._loop(), name=f"runtime-{self.agent}")
 
     async def stop(self) -> None:
@@ -93,12 +93,14 @@ class Runtime:
             if self.metrics is not None:
                 self.metrics.control_lag(self._clock() - self.last_poll_ok)
             try:
-                await asyncio.to_thread(self._refresh)
+                # The outstanding set belongs to the event loop: read here, not in the thread.
+                await asyncio.to_thread(self._refresh, self.outstanding())
             except BrokerError as exc:
                 self._mark_down(exc.detail)
                 if self.metrics is not None:
                     self.metrics.vault_error("control_poll")
-            except Exception as exc:
+            except Exception as exc:  # any failure must fail closed, not end the loop
+                log.exception("control poll failed")
                 self._mark_down(f"unexpected {type(exc).__name__}")
 
     def _mark_down(self, why: str) -> None:
@@ -107,7 +109,7 @@ class Runtime:
         self.vault_ok = False
         self.vault_problem = why
 
-    def _refresh(self) -> None:
+    def _refresh(self, outstanding: dict[str, Any]) -> None:
         """One poll: control state, token freshness, signing key, heartbeat."""
         self._poller.token = self.session.token
         try:
@@ -121,9 +123,10 @@ class Runtime:
         now = self._clock()
         if self.signer.needs_rotation(now, self.control.signing_generation):
             self.signer.rotate(self.control.signing_generation)
-        if now - self._last_heartbeat >= HEARTBEAT_EVERY or self._killed_changed() or self.dirty:
+        since = now - self._last_heartbeat
+        if since >= HEARTBEAT_EVERY or self._killed_changed() or (self.dirty and since >= 1.0):
             self.dirty = False
-            self._heartbeat(now)
+            self._heartbeat(now, outstanding)
         if not self.vault_ok:
             log.info("Vault reachable at %s; minting resumes", self.session.addr)
         self.vault_ok = True
@@ -153,7 +156,7 @@ class Runtime:
             return True
         return False
 
-    def _heartbeat(self, now: float) -> None:
+    def _heartbeat(self, now: float, outstanding: dict[str, Any]) -> None:
         doc = {
             "at": now,
             "pid": os.getpid(),
@@ -161,7 +164,7 @@ class Runtime:
             "killed_seen_at": self._killed_seen_at,
             "signing_serial": repr(self.signer),
             "generation": self.signer.generation,
-            **self.outstanding(),
+            **outstanding,
         }
         # Lists go as one JSON string: Vault caps the number of strings in a request body
         # (1,000 by default), and a sidecar may hold thousands of credentials.

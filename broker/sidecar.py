@@ -243,6 +243,7 @@ class Sidecar:
             await self._runner.cleanup()
         if self.service is not None:
             await self.service.approvals.stop()
+            await self.service.minter.vault.close()
         if self.notifier is not None:
             await self.notifier.stop()
         if self.audit is not None:

@@ -235,8 +235,8 @@ async def test_wait_returns_when_approved(
         await asyncio.sleep(0.2)
         assert not waiting.done()
         await operator(openbao, monkeypatch, APPROVER, "approve", approval_id)
-        status, _ = await asyncio.wait_for(waiting, 5)
-    assert status == 200
+        status, body = await asyncio.wait_for(waiting, 5)
+    assert status == 200, body
 
 
 async def test_sidecar_restart_between_request_and_approval(

@@ -1,0 +1,69 @@
+"""A small asyncio client for the Vault calls on the mint path.
+
+hvac is synchronous: every call costs a thread hand-off and the GIL ping-pong that comes
+with it, which at hundreds of mints a second is most of the sidecar's overhead. The hot
+calls (child token creation) go through one pooled aiohttp session instead; everything
+else stays on hvac. Errors are translated here, as in ``_errors``: nothing of aiohttp
+leaks past this module, and no token appears in a message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from broker.errors import BackendUnavailable, NotFound, PermissionDenied
+
+
+class AsyncVault:
+    def __init__(
+        self, addr: str, token: Callable[[], str], *, timeout: float = 5.0, pool: int = 64
+    ) -> None:
+        self.addr = addr.rstrip("/")
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._pool = pool
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"AsyncVault(addr={self.addr!r})"
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._pool, limit_per_host=self._pool)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, path: str, body: dict[str, Any], operation: str) -> dict[str, Any]:
+        headers = {"X-Vault-Token": self._token(), "X-Vault-Request": "true"}
+        try:
+            async with self._http().post(
+                f"{self.addr}/v1/{path}", json=body, headers=headers
+            ) as resp:
+                doc = await resp.json(content_type=None) if resp.content_length != 0 else {}
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise BackendUnavailable(
+                f"Vault is unreachable at {self.addr} ({operation}): {type(exc).__name__}"
+            ) from exc
+        if status < 300:
+            return doc if isinstance(doc, dict) else {}
+        raise _error(status, doc, operation, self.addr)
+
+
+def _error(status: int, doc: Any, operation: str, addr: str) -> Exception:
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    reason = "; ".join(str(e) for e in errors or [])[:200] or f"HTTP {status}"
+    if status == 403:
+        return PermissionDenied(f"Vault at {addr} refused {operation}: permission denied")
+    if status == 404:
+        return NotFound(f"Vault at {addr} has nothing at the path for {operation}")
+    if status == 503:
+        return BackendUnavailable(f"Vault at {addr} is sealed or down ({operation})")
+    return BackendUnavailable(f"Vault at {addr} failed {operation}: {reason}")
