@@ -18,6 +18,7 @@ from broker.devstack import DevServer
 from broker.errors import BackendUnavailable, VerificationError
 from broker.pgdev import PgCluster
 from broker.settings import VaultSettings
+from broker.vault.bootstrap import bootstrap
 from broker.vault.control import VaultRevocations
 from broker.vault.database import DatabaseRole, configure_database, issue_credential
 from broker.vault.pki import fetch_ca_pem
@@ -239,6 +240,8 @@ async def test_rotate_backend_root_runbook_changes_the_root_password(
         conn.execute("DROP ROLE IF EXISTS drill_root")
         conn.execute(f"CREATE ROLE drill_root LOGIN SUPERUSER PASSWORD '{root_pw}'")
     client = root_client(openbao)
+    bootstrap(client, [], addr=openbao.addr)  # the security operator policy, as shipped
+    setup_database(openbao, postgres)  # the orders table the role grants
     configure_database(
         client,
         mount="drilldb",
@@ -318,3 +321,31 @@ async def test_post_incident_review_runbook_verifies_and_traces(
     out = await run_runbook("post-incident-review.md", env)
     assert "req_incident42" in out
     assert body["credential"]["credential_id"] in out
+
+
+async def test_change_a_manifest_runbook_publishes_and_the_sidecar_enforces_it(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validate, test, diff, replay, publish, verify: the sidecar ends up enforcing the new file."""
+    from tests.manifests_live import cli, platform_editor, prepare_agent, scope_dir, vault_sidecar
+
+    agent = unique_agent("change")
+    first = scope_dir(tmp_path, agent, "v1", pay=True)
+    prepare_agent(openbao, first)
+    editor = platform_editor(openbao)
+    monkeypatch.setenv("VAULT_ADDR", openbao.addr)
+    assert await cli(monkeypatch, editor, "scopes", "publish", str(first)) == 0
+    async with vault_sidecar(openbao, agent, tmp_path) as h:
+        assert (await h.ask("read.thing", {"id": "T-1"}))[0] == 200
+        stricter = scope_dir(tmp_path, agent, "v2", pay=False)  # drops pay.out: narrows only
+        env = operator_env(
+            openbao.addr,
+            editor,
+            tmp_path / "ops.jsonl",
+            AGENT=agent,
+            MANIFEST=str(stricter),
+            AUDIT=str(h.audit_path),
+        )
+        await run_runbook("change-a-manifest.md", env)
+        status, body, _ = await h.ask("pay.out")
+    assert (status, body["reason"], body["policy_version"]) == (403, "unknown_action", "v2")
