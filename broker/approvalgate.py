@@ -285,11 +285,11 @@ class ApprovalGate:
                 await self._step(approval, step)
             self._noted[approval.id] = done = len(approval.history)
 
-        def mark(stored: Approval) -> Approval:
-            return replace(stored, noted=max(stored.noted, done))
+            def mark(stored: Approval) -> Approval:
+                return replace(stored, noted=max(stored.noted, done))
 
-        with contextlib.suppress(ApprovalError):
-            approval = await asyncio.to_thread(self.store.update, self.agent, approval.id, mark)
+            with contextlib.suppress(ApprovalError):
+                approval = await asyncio.to_thread(self.store.update, self.agent, approval.id, mark)
         return approval
 
     async def _step(self, approval: Approval, step: Step) -> None:

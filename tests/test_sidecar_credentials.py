@@ -195,3 +195,21 @@ async def test_vault_down_means_503_within_two_seconds_and_recovery(
             await asyncio.sleep(0.05)
         else:
             pytest.fail("the sidecar did not recover after Vault came back")
+
+
+async def test_unwritable_audit_trail_means_503_and_no_credential(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """The audit file removed underneath the sidecar: it refuses to mint (503) and says why."""
+    async with running_sidecar(openbao, SCOPES / "support-refund-agent.yaml", tmp_path) as h:
+        assert (await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"}))[0] == 200
+        h.audit_path.unlink()
+        jwt_status, jwt_body, _ = await h.ask("zendesk.get_ticket", {"ticket_id": "CS-2"})
+        token_status, token_body, _ = await h.ask(
+            "stripe.refund", {"ticket_id": "CS-2", "amount_usd": 5}
+        )
+    assert (jwt_status, jwt_body.get("error")) == (503, "audit_unavailable")
+    assert (token_status, token_body.get("error")) == (503, "audit_unavailable")
+    assert "credential" not in jwt_body
+    assert "credential" not in token_body
+    assert str(h.audit_path) in jwt_body["detail"]

@@ -12,7 +12,7 @@ from broker.approvals import Approval, ApprovalError, Event, State, decide_as, t
 from broker.decision import Raci, inputs_hash
 from broker.devstack import DevServer
 from broker.errors import NotFound, PermissionDenied
-from broker.vault.approvals import ApprovalStore
+from broker.vault.approvals import ApprovalConflict, ApprovalStore
 from broker.vault.bootstrap import bootstrap
 from broker.vault.session import make_client
 from tests.harness import root_client, unique_agent
@@ -79,22 +79,39 @@ def test_missing_approval_is_not_found(store: ApprovalStore) -> None:
 
 
 def test_two_operators_cannot_both_act(store: ApprovalStore) -> None:
-    """When another operator acts between our read and our write, our write loses."""
+    """Another operator approves between our read and our write: our deny is decided again
+    against the approved state, and refused."""
     approval = make(unique_agent("apr"))
     store.create(approval)
+    raced: list[int] = []
 
     def deny_while_another_approves(seen: Approval) -> Approval:
-        store.update(
-            seen.agent,
-            seen.id,
-            lambda a: decide_as(a, Event.approve, identity=APPROVER, at=2000.0, reason=""),
-        )
+        if not raced:
+            raced.append(1)
+            store.update(
+                seen.agent,
+                seen.id,
+                lambda a: decide_as(a, Event.approve, identity=APPROVER, at=2000.0, reason=""),
+            )
         return decide_as(seen, Event.deny, identity=APPROVER, at=2001.0, reason="no")
 
-    with pytest.raises(ApprovalError, match="someone else acted first"):
+    with pytest.raises(ApprovalError, match="is approved: it cannot be denied"):
         store.update(approval.agent, approval.id, deny_while_another_approves)
     stored, version = store.read(approval.agent, approval.id) or (approval, 0)
     assert (stored.state, version) == (State.approved, 2)
+
+
+def test_a_write_that_keeps_losing_is_a_conflict(store: ApprovalStore) -> None:
+    """When every attempt loses to another writer, update gives up with a conflict."""
+    approval = make(unique_agent("apr"))
+    store.create(approval)
+
+    def always_raced(seen: Approval) -> Approval:
+        store.update(seen.agent, seen.id, lambda a: replace(a, noted=a.noted + 1), attempts=1)
+        return replace(seen, reason="mine")
+
+    with pytest.raises(ApprovalConflict, match="someone else acted first"):
+        store.update(approval.agent, approval.id, always_raced)
 
 
 def test_update_applies_the_lifecycle(store: ApprovalStore) -> None:

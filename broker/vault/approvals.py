@@ -20,6 +20,10 @@ from broker.vault.layout import KV_MOUNT
 APPROVALS_DIR = "approvals"
 
 
+class ApprovalConflict(ApprovalError):
+    """A check-and-set write lost to another writer."""
+
+
 def approval_path(agent: str, approval_id: str) -> str:
     return f"{APPROVALS_DIR}/{agent}/{check_id(approval_id)}"
 
@@ -81,15 +85,27 @@ class ApprovalStore:
         agent: str,
         approval_id: str,
         change: Callable[[Approval], Approval],
+        attempts: int = 3,
     ) -> Approval:
-        """Apply ``change`` to the stored approval with check-and-set; ``change`` may raise."""
-        found = self.read(agent, approval_id)
-        if found is None:
-            raise NotFound(f"no approval {approval_id} for {agent}")
-        approval, version = found
-        changed = change(approval)
-        self._write(changed, version)
-        return changed
+        """Apply ``change`` to the stored approval with check-and-set; ``change`` may raise.
+
+        When another writer got in between, ``change`` is applied again to what it wrote, so
+        the lifecycle decides again: a late second decision is refused, while a harmless
+        concurrent write (the sidecar noting a step) does not fail the change."""
+        for attempt in range(attempts):
+            found = self.read(agent, approval_id)
+            if found is None:
+                raise NotFound(f"no approval {approval_id} for {agent}")
+            approval, version = found
+            changed = change(approval)
+            try:
+                self._write(changed, version)
+            except ApprovalConflict:
+                if attempt == attempts - 1:
+                    raise
+                continue
+            return changed
+        raise AssertionError("unreachable")
 
     def _write(self, approval: Approval, cas: int) -> None:
         path = approval_path(approval.agent, approval.id)
@@ -101,7 +117,7 @@ class ApprovalStore:
             except hvac.exceptions.InvalidRequest as exc:
                 if "check-and-set" not in str(exc):
                     raise
-                raise ApprovalError(
+                raise ApprovalConflict(
                     f"approval {approval.id} changed while this change was made; "
                     "read it again (someone else acted first)"
                 ) from exc
