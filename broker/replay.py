@@ -130,7 +130,7 @@ def record_action(record: Mapping[str, Any]) -> str:
     if isinstance(record.get("action"), str):
         return str(record["action"])
     calls = record.get("tool_calls") or [{}]
-    return str(calls[0].get("tool", ""))
+    return str(calls[-1].get("tool", ""))  # every call of the request so far, this one last
 
 
 def original_verdict(record: Mapping[str, Any]) -> Verdict:

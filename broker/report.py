@@ -5,7 +5,7 @@ by reason, errors and rollbacks reported, approval denials, revocations) and tru
 auto-executed vs approved, override rate, audit completeness), per agent and per action.
 
 How records are joined:
-- A decision record names its action in ``tool_calls[0].tool``; an outcome record names only
+- A decision record names its action in ``action`` (older ones: the last tool call); an outcome record names only
   its ``credential_id`` and is attributed to the action of that credential's decision.
   Approval and control records are attributed through ``approval_id`` / ``credential_id``
   when they do not name an action; what cannot be attributed counts for the agent only.
@@ -192,12 +192,15 @@ def _time(record: Mapping[str, Any]) -> float | None:
 
 
 def _action_of(record: Mapping[str, Any]) -> str | None:
+    """The record's own ``action``; older records name it only as their last tool call
+    (``tool_calls`` lists every call of the request so far, this one last)."""
+    action = _text(record, "action")
+    if action:
+        return action
     calls = record.get("tool_calls")
-    if isinstance(calls, list) and calls and isinstance(calls[0], Mapping):
-        tool = _text(calls[0], "tool")
-        if tool:
-            return tool
-    return _text(record, "action")
+    if isinstance(calls, list) and calls and isinstance(calls[-1], Mapping):
+        return _text(calls[-1], "tool")
+    return None
 
 
 def _agent_of(record: Mapping[str, Any]) -> str:

@@ -286,6 +286,18 @@ class CredentialService:
                 assert decision.reason is not None
                 refusal = decision.reason, decision.detail
                 await gate.reopen(approval, f"refused at redeem: {decision.reason}")
+            approver = approved_by(approval)
+            still_listed = decision.raci is not None and approver in decision.raci.approvers
+            if (
+                refusal is None
+                and decision.outcome is Outcome.pending_approval
+                and not still_listed
+            ):
+                # The manifest changed since the approval: only a current approver's word counts.
+                refusal = (
+                    ReasonCode.approval_denied,
+                    f"{approver} is no longer an approver of {req.action} under the manifest in force",
+                )
             if refusal is not None:
                 denied = replace(
                     decision,

@@ -18,7 +18,6 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from broker.loader import load_manifest
 from broker.manifest import Manifest
 from broker.metrics import SidecarMetrics
 from broker.notify import WebhookNotifier
+from broker.replay import record_action, record_time
 from broker.runtime import Runtime
 from broker.server import build_app
 from broker.service import CredentialService
@@ -91,12 +91,6 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
                     yield record
 
 
-def _epoch(record: dict[str, Any]) -> float:
-    if isinstance(record.get("at"), int | float):
-        return float(record["at"])
-    return datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00")).timestamp()
-
-
 def restore_ledger(manifest: Manifest, audit_path: Path) -> UsageLedger:
     """Replay the audit trail's issued credentials and outcomes into a fresh ledger."""
     ledger = UsageLedger.for_manifest(manifest)
@@ -108,12 +102,8 @@ def restore_ledger(manifest: Manifest, audit_path: Path) -> UsageLedger:
             and record.get("credential_id")
             and record.get("outcome") == "allow"
         ):
-            at = _epoch(record)
-            charged = _Charged(
-                # A record lists every tool call of its request; its own action is named.
-                str(record.get("action") or record.get("tool_calls", [{}])[-1].get("tool", "")),
-                dict(record.get("charges") or {}),
-            )
+            at = record_time(record)
+            charged = _Charged(record_action(record), dict(record.get("charges") or {}))
             ledger.charge(
                 charged, str(record["credential_id"]), at + float(record.get("ttl") or 0), at
             )
