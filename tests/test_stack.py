@@ -58,7 +58,6 @@ def test_up_mints_through_openbao_and_sigterm_leaves_nothing_behind(tmp_path: Pa
     proc = subprocess.Popen(
         [*BROKER, "up", "--state-dir", str(tmp_path / "state")],
         cwd=REPO,
-        check=False,
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
