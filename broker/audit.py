@@ -61,10 +61,11 @@ class Record:
     prev: str
     hash: str
     fields: Mapping[str, Any] = field(repr=False)
+    encoded: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def line(self) -> bytes:
-        return canonical(self.fields) + b"\n"
+        return self.encoded or canonical(self.fields) + b"\n"
 
 
 def seal(body: Mapping[str, Any], prev_hash: str, seq: int) -> Record:
@@ -75,8 +76,20 @@ def seal(body: Mapping[str, Any], prev_hash: str, seq: int) -> Record:
     if seq < 1:
         raise ValueError("seq starts at 1")
     unsealed = {**body, "seq": seq, "prev": prev_hash}
-    digest = _digest(unsealed)
-    return Record(seq=seq, prev=prev_hash, hash=digest, fields={**unsealed, "hash": digest})
+    # One serialisation serves both the digest and the line: canonical JSON of a dict is
+    # "{" + its sorted "key":value pairs + "}", so the keys before and after "hash" are
+    # encoded apart and the line is the two halves with the hash pair between them.
+    before = canonical({k: v for k, v in unsealed.items() if k < "hash"})[1:-1]
+    after = canonical({k: v for k, v in unsealed.items() if k > "hash"})[1:-1]
+    digest = "sha256:" + hashlib.sha256(b"{" + _join(before, after) + b"}").hexdigest()
+    pair = b'"hash":"' + digest.encode("ascii") + b'"'
+    line = b"{" + _join(_join(before, pair), after) + b"}\n"
+    fields = {**unsealed, "hash": digest}
+    return Record(seq=seq, prev=prev_hash, hash=digest, fields=fields, encoded=line)
+
+
+def _join(left: bytes, right: bytes) -> bytes:
+    return left + b"," + right if left and right else left or right
 
 
 def redact(inputs: Mapping[str, Any], fields: Iterable[str], key: bytes) -> dict[str, Any]:

@@ -182,11 +182,12 @@ class AuditLog:
 
     # --- appending ------------------------------------------------------------------------
 
-    async def append(self, body: Mapping[str, Any]) -> Record:
-        """Seal and durably write ``body``; returns once it is on disk."""
+    async def append(self, body: Mapping[str, Any], *, owned: bool = False) -> Record:
+        """Seal and durably write ``body``; returns once it is on disk. ``owned``: the caller
+        hands the body over and never touches it again, so no defensive copy is taken."""
         started = time.perf_counter()
         waiter: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
-        self._submit(body, waiter=waiter)
+        self._submit(body, waiter=waiter, owned=owned)
         record = await waiter
         self._latencies.append(time.perf_counter() - started)
         return record
@@ -212,6 +213,7 @@ class AuditLog:
         *,
         internal: bool = False,
         waiter: asyncio.Future[Record] | None = None,
+        owned: bool = False,
     ) -> concurrent.futures.Future[Record]:
         clash = RESERVED.intersection(body)
         if clash:
@@ -219,7 +221,7 @@ class AuditLog:
         if body.get("type") == CHECKPOINT and not internal:
             raise ValueError("only the log itself writes checkpoint records")
         # A snapshot, so a caller mutating its dict after append cannot change the record.
-        snapshot: dict[str, Any] = _json_copy(body)
+        snapshot: dict[str, Any] = dict(body) if owned else _json_copy(body)
         pending = _Pending(snapshot, concurrent.futures.Future(), waiter)
         with self._lock:
             if self._failed:
@@ -240,6 +242,7 @@ class AuditLog:
                 for i in items
                 if isinstance(i, _Pending) and i.future.set_running_or_notify_cancel()
             ]
+            everyone = list(batch)  # _commit drops records it refuses from ``batch``
             try:
                 written = self._commit(batch) if batch else []
             except Exception as exc:  # a bug must fail closed, not leave appenders hanging
@@ -251,7 +254,7 @@ class AuditLog:
             self._maybe_checkpoint()
             for pending, record in zip(batch, written, strict=False):
                 pending.future.set_result(record)
-            _wake(batch)
+            _wake(everyone)
             for tick in items:
                 if isinstance(tick, _Tick):
                     tick.done.set()
@@ -290,10 +293,19 @@ class AuditLog:
             _fail_all(batch, self._failed)
             return []
         records, (seq, prev) = [], self._tip
+        sealed: list[_Pending] = []
         for item in batch:
-            seq += 1
-            records.append(seal(item.body, prev, seq))
-            prev = records[-1].hash
+            try:
+                record = seal(item.body, prev, seq + 1)
+            except (TypeError, ValueError) as exc:
+                # An owned body that is not strict JSON: refuse that record alone; the chain
+                # and the other appenders carry on.
+                item.future.set_exception(AuditUnavailable(f"record refused: {exc}"))
+                continue
+            seq, prev = seq + 1, record.hash
+            records.append(record)
+            sealed.append(item)
+        batch[:] = sealed
         try:
             _write_all(self._fd, b"".join(r.line for r in records))
             os.fsync(self._fd)

@@ -62,7 +62,64 @@ def register_bench(bench: argparse._SubParsersAction[Any]) -> None:
     register_control_bench(bench)
 
 
+async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if url.startswith("unix:"):
+        return await asyncio.open_unix_connection(url[5:])
+    host, _, port = url.removeprefix("http://").partition(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, bytes]:
+    """One keep-alive HTTP/1.1 round trip; enough HTTP for our own server's answers."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return status, await reader.readexactly(length)
+
+
 async def drive(url: str, body: dict[str, Any], concurrency: int, duration: float) -> Result:
+    """``concurrency`` clients on keep-alive connections, each sending its next request when
+    the last one answered. A lean client: the load generator shares the machine's two cores
+    with the sidecar and Vault, so it must spend as little CPU per request as it can."""
+    import json
+
+    payload = json.dumps(body).encode()
+    request = (
+        b"POST /v1/credentials HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+    )
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await _open(url)
+        try:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                status, answer = await _exchange(reader, writer, request)
+                if status == 200:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                else:
+                    errors += 1
+                    if errors == 1:
+                        print(f"first refusal: {status} {answer[:200].decode()}")
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Result("sidecar", len(latencies), errors, time.perf_counter() - start, latencies)
+
+
+async def drive_aiohttp(url: str, body: dict[str, Any], concurrency: int, duration: float) -> Result:
     """``concurrency`` clients, each sending its next request when the last one answered."""
     if url.startswith("unix:"):
         connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=url[5:], limit=concurrency)

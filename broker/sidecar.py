@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -252,6 +253,12 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     try:
         address = await sidecar.start()
+        # Start-up objects leave the collector's sight and young collections run less often:
+        # at thousands of mints a second, collector pauses were most of the p99 latency
+        # (`broker bench mint`: p99 50 ms with the defaults, 20 ms with these).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 1000)
         log.info("sidecar for %s listening on %s", sidecar.manifest.agent, address)
         if on_ready is not None:
             result = on_ready(sidecar)

@@ -33,7 +33,7 @@ class InMemoryAuditSink:
     records: list[dict[str, Any]] = field(default_factory=list)
     fail: Exception | None = None
 
-    async def append(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def append(self, body: Mapping[str, Any], *, owned: bool = False) -> dict[str, Any]:
         if self.fail is not None:
             raise self.fail
         record = {"seq": len(self.records) + 1, **body}
