@@ -12,6 +12,7 @@ fixed sets. Anything else (an agent asking for an undeclared action, say) is fol
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -98,6 +99,8 @@ class SidecarMetrics:
     """The counters, gauges and histograms one sidecar updates; ``render`` serves them."""
 
     def __init__(self, *, actions: Iterable[str], budgets: Iterable[str]) -> None:
+        self._decision_children: dict[tuple[str, str, str | None], Any] = {}
+        self._mint_children: dict[str, Any] = {}
         """``actions`` and ``budgets``: the manifest's names (its dicts will do)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._action = _Labels(actions)
@@ -165,9 +168,18 @@ class SidecarMetrics:
         )
 
     def decision(self, action: str, outcome: str, reason: str | None) -> None:
-        self._decisions.labels(
-            action=self._action(action), outcome=self._outcome(outcome), reason=self._reason(reason)
-        ).inc()
+        # The hot path: children are cached per label set (labels() validates and locks).
+        key = (action, outcome, reason)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decisions.labels(
+                action=self._action(action),
+                outcome=self._outcome(outcome),
+                reason=self._reason(reason),
+            )
+            if len(self._decision_children) < 4096:
+                self._decision_children[key] = child
+        child.inc()
 
     def outcome(self, action: str, status: str) -> None:
         self._outcomes.labels(action=self._action(action), status=self._status(status)).inc()
@@ -176,7 +188,12 @@ class SidecarMetrics:
         self._issued.labels(kind=self._kind(kind)).inc()
 
     def mint_latency(self, kind: str, seconds: float) -> None:
-        self._mint.labels(kind=self._kind(kind)).observe(seconds)
+        child = self._mint_children.get(kind)
+        if child is None:
+            child = self._mint.labels(kind=self._kind(kind))
+            if len(self._mint_children) < 64:
+                self._mint_children[kind] = child
+        child.observe(seconds)
 
     def budget(self, name: str, used: float, limit: float) -> None:
         budget = self._budget(name)
