@@ -325,7 +325,7 @@ def cmd_bench_control(args: argparse.Namespace) -> int:
         seen = _seen_after(sock, "revoked_before", bool, start)
         print(f"revocation seen by the sidecar: {seen * 1000:.0f} ms after the command started")
         minted = asyncio.run(_mint_many(f"unix:{sock}", args.outstanding, args.concurrency))
-        time.sleep(0.6)  # the heartbeat that lists them goes out on the next poll
+        time.sleep(1.5)  # the heartbeat that lists them goes out within a second
         held = len(control.outstanding("bench-agent"))
         start = time.perf_counter()
         watch: list[float] = []
