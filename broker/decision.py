@@ -92,7 +92,7 @@ class Decision:
             "detail": self.detail,
             "charges": dict(self.charges),
             "credential": None if self.credential is None else self.credential.model_dump(),
-            "raci": None if self.raci is None else _raci_json(self.raci),
+            "raci": None if self.raci is None else raci_json(self.raci),
             "policy_version": self.policy_version,
             "manifest_hash": self.manifest_hash,
             "action": self.action,
@@ -103,7 +103,7 @@ class Decision:
         }
 
 
-def _raci_json(raci: Raci) -> dict[str, Any]:
+def raci_json(raci: Raci) -> dict[str, Any]:
     return {
         "accountable": raci.accountable,
         "consulted": list(raci.consulted),

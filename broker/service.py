@@ -25,7 +25,7 @@ from broker.approvalgate import ApprovalGate
 from broker.approvals import State, approved_by
 from broker.audit import iso_utc, redact
 from broker.controlstate import ControlState
-from broker.decision import ActionRequest, Decision, decide
+from broker.decision import ActionRequest, Decision, decide, raci_json
 from broker.errors import AuditUnavailable, BrokerError
 from broker.limits import UsageLedger
 from broker.manifest import JwtCredential, Manifest
@@ -228,20 +228,23 @@ class CredentialService:
             return _refusal(decision, decision.reason, decision.detail, decision.retry_after)
         if not self.runtime.available():
             detail = f"Vault is unavailable, nothing is minted: {self.runtime.vault_problem}"
-            await self._record(
-                req,
-                decision,
-                now,
-                status="blocked",
-                override=ReasonCode.backend_unavailable,
-                detail=detail,
-            )
-            return _refusal(
-                decision, ReasonCode.backend_unavailable, detail, RETRY_AFTER_UNAVAILABLE
-            )
+            return await self._unavailable(req, decision, now, detail)
         if decision.outcome is Outcome.pending_approval:
             return await self._pending(req, decision, now)
         return await self._allow(req, decision, now)
+
+    async def _unavailable(
+        self,
+        req: ActionRequest,
+        decision: Decision,
+        now: float,
+        detail: str,
+        status: str = "blocked",
+    ) -> Reply:
+        """Fail closed: record the refusal, answer 503 backend_unavailable with Retry-After."""
+        reason = ReasonCode.backend_unavailable
+        await self._record(req, decision, now, status=status, override=reason, detail=detail)
+        return _refusal(decision, reason, detail, RETRY_AFTER_UNAVAILABLE)
 
     async def _pending(self, req: ActionRequest, decision: Decision, now: float) -> Reply:
         """Store the approval request in Vault (fail closed), record it, answer 202."""
@@ -249,17 +252,7 @@ class CredentialService:
             approval = await self.approvals.open_for(req, decision, now)
         except BrokerError as exc:
             detail = f"the approval request could not be stored: {exc.detail}"
-            await self._record(
-                req,
-                decision,
-                now,
-                status="blocked",
-                override=ReasonCode.backend_unavailable,
-                detail=detail,
-            )
-            return _refusal(
-                decision, ReasonCode.backend_unavailable, detail, RETRY_AFTER_UNAVAILABLE
-            )
+            return await self._unavailable(req, decision, now, detail)
         await self._record(
             req,
             decision,
@@ -350,17 +343,7 @@ class CredentialService:
             if self.metrics is not None:
                 self.metrics.vault_error(f"mint_{spec.kind}")
             self.ledger.refund(decision, credential_id, now)
-            await self._record(
-                req,
-                decision,
-                now,
-                status="error",
-                override=ReasonCode.backend_unavailable,
-                detail=exc.detail,
-            )
-            return _refusal(
-                decision, ReasonCode.backend_unavailable, exc.detail, RETRY_AFTER_UNAVAILABLE
-            )
+            return await self._unavailable(req, decision, now, exc.detail, status="error")
         if self.metrics is not None:
             self.metrics.mint_latency(spec.kind, time.perf_counter() - started)
             self.metrics.credentials_issued(spec.kind)
@@ -485,7 +468,7 @@ class CredentialService:
             "credential_kind": credential[1] if credential else None,
             "ttl": credential[2] if credential else None,
             "vault_id": vault_id,
-            "raci": _raci(decision),
+            "raci": raci_json(decision.raci) if decision.raci else {},
             "manifest_hash": decision.manifest_hash,
             "inputs_hash": decision.inputs_hash,
             "charges": dict(decision.charges),
@@ -515,18 +498,6 @@ def _tool_call(
     elif reason is not None:
         call["reason"] = reason.value
     return call
-
-
-def _raci(decision: Decision) -> dict[str, Any]:
-    r = decision.raci
-    if r is None:
-        return {}
-    return {
-        "accountable": r.accountable,
-        "consulted": list(r.consulted),
-        "informed": list(r.informed),
-        "approvers": list(r.approvers),
-    }
 
 
 def _jwt_claims(decision: Decision) -> dict[str, Any]:

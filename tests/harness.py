@@ -91,15 +91,22 @@ class Harness:
 async def running_sidecar(
     openbao: DevServer, manifest_path: Path, tmp_path: Path, **config: Any
 ) -> AsyncIterator[Harness]:
-    manifest = load_manifest(manifest_path)
+    """A sidecar for a manifest file (bootstrapped here), or for ``vault:<agent>`` (the
+    agent bootstrapped and its manifest published beforehand)."""
     client = root_client(openbao)
-    bootstrap(client, [grant_for(manifest)], demo=True, addr=openbao.addr)
-    role_file, secret_file = approle_files(client, manifest.agent, tmp_path / "secrets")
+    source = str(manifest_path)
+    if source.startswith("vault:"):
+        agent = source.removeprefix("vault:")
+    else:
+        manifest = load_manifest(manifest_path)
+        bootstrap(client, [grant_for(manifest)], demo=True, addr=openbao.addr)
+        agent = manifest.agent
+    role_file, secret_file = approle_files(client, agent, tmp_path / "secrets")
     cfg = SidecarConfig(
         manifest_path=manifest_path,
         vault=VaultSettings(addr=openbao.addr, role_id_file=role_file, secret_id_file=secret_file),
         listen="127.0.0.1:0",
-        audit_path=config.pop("audit_path", tmp_path / "audit" / f"{manifest.agent}.jsonl"),
+        audit_path=config.pop("audit_path", tmp_path / "audit" / f"{agent}.jsonl"),
         poll_interval=config.pop("poll_interval", 0.1),
         **config,
     )

@@ -11,18 +11,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from broker.cli import main
 from broker.devstack import DevServer
 from broker.loader import load_manifest
-from broker.settings import VaultSettings
-from broker.sidecar import Sidecar, SidecarConfig
-from broker.stack import approle_files, grant_for
+from broker.stack import grant_for
 from broker.vault.bootstrap import bootstrap
 from broker.vault.layout import PLATFORM_EDITOR_POLICY, SECURITY_OPERATOR_POLICY
-from tests.harness import Harness, root_client
+from tests.harness import Harness, root_client, running_sidecar
 
 MANIFEST = """\
 agent: {agent}
@@ -93,23 +90,9 @@ async def vault_sidecar(
     openbao: DevServer, agent: str, tmp_path: Path, **config: Any
 ) -> AsyncIterator[Harness]:
     """A real sidecar with ``--manifest vault:<agent>``, logged in with its own AppRole."""
-    role_file, secret_file = approle_files(root_client(openbao), agent, tmp_path / "secrets")
-    cfg = SidecarConfig(
-        manifest_path=Path(f"vault:{agent}"),
-        vault=VaultSettings(addr=openbao.addr, role_id_file=role_file, secret_id_file=secret_file),
-        listen="127.0.0.1:0",
-        audit_path=tmp_path / "audit" / f"{agent}.jsonl",
-        poll_interval=0.1,
-        manifest_poll_interval=config.pop("manifest_poll_interval", 0.1),
-        **config,
-    )
-    sidecar = Sidecar(cfg)
-    url = await sidecar.start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            yield Harness(sidecar, url, http, cfg.audit_path)
-    finally:
-        await sidecar.stop()
+    config.setdefault("manifest_poll_interval", 0.1)
+    async with running_sidecar(openbao, Path(f"vault:{agent}"), tmp_path, **config) as h:
+        yield h
 
 
 async def wait_for(check: Callable[[], Any], timeout: float = 5.0) -> float:
