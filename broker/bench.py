@@ -119,37 +119,6 @@ async def drive(url: str, body: dict[str, Any], concurrency: int, duration: floa
     return Result("sidecar", len(latencies), errors, time.perf_counter() - start, latencies)
 
 
-async def drive_aiohttp(url: str, body: dict[str, Any], concurrency: int, duration: float) -> Result:
-    """``concurrency`` clients, each sending its next request when the last one answered."""
-    if url.startswith("unix:"):
-        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=url[5:], limit=concurrency)
-        base = "http://sidecar"
-    else:
-        connector, base = aiohttp.TCPConnector(limit=concurrency), url
-    latencies: list[float] = []
-    errors = 0
-    async with aiohttp.ClientSession(connector=connector) as session:
-        deadline = time.perf_counter() + duration
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                async with session.post(f"{base}/v1/credentials", json=body) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        latencies.append((time.perf_counter() - t0) * 1000)
-                    else:
-                        errors += 1
-                        if errors == 1:
-                            print(f"first refusal: {resp.status} {(await resp.text())[:200]}")
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return Result("sidecar", len(latencies), errors, elapsed, latencies)
-
-
 def threaded(label: str, op: Callable[[], object], concurrency: int, duration: float) -> Result:
     """The raw operation from ``concurrency`` threads, as a Vault client library would."""
     latencies: list[float] = []
