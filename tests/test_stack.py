@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.devstack import DevServer
 from tests.harness import REPO
 
 pytestmark = pytest.mark.integration
@@ -156,3 +157,89 @@ def test_up_with_a_missing_scopes_path_names_it(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert str(missing) in done.stderr
+
+
+def test_bootstrap_twice_changes_nothing_the_second_time(openbao: DevServer) -> None:
+    """`broker bootstrap` reports what it made; run again, everything is already present."""
+    env = _env() | {"VAULT_ADDR": openbao.addr, "VAULT_TOKEN": openbao.root_token}
+    runs = [
+        subprocess.run(
+            [*BROKER, "bootstrap", "scopes"],
+            cwd=REPO,
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        for _ in range(2)
+    ]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+    second = runs[1].stdout.splitlines()
+    assert second
+    assert all(line.split()[0] == "present" for line in second), runs[1].stdout
+    assert "policy broker-sidecar-support-refund-agent" in runs[1].stdout
+
+
+def test_up_with_an_existing_vault_runs_sidecars_against_it(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """`broker up --vault-addr` starts no OpenBao of its own and its sidecar mints through the given one."""
+    env = _env() | {"VAULT_TOKEN": openbao.root_token}
+    proc = subprocess.Popen(
+        [
+            *BROKER,
+            "up",
+            "--vault-addr",
+            openbao.addr,
+            "--no-postgres",
+            "--state-dir",
+            str(tmp_path),
+            str(REPO / "scopes" / "outreach-agent.yaml"),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while not any("stops everything" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        output = "".join(lines)
+        family = _descendants(proc.pid)
+        names = {Path(f"/proc/{p}/exe").resolve().name for p in family if _alive(p)}
+        assert "bao" not in names
+        assert f"Vault/OpenBao: {openbao.addr}" in output
+        assert "export VAULT_TOKEN" not in output  # the operator has their own token already
+        sock = tmp_path / "outreach-agent.sock"
+        body = (
+            '{"action": "email.send", "inputs": '
+            '{"to": "ann@partner.example", "subject": "hi", "body": "hello"}}'
+        )
+        answer = subprocess.run(
+            [
+                "curl",
+                "-s",
+                "--unix-socket",
+                str(sock),
+                "http://sidecar/v1/credentials",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        assert json.loads(answer.stdout)["outcome"] == "allow", answer.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
