@@ -40,6 +40,7 @@ from broker.decision import ActionRequest, Decision
 from broker.errors import BrokerError, NotFound
 from broker.limits import UsageLedger, window_start
 from broker.manifest import DEFAULT_APPROVAL_EXPIRY_SECONDS, Manifest
+from broker.metrics import SidecarMetrics
 from broker.notify import BudgetAlarms, Notification, Notifier, NullNotifier
 from broker.reasons import ReasonCode
 from broker.runtime import Runtime
@@ -86,6 +87,7 @@ class ApprovalGate:
         self._steps = asyncio.Lock()  # the watch and a redeem must not audit a step twice
         self._budgets = BudgetAlarms()
         self._task: asyncio.Task[None] | None = None
+        self.metrics: SidecarMetrics | None = None
 
     @property
     def manifest(self) -> Manifest:
@@ -151,6 +153,8 @@ class ApprovalGate:
                 approval.history
             ):
                 self._forget(approval_id)
+        if self.metrics is not None:
+            self.metrics.approvals_pending(len(self.open))
 
     def _forget(self, approval_id: str) -> None:
         """A finished approval: stop watching it (a late redeem still reads it from Vault)."""
@@ -295,6 +299,8 @@ class ApprovalGate:
     async def _step(self, approval: Approval, step: Step) -> None:
         await self.audit.append(self._record(approval, step, None))
         if step.event in (Event.approve, Event.deny, Event.expire):
+            if self.metrics is not None:
+                self.metrics.approval_wait(step.at - approval.created_at)
             name = EVENT_NAMES[step.event]
             self._publish(
                 f"approval.{name}",
@@ -367,6 +373,8 @@ class ApprovalGate:
         now = self.clock()
         for name, budget in self.manifest.budgets.items():
             used = self.ledger.budget_used(name, now)
+            if self.metrics is not None:
+                self.metrics.budget(name, used, float(budget.limit))
             window = window_start(now, budget.per)
             for event in self._budgets.crossings(name, window, used, budget.limit):
                 owners = [self.manifest.risk_owner]

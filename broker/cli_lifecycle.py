@@ -86,9 +86,7 @@ def _client(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _print_issues(exc: ManifestError) -> None:
-    print(f"invalid: {exc.detail.splitlines()[0]}", file=sys.stderr)
-    for issue in exc.issues:
-        print(f"  {issue}", file=sys.stderr)
+    print(f"invalid: {exc.detail}", file=sys.stderr)  # the detail lists every issue
 
 
 # -- publish -------------------------------------------------------------------------------

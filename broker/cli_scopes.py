@@ -188,9 +188,8 @@ def _bench_requests() -> list[Any]:
 
 
 def _print_issues(exc: ManifestError) -> None:
+    # ``detail`` already lists every issue, one per line.
     print(f"invalid: {exc.detail}", file=sys.stderr)
-    for issue in exc.issues:
-        print(f"  {issue}", file=sys.stderr)
 
 
 def _json(text: str) -> Any:

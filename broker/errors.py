@@ -47,7 +47,7 @@ class ManifestError(BrokerError):
 
     def __init__(self, detail: str, issues: list[str] | None = None) -> None:
         self.issues = list(issues or [detail])
-        if issues:
+        if issues and self.issues != [detail]:
             detail = "\n  ".join([detail, *self.issues])
         super().__init__(detail)
 

@@ -195,6 +195,12 @@ class _Replay:
             action=action, inputs=inputs, request_id=request_id, workflow=record.get("workflow")
         )
         decision = decide(request, manifest, self.ledger, at, agent_disabled=disabled)
+        redeemed = bool(record.get("approval_id")) and before[0] == "allow"
+        if redeemed and decision.outcome is Outcome.pending_approval:
+            # A human approved this request then; the candidate still asks for approval, so
+            # the credential stands as it was and holds its slot and budget as it did.
+            self._charge(decision, record, request_id, at)
+            return Replayed(request_id, at, action, before, before)
         if decision.outcome is Outcome.allow:
             self._charge(decision, record, request_id, at)
         after = (str(decision.outcome), None if decision.reason is None else str(decision.reason))

@@ -156,6 +156,8 @@ class CredentialService:
             "revoked_before": new.revoked_before,
         }
         self.approvals.announce_control(_CONTROL_EVENTS[event], body)
+        if self.metrics is not None and event != "revive":
+            self.metrics.revocation("agent" if event == "kill" else "all")
         task = asyncio.get_running_loop().create_task(self.audit.append(body))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -180,6 +180,7 @@ class Sidecar:
             actions=self.manifest.actions, budgets=self.manifest.budgets
         )
         self.runtime.metrics = self.service.metrics
+        self.service.approvals.metrics = self.service.metrics
         self.runtime.outstanding = self.service.outstanding_summary
         self.runtime.on_change = self.service.control_changed
         self.notifier = WebhookNotifier(

@@ -3,6 +3,7 @@ in `broker report`, terminal, JSON and HTML forms alike."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -65,6 +66,7 @@ async def test_known_mix_gives_exact_metrics_and_report(
             assert (await h.raw("POST", f"/v1/credentials/{cid}/outcome", json={"status": status}))[
                 0
             ] == 200
+        await asyncio.sleep(0.3)  # budget and approval gauges are set by the watch loop
         async with h.http.get(f"{h.url}/metrics") as resp:
             assert resp.status == 200
             metrics = _samples(await resp.text())
@@ -99,6 +101,9 @@ async def test_known_mix_gives_exact_metrics_and_report(
     assert count("broker_credentials_issued_total", kind="jwt") == 4
     assert count("broker_mint_seconds_count", kind="jwt") == 4
     assert count("broker_outcomes_total", action="other", status="ok") == 2
+    assert count("broker_budget_used", budget="usd") == 70
+    assert count("broker_budget_limit", budget="usd") == 100
+    assert count("broker_approvals_pending") == 0
 
     # The report, from the same trail.
     trail = h.audit_path
