@@ -196,7 +196,7 @@ def cmd_bench_mint(args: argparse.Namespace) -> int:
         results = _rounds(args, url, body, addr, token)
     finally:
         if stack is not None:
-            stack.stop()
+            stack.stop(remove_state=True)
     _summarise(results)
     return 0
 
@@ -313,5 +313,5 @@ def cmd_bench_control(args: argparse.Namespace) -> int:
             f"confirmed={report.confirmed}; failures={len(report.failures)})"
         )
     finally:
-        stack.stop()
+        stack.stop(remove_state=True)
     return 0

@@ -127,7 +127,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )  # a second signal must not cut the cleanup short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stack.stop()
-        print("stopped.", flush=True)
+        print(f"stopped. Audit trails and secret files stay in {stack.state_dir}", flush=True)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -84,7 +85,9 @@ class Stack:
     sidecars: list[SidecarProcess] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
 
-    def stop(self) -> None:
+    def stop(self, *, remove_state: bool = False) -> None:
+        """Stop everything started, by process id; the state directory (audit trails, secret
+        files) is kept for inspection unless ``remove_state``."""
         for sc in reversed(self.sidecars):
             _terminate(sc.process)
         self.sidecars.clear()
@@ -94,6 +97,8 @@ class Stack:
         if self.dev_server is not None:
             self.dev_server.stop()
             self.dev_server = None
+        if remove_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 def _terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -21,6 +21,7 @@ from broker.vault.layout import (
     SECURITY_OPERATOR_POLICY,
     SIGNING_CERT_TTL,
     TRANSIT_MOUNT,
+    VERIFIER_POLICY,
     approle_role,
     pki_role,
     sidecar_policy,
@@ -31,6 +32,7 @@ from broker.vault.policies import (
     platform_editor_hcl,
     security_operator_hcl,
     sidecar_policy_hcl,
+    verifier_hcl,
 )
 
 SIDECAR_TOKEN_TTL = "1h"  # noqa: S105 - a duration, not a secret
@@ -158,6 +160,7 @@ def bootstrap(
         b.transit_key("audit-checkpoint")
         b.policy(SECURITY_OPERATOR_POLICY, security_operator_hcl())
         b.policy(PLATFORM_EDITOR_POLICY, platform_editor_hcl())
+        b.policy(VERIFIER_POLICY, verifier_hcl())
         for grant in grants:
             _agent(b, grant)
         if demo:

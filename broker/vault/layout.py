@@ -13,6 +13,7 @@ DATABASE_MOUNT = "database"
 
 SECURITY_OPERATOR_POLICY = "broker-security-operator"
 PLATFORM_EDITOR_POLICY = "broker-platform-editor"
+VERIFIER_POLICY = "broker-verifier"
 
 CA_COMMON_NAME = "agent-credential-broker CA"
 SIGNING_CERT_TTL = "15m"

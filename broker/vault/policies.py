@@ -70,6 +70,11 @@ def security_operator_hcl() -> str:
     return "\n".join(rules)
 
 
+def verifier_hcl() -> str:
+    """For tools and gateways that verify action tokens: read the revocation state, no more."""
+    return _rule(f"{KV_MOUNT}/data/control/*", "read")
+
+
 def platform_editor_hcl() -> str:
     """Publish manifests; read (never change) control state and sidecar heartbeats (which
     report the manifest hash each sidecar enforces: ``broker scopes verify``)."""
