@@ -196,7 +196,7 @@ def _text(record: Mapping[str, Any]) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from broker.auditlog import bench_append
+    from broker.auditbench import bench_append
 
     with tempfile.TemporaryDirectory(prefix="broker-bench-audit-") as scratch:
         path = args.path or Path(scratch) / "audit.jsonl"

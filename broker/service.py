@@ -220,6 +220,10 @@ class CredentialService:
         return True
 
     async def request(self, req: ActionRequest) -> Reply:
+        failed = getattr(self.audit, "failed", "")
+        if failed:
+            # Nothing can be recorded, so nothing may be minted: refuse before touching Vault.
+            raise AuditUnavailable(failed)
         now = self._clock()
         decision = decide(
             req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from broker.audit import InMemorySigner, verify_lines
-from broker.auditlog import AuditLog, bench_append
+from broker.auditbench import bench_append
+from broker.auditlog import AuditLog
 from broker.errors import AuditUnavailable, BackendUnavailable
 
 SECRET_INPUT = "4111-1111-1111-1111"
