@@ -51,9 +51,23 @@ async def _json_body(request: web.Request) -> Any:
         raise PayloadTooLarge(f"request body is larger than {request.app[MAX_BODY]} bytes")
     raw = await request.read()
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json, parse_float=_finite)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"body is not valid JSON: {exc}", code="malformed_json") from exc
+    except ValueError as exc:
+        raise RequestError(f"body is not valid JSON: {exc}", code="malformed_json") from exc
+
+
+def _not_json(constant: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (RFC 8259) does not, and neither do we.
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} is out of range for a number")
+    return value
 
 
 def _validation_error(exc: ValidationError) -> RequestError:
@@ -84,12 +98,15 @@ def _render(reply: Reply) -> web.Response:
 
 async def post_credentials(request: web.Request) -> web.Response:
     body = _parse(CredentialRequest, await _json_body(request))
-    req = ActionRequest(
-        action=body.action,
-        inputs=cast(dict[str, JsonValue], body.inputs),
-        workflow=body.workflow,
-        request_id=body.request_id or request.app[SERVICE].new_request_id(),
-    )
+    try:
+        req = ActionRequest(
+            action=body.action,
+            inputs=cast(dict[str, JsonValue], body.inputs),
+            workflow=body.workflow,
+            request_id=body.request_id or request.app[SERVICE].new_request_id(),
+        )
+    except ValidationError as exc:  # the core's own checks (finite numbers) are the last word
+        raise _validation_error(exc) from exc
     return _render(await request.app[SERVICE].request(req))
 
 

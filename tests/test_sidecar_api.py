@@ -154,6 +154,8 @@ BAD_BODIES: list[tuple[str, bytes, int, str]] = [
     ("nested input", b'{"action": "ping.it", "inputs": {"a": {"b": 1}}}', 400, "invalid_field"),
     ("bad request id", b'{"action": "ping.it", "request_id": "a b\\n"}', 400, "invalid_field"),
     ("not UTF-8", b'{"action": "\xff"}', 400, "malformed_json"),
+    ("NaN input", b'{"action": "ping.it", "inputs": {"a": NaN}}', 400, "malformed_json"),
+    ("huge number", b'{"action": "ping.it", "inputs": {"a": 1e999}}', 400, "malformed_json"),
     (
         "oversized",
         b'{"action": "ping.it", "inputs": {"x": "' + b"a" * 70_000 + b'"}}',
