@@ -151,3 +151,29 @@ def test_any_bytes_get_a_stable_4xx(sidecar_port: int, raw: bytes) -> None:
     status, answer = _post(sidecar_port, "/v1/credentials", raw)
     assert status in {200, 202, 400, 403, 429}, (status, answer[:300])
     assert b"Traceback" not in answer
+
+
+other_paths = st.sampled_from(
+    [
+        "/v1/credentials/{id}/outcome",
+        "/v1/approvals/{id}/redeem",
+        "/v1/approvals/{id}/redeem?wait=x",
+    ]
+)
+ids = st.sampled_from(["apr_" + "0" * 20, "x", "..", "%2e%2e", "a" * 300]) | st.text(
+    alphabet="abcdef0123456789_", max_size=24
+)
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(path=other_paths, ident=ids, body=json_values)
+def test_outcome_and_redeem_bodies_get_stable_answers(
+    sidecar_port: int, path: str, ident: str, body: object
+) -> None:
+    """Outcome reports and redeems with any id and any JSON body never produce a 5xx."""
+    raw = json.dumps(body, allow_nan=True).encode()
+    status, answer = _post(sidecar_port, path.format(id=ident or "none"), raw)
+    assert 200 <= status < 500, (status, answer[:300])
+    assert b"Traceback" not in answer
