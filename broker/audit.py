@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -50,7 +51,13 @@ def _digest(value: Any) -> str:
 
 
 def iso_utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso_second(int(epoch))
+
+
+@functools.lru_cache(maxsize=8)
+def _iso_second(second: int) -> str:
+    # One strftime per second of records rather than one per record.
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

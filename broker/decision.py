@@ -162,16 +162,21 @@ class Plan:
 
 _PLANS: dict[str, Plan] = {}
 _PLAN_CACHE_SIZE = 64
+_LAST_PLAN: list[Plan | None] = [None]  # the plan of the manifest asked for last, by identity
 
 
 def compile_plan(manifest: Manifest) -> Plan:
     """The manifest's checks, compiled once and cached by content hash."""
+    last = _LAST_PLAN[0]
+    if last is not None and last.manifest is manifest:
+        return last  # the common case, without pydantic's private-attribute lookup
     plan = _PLANS.get(manifest.content_hash)
     if plan is None:
         if len(_PLANS) >= _PLAN_CACHE_SIZE:
             _PLANS.clear()
         actions = {name: _compile_action(name, a) for name, a in manifest.actions.items()}
         plan = _PLANS[manifest.content_hash] = Plan(manifest, actions)
+    _LAST_PLAN[0] = plan
     return plan
 
 
