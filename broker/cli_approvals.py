@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from broker.approvals import Approval, ApprovalError, Event, decide_as, raci_json
 from broker.audit import iso_utc
 from broker.errors import ConfigError
+from broker.operator import add_operator_options, operator_audit, operator_client
 
 EXIT_OK = 0
 
@@ -57,32 +56,15 @@ def register(
 
 
 def _common(p: argparse.ArgumentParser, func: Any) -> None:
-    p.add_argument("--vault-addr", help="Vault/OpenBao address (default VAULT_ADDR or BAO_ADDR)")
-    p.add_argument(
-        "--audit-log", type=Path, help="operator audit trail (default $BROKER_OPERATOR_AUDIT)"
-    )
+    add_operator_options(p)
     p.set_defaults(func=func)
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from broker.settings import vault_from_env
     from broker.vault.approvals import ApprovalStore
-    from broker.vault.session import make_client
 
-    vault = vault_from_env(addr=args.vault_addr)
-    if vault.token is None:
-        raise ConfigError("approvals act with your own Vault token: set VAULT_TOKEN (or BAO_TOKEN)")
-    return ApprovalStore(make_client(vault.addr, vault.token.get_secret_value()), vault.addr)
-
-
-def _audit(args: argparse.Namespace, body: dict[str, Any]) -> None:
-    path = args.audit_log or os.environ.get("BROKER_OPERATOR_AUDIT")
-    if not path:
-        return
-    from broker.auditlog import AuditLog
-
-    with AuditLog(path) as log:
-        log.append_sync(body)
+    client, addr = operator_client(args)
+    return ApprovalStore(client, addr)
 
 
 def _row(a: Approval, now: float) -> dict[str, Any]:
@@ -188,9 +170,11 @@ def _decide(args: argparse.Namespace, event: Event) -> int:
             lambda a: decide_as(a, event, identity=operator, at=now, reason=args.reason),
         )
     except ApprovalError as exc:
-        _audit(args, {**body, "event": "refused", "attempted": event.value, "error": exc.detail})
+        operator_audit(
+            args, {**body, "event": "refused", "attempted": event.value, "error": exc.detail}
+        )
         raise
     name = "approved" if event is Event.approve else "denied"
-    _audit(args, {**body, "event": name, "human_override": event is Event.approve})
+    operator_audit(args, {**body, "event": name, "human_override": event is Event.approve})
     print(f"{approval.id}: {name} by {operator} ({approval.agent} {approval.action})")
     return EXIT_OK

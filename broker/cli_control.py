@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import ConfigError
-from broker.settings import vault_from_env
+from broker.operator import add_operator_options, operator_audit, operator_client
 
 
 def register(
@@ -75,38 +75,19 @@ def register(
 
 
 def _common(p: argparse.ArgumentParser, func: Any) -> None:
-    p.add_argument("--vault-addr")
-    p.add_argument(
-        "--audit-log", type=Path, help="operator audit trail (default $BROKER_OPERATOR_AUDIT)"
-    )
+    add_operator_options(p)
     p.set_defaults(func=func)
 
 
 def _control(args: argparse.Namespace) -> Any:
     from broker.control import Control
-    from broker.vault.session import make_client
 
-    vault = vault_from_env(addr=args.vault_addr)
-    if vault.token is None:
-        raise ConfigError(
-            "runbook commands act with your own Vault token: set VAULT_TOKEN (or BAO_TOKEN)"
-        )
-    return Control(make_client(vault.addr, vault.token.get_secret_value()), vault.addr)
-
-
-def _audit(args: argparse.Namespace, body: dict[str, Any]) -> None:
-    path = args.audit_log or os.environ.get("BROKER_OPERATOR_AUDIT")
-    if not path:
-        return
-    from broker.audit import iso_utc
-    from broker.auditlog import AuditLog
-
-    with AuditLog(path) as log:
-        log.append_sync({"timestamp": iso_utc(float(body["at"])), **body})
+    client, addr = operator_client(args)
+    return Control(client, addr)
 
 
 def _finish(args: argparse.Namespace, report: Any) -> int:
-    _audit(args, report.to_audit())
+    operator_audit(args, report.to_audit())
     for line in report.lines:
         print(line)
     for failure in report.failures:

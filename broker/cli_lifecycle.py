@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import Any
 
 from broker.errors import ConfigError, ManifestError, PermissionDenied
 from broker.manifest import Manifest
-from broker.settings import vault_from_env
+from broker.operator import add_operator_options, operator_audit, operator_client
 
 HEARTBEAT_STALE = 30.0
 
@@ -70,19 +69,11 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _vault_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vault-addr")
-    p.add_argument(
-        "--audit-log", type=Path, help="operator audit trail (default $BROKER_OPERATOR_AUDIT)"
-    )
+    add_operator_options(p)
 
 
 def _client(args: argparse.Namespace) -> tuple[Any, str]:
-    from broker.vault.session import make_client
-
-    vault = vault_from_env(addr=args.vault_addr)
-    if vault.token is None:
-        raise ConfigError("this command acts with your own Vault token: set VAULT_TOKEN")
-    return make_client(vault.addr, vault.token.get_secret_value()), vault.addr
+    return operator_client(args)
 
 
 def _print_issues(exc: ManifestError) -> None:
@@ -188,27 +179,13 @@ def _publish_one(
         cas = current.version if current is not None else None
         version = write_manifest(client, published, addr, cas=cas)
     except PermissionDenied as exc:
-        _operator_audit(args, {**body, "status": "refused", "detail": exc.detail})
+        operator_audit(args, {**body, "status": "refused", "detail": exc.detail})
         raise
-    _operator_audit(args, {**body, "status": "ok", "version": version, "tests_passed": passed})
+    operator_audit(args, {**body, "status": "ok", "version": version, "tests_passed": passed})
     print(
         f"published  {manifest.agent}  version {version}  {manifest.policy_version}  "
         f"{manifest.content_hash}  by {operator} ({passed} test cases passed)"
     )
-
-
-def _operator_audit(args: argparse.Namespace, body: dict[str, Any]) -> None:
-    path = args.audit_log or os.environ.get("BROKER_OPERATOR_AUDIT")
-    if not path:
-        return
-    from broker.audit import iso_utc
-    from broker.auditlog import AuditLog
-
-    with AuditLog(path) as log:
-        log.append_sync({"timestamp": iso_utc(float(body["at"])), **body})
-
-
-# -- reading manifests by reference --------------------------------------------------------
 
 
 def resolve(ref: str, args: argparse.Namespace) -> Manifest:

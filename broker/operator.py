@@ -1,0 +1,50 @@
+"""What every operator command shares: the Vault options, the operator's own client, and the
+operator audit trail (``--audit-log`` or ``BROKER_OPERATOR_AUDIT``).
+
+Operator commands act with the operator's own Vault token, never a broker credential, so
+Vault's policies decide who may run them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import hvac
+
+from broker.errors import ConfigError
+from broker.settings import vault_from_env
+
+
+def add_operator_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vault-addr", help="Vault/OpenBao address (default VAULT_ADDR or BAO_ADDR)")
+    p.add_argument(
+        "--audit-log", type=Path, help="operator audit trail (default $BROKER_OPERATOR_AUDIT)"
+    )
+
+
+def operator_client(args: argparse.Namespace) -> tuple[hvac.Client, str]:
+    """An hvac client with the operator's own token, and Vault's address."""
+    from broker.vault.session import make_client
+
+    vault = vault_from_env(addr=args.vault_addr)
+    if vault.token is None:
+        raise ConfigError(
+            "this command acts with your own Vault token: set VAULT_TOKEN (or BAO_TOKEN)"
+        )
+    return make_client(vault.addr, vault.token.get_secret_value()), vault.addr
+
+
+def operator_audit(args: argparse.Namespace, body: dict[str, Any]) -> None:
+    """Append ``body`` to the operator audit trail, if one is configured."""
+    path = args.audit_log or os.environ.get("BROKER_OPERATOR_AUDIT")
+    if not path:
+        return
+    from broker.audit import iso_utc
+    from broker.auditlog import AuditLog
+
+    if "timestamp" not in body and isinstance(body.get("at"), int | float):
+        body = {"timestamp": iso_utc(float(body["at"])), **body}
+    with AuditLog(path) as log:
+        log.append_sync(body)
