@@ -11,7 +11,10 @@
     ├── BackendUnavailable           Vault/OpenBao unreachable, sealed or refusing (503)
     │   └── PermissionDenied         Vault refused the caller's token             (403)
     ├── AuditUnavailable             the audit trail cannot be written           (503)
-    └── VerificationError            an action token is not acceptable           (401)
+    ├── VerificationError            an action token is not acceptable           (401)
+    └── ApprovalError                the approval lifecycle refuses a step       (409)
+        └── NotAnApprover            not an approver the manifest lists          (403)
+                                     (both in broker.approvals, beside their table)
 
 Each class carries a stable ``code``; the HTTP layer renders ``code`` and ``detail`` and
 nothing else, so no secret or stack trace can leak through an error body.

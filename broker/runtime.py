@@ -60,6 +60,7 @@ class Runtime:
         self._killed_seen_at: float | None = None
         # Set when outstanding Vault credentials change, so runbooks see them on the next poll.
         self.dirty = False
+        self._last_outstanding: dict[str, Any] = {}
         # Called on the event loop when the kill flag or a revocation time changes.
         self.on_change: Callable[[ControlState, ControlState], None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
@@ -94,7 +95,7 @@ class Runtime:
                 self.metrics.control_lag(self._clock() - self.last_poll_ok)
             try:
                 # The outstanding set belongs to the event loop: read here, not in the thread.
-                await asyncio.to_thread(self._refresh, self.outstanding())
+                await asyncio.to_thread(self._refresh, self._outstanding_if_due())
             except BrokerError as exc:
                 self._mark_down(exc.detail)
                 if self.metrics is not None:
@@ -102,6 +103,14 @@ class Runtime:
             except Exception as exc:  # any failure must fail closed, not end the loop
                 log.exception("control poll failed")
                 self._mark_down(f"unexpected {type(exc).__name__}")
+
+    def _outstanding_if_due(self) -> dict[str, Any]:
+        """The outstanding set, rebuilt on the event loop only when a heartbeat may go out;
+        otherwise the last one (a kill confirmation needs no fresh list)."""
+        since = self._clock() - self._last_heartbeat
+        if self.dirty or since >= HEARTBEAT_EVERY - self.poll_interval:
+            self._last_outstanding = self.outstanding()
+        return self._last_outstanding
 
     def _mark_down(self, why: str) -> None:
         if self.vault_ok:
