@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,12 @@ def register_bench(bench: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--kind", choices=["jwt", "vault_token", "dynamic"], default="jwt")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument(
+        "--rate",
+        type=float,
+        help="open loop: the clients together offer this many requests per second, and "
+        "latency counts from each request's scheduled send time (default: closed loop)",
+    )
     p.add_argument("--socket", help="unix:PATH or http://127.0.0.1:PORT of a running sidecar")
     p.add_argument("--action", help="action to request (default: bench.<kind>)")
     p.add_argument("--inputs", default='{"n": 1}')
@@ -83,10 +90,26 @@ async def _exchange(
     return status, await reader.readexactly(length)
 
 
-async def drive(url: str, body: dict[str, Any], concurrency: int, duration: float) -> Result:
-    """``concurrency`` clients on keep-alive connections, each sending its next request when
-    the last one answered. A lean client: the load generator shares the machine's two cores
-    with the sidecar and Vault, so it must spend as little CPU per request as it can."""
+async def drive(
+    url: str,
+    body: dict[str, Any],
+    concurrency: int,
+    duration: float,
+    rate: float | None = None,
+) -> Result:
+    """``concurrency`` clients on keep-alive connections. A lean client: the load generator
+    shares the machine's two cores with the sidecar and Vault, so it must spend as little
+    CPU per request as it can.
+
+    Closed loop (``rate`` None): each client sends its next request when the last one
+    answered, so the sidecar is saturated and, by Little's law, the mean latency is just
+    ``concurrency / throughput``: it measures the queue the clients themselves build.
+
+    Open loop (``rate`` given): the clients together send ``rate`` requests per second on a
+    fixed schedule, each client every ``concurrency / rate`` seconds, and a request's latency
+    runs from the time the schedule said to send it. A sidecar that falls behind therefore
+    shows its whole backlog in the figures instead of slowing the clients down (the
+    "coordinated omission" that would otherwise hide it)."""
     import json
 
     payload = json.dumps(body).encode()
@@ -96,14 +119,18 @@ async def drive(url: str, body: dict[str, Any], concurrency: int, duration: floa
     )
     latencies: list[float] = []
     errors = 0
-    deadline = time.perf_counter() + duration
+    start = time.perf_counter()
+    deadline = start + duration
+    schedule = Schedule(start, concurrency, rate)
 
-    async def worker() -> None:
+    async def worker(index: int) -> None:
         nonlocal errors
         reader, writer = await _open(url)
         try:
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
+            for at in schedule.times(index, deadline):
+                if (wait := at - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
+                t0 = at if rate else time.perf_counter()
                 status, answer = await _exchange(reader, writer, request)
                 if status == 200:
                     latencies.append((time.perf_counter() - t0) * 1000)
@@ -114,9 +141,31 @@ async def drive(url: str, body: dict[str, Any], concurrency: int, duration: floa
         finally:
             writer.close()
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Result("sidecar", len(latencies), errors, time.perf_counter() - start, latencies)
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    label = f"sidecar, {rate:.0f}/s offered" if rate else "sidecar"
+    return Result(label, len(latencies), errors, time.perf_counter() - start, latencies)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When each client sends. Without a rate, "now" (closed loop, the caller reads the
+    clock); with one, client ``i`` of ``n`` sends at ``start + (i + k * n) / rate``."""
+
+    start: float
+    clients: int
+    rate: float | None
+
+    def times(self, index: int, deadline: float) -> Iterator[float]:
+        if not self.rate:
+            while time.perf_counter() < deadline:
+                yield 0.0  # already past: the worker sends at once
+            return
+        for k in itertools.count():
+            # Computed afresh, not accumulated, so rounding never adds a request at the end.
+            at = self.start + (index + k * self.clients) / self.rate
+            if at >= deadline:
+                return
+            yield at
 
 
 def threaded(label: str, op: Callable[[], object], concurrency: int, duration: float) -> Result:
@@ -190,8 +239,10 @@ def cmd_bench_mint(args: argparse.Namespace) -> int:
             stack.operator_token,
         )
     try:
+        paced = f" --rate {args.rate:g}" if args.rate else " (closed loop)"
         print(
-            f"bench mint --kind {args.kind} --concurrency {args.concurrency} --duration {args.duration}"
+            f"bench mint --kind {args.kind} --concurrency {args.concurrency} "
+            f"--duration {args.duration}{paced}"
         )
         results = _rounds(args, url, body, addr, token)
     finally:
@@ -207,7 +258,9 @@ def _rounds(
     results: list[Result] = []
     baseline = baseline_op(args.kind, addr, token) if args.baseline else None
     for _ in range(max(1, args.rounds)):
-        results.append(asyncio.run(drive(url, body, args.concurrency, args.duration)))
+        results.append(
+            asyncio.run(drive(url, body, args.concurrency, args.duration, rate=args.rate))
+        )
         print(results[-1].line(), flush=True)
         if baseline is not None:
             results.append(threaded(baseline[0], baseline[1], args.concurrency, args.duration))
@@ -216,9 +269,14 @@ def _rounds(
 
 
 def _summarise(results: list[Result]) -> None:
-    sidecar = [r.rate for r in results if r.label == "sidecar"]
-    raw = [r.rate for r in results if r.label != "sidecar"]
-    print(f"median sidecar: {statistics.median(sidecar):.0f}/s")
+    ours = [r for r in results if r.label.startswith("sidecar")]
+    sidecar = [r.rate for r in ours]
+    raw = [r.rate for r in results if not r.label.startswith("sidecar")]
+    print(
+        f"median sidecar: {statistics.median(sidecar):.0f}/s  "
+        f"p50 {statistics.median(r.pct(50) for r in ours):.2f} ms  "
+        f"p99 {statistics.median(r.pct(99) for r in ours):.2f} ms"
+    )
     if raw:
         print(
             f"median raw Vault: {statistics.median(raw):.0f}/s  ratio sidecar/raw: {statistics.median(sidecar) / statistics.median(raw):.2f}"

@@ -158,6 +158,7 @@ class ActionPlan:
 class Plan:
     manifest: Manifest
     actions: Mapping[str, ActionPlan]
+    manifest_hash: str  # kept here: pydantic's private-attribute lookup showed in profiles
 
 
 _PLANS: dict[str, Plan] = {}
@@ -175,7 +176,7 @@ def compile_plan(manifest: Manifest) -> Plan:
         if len(_PLANS) >= _PLAN_CACHE_SIZE:
             _PLANS.clear()
         actions = {name: _compile_action(name, a) for name, a in manifest.actions.items()}
-        plan = _PLANS[manifest.content_hash] = Plan(manifest, actions)
+        plan = _PLANS[manifest.content_hash] = Plan(manifest, actions, manifest.content_hash)
     _LAST_PLAN[0] = plan
     return plan
 
@@ -426,7 +427,7 @@ def _decision(
         credential=action.spec.credential if granted and action else None,
         raci=action.raci if action is not None else None,
         policy_version=manifest.policy_version,
-        manifest_hash=manifest.content_hash,
+        manifest_hash=ctx.plan.manifest_hash,
         action=request.action,
         agent=manifest.agent,
         inputs_hash=inputs_hash(manifest.agent, request.action, request.inputs),

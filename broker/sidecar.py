@@ -36,6 +36,8 @@ from broker.runtime import Runtime
 from broker.server import build_app
 from broker.service import CredentialService
 from broker.settings import DEFAULT_MAX_BODY, VaultSettings
+from broker.vault.asyncapi import AsyncVault
+from broker.vault.transit import LoopCheckpointSigner
 from broker.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, vault_fetch
 
 log = logging.getLogger("broker.sidecar")
@@ -128,10 +130,9 @@ def _redact_key(config: SidecarConfig) -> bytes:
     return key
 
 
-def _checkpoint_signer(runtime: Runtime) -> Any:
-    from broker.vault.transit import TransitCheckpointSigner
-
-    return TransitCheckpointSigner(runtime.session.client, agent=runtime.agent)
+def _checkpoint_signer(runtime: Runtime, vault: AsyncVault) -> LoopCheckpointSigner:
+    loop = asyncio.get_running_loop()
+    return LoopCheckpointSigner(vault, loop, agent=runtime.agent)
 
 
 class Sidecar:
@@ -153,6 +154,10 @@ class Sidecar:
         self.notifier: WebhookNotifier | None = None
         self._runner: web.AppRunner | None = None
         self.address = ""
+        # The audit checkpoints' own Vault connection, closed after the trail's last one.
+        self._checkpoint_vault = AsyncVault(
+            config.vault.addr, lambda: self.runtime.session.token, timeout=10.0, pool=2
+        )
 
     async def start(self) -> str:
         # hvac is synchronous: Vault calls run in threads. The default pool (cores + 4) would
@@ -166,7 +171,7 @@ class Sidecar:
         ledger = restore_ledger(self.manifest, self.config.audit_path)
         self.audit = AuditLog(
             self.config.audit_path,
-            signer=_checkpoint_signer(self.runtime),
+            signer=_checkpoint_signer(self.runtime, self._checkpoint_vault),
             agent=self.manifest.agent,
             checkpoint_every=self.config.checkpoint_every,
             checkpoint_interval=self.config.checkpoint_interval,
@@ -240,6 +245,7 @@ class Sidecar:
             await self.notifier.stop()
         if self.audit is not None:
             await self.audit.aclose()
+        await self._checkpoint_vault.close()
         await self.runtime.stop()
 
 

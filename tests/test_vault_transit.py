@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from broker.audit import checkpoint_message, signature_problem
 from broker.auditlog import AuditLog
 from broker.cli import main
 from broker.devstack import DevServer
-from broker.vault.transit import TransitCheckpointSigner
+from broker.errors import PermissionDenied
+from broker.vault.asyncapi import AsyncVault
+from broker.vault.transit import LoopCheckpointSigner, TransitCheckpointSigner
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +114,40 @@ def test_forged_checkpoint_signature_is_detected(
     out = capsys.readouterr().out
     assert "first bad seq 4" in out
     assert "signature" in out
+
+
+async def test_loop_signer_signs_and_publishes_through_the_event_loop(
+    openbao: DevServer, signer: TransitCheckpointSigner
+) -> None:
+    """The sidecar's signer, called from a worker thread as the audit log calls it, makes its
+    Vault calls on the event loop: the signature verifies offline and the head is readable."""
+    vault = AsyncVault(openbao.addr, lambda: openbao.root_token)
+    loop_signer = LoopCheckpointSigner(vault, asyncio.get_running_loop(), agent=signer.agent)
+    message = checkpoint_message(11, "sha256:" + "d" * 64)
+    try:
+        signature, version = await asyncio.to_thread(loop_signer.sign, message)
+        await asyncio.to_thread(
+            loop_signer.publish_head, signer.agent, 11, "sha256:" + "d" * 64, signature
+        )
+    finally:
+        await vault.close()
+    assert signature.startswith(f"vault:v{version}:")
+    assert signature_problem(message, signature, signer.public_keys()) == ""
+    head = signer.read_head()
+    assert head is not None
+    assert (head.seq, head.signature) == (11, signature)
+
+
+async def test_loop_signer_refused_by_vault_raises_the_projects_error(
+    openbao: DevServer,
+) -> None:
+    """A token Vault refuses gives PermissionDenied (which the audit log notes and retries),
+    and the message carries no token."""
+    vault = AsyncVault(openbao.addr, lambda: "hvs.not-a-token")
+    loop_signer = LoopCheckpointSigner(vault, asyncio.get_running_loop(), agent="nobody")
+    try:
+        with pytest.raises(PermissionDenied) as caught:
+            await asyncio.to_thread(loop_signer.sign, b"message")
+    finally:
+        await vault.close()
+    assert "hvs." not in str(caught.value)

@@ -1,9 +1,10 @@
-"""A small asyncio client for the Vault calls on the mint path.
+"""A small asyncio client for the Vault calls on the mint path and the control poll.
 
 hvac is synchronous: every call costs a thread hand-off and the GIL ping-pong that comes
-with it, which at hundreds of mints a second is most of the sidecar's overhead. The hot
-calls (child token creation) go through one pooled aiohttp session instead; everything
-else stays on hvac. Errors are translated here, as in ``_errors``: nothing of aiohttp
+with it, which at hundreds of mints a second is most of the sidecar's overhead, and about
+0.8 ms of Python per call held in a thread (against 0.15 ms here). The hot calls (child
+token creation, the control poll's reads and the heartbeat) go through a pooled aiohttp
+session instead; everything else stays on hvac. Errors are translated here, as in ``_errors``: nothing of aiohttp
 leaks past this module, and no token appears in a message."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from broker.errors import BackendUnavailable, NotFound, PermissionDenied
+from broker.vault.layout import KV_MOUNT
 
 
 class AsyncVault:
@@ -41,10 +43,30 @@ class AsyncVault:
             self._session = None
 
     async def post(self, path: str, body: dict[str, Any], operation: str) -> dict[str, Any]:
+        return await self._call("POST", path, body, operation)
+
+    async def get(self, path: str, operation: str) -> dict[str, Any]:
+        return await self._call("GET", path, None, operation)
+
+    async def kv_read(self, path: str) -> dict[str, Any] | None:
+        """A document on the broker's KV v2 mount; ``None`` when there is none (or deleted)."""
+        try:
+            found = await self.get(f"{KV_MOUNT}/data/{path}", f"read of {KV_MOUNT}/{path}")
+        except NotFound:
+            return None
+        doc = (found.get("data") or {}).get("data")
+        return dict(doc) if isinstance(doc, dict) else None
+
+    async def kv_write(self, path: str, doc: dict[str, Any]) -> None:
+        await self.post(f"{KV_MOUNT}/data/{path}", {"data": doc}, f"write of {KV_MOUNT}/{path}")
+
+    async def _call(
+        self, method: str, path: str, body: dict[str, Any] | None, operation: str
+    ) -> dict[str, Any]:
         headers = {"X-Vault-Token": self._token(), "X-Vault-Request": "true"}
         try:
-            async with self._http().post(
-                f"{self.addr}/v1/{path}", json=body, headers=headers
+            async with self._http().request(
+                method, f"{self.addr}/v1/{path}", json=body, headers=headers
             ) as resp:
                 doc = await resp.json(content_type=None) if resp.content_length != 0 else {}
                 status = resp.status

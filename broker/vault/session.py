@@ -88,6 +88,9 @@ class VaultSession:
         self._expires_at = now + ttl if ttl else float("inf")
         self._renew_at = now + ttl / 2 if ttl else float("inf")
 
+    def renewal_due(self) -> bool:
+        return self._clock() >= self._renew_at
+
     def ensure_fresh(self) -> None:
         """Renew at half-life; log in again if renewal is refused or the token is gone."""
         if self._clock() < self._renew_at:
