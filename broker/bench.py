@@ -62,6 +62,7 @@ def register_bench(bench: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--action", help="action to request (default: bench.<kind>)")
     p.add_argument("--inputs", default='{"n": 1}')
     p.add_argument("--baseline", action="store_true", help="also measure the raw Vault operation")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before the rounds")
     p.add_argument(
         "--rounds", type=int, default=1, help="alternate sidecar and baseline this many times"
     )
@@ -257,6 +258,11 @@ def _rounds(
 ) -> list[Result]:
     results: list[Result] = []
     baseline = baseline_op(args.kind, addr, token) if args.baseline else None
+    if args.warmup > 0:
+        # Not counted: a fresh sidecar's first seconds (first checkpoints, cold caches and
+        # connection pools) are start-up, not the steady state the rounds measure.
+        asyncio.run(drive(url, body, args.concurrency, args.warmup, rate=args.rate))
+        print(f"warm-up: {args.warmup:g}s, not counted", flush=True)
     for _ in range(max(1, args.rounds)):
         results.append(
             asyncio.run(drive(url, body, args.concurrency, args.duration, rate=args.rate))
