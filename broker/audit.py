@@ -39,11 +39,15 @@ CHECKPOINT_WINDOW = 100_000
 _CHECKPOINT_PURPOSE = "broker-audit-checkpoint/1"
 
 
+# Built once: ``json.dumps`` with options builds a new encoder on every call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+
+
 def canonical(value: Any) -> bytes:
     """Canonical JSON bytes; ``allow_nan=False`` because NaN is not JSON any reader accepts."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+    return _CANONICAL.encode(value).encode("ascii")
 
 
 def _digest(value: Any) -> str:

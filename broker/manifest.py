@@ -59,11 +59,15 @@ class Problems(ValueError):
         self.issues = list(issues)
 
 
+# One encoder, built once: ``json.dumps`` with options builds a new one on every call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(value: object) -> bytes:
     """The one JSON encoding used for hashing: sorted keys, no spaces, UTF-8, no NaN."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)  # fmt: skip
-    return text.encode()
+    return _CANONICAL.encode(value).encode()
 
 
 # -- scalar types --------------------------------------------------------------------------

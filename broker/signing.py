@@ -30,6 +30,7 @@ RENEW_WHEN_LEFT = 10 * 60
 CERT_TTL = "15m"
 
 CertIssuer = Callable[[str, str], SignedCert]  # (csr_pem, ttl) -> certificate
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def _b64(data: str | bytes) -> bytes:
@@ -115,6 +116,6 @@ class ActionTokenSigner:
         payload = action_payload(
             agent=self.agent, now=issued, ttl=ttl, jti=jti, generation=key.generation, **claims
         )
-        signing_input = key.header + b"." + _b64(json.dumps(payload, separators=(",", ":")))
+        signing_input = key.header + b"." + _b64(_COMPACT.encode(payload))
         token = (signing_input + b"." + _b64(key.private.sign(signing_input))).decode("ascii")
         return MintedToken(token=token, jti=jti, expires_at=issued + ttl, serial=key.serial)
