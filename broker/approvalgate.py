@@ -8,6 +8,9 @@ Invariants:
   counts the audited steps, so a restarted sidecar continues where it stopped.
 - The sidecar's own transitions are check-and-set writes like the operators', so a redeem
   and an operator's late action cannot both win.
+- An approve step counts only when its approver's own decision record (written where only
+  that approver's Vault identity can write) backs it: a step without one, such as a raw KV
+  rewrite of the document, is audited as ``unverified`` and never redeemed.
 - All Vault calls run in threads (hvac is synchronous); nothing here runs inside the
   decide-and-charge step of the service.
 """
@@ -30,10 +33,12 @@ from broker.approvals import (
     Event,
     State,
     Step,
+    approved_by,
     check_id,
     recipients,
     redeem_refusal,
     transition,
+    vouch_problem,
 )
 from broker.audit import iso_utc
 from broker.decision import ActionRequest, Decision
@@ -44,7 +49,7 @@ from broker.metrics import SidecarMetrics
 from broker.notify import BudgetAlarms, Notification, Notifier, NullNotifier
 from broker.reasons import ReasonCode
 from broker.runtime import Runtime
-from broker.vault.approvals import ApprovalStore
+from broker.vault.approvals import ApprovalStore, read_decision
 
 log = logging.getLogger("broker.approvalgate")
 
@@ -247,6 +252,20 @@ class ApprovalGate:
             request_id=approval.request_id,
         )
 
+    async def vouch(self, approval: Approval) -> str | None:
+        """Why the approval's approve step is not backed by its approver's own decision
+        record, or None. The approvers are the manifest's in force, not the document's."""
+        found = self.manifest.actions.get(approval.action)
+        approvers = found.approval.approvers if found and found.approval else ()
+        by = approved_by(approval)
+        decided = None
+        if by in approvers:
+            session = self.runtime.session
+            decided = await asyncio.to_thread(
+                read_decision, session.client, by, self.agent, approval.id, session.addr
+            )
+        return vouch_problem(approval, approvers, decided)
+
     async def spend(self, approval: Approval) -> Approval:
         """Mark the approval redeemed in Vault (check-and-set) before anything is minted."""
         return await self.advance(approval, Event.redeem, SIDECAR, "", audit=False)
@@ -297,6 +316,14 @@ class ApprovalGate:
         return approval
 
     async def _step(self, approval: Approval, step: Step) -> None:
+        problem = await self.vouch(approval) if step.event is Event.approve else None
+        if problem is not None:
+            log.warning("approval %s: approve step not honoured: %s", approval.id, problem)
+            record = self._record(approval, step, None)
+            record.update(event="unverified", reason=problem, human_override=False)
+            record["claimed_reason"] = step.reason
+            await self.audit.append(record)
+            return
         await self.audit.append(self._record(approval, step, None))
         if step.event in (Event.approve, Event.deny, Event.expire):
             if self.metrics is not None:

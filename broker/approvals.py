@@ -13,12 +13,16 @@ seconds after it was made; an approval, once given, may be redeemed for ``expire
 seconds after the approval, and only once. Expiry is a function of the clock
 (``state_at``), so it holds even before anyone writes the ``expired`` state down.
 Only a human listed in the manifest's ``approval.approvers`` may approve or deny.
+
+The approval document is shared state that several identities may write, so it is not what
+proves an approval: each approver's ``Decided`` record, stored where only that approver's
+Vault identity can create it, is. ``vouch_problem`` is the sidecar's check before a redeem.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
@@ -219,6 +223,75 @@ def raci_json(raci: Raci) -> dict[str, Any]:
 def recipients(raci: Raci) -> list[str]:
     """Who hears about an approval: the accountable human, then consulted and informed."""
     return list(dict.fromkeys((raci.accountable, *raci.consulted, *raci.informed)))
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """An approver's own record of a decision on one approval, bound to the exact request."""
+
+    approver: str
+    agent: str
+    approval_id: str
+    action: str
+    inputs_hash: str
+    event: Event
+    at: float
+    reason: str = ""
+
+    @classmethod
+    def of(cls, approval: Approval, approver: str, event: Event, at: float, reason: str) -> Decided:
+        return cls(
+            approver, approval.agent, approval.id, approval.action, approval.inputs_hash,
+            event, at, reason,
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "approver": self.approver,
+            "agent": self.agent,
+            "approval_id": self.approval_id,
+            "action": self.action,
+            "inputs_hash": self.inputs_hash,
+            "event": self.event.value,
+            "at": self.at,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Decided:
+        return cls(
+            str(doc["approver"]), str(doc["agent"]), str(doc["approval_id"]),
+            str(doc["action"]), str(doc["inputs_hash"]), Event(doc["event"]),
+            float(doc["at"]), str(doc.get("reason", "")),
+        )  # fmt: skip
+
+
+def vouch_problem(
+    approval: Approval, approvers: Sequence[str], decided: Decided | None
+) -> str | None:
+    """Why the approval's approve step is not backed by its approver's own decision, or None.
+
+    ``approvers`` come from the manifest in force, never from the (writable) document."""
+    by = approved_by(approval)
+    if by not in approvers:
+        return (
+            f"{by or 'nobody'} is not an approver of {approval.action} under the manifest in force"
+        )
+    if decided is None:
+        return f"{by} recorded no decision on approval {approval.id}"
+    bound = (decided.approver, decided.agent, decided.approval_id, decided.action)
+    if decided.event is not Event.approve or bound != (
+        by,
+        approval.agent,
+        approval.id,
+        approval.action,
+    ):
+        return f"{by}'s recorded decision on approval {approval.id} is not an approval of it"
+    if decided.inputs_hash != approval.inputs_hash or not binds(
+        approval, approval.action, approval.inputs
+    ):
+        return f"approval {approval.id} now names other inputs than {by} approved"
+    return None
 
 
 def check_id(approval_id: str) -> str:

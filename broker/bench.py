@@ -205,7 +205,7 @@ def baseline_op(kind: str, addr: str, token: str) -> tuple[str, Callable[[], obj
         from broker.vault.tokens import create_token_raw
 
         return "raw Vault token create", lambda: create_token_raw(
-            client, "bench-agent", ["bench-read"], addr
+            client, "bench-agent", "bench.vault_token", ["bench-read"], addr
         )
     if kind == "dynamic":
         from broker.vault.database import issue_credential

@@ -2,7 +2,9 @@
 
 Each command acts with the operator's own Vault token (``VAULT_TOKEN``/``BAO_TOKEN``); the
 operator's identity is the token's (``whoami``), never a flag. Only a human the manifest
-lists as approver for the action may approve or deny; a refused attempt is still recorded.
+lists as approver for the action may approve or deny, and the decision is first written where
+only that approver's Vault identity may write it (``broker-approver`` policy): the sidecar
+honours an approval only with that record. A refused attempt is still recorded.
 Approve, deny and refused attempts are appended to the operator audit trail (``--audit-log``
 or ``BROKER_OPERATOR_AUDIT``); the agent's sidecar records them in its own trail when it
 sees the change."""
@@ -15,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from broker.approvals import Approval, ApprovalError, Event, decide_as, raci_json
+from broker.approvals import Approval, ApprovalError, Decided, Event, decide_as, raci_json
 from broker.audit import iso_utc
 from broker.errors import ConfigError
 from broker.operator import add_operator_options, operator_audit, operator_client
@@ -145,6 +147,7 @@ def cmd_deny(args: argparse.Namespace) -> int:
 
 def _decide(args: argparse.Namespace, event: Event) -> int:
     from broker.control import whoami
+    from broker.vault.approvals import write_decision
 
     store = _store(args)
     operator = whoami(store.client, store.addr).identity
@@ -164,6 +167,9 @@ def _decide(args: argparse.Namespace, event: Event) -> int:
         "reason": args.reason,
     }
     try:
+        decide_as(approval, event, identity=operator, at=now, reason=args.reason)
+        decided = Decided.of(approval, operator, event, now, args.reason)
+        write_decision(store.client, decided, store.addr)
         store.update(
             approval.agent,
             approval.id,

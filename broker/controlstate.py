@@ -20,7 +20,9 @@ REVOKED_PATH = "control/revoked"  # {"jtis": {credential id: expiry}}, shared by
 
 
 def agent_path(agent: str) -> str:
-    return f"control/agents/{agent}"
+    """Agent ids are lower case; a name in any other case finds the same document, so a
+    kill or revocation cannot be stepped around by changing the case of a name."""
+    return f"control/agents/{agent.lower()}"
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,9 @@ Email = Annotated[
     WithJsonSchema({"type": "string", "pattern": r"^[^@\s]+@[^@\s]+\.[^@\s]+$"}),
 ]
 Number = Annotated[float, Strict()]  # strict: ints accepted, bools and strings refused
-AgentId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+# Lower case only: an agent has one spelling, in Vault paths, certificates and tokens alike.
+AGENT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+AgentId = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 # Action names need a dot, which keeps them apart from the agent-wide rate key "agent".
 ActionName = Annotated[
     str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$", max_length=128)

@@ -14,7 +14,7 @@ from typing import Any
 from broker.signing import ActionTokenSigner
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.database import issue_credential
-from broker.vault.layout import token_role
+from broker.vault.layout import action_token_role
 from broker.vault.session import VaultSession
 
 
@@ -57,7 +57,14 @@ class Minter:
         )
 
     async def mint_vault_token(
-        self, *, now: float, policies: list[str], ttl: int, uses: int, meta: dict[str, str]
+        self,
+        *,
+        now: float,
+        action: str,
+        policies: list[str],
+        ttl: int,
+        uses: int,
+        meta: dict[str, str],
     ) -> IssuedCredential:
         body = {
             "policies": policies,
@@ -67,7 +74,7 @@ class Minter:
             "meta": meta,
             "no_default_policy": True,
         }
-        role = token_role(self.signer.agent)
+        role = action_token_role(self.signer.agent, action)
         result = await self.vault.post(f"auth/token/create/{role}", body, "child token creation")
         auth = result["auth"]
         granted = int(auth["lease_duration"])

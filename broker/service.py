@@ -282,6 +282,10 @@ class CredentialService:
             refusal = await gate.refusal(approval, None, inputs)
             if refusal is None and approval.state_at(gate.clock()) is State.pending:
                 return Reply(202, gate.pending_body(approval))
+            if refusal is None and approval.state_at(gate.clock()) is State.approved:
+                problem = await gate.vouch(approval)
+                if problem is not None:
+                    refusal = ReasonCode.approval_denied, f"approval not honoured: {problem}"
             if refusal is None and not self.runtime.available():
                 refusal = ReasonCode.backend_unavailable, "Vault is unavailable, nothing is minted"
             if refusal is None:
@@ -392,7 +396,12 @@ class CredentialService:
                 "credential_id": credential_id,
             }
             issued = await self.minter.mint_vault_token(
-                now=now, policies=list(spec.policies), ttl=spec.ttl, uses=spec.uses, meta=meta
+                now=now,
+                action=decision.action,
+                policies=list(spec.policies),
+                ttl=spec.ttl,
+                uses=spec.uses,
+                meta=meta,
             )
         else:
             issued = await self.minter.mint_dynamic(

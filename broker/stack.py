@@ -30,7 +30,7 @@ from broker.manifest import DynamicCredential, Manifest, VaultTokenCredential
 from broker.pgdev import PG_BINDIR, PgCluster, start_cluster, stop_cluster
 from broker.settings import VaultSettings
 from broker.vault._errors import translate_errors
-from broker.vault.bootstrap import AgentGrant, Step, bootstrap
+from broker.vault.bootstrap import AgentGrant, Step, TokenAction, bootstrap
 from broker.vault.database import DatabaseRole, configure_database
 from broker.vault.layout import APPROLE_MOUNT, DATABASE_MOUNT, approle_role
 from broker.vault.session import make_client
@@ -39,6 +39,8 @@ DEMO_DB = "postgres"
 
 
 def grant_for(manifest: Manifest) -> AgentGrant:
+    """What Vault must know of ``manifest``: each ``vault_token`` action's exact limits,
+    dynamic secret paths, and the approvers who need a Vault identity."""
     creds = [a.credential for a in manifest.actions.values()]
     return AgentGrant(
         agent=manifest.agent,
@@ -47,6 +49,14 @@ def grant_for(manifest: Manifest) -> AgentGrant:
         ),
         dynamic_paths=frozenset(
             f"{c.mount}/creds/{c.role}" for c in creds if isinstance(c, DynamicCredential)
+        ),
+        token_actions=tuple(
+            TokenAction(name, frozenset(c.policies), c.ttl, c.uses)
+            for name, a in sorted(manifest.actions.items())
+            if isinstance(c := a.credential, VaultTokenCredential)
+        ),
+        approvers=frozenset(
+            who for a in manifest.actions.values() if a.approval for who in a.approval.approvers
         ),
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -25,8 +26,10 @@ from cryptography.x509.oid import NameOID
 from broker.canonical import inputs_digest
 from broker.claims import ALGORITHM, ISSUER, REQUIRED_CLAIMS, TOKEN_TYPE, ActionClaims
 from broker.errors import VerificationError
+from broker.manifest import AGENT_ID_PATTERN
 
 MAX_LEEWAY = 30
+_AGENT_ID = re.compile(AGENT_ID_PATTERN)
 
 
 class RevocationView(Protocol):
@@ -174,6 +177,10 @@ class Verifier:
 
     @staticmethod
     def _check_subject(cert: x509.Certificate, claims: ActionClaims) -> None:
+        if not _AGENT_ID.fullmatch(claims.agent):
+            # Vault's PKI role compares names without regard to case: only the canonical
+            # spelling is an agent (kill flags and revocations are filed under it).
+            raise _fail("untrusted_key", "the token's agent is not a canonical agent id")
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if not names or names[0].value != claims.agent:
             raise _fail("untrusted_key", "certificate does not speak for the token's agent")

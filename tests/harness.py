@@ -35,6 +35,19 @@ def root_client(openbao: DevServer) -> hvac.Client:
     return make_client(openbao.addr, openbao.root_token)
 
 
+def approver_token(openbao: DevServer, approver: str, ttl: str = "10m") -> str:
+    """What an admin gives an approver: a token bound to the Vault identity named as the
+    manifest names the approver (the only identity that may record that approver's decisions)."""
+    created = root_client(openbao).auth.token.create(
+        role_name="broker-approver",
+        entity_alias=approver,
+        policies=["broker-approver"],
+        meta={"operator": approver},
+        ttl=ttl,
+    )
+    return str(created["auth"]["client_token"])
+
+
 def write_manifest(tmp_path: Path, text: str) -> Path:
     path = tmp_path / f"manifest-{secrets.token_hex(3)}.yaml"
     path.write_text(textwrap.dedent(text))

@@ -19,7 +19,14 @@ from broker.controlstate import agent_path
 from broker.devstack import DevServer
 from broker.vault.approvals import ApprovalStore
 from broker.vault.kv import kv_write
-from tests.harness import Harness, root_client, running_sidecar, unique_agent, write_manifest
+from tests.harness import (
+    Harness,
+    approver_token,
+    root_client,
+    running_sidecar,
+    unique_agent,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +73,9 @@ def operator_trail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openbao: Dev
 
 
 def operator_token(openbao: DevServer, identity: str) -> str:
+    """The approver's own identity token, or a security operator's for anyone else."""
+    if identity == APPROVER:
+        return approver_token(openbao, identity)
     created = root_client(openbao).auth.token.create(
         policies=["broker-security-operator"], meta={"operator": identity}, ttl="10m"
     )

@@ -20,7 +20,7 @@ import pytest
 from broker.audit import redact
 from broker.cli import main
 from broker.devstack import DevServer
-from tests.harness import SCOPES, Harness, root_client, running_sidecar
+from tests.harness import SCOPES, Harness, approver_token, running_sidecar
 
 pytestmark = pytest.mark.integration
 
@@ -56,9 +56,7 @@ async def ask(h: Harness, action: str, inputs: dict[str, Any]) -> tuple[int, dic
 
 
 async def approve(openbao: DevServer, monkeypatch: pytest.MonkeyPatch, approval_id: str) -> int:
-    token = root_client(openbao).auth.token.create(
-        policies=["broker-security-operator"], meta={"operator": APPROVER}, ttl="10m"
-    )["auth"]["client_token"]
+    token = approver_token(openbao, APPROVER)
     monkeypatch.setenv("VAULT_ADDR", openbao.addr)
     monkeypatch.setenv("VAULT_TOKEN", token)
     monkeypatch.delenv("BROKER_OPERATOR_AUDIT", raising=False)

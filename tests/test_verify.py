@@ -31,7 +31,7 @@ from cryptography.x509.oid import NameOID
 from broker.claims import ALGORITHM, ISSUER, REQUIRED_CLAIMS, TOKEN_TYPE, ActionClaims
 from broker.controlstate import ControlState
 from broker.devstack import DevServer
-from broker.errors import BrokerError, VerificationError
+from broker.errors import VerificationError
 from broker.signing import ActionTokenSigner
 from broker.vault.bootstrap import AgentGrant, bootstrap
 from broker.vault.layout import CA_COMMON_NAME
@@ -565,7 +565,7 @@ def test_gateway_verifies_with_plain_pyjwt(vault: Vault) -> None:
 
 @pytest.mark.integration
 def test_vault_refuses_to_certify_another_agents_name(vault: Vault) -> None:
-    """broker-pki's role for agent B will not sign a CSR naming agent A."""
+    """broker-pki's role for agent B ignores a CSR naming agent A and refuses to name A."""
     key = Ed25519PrivateKey.generate()
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -574,8 +574,13 @@ def test_vault_refuses_to_certify_another_agents_name(vault: Vault) -> None:
         .public_bytes(serialization.Encoding.PEM)
         .decode()
     )
-    with pytest.raises(BrokerError):
-        sign_csr(vault.client, VAULT_B, csr, "5m", vault.addr)
+    signed = sign_csr(vault.client, VAULT_B, csr, "5m", vault.addr)
+    cert = x509.load_pem_x509_certificate(signed.certificate_pem.encode())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == VAULT_B
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        vault.client.write_data(
+            f"broker-pki/sign/agent-{VAULT_B}", data={"csr": csr, "common_name": VAULT_A}
+        )
 
 
 @pytest.mark.integration

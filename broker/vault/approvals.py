@@ -3,7 +3,11 @@
 Shared through Vault so any operator can act on one and it survives a sidecar restart.
 Every change is a check-and-set write against the version that was read, so two operators
 (or an operator and the sidecar) cannot both act on the same approval: the second write
-fails and is reported as a conflict, never silently applied."""
+fails and is reported as a conflict, never silently applied.
+
+An approver's decision is also written, once, at ``decisions/<approver>/<agent>/<id>``: the
+approver policy lets only the Vault identity named ``<approver>`` create it, so a raw KV write
+to the approval document cannot make an approval that the sidecar will honour."""
 
 from __future__ import annotations
 
@@ -11,11 +15,11 @@ from collections.abc import Callable
 
 import hvac
 
-from broker.approvals import Approval, ApprovalError, check_id
-from broker.errors import NotFound
+from broker.approvals import Approval, ApprovalError, Decided, NotAnApprover, check_id
+from broker.errors import NotFound, PermissionDenied
 from broker.vault._errors import translate_errors
 from broker.vault.kv import kv_list
-from broker.vault.layout import KV_MOUNT
+from broker.vault.layout import KV_MOUNT, decision_path
 
 APPROVALS_DIR = "approvals"
 
@@ -121,3 +125,48 @@ class ApprovalStore:
                     f"approval {approval.id} changed while this change was made; "
                     "read it again (someone else acted first)"
                 ) from exc
+
+
+def write_decision(client: hvac.Client, decided: Decided, addr: str = "") -> None:
+    """Record an approver's decision where only that approver's Vault identity may create it;
+    Vault refusing the path means the caller is not that approver."""
+    path = decision_path(decided.approver, decided.agent, check_id(decided.approval_id))
+    try:
+        with translate_errors(f"write of {KV_MOUNT}/{path}", addr):
+            try:
+                client.secrets.kv.v2.create_or_update_secret(
+                    path=path, secret=decided.to_json(), cas=0, mount_point=KV_MOUNT
+                )
+            except hvac.exceptions.InvalidRequest as exc:
+                if "check-and-set" not in str(exc):
+                    raise
+                raise ApprovalConflict(
+                    f"{decided.approver} already decided approval {decided.approval_id}"
+                ) from exc
+    except PermissionDenied as exc:
+        raise NotAnApprover(
+            f"Vault refused to record a decision as {decided.approver}: this Vault token is "
+            "not that approver's identity (an admin issues it through the broker-approver role)"
+        ) from exc
+
+
+def read_decision(
+    client: hvac.Client, approver: str, agent: str, approval_id: str, addr: str = ""
+) -> Decided | None:
+    """The decision ``approver`` recorded on this approval, or None (also when unreadable
+    as a decision: a malformed record backs nothing)."""
+    if not approver or "/" in approver:
+        return None
+    path = decision_path(approver, agent, check_id(approval_id))
+    with translate_errors(f"read of {KV_MOUNT}/{path}", addr):
+        try:
+            result = client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=KV_MOUNT, raise_on_deleted_version=False
+            )
+        except hvac.exceptions.InvalidPath:
+            return None
+    data = ((result or {}).get("data") or {}).get("data")
+    try:
+        return Decided.from_json(data) if isinstance(data, dict) else None
+    except (KeyError, TypeError, ValueError):
+        return None

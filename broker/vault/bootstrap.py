@@ -14,6 +14,9 @@ import hvac
 from broker.vault._errors import translate_errors
 from broker.vault.layout import (
     APPROLE_MOUNT,
+    APPROVER_POLICY,
+    APPROVER_TOKEN_ROLE,
+    APPROVER_TOKEN_TTL,
     CA_COMMON_NAME,
     KV_MOUNT,
     PKI_MOUNT,
@@ -22,12 +25,13 @@ from broker.vault.layout import (
     SIGNING_CERT_TTL,
     TRANSIT_MOUNT,
     VERIFIER_POLICY,
+    action_token_role,
     approle_role,
     pki_role,
     sidecar_policy,
-    token_role,
 )
 from broker.vault.policies import (
+    approver_hcl,
     demo_policy_hcl,
     platform_editor_hcl,
     security_operator_hcl,
@@ -40,13 +44,24 @@ SIDECAR_TOKEN_MAX_TTL = "24h"  # noqa: S105 - a duration, not a secret
 
 
 @dataclass(frozen=True)
+class TokenAction:
+    """One ``vault_token`` action of a manifest: what its token role lets Vault grant."""
+
+    action: str
+    policies: frozenset[str]
+    ttl: int
+    uses: int
+
+
+@dataclass(frozen=True)
 class AgentGrant:
     """What bootstrap needs to know of one manifest."""
 
     agent: str
     token_policies: frozenset[str] = frozenset()
     dynamic_paths: frozenset[str] = frozenset()  # e.g. database/creds/orders-readonly
-    max_token_ttl: int = 3600
+    token_actions: tuple[TokenAction, ...] = ()
+    approvers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -161,6 +176,7 @@ def bootstrap(
         b.policy(SECURITY_OPERATOR_POLICY, security_operator_hcl())
         b.policy(PLATFORM_EDITOR_POLICY, platform_editor_hcl())
         b.policy(VERIFIER_POLICY, verifier_hcl())
+        _approvers(b, {a for g in grants for a in g.approvers})
         for grant in grants:
             _agent(b, grant)
         if demo:
@@ -170,7 +186,8 @@ def bootstrap(
 
 def _agent(b: Bootstrap, grant: AgentGrant) -> None:
     policy = sidecar_policy(grant.agent)
-    b.policy(policy, sidecar_policy_hcl(grant.agent, grant.dynamic_paths))
+    roles = [action_token_role(grant.agent, t.action) for t in grant.token_actions]
+    b.policy(policy, sidecar_policy_hcl(grant.agent, grant.dynamic_paths, roles))
     b.write_if_changed(
         f"{PKI_MOUNT}/roles/{pki_role(grant.agent)}",
         {
@@ -181,6 +198,10 @@ def _agent(b: Bootstrap, grant: AgentGrant) -> None:
             "allow_localhost": False,
             "allow_ip_sans": False,
             "enforce_hostnames": False,
+            # The name comes from the request, which the sidecar policy pins to the agent's
+            # exact spelling; the CSR's own subject and SANs are ignored.
+            "use_csr_common_name": False,
+            "use_csr_sans": False,
             "max_ttl": SIGNING_CERT_TTL,
             "server_flag": False,
             "client_flag": False,
@@ -198,15 +219,52 @@ def _agent(b: Bootstrap, grant: AgentGrant) -> None:
         },
         f"AppRole role {approle_role(grant.agent)}",
     )
+    for token_action in grant.token_actions:
+        _token_role(b, grant.agent, token_action)
+
+
+def _token_role(b: Bootstrap, agent: str, action: TokenAction) -> None:
+    """The manifest's TTL, use count and policies as Vault's own caps: whatever the caller
+    asks, Vault grants at most these (a service token, never a batch token, no default)."""
+    role = action_token_role(agent, action.action)
     b.write_if_changed(
-        f"auth/token/roles/{token_role(grant.agent)}",
+        f"auth/token/roles/{role}",
         {
-            "allowed_policies": sorted(grant.token_policies) or ["default"],
+            "allowed_policies": sorted(action.policies),
             "orphan": False,
             "renewable": False,
-            "token_explicit_max_ttl": grant.max_token_ttl,
+            "token_type": "service",
+            "token_no_default_policy": True,
+            "token_explicit_max_ttl": action.ttl,
+            "token_num_uses": action.uses,
         },
-        f"token role {token_role(grant.agent)}",
+        f"token role {role} ({action.ttl}s, {action.uses} uses, {', '.join(sorted(action.policies))})",
+    )
+
+
+def _approvers(b: Bootstrap, approvers: set[str]) -> None:
+    """The approver policy and the token role through which an admin gives an approver its
+    Vault identity (an entity alias named as in the manifests). The role's alias list only
+    grows: bootstrapping one manifest must not take away another manifest's approvers."""
+    accessor = b.client.sys.list_auth_methods()["data"]["token/"]["accessor"]
+    b.policy(APPROVER_POLICY, approver_hcl(str(accessor)))
+    path = f"auth/token/roles/{APPROVER_TOKEN_ROLE}"
+    try:
+        current = (b.client.read(path) or {}).get("data") or {}
+    except hvac.exceptions.InvalidPath:
+        current = {}
+    names = sorted(approvers | set(current.get("allowed_entity_aliases") or ()))
+    b.write_if_changed(
+        path,
+        {
+            "allowed_policies": [APPROVER_POLICY],
+            "allowed_entity_aliases": names,
+            "orphan": True,
+            "renewable": False,
+            "token_type": "service",
+            "token_explicit_max_ttl": APPROVER_TOKEN_TTL,
+        },
+        f"token role {APPROVER_TOKEN_ROLE} ({len(names)} approvers)",
     )
 
 

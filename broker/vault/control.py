@@ -25,6 +25,7 @@ class VaultRevocations:
         self._cache: dict[str, tuple[float, ControlState]] = {}
 
     def state(self, agent: str) -> ControlState:
+        agent = agent.lower()  # one control document per agent, whatever the spelling
         hit = self._cache.get(agent)
         now = self._clock()
         if hit is not None and now - hit[0] < CACHE_SECONDS:

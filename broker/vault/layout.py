@@ -14,6 +14,10 @@ DATABASE_MOUNT = "database"
 SECURITY_OPERATOR_POLICY = "broker-security-operator"
 PLATFORM_EDITOR_POLICY = "broker-platform-editor"
 VERIFIER_POLICY = "broker-verifier"
+APPROVER_POLICY = "broker-approver"
+APPROVER_TOKEN_ROLE = "broker-approver"  # noqa: S105 - a role name; only admins create from it
+APPROVER_TOKEN_TTL = "8h"  # noqa: S105 - a duration, not a secret
+DECISIONS_DIR = "decisions"  # KV: decisions/<approver>/<agent>/<approval id>, one writer each
 
 CA_COMMON_NAME = "agent-credential-broker CA"
 SIGNING_CERT_TTL = "15m"
@@ -33,8 +37,17 @@ def pki_role(agent: str) -> str:
     return f"agent-{agent}"
 
 
-def token_role(agent: str) -> str:
-    return f"broker-{agent}"
+def action_token_role(agent: str, action: str) -> str:
+    """One token role per agent and ``vault_token`` action, carrying exactly that action's
+    policies, TTL and use count, so Vault caps what the sidecar's login can mint. Agent ids
+    have no dot and action names always do, so the name cannot collide."""
+    return f"broker-{agent}.{action}"
+
+
+def decision_path(approver: str, agent: str, approval_id: str) -> str:
+    """Where an approver's decision on one approval lives (KV path without the mount); the
+    approver policy lets only that approver's Vault identity create it."""
+    return f"{DECISIONS_DIR}/{approver}/{agent}/{approval_id}"
 
 
 def control_path(*parts: str) -> str:

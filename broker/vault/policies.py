@@ -1,8 +1,12 @@
 """The Vault policies the broker ships, as HCL built from the layout.
 
-Vault's own policy engine decides who may mint, revoke, kill, rotate and publish:
-a sidecar may mint for its own agent only; a security operator may revoke, kill and
-rotate; a platform editor may publish manifests and nothing else."""
+Vault's own policy engine decides who may mint, revoke, kill, rotate, approve and publish:
+a sidecar may mint for its own agent only, through roles that carry its manifest's limits,
+and may ask for a certificate in its own agent's exact name only; a security operator may
+revoke, kill and rotate, and reads (never writes) approvals, decisions, audit heads and
+manifests; an approver may record a decision under its own Vault identity only; a platform
+editor may publish manifests and nothing else; a verifier reads the control state.
+``tests/test_vault_policies.py`` checks each against a live OpenBao, operation by operation."""
 
 from __future__ import annotations
 
@@ -10,11 +14,11 @@ from collections.abc import Iterable
 
 from broker.vault.layout import (
     APPROLE_MOUNT,
+    DECISIONS_DIR,
     KV_MOUNT,
     PKI_MOUNT,
     TRANSIT_MOUNT,
     pki_role,
-    token_role,
 )
 
 
@@ -23,11 +27,33 @@ def _rule(path: str, *capabilities: str) -> str:
     return f'path "{path}" {{\n  capabilities = [{caps}]\n}}\n'
 
 
-def sidecar_policy_hcl(agent: str, dynamic_paths: Iterable[str]) -> str:
-    """What one agent's sidecar identity may do: mint for itself, read control state."""
+def _pki_sign_rule(agent: str) -> str:
+    """Signing for the agent's own name, spelled exactly: the PKI role compares names without
+    regard to case, so the policy pins ``common_name`` (which the role uses instead of the
+    CSR's) and refuses every other parameter, alt names included."""
+    return (
+        f'path "{PKI_MOUNT}/sign/{pki_role(agent)}" {{\n'
+        '  capabilities = ["update"]\n'
+        '  required_parameters = ["common_name", "csr"]\n'
+        "  allowed_parameters = {\n"
+        f'    "common_name" = ["{agent}"]\n'
+        '    "csr" = []\n'
+        '    "ttl" = []\n'
+        '    "format" = ["pem"]\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def sidecar_policy_hcl(
+    agent: str, dynamic_paths: Iterable[str], token_roles: Iterable[str] = ()
+) -> str:
+    """What one agent's sidecar identity may do: mint for itself through its action roles,
+    read control state and the approvers' decisions on its own approvals."""
     rules = [
-        _rule(f"{PKI_MOUNT}/sign/{pki_role(agent)}", "update"),
-        _rule(f"auth/token/create/{token_role(agent)}", "update"),
+        _pki_sign_rule(agent),
+        *(_rule(f"auth/token/create/{role}", "update") for role in sorted(set(token_roles))),
+        _rule(f"{KV_MOUNT}/data/{DECISIONS_DIR}/+/{agent}/*", "read"),
         _rule(f"{KV_MOUNT}/data/control/*", "read"),
         _rule(f"{KV_MOUNT}/metadata/control/*", "read", "list"),
         _rule(f"{KV_MOUNT}/data/heartbeat/{agent}", "create", "update", "read"),
@@ -44,13 +70,20 @@ def sidecar_policy_hcl(agent: str, dynamic_paths: Iterable[str]) -> str:
 
 
 def security_operator_hcl() -> str:
-    """Revoke, kill, rotate: the runbook commands of the security team."""
+    """Revoke, kill, rotate: the runbook commands of the security team. KV writes reach the
+    control documents only: approvals, approvers' decisions, published audit heads and
+    manifests are read-only, so an operator can neither forge an approval nor cut a trail.
+    The rotation runbook needs new secret ids; the role id is handed out once, at onboarding,
+    by the admin who bootstraps, so an operator alone never holds a complete AppRole login."""
     rules = [
-        _rule(f"{KV_MOUNT}/data/*", "create", "read", "update", "delete", "patch"),
-        _rule(f"{KV_MOUNT}/metadata/*", "read", "list", "delete"),
-        # Vault applies the most specific rule: only platform editors publish manifests.
-        _rule(f"{KV_MOUNT}/data/manifests/*", "read"),
-        _rule(f"{KV_MOUNT}/metadata/manifests/*", "read", "list"),
+        _rule(f"{KV_MOUNT}/data/control/*", "create", "read", "update", "patch"),
+        _rule(f"{KV_MOUNT}/metadata/control/*", "read", "list"),
+        *(
+            rule
+            for tree in ("heartbeat", "outstanding", "audit", "approvals", DECISIONS_DIR)
+            for rule in _readable(tree)
+        ),
+        *_readable("manifests"),
         _rule("sys/leases/revoke", "update"),
         _rule("sys/leases/revoke/*", "update"),
         _rule("sys/leases/revoke-prefix/*", "update", "sudo"),
@@ -59,13 +92,31 @@ def security_operator_hcl() -> str:
         _rule("auth/token/lookup-accessor", "update"),
         _rule(f"auth/{APPROLE_MOUNT}/role/+/secret-id", "update", "list"),
         _rule(f"auth/{APPROLE_MOUNT}/role/+/secret-id-accessor/*", "update"),
-        _rule(f"auth/{APPROLE_MOUNT}/role/+/role-id", "read"),
         _rule("+/rotate-root/*", "update"),  # any database secrets engine mount
         _rule(f"{PKI_MOUNT}/revoke", "update"),
         _rule(f"{PKI_MOUNT}/ca/pem", "read"),
         _rule(f"{TRANSIT_MOUNT}/keys/*", "read"),
         _rule(f"{TRANSIT_MOUNT}/keys/+/rotate", "update"),
-        _rule(f"{TRANSIT_MOUNT}/sign/audit-checkpoint", "update"),
+    ]
+    return "\n".join(rules)
+
+
+def _readable(tree: str) -> list[str]:
+    return [
+        _rule(f"{KV_MOUNT}/data/{tree}/*", "read"),
+        _rule(f"{KV_MOUNT}/metadata/{tree}/*", "read", "list"),
+    ]
+
+
+def approver_hcl(token_mount_accessor: str) -> str:
+    """An approver reads approvals and records its own decision: the decision path is
+    templated on the name of the token's entity alias (set only by an admin, through the
+    approver token role), and ``create`` without ``update`` makes each decision final."""
+    me = f"{{{{identity.entity.aliases.{token_mount_accessor}.name}}}}"
+    rules = [
+        _rule(f"{KV_MOUNT}/data/approvals/*", "read", "update"),
+        _rule(f"{KV_MOUNT}/metadata/approvals/*", "read", "list"),
+        _rule(f"{KV_MOUNT}/data/{DECISIONS_DIR}/{me}/*", "create", "read"),
     ]
     return "\n".join(rules)
 
@@ -83,7 +134,6 @@ def platform_editor_hcl() -> str:
         _rule(f"{KV_MOUNT}/metadata/manifests/*", "read", "list"),
         _rule(f"{KV_MOUNT}/data/control/*", "read"),
         _rule(f"{KV_MOUNT}/data/heartbeat/*", "read"),
-        _rule(f"{KV_MOUNT}/data/audit/platform/*", "create", "update", "read"),
     ]
     return "\n".join(rules)
 

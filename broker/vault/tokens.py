@@ -1,6 +1,6 @@
-"""Vault child tokens: created under the sidecar's own token through the agent's token
-role, so revoking the sidecar's token revokes every child, and Vault itself enforces that
-only the role's allowed policies can be granted."""
+"""Vault child tokens: created under the sidecar's own token through the token role of the
+agent's action, so revoking the sidecar's token revokes every child, and Vault itself caps
+each child at the manifest's policies, TTL and use count (``broker.vault.bootstrap``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import hvac
 
 from broker.vault._errors import translate_errors
-from broker.vault.layout import token_role
+from broker.vault.layout import action_token_role
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class ChildToken:
 def create_child_token(
     client: hvac.Client,
     agent: str,
+    action: str,
     *,
     policies: list[str],
     ttl: int,
@@ -32,7 +33,7 @@ def create_child_token(
 ) -> ChildToken:
     with translate_errors("child token creation", addr):
         result = client.auth.token.create(
-            role_name=token_role(agent),
+            role_name=action_token_role(agent, action),
             policies=policies,
             ttl=f"{ttl}s",
             num_uses=uses,
@@ -49,11 +50,13 @@ def create_child_token(
     )
 
 
-def create_token_raw(client: hvac.Client, agent: str, policies: list[str], addr: str = "") -> str:
+def create_token_raw(
+    client: hvac.Client, agent: str, action: str, policies: list[str], addr: str = ""
+) -> str:
     """The bare Vault operation a ``vault_token`` mint rests on (for the bench baseline)."""
     with translate_errors("child token creation", addr):
         result = client.auth.token.create(
-            role_name=token_role(agent), policies=policies, ttl="30s", num_uses=1
+            role_name=action_token_role(agent, action), policies=policies, ttl="30s", num_uses=1
         )
     return str(result["auth"]["accessor"])
 
