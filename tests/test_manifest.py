@@ -90,6 +90,8 @@ INVALID = [
     ("unknown credential kind", _set(f"{R}/credential/kind", "password"), "kind"),
     ("bad email", _set("risk_owner", "risk-team"), "email address"),
     ("bad agent id", _set("agent", "Refund Agent"), "pattern"),
+    ("upper-case agent id", _set("agent", "Research-Agent"), "pattern"),
+    ("all-caps agent id", _set("agent", "RESEARCH-AGENT"), "pattern"),
     ("bad duration", _set("budgets/tool-calls/per", "1 day"), "duration"),
     ("bool concurrency", _set("concurrency", True), "valid integer"),
     ("reserved input name", _set(f"{R}/inputs/any", {"type": "string"}), "reserved"),
