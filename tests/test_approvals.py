@@ -11,6 +11,7 @@ from broker.approvals import (
     TRANSITIONS,
     Approval,
     ApprovalError,
+    Decided,
     Event,
     NotAnApprover,
     State,
@@ -21,6 +22,7 @@ from broker.approvals import (
     recipients,
     redeem_refusal,
     transition,
+    vouch_problem,
 )
 from broker.decision import Raci, inputs_hash
 from broker.errors import NotFound
@@ -179,3 +181,59 @@ def test_recipients_are_accountable_consulted_informed_once_each() -> None:
         "billing-lead@acme.example",
         "billing-alerts@acme.example",
     ]
+
+
+# -- the approver's own decision record backs an approval ---------------------------------------
+
+APPROVER = "finance-ops@acme.example"
+APPROVED = transition(make(), Event.approve, at=T0 + 60, by=APPROVER)
+GENUINE = Decided.of(make(), APPROVER, Event.approve, T0 + 60, "")
+LISTED = (APPROVER,)
+
+UNBACKED = [
+    ("no approve step", make(), LISTED, GENUINE, "nobody is not an approver"),
+    ("approver not listed now", APPROVED, ("risk@acme.example",), GENUINE, "is not an approver"),
+    ("no decision record", APPROVED, LISTED, None, "recorded no decision"),
+    ("a denial", APPROVED, LISTED, replace(GENUINE, event=Event.deny), "not an approval of it"),
+    ("another approval's record", APPROVED, LISTED, replace(GENUINE, approval_id="apr_" + "1" * 20),
+     "not an approval of it"),
+    ("another agent's record", APPROVED, LISTED, replace(GENUINE, agent="other-agent"),
+     "not an approval of it"),
+    ("another action's record", APPROVED, LISTED, replace(GENUINE, action="stripe.payout"),
+     "not an approval of it"),
+    ("a record by someone else", APPROVED, LISTED, replace(GENUINE, approver="mallory@x.example"),
+     "not an approval of it"),
+    ("inputs changed, hash kept", replace(APPROVED, inputs={**INPUTS, "amount_usd": 499}), LISTED,
+     GENUINE, "other inputs"),
+    ("inputs and hash changed",
+     replace(APPROVED, inputs={**INPUTS, "amount_usd": 499}, inputs_hash=inputs_hash(
+         "support-refund-agent", "stripe.refund", {**INPUTS, "amount_usd": 499})),
+     LISTED, GENUINE, "other inputs"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("label", "approval", "approvers", "decided", "why"), UNBACKED, ids=[u[0] for u in UNBACKED]
+)
+def test_unbacked_approval_is_not_honoured(
+    label: str,
+    approval: Approval,
+    approvers: tuple[str, ...],
+    decided: Decided | None,
+    why: str,
+) -> None:
+    """An approval counts only with its listed approver's own record of exactly this request."""
+    del label
+    problem = vouch_problem(approval, approvers, decided)
+    assert problem is not None
+    assert why in problem
+
+
+def test_backed_approval_is_honoured() -> None:
+    """The approver's record of exactly this approval, action and inputs backs it."""
+    assert vouch_problem(APPROVED, LISTED, GENUINE) is None
+
+
+def test_decision_record_round_trips() -> None:
+    """What the approver writes to Vault reads back as the same record."""
+    assert Decided.from_json(GENUINE.to_json()) == GENUINE
