@@ -20,7 +20,7 @@ from typing import Any
 from broker.approvals import Approval, ApprovalError, Decided, Event, decide_as, raci_json
 from broker.audit import iso_utc
 from broker.errors import ConfigError
-from broker.operator import add_operator_options, operator_audit, operator_client
+from broker.operator import add_operator_options, agent_id, operator_audit, operator_client
 
 EXIT_OK = 0
 
@@ -33,27 +33,27 @@ def register(
     sub = parser.add_subparsers(dest="approvals_command", required=True, metavar="WHAT")
 
     p = sub.add_parser("list", help="approval requests, newest last")
-    p.add_argument("--agent", help="only this agent's")
+    p.add_argument("--agent", type=agent_id, help="only this agent's")
     p.add_argument("--state", choices=("pending", "approved", "denied", "expired", "redeemed"))
     p.add_argument("--json", action="store_true")
     _common(p, cmd_list)
 
     p = sub.add_parser("show", help="who asked, for what, why, the RACI and the policy version")
     p.add_argument("approval_id")
-    p.add_argument("--agent", help="skip the search across agents")
+    p.add_argument("--agent", type=agent_id, help="skip the search across agents")
     p.add_argument("--json", action="store_true")
     _common(p, cmd_show)
 
     p = sub.add_parser("approve", help="approve (only an approver the manifest lists)")
     p.add_argument("approval_id")
     p.add_argument("--reason", default="")
-    p.add_argument("--agent", help="skip the search across agents")
+    p.add_argument("--agent", type=agent_id, help="skip the search across agents")
     _common(p, cmd_approve)
 
     p = sub.add_parser("deny", help="deny, saying why")
     p.add_argument("approval_id")
     p.add_argument("--reason", required=True)
-    p.add_argument("--agent", help="skip the search across agents")
+    p.add_argument("--agent", type=agent_id, help="skip the search across agents")
     _common(p, cmd_deny)
 
 

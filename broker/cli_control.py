@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import ConfigError
-from broker.operator import add_operator_options, operator_audit, operator_client
+from broker.operator import add_operator_options, agent_id, operator_audit, operator_client
 
 
 def register(
@@ -23,7 +23,7 @@ def register(
     p = commands.add_parser("revoke", help="revoke one credential, an agent's, or everything")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--jti", help="a credential id, JWT id, token accessor or lease id")
-    who.add_argument("--agent")
+    who.add_argument("--agent", type=agent_id)
     who.add_argument("--all", action="store_true")
     p.add_argument("--action", help="with --agent: only this action's credentials")
     p.add_argument("--reason", default="revoked by runbook")
@@ -33,7 +33,7 @@ def register(
         "kill", help="the kill switch: refuse everything, revoke everything held"
     )
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--agent")
+    who.add_argument("--agent", type=agent_id)
     who.add_argument("--all", action="store_true")
     p.add_argument("--reason", default="kill switch")
     p.add_argument(
@@ -42,7 +42,7 @@ def register(
     _common(p, cmd_kill)
 
     p = commands.add_parser("revive", help="undo the kill switch for one agent")
-    p.add_argument("--agent", required=True)
+    p.add_argument("--agent", type=agent_id, required=True)
     p.add_argument("--reason", required=True)
     _common(p, cmd_revive)
 
@@ -56,7 +56,7 @@ def register(
     )
     _common(q, cmd_rotate_signing_key)
     q = what.add_parser("agent-secret", help="a new AppRole secret id; the old ones stop working")
-    q.add_argument("--agent", required=True)
+    q.add_argument("--agent", type=agent_id, required=True)
     q.add_argument(
         "--secret-id-file", type=Path, required=True, help="where the sidecar reads it (0600)"
     )

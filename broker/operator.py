@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,18 @@ def add_operator_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--audit-log", type=Path, help="operator audit trail (default $BROKER_OPERATOR_AUDIT)"
     )
+
+
+def agent_id(value: str) -> str:
+    """An ``--agent`` value: an agent id exactly as manifests spell them (lower case), so a
+    command never acts on a spelling that no sidecar, kill flag or heartbeat uses."""
+    from broker.manifest import AGENT_ID_PATTERN
+
+    if not re.fullmatch(AGENT_ID_PATTERN, value):
+        raise argparse.ArgumentTypeError(
+            f"{value[:64]!r} is not an agent id (lower-case letters, digits and '-')"
+        )
+    return value
 
 
 def operator_client(args: argparse.Namespace) -> tuple[hvac.Client, str]:

@@ -22,7 +22,9 @@ from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from broker.claims import ActionClaims
+from broker.cli import main
 from broker.control import Control
+from broker.controlstate import agent_path
 from broker.devstack import DevServer
 from broker.errors import VerificationError
 from broker.settings import VaultSettings
@@ -30,6 +32,7 @@ from broker.signing import ActionTokenSigner, SignedCert
 from broker.stack import approle_files
 from broker.vault.bootstrap import AgentGrant, TokenAction, bootstrap
 from broker.vault.control import VaultRevocations
+from broker.vault.kv import kv_read
 from broker.vault.layout import (
     APPROLE_MOUNT,
     PLATFORM_EDITOR_POLICY,
@@ -390,3 +393,30 @@ def test_operator_cannot_read_role_ids_but_the_admin_can(world: World) -> None:
     with pytest.raises(hvac.exceptions.Forbidden):
         world.clients["operator"].auth.approle.read_role_id(role, mount_point=APPROLE_MOUNT)
     assert world.root.auth.approle.read_role_id(role, mount_point=APPROLE_MOUNT)["data"]["role_id"]
+
+
+COMMANDS = [
+    ["kill", "--agent", "{U}", "--wait", "0"],
+    ["revive", "--agent", "{U}", "--reason", "spelling"],
+    ["revoke", "--agent", "{U}"],
+    ["rotate", "agent-secret", "--agent", "{U}", "--secret-id-file", "/nonexistent/s"],
+    ["approvals", "list", "--agent", "{U}"],
+]
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(c[:2]) for c in COMMANDS])
+def test_commands_refuse_another_spelling(
+    world: World,
+    argv: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator command names an agent by its exact id: another spelling changes nothing."""
+    monkeypatch.setenv("VAULT_ADDR", world.addr)
+    monkeypatch.setenv("VAULT_TOKEN", world.clients["operator"].token)
+    before = kv_read(world.root, agent_path(world.agent))
+    with pytest.raises(SystemExit) as refused:
+        main([a.replace("{U}", world.agent.upper()) for a in argv])
+    assert refused.value.code == 2
+    assert "is not an agent id" in capsys.readouterr().err
+    assert kv_read(world.root, agent_path(world.agent)) == before
