@@ -8,9 +8,9 @@ Invariants:
   counts the audited steps, so a restarted sidecar continues where it stopped.
 - The sidecar's own transitions are check-and-set writes like the operators', so a redeem
   and an operator's late action cannot both win.
-- An approve step counts only when its approver's own decision record (written where only
-  that approver's Vault identity can write) backs it: a step without one, such as a raw KV
-  rewrite of the document, is audited as ``unverified`` and never redeemed.
+- An approve or deny step counts only when its approver's own decision record (written where
+  only that approver's Vault identity can write) backs it: a step without one, such as a raw
+  KV rewrite of the document, is audited as ``unverified``, never announced, never redeemed.
 - All Vault calls run in threads (hvac is synchronous); nothing here runs inside the
   decide-and-charge step of the service.
 """
@@ -164,7 +164,8 @@ class ApprovalGate:
     def _forget(self, approval_id: str) -> None:
         """A finished approval: stop watching it (a late redeem still reads it from Vault)."""
         self.open.discard(approval_id)
-        self._noted.pop(approval_id, None)
+        # ``_noted`` is kept (one int per approval): a redeem holding a copy read before the
+        # watch audited the last step must still see that the step is done.
         lock = self._locks.get(approval_id)
         if lock is not None and not lock.locked():
             del self._locks[approval_id]
@@ -252,19 +253,20 @@ class ApprovalGate:
             request_id=approval.request_id,
         )
 
-    async def vouch(self, approval: Approval) -> str | None:
-        """Why the approval's approve step is not backed by its approver's own decision
-        record, or None. The approvers are the manifest's in force, not the document's."""
+    async def vouch(self, approval: Approval, step: Step | None = None) -> str | None:
+        """Why an approver's step (by default the last approve) is not backed by that
+        approver's own decision record, or None. The approvers are the manifest's in force,
+        not the document's."""
         found = self.manifest.actions.get(approval.action)
         approvers = found.approval.approvers if found and found.approval else ()
-        by = approved_by(approval)
+        by = step.by if step is not None else approved_by(approval)
         decided = None
         if by in approvers:
             session = self.runtime.session
             decided = await asyncio.to_thread(
                 read_decision, session.client, by, self.agent, approval.id, session.addr
             )
-        return vouch_problem(approval, approvers, decided)
+        return vouch_problem(approval, approvers, decided, step)
 
     async def spend(self, approval: Approval) -> Approval:
         """Mark the approval redeemed in Vault (check-and-set) before anything is minted."""
@@ -316,7 +318,8 @@ class ApprovalGate:
         return approval
 
     async def _step(self, approval: Approval, step: Step) -> None:
-        problem = await self.vouch(approval) if step.event is Event.approve else None
+        decides = step.event in (Event.approve, Event.deny)
+        problem = await self.vouch(approval, step) if decides else None
         if problem is not None:
             log.warning("approval %s: approve step not honoured: %s", approval.id, problem)
             record = self._record(approval, step, None)

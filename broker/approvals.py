@@ -267,30 +267,30 @@ class Decided:
 
 
 def vouch_problem(
-    approval: Approval, approvers: Sequence[str], decided: Decided | None
+    approval: Approval,
+    approvers: Sequence[str],
+    decided: Decided | None,
+    step: Step | None = None,
 ) -> str | None:
-    """Why the approval's approve step is not backed by its approver's own decision, or None.
+    """Why an approver's step (by default the last approve) is not backed by that approver's
+    own decision record, or None.
 
     ``approvers`` come from the manifest in force, never from the (writable) document."""
-    by = approved_by(approval)
+    by = step.by if step is not None else approved_by(approval)
+    event = step.event if step is not None else Event.approve
     if by not in approvers:
         return (
             f"{by or 'nobody'} is not an approver of {approval.action} under the manifest in force"
         )
     if decided is None:
         return f"{by} recorded no decision on approval {approval.id}"
-    bound = (decided.approver, decided.agent, decided.approval_id, decided.action)
-    if decided.event is not Event.approve or bound != (
-        by,
-        approval.agent,
-        approval.id,
-        approval.action,
-    ):
-        return f"{by}'s recorded decision on approval {approval.id} is not an approval of it"
+    bound = (decided.approver, decided.agent, decided.approval_id, decided.action, decided.event)
+    if bound != (by, approval.agent, approval.id, approval.action, event):
+        return f"{by}'s recorded decision on approval {approval.id} is not this {event.value}"
     if decided.inputs_hash != approval.inputs_hash or not binds(
         approval, approval.action, approval.inputs
     ):
-        return f"approval {approval.id} now names other inputs than {by} approved"
+        return f"approval {approval.id} now names other inputs than {by} decided on"
     return None
 
 

@@ -131,6 +131,26 @@ async def test_forged_approve_step_is_audited_as_unverified(
     assert "recorded no decision" in step["reason"]
 
 
+async def test_forged_deny_step_is_audited_as_unverified(
+    openbao: DevServer, manifest_path: Path, tmp_path: Path, attacker: hvac.Client
+) -> None:
+    """A forged 'denied by finance-ops' blocks the redeem (fail safe) but the trail does not
+    attribute it to finance-ops."""
+
+    def says_denied(approval: Approval) -> Approval:
+        return transition(approval, Event.deny, at=approval.created_at + 1, by=APPROVER)
+
+    async with running_sidecar(openbao, manifest_path, tmp_path) as h:
+        approval_id = await ask_pending(h)
+        forge(attacker, h.sidecar.manifest.agent, approval_id, says_denied)
+        await h.sidecar.service.approvals.tick()
+        status, body = await redeem(h, approval_id)
+    assert (status, body["reason"]) == (403, "approval_denied")
+    assert records(h.audit_path, type="approval", event="denied") == []
+    [step] = records(h.audit_path, type="approval", event="unverified")
+    assert step["by"] == APPROVER
+
+
 async def test_shipped_operator_policy_cannot_write_an_approval(
     openbao: DevServer, manifest_path: Path, tmp_path: Path
 ) -> None:

@@ -194,15 +194,15 @@ UNBACKED = [
     ("no approve step", make(), LISTED, GENUINE, "nobody is not an approver"),
     ("approver not listed now", APPROVED, ("risk@acme.example",), GENUINE, "is not an approver"),
     ("no decision record", APPROVED, LISTED, None, "recorded no decision"),
-    ("a denial", APPROVED, LISTED, replace(GENUINE, event=Event.deny), "not an approval of it"),
+    ("a denial", APPROVED, LISTED, replace(GENUINE, event=Event.deny), "not this approve"),
     ("another approval's record", APPROVED, LISTED, replace(GENUINE, approval_id="apr_" + "1" * 20),
-     "not an approval of it"),
+     "not this approve"),
     ("another agent's record", APPROVED, LISTED, replace(GENUINE, agent="other-agent"),
-     "not an approval of it"),
+     "not this approve"),
     ("another action's record", APPROVED, LISTED, replace(GENUINE, action="stripe.payout"),
-     "not an approval of it"),
+     "not this approve"),
     ("a record by someone else", APPROVED, LISTED, replace(GENUINE, approver="mallory@x.example"),
-     "not an approval of it"),
+     "not this approve"),
     ("inputs changed, hash kept", replace(APPROVED, inputs={**INPUTS, "amount_usd": 499}), LISTED,
      GENUINE, "other inputs"),
     ("inputs and hash changed",
@@ -237,3 +237,13 @@ def test_backed_approval_is_honoured() -> None:
 def test_decision_record_round_trips() -> None:
     """What the approver writes to Vault reads back as the same record."""
     assert Decided.from_json(GENUINE.to_json()) == GENUINE
+
+
+def test_deny_step_is_backed_by_a_deny_record() -> None:
+    """A deny step counts only with the approver's own deny record; an approve record is not one."""
+    denied = transition(make(), Event.deny, at=T0 + 60, by=APPROVER, reason="no")
+    step = denied.history[-1]
+    record = Decided.of(make(), APPROVER, Event.deny, T0 + 60, "no")
+    assert vouch_problem(denied, LISTED, record, step) is None
+    assert "recorded no decision" in (vouch_problem(denied, LISTED, None, step) or "")
+    assert "not this deny" in (vouch_problem(denied, LISTED, GENUINE, step) or "")
