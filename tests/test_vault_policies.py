@@ -26,7 +26,7 @@ from broker.cli import main
 from broker.control import Control
 from broker.controlstate import agent_path
 from broker.devstack import DevServer
-from broker.errors import VerificationError
+from broker.errors import ConfigError, VerificationError
 from broker.settings import VaultSettings
 from broker.signing import ActionTokenSigner, SignedCert
 from broker.stack import approle_files
@@ -420,3 +420,18 @@ def test_commands_refuse_another_spelling(
     assert refused.value.code == 2
     assert "is not an agent id" in capsys.readouterr().err
     assert kv_read(world.root, agent_path(world.agent)) == before
+
+
+@pytest.mark.parametrize(
+    "approver", ["ops@acme.example/*", "*@acme.example", "a b@acme.example", "{x}@acme.example"]
+)
+def test_bootstrap_refuses_an_approver_name_that_would_widen_a_path(
+    openbao: DevServer, approver: str
+) -> None:
+    """An approver name with '/', '*', braces or spaces is refused before anything is written."""
+    agent = unique_agent("unsafe")
+    root = root_client(openbao)
+    with pytest.raises(ConfigError, match="cannot be a Vault identity"):
+        bootstrap(root, [AgentGrant(agent, approvers=frozenset({approver}))], addr=openbao.addr)
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        root.sys.read_policy(f"broker-sidecar-{agent}")

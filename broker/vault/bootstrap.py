@@ -5,12 +5,14 @@ Each step checks what is there before writing, and reports ``created``, ``update
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import hvac
 
+from broker.errors import ConfigError
 from broker.vault._errors import translate_errors
 from broker.vault.layout import (
     APPROLE_MOUNT,
@@ -39,6 +41,7 @@ from broker.vault.policies import (
     verifier_hcl,
 )
 
+_PATH_UNSAFE = re.compile(r"[/*{}\s]")
 SIDECAR_TOKEN_TTL = "1h"  # noqa: S105 - a duration, not a secret
 SIDECAR_TOKEN_MAX_TTL = "24h"  # noqa: S105 - a duration, not a secret
 
@@ -165,6 +168,7 @@ def bootstrap(
     client: hvac.Client, grants: Sequence[AgentGrant], *, demo: bool = False, addr: str = ""
 ) -> list[Step]:
     """Create or confirm the mounts, CA, keys, policies and roles for ``grants``."""
+    _check_approvers(grants)
     b = Bootstrap(client)
     with translate_errors("bootstrap", addr):
         b.mount(KV_MOUNT, "kv", {"version": "2"})
@@ -240,6 +244,18 @@ def _token_role(b: Bootstrap, agent: str, action: TokenAction) -> None:
         },
         f"token role {role} ({action.ttl}s, {action.uses} uses, {', '.join(sorted(action.policies))})",
     )
+
+
+def _check_approvers(grants: Iterable[AgentGrant]) -> None:
+    """Before anything is written: each approver's name becomes a segment of a policy path,
+    where '/' or '*' would widen what that identity may write."""
+    for grant in grants:
+        for name in sorted(grant.approvers):
+            if _PATH_UNSAFE.search(name):
+                raise ConfigError(
+                    f"{grant.agent}: approver {name!r} cannot be a Vault identity "
+                    "('/', '*', braces and spaces are not allowed in an approver's name)"
+                )
 
 
 def _approvers(b: Bootstrap, approvers: set[str]) -> None:
