@@ -71,8 +71,13 @@ def security_operator_hcl() -> str:
 
 
 def verifier_hcl() -> str:
-    """For tools and gateways that verify action tokens: read the revocation state, no more."""
-    return _rule(f"{KV_MOUNT}/data/control/*", "read")
+    """For tools and gateways that verify action tokens: read the revocation state and the
+    published manifests (a token may say only what its agent's manifest allows), no more."""
+    rules = [
+        _rule(f"{KV_MOUNT}/data/control/*", "read"),
+        _rule(f"{KV_MOUNT}/data/manifests/*", "read"),
+    ]
+    return "\n".join(rules)
 
 
 def platform_editor_hcl() -> str:
