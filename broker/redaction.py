@@ -70,3 +70,47 @@ def unseal(sealed: Mapping[str, Any], key: bytes, context: str) -> dict[str, Any
             ) from exc
         out[name] = json.loads(clear)
     return out
+
+
+# --- refused requests ----------------------------------------------------------------------
+
+# A refused request's inputs are the agent's word, unchecked: up to the 64 KiB body limit of
+# junk per request. Recorded as is while small; past MAX_REFUSED_INPUTS bytes, at most
+# MAX_REFUSED_FIELDS fields are kept, each name or value longer than MAX_REFUSED_VALUE cut to a
+# prefix with its size and SHA-256, and the whole is summarised by its size and SHA-256.
+MAX_REFUSED_INPUTS = 1024
+MAX_REFUSED_FIELDS = 16
+MAX_REFUSED_VALUE = 128
+MAX_REFUSED_DETAIL = 512
+
+
+def bound_inputs(inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The inputs to record for a refused request, and a summary when they were cut."""
+    whole = canonical(dict(inputs))
+    if len(whole) <= MAX_REFUSED_INPUTS:
+        return dict(inputs), None
+    kept = sorted(inputs)[:MAX_REFUSED_FIELDS]
+    out = {clip(name, MAX_REFUSED_VALUE): _clip_value(inputs[name]) for name in kept}
+    summary = {
+        "bytes": len(whole),
+        "fields": len(inputs),
+        "fields_kept": len(kept),
+        "sha256": hashlib.sha256(whole).hexdigest(),
+    }
+    return out, summary
+
+
+def _clip_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return clip(value, MAX_REFUSED_VALUE)
+    encoded = canonical(value)
+    return value if len(encoded) <= MAX_REFUSED_VALUE else clip(encoded.decode(), 0)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` if at most ``limit`` characters, else a 32-character prefix, its length and
+    the start of its SHA-256 (enough to tell two long values apart, not to store them)."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{text[:32]}...[{len(text)} chars, sha256 {digest}]"

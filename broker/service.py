@@ -32,7 +32,7 @@ from broker.manifest import JwtCredential, Manifest
 from broker.metrics import SidecarMetrics
 from broker.minting import IssuedCredential, Minter
 from broker.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
-from broker.redaction import stored_inputs
+from broker.redaction import MAX_REFUSED_DETAIL, bound_inputs, clip, stored_inputs
 from broker.runtime import Runtime
 from broker.toolcalls import ToolCallLog
 from broker.vault.database import revoke_lease
@@ -456,6 +456,10 @@ class CredentialService:
         fields = action.redact if action is not None else ()
         outcome = Outcome.deny if override else decision.outcome
         inputs, digest = self._stored_inputs(req, decision, fields)
+        clipped = None
+        if outcome is Outcome.deny:
+            inputs, clipped = bound_inputs(inputs)
+            detail = clip(detail or decision.detail, MAX_REFUSED_DETAIL)
         body: dict[str, Any] = {
             "type": "decision",
             "timestamp": iso_utc(now),
@@ -484,6 +488,8 @@ class CredentialService:
             "charges": dict(decision.charges),
             **(extra or {}),
         }
+        if clipped is not None:
+            body["inputs_clipped"] = clipped
         started = time.perf_counter()
         # Every value in ``body`` is fresh (tool_calls is a copy): the trail may own it.
         await self.audit.append(body, owned=True)
@@ -495,8 +501,7 @@ class CredentialService:
         self, req: ActionRequest, decision: Decision, fields: tuple[str, ...]
     ) -> tuple[dict[str, Any], str]:
         """The inputs as recorded and their hash: over the redacted form when any input is
-        redacted (a plain hash of the clear value would confirm a guess), and bounded when
-        the request was refused (an agent's junk must not grow the trail without limit)."""
+        redacted (a plain hash of the clear value would confirm a guess)."""
         if any(name in req.inputs for name in fields):
             inputs, digest = stored_inputs(
                 decision.agent, req.action, req.inputs, fields, self._redact_key

@@ -8,6 +8,7 @@ candidate, the true value included, and the clear value is looked for in the raw
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +16,18 @@ from typing import Any
 
 import pytest
 
+from broker.audit import canonical
 from broker.cli import main
 from broker.decision import inputs_hash
 from broker.devstack import DevServer
-from broker.redaction import seal, stored_inputs, unseal
+from broker.redaction import (
+    MAX_REFUSED_FIELDS,
+    MAX_REFUSED_VALUE,
+    bound_inputs,
+    seal,
+    stored_inputs,
+    unseal,
+)
 from broker.vault.layout import KV_MOUNT
 from tests.harness import root_client, running_sidecar, unique_agent, write_manifest
 
@@ -184,3 +193,55 @@ async def test_a_sealed_value_moved_from_another_approval_is_refused(
             if f'"approval_id":"{ids[1]}"' in line and '"reason":"invalid_inputs"' in line
         ]
         assert refusals, "the refused redeem was not recorded"
+
+
+# --- refused requests: bounded inputs ------------------------------------------------------
+
+CLIPPED: list[tuple[str, dict[str, Any], int]] = [
+    ("one 60 KB value", {"junk": "x" * 60_000}, 1),
+    ("one 60 KB name", {"n" * 60_000: 1}, 1),
+    ("64 fields of 900 B", {f"f{i:02}": "y" * 900 for i in range(64)}, 64),
+    ("a 60 KB list", {"junk": list(range(12_000))}, 1),
+]
+
+
+@pytest.mark.parametrize(("name", "inputs", "fields"), CLIPPED, ids=[c[0] for c in CLIPPED])
+def test_refused_inputs_are_bounded_and_summarised(
+    name: str, inputs: dict[str, Any], fields: int
+) -> None:
+    """Past the limit: at most 16 fields, each name and value cut, and the size and SHA-256
+    of the whole kept, so the record stays small and the junk is still identifiable."""
+    kept, summary = bound_inputs(inputs)
+    whole = canonical(inputs)
+    assert summary == {
+        "bytes": len(whole),
+        "fields": fields,
+        "fields_kept": min(fields, MAX_REFUSED_FIELDS),
+        "sha256": hashlib.sha256(whole).hexdigest(),
+    }
+    assert len(canonical(kept)) <= MAX_REFUSED_FIELDS * (2 * MAX_REFUSED_VALUE + 8)
+
+
+def test_small_refused_inputs_are_recorded_as_given() -> None:
+    """Under the limit nothing is cut and no summary is added."""
+    inputs = {"ticket_id": "DROP TABLE", "usd": 5}
+    assert bound_inputs(inputs) == (inputs, None)
+
+
+@pytest.mark.integration
+async def test_a_flood_of_large_refused_requests_grows_the_trail_by_little(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """Fifty 60 KB requests refused as invalid_inputs add at most ~3 KB each to the trail
+    (before: each wrote its 60 KB), and each record says what was cut."""
+    agent = unique_agent("flood")
+    path = write_manifest(tmp_path, MANIFEST.format(agent=agent))
+    async with running_sidecar(openbao, path, tmp_path) as h:
+        before = h.audit_path.stat().st_size
+        for _ in range(50):
+            status, body, _ = await h.ask("pay.out", {"junk": "x" * 60_000})
+            assert (status, body.get("reason")) == (403, "invalid_inputs"), body
+        grown = h.audit_path.stat().st_size - before
+        last = json.loads(h.audit_path.read_text().splitlines()[-1])
+    assert grown / 50 < 3_000, f"{grown / 50:.0f} B per refused request"
+    assert last["inputs_clipped"]["bytes"] > 60_000
