@@ -56,7 +56,19 @@ def register(
         "--webhook",
         action="append",
         default=[],
-        help="notification webhook URL (repeatable; default BROKER_WEBHOOKS)",
+        help="notification webhook URL (repeatable; default BROKER_WEBHOOKS); a URL with a "
+        "secret in its path belongs in --webhook-file, not in argv",
+    )
+    p.add_argument(
+        "--webhook-file",
+        type=Path,
+        help="file of webhook URLs, one a line (default BROKER_WEBHOOKS_FILE)",
+    )
+    p.add_argument(
+        "--webhook-secret-file",
+        type=Path,
+        help="file holding the HMAC secret that signs every delivery (default "
+        "BROKER_WEBHOOK_SECRET_FILE); required when webhooks are configured",
     )
     p.set_defaults(func=cmd_sidecar)
 
@@ -173,14 +185,13 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-    import os
 
-    from broker.notify import parse_webhooks
     from broker.sidecar import SidecarConfig, serve
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    webhooks, secret_file = _webhooks(args)
     config = SidecarConfig(
         manifest_path=args.manifest,
         vault=vault_from_env(addr=args.vault_addr),
@@ -188,10 +199,30 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         audit_path=args.audit,
         max_body=args.max_body,
         poll_interval=args.poll_interval,
-        webhooks=parse_webhooks(args.webhook or [os.environ.get("BROKER_WEBHOOKS", "")]),
+        webhooks=webhooks,
+        webhook_secret_file=secret_file,
     )
     asyncio.run(serve(config))
     return 0
+
+
+def _webhooks(args: argparse.Namespace) -> tuple[tuple[str, ...], Path | None]:
+    """Webhook URLs (flags, file, environment) and the secret file; unsigned is refused."""
+    import os
+
+    from broker.notify import parse_webhooks, read_webhook_file
+
+    url_file = args.webhook_file or os.environ.get("BROKER_WEBHOOKS_FILE")
+    urls = parse_webhooks(args.webhook or [os.environ.get("BROKER_WEBHOOKS", "")])
+    if url_file:
+        urls += read_webhook_file(Path(url_file))
+    secret = args.webhook_secret_file or os.environ.get("BROKER_WEBHOOK_SECRET_FILE")
+    if urls and not secret:
+        raise ConfigError(
+            "webhooks need --webhook-secret-file (or BROKER_WEBHOOK_SECRET_FILE): "
+            "deliveries are signed, never sent unsigned"
+        )
+    return urls, Path(secret) if secret else None
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
