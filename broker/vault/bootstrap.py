@@ -23,6 +23,7 @@ from broker.vault.layout import (
     TRANSIT_MOUNT,
     VERIFIER_POLICY,
     approle_role,
+    audit_key,
     pki_role,
     sidecar_policy,
     token_role,
@@ -170,6 +171,7 @@ def bootstrap(
 
 def _agent(b: Bootstrap, grant: AgentGrant) -> None:
     policy = sidecar_policy(grant.agent)
+    b.transit_key(audit_key(grant.agent))
     b.policy(policy, sidecar_policy_hcl(grant.agent, grant.dynamic_paths))
     b.write_if_changed(
         f"{PKI_MOUNT}/roles/{pki_role(grant.agent)}",

@@ -33,6 +33,12 @@ def pki_role(agent: str) -> str:
     return f"agent-{agent}"
 
 
+def audit_key(agent: str) -> str:
+    """Each agent's audit checkpoints are signed with its own transit key, so one sidecar's
+    login cannot sign a checkpoint (or a published head) for another agent's trail."""
+    return f"audit-checkpoint-{agent}"
+
+
 def token_role(agent: str) -> str:
     return f"broker-{agent}"
 

@@ -13,6 +13,7 @@ from broker.vault.layout import (
     KV_MOUNT,
     PKI_MOUNT,
     TRANSIT_MOUNT,
+    audit_key,
     pki_role,
     token_role,
 )
@@ -36,8 +37,8 @@ def sidecar_policy_hcl(agent: str, dynamic_paths: Iterable[str]) -> str:
         _rule(f"{KV_MOUNT}/data/approvals/{agent}/*", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/metadata/approvals/{agent}/*", "read", "list"),
         _rule(f"{KV_MOUNT}/data/manifests/{agent}", "read"),
-        _rule(f"{TRANSIT_MOUNT}/sign/audit-checkpoint", "update"),
-        _rule(f"{TRANSIT_MOUNT}/keys/audit-checkpoint", "read"),
+        _rule(f"{TRANSIT_MOUNT}/sign/{audit_key(agent)}", "update"),
+        _rule(f"{TRANSIT_MOUNT}/keys/{audit_key(agent)}", "read"),
     ]
     rules += [_rule(path, "read") for path in sorted(set(dynamic_paths))]
     return "\n".join(rules)
