@@ -26,9 +26,12 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 30.0
 
 
-def scope_in(manifest: Manifest | None, action: str) -> ActionScope | None:
-    """The audience and TTL a manifest gives a jwt action; None for any other action."""
-    spec = manifest.actions.get(action) if manifest is not None else None
+def scope_in(manifest: Manifest | None, action: str, missing: str) -> ActionScope | None:
+    """The audience and TTL a manifest gives a jwt action; None for any other action.
+    No manifest at all is refused here, saying ``missing`` (where it was looked for)."""
+    if manifest is None:
+        raise VerificationError(missing, code="outside_manifest")
+    spec = manifest.actions.get(action)
     if spec is None or not isinstance(spec.credential, JwtCredential):
         return None
     return ActionScope(spec.credential.audience, int(spec.credential.ttl))
@@ -41,7 +44,8 @@ class ManifestScopes:
         self._by_agent: Mapping[str, Manifest] = {m.agent: m for m in manifests}
 
     def scope_of(self, agent: str, action: str) -> ActionScope | None:
-        return scope_in(self._by_agent.get(agent), action)
+        missing = f"no manifest for agent {agent!r} among the manifest files"
+        return scope_in(self._by_agent.get(agent), action, missing)
 
 
 Fetch = Callable[[str], Manifest | None]
@@ -63,7 +67,8 @@ class PublishedScopes:
         self._cache: dict[str, tuple[float, Manifest | None]] = {}
 
     def scope_of(self, agent: str, action: str) -> ActionScope | None:
-        return scope_in(self._manifest(agent), action)
+        missing = f"no manifest is published for agent {agent!r} (broker scopes publish)"
+        return scope_in(self._manifest(agent), action, missing)
 
     def _manifest(self, agent: str) -> Manifest | None:
         now = self._clock()
