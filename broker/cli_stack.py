@@ -185,7 +185,6 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-
     from broker.sidecar import SidecarConfig, serve
 
     logging.basicConfig(
