@@ -48,6 +48,7 @@ from broker.manifest import DEFAULT_APPROVAL_EXPIRY_SECONDS, Manifest
 from broker.metrics import SidecarMetrics
 from broker.notify import BudgetAlarms, Notification, Notifier, NullNotifier
 from broker.reasons import ReasonCode
+from broker.redaction import seal, stored_inputs, unseal
 from broker.runtime import Runtime
 from broker.vault.approvals import ApprovalStore, read_decision
 
@@ -56,6 +57,7 @@ log = logging.getLogger("broker.approvalgate")
 MAX_WAIT = 30.0  # longest ?wait= a redeem may hold its connection open
 SIDECAR = "sidecar"
 TERMINAL = frozenset({State.denied, State.expired, State.redeemed})
+SEALED_INPUTS = "sealed_inputs"  # in Approval.extra: redacted inputs, sealed for the redeem
 
 
 class AuditSink(Protocol):
@@ -72,6 +74,11 @@ def approval_message(manifest: Manifest, action: str, decision: Decision) -> str
     return f"{action} requires approval by {who} ({decision.approval_reason})."
 
 
+def _sealed(approval: Approval) -> Mapping[str, Any]:
+    found = approval.extra.get(SEALED_INPUTS)
+    return found if isinstance(found, Mapping) else {}
+
+
 class ApprovalGate:
     def __init__(
         self,
@@ -81,8 +88,10 @@ class ApprovalGate:
         ledger: UsageLedger,
         *,
         clock: Callable[[], float] = time.time,
+        redact_key: bytes = b"",
     ) -> None:
         self._manifest, self.runtime, self.audit, self.ledger = manifest, runtime, audit, ledger
+        self._redact_key = redact_key
         self.clock = clock  # the approval clock: a hook for expiry tests
         self.notifier: Notifier = NullNotifier()
         self.poll = 0.25
@@ -182,12 +191,20 @@ class ApprovalGate:
         the decision's ``now``, which only stamps the decision record."""
         del now
         assert decision.raci is not None
+        approval_id = "apr_" + uuid.uuid4().hex[:20]
+        # Redacted inputs: keyed-hashed as in the trail, and sealed for the redeem (redaction.py).
+        fields = self._redacted_fields(req.action)
+        shown, shown_hash = stored_inputs(
+            decision.agent, req.action, req.inputs, fields, self._redact_key
+        )
+        sealed = seal(req.inputs, fields, self._redact_key, approval_id)
         approval = Approval(
-            id="apr_" + uuid.uuid4().hex[:20],
+            id=approval_id,
             agent=decision.agent,
             action=req.action,
-            inputs=dict(req.inputs),
-            inputs_hash=decision.inputs_hash,
+            inputs=shown,
+            inputs_hash=shown_hash,
+            extra={SEALED_INPUTS: sealed} if sealed else {},
             workflow=req.workflow,
             request_id=req.request_id,
             reason=decision.approval_reason or "",
@@ -239,16 +256,38 @@ class ApprovalGate:
         self, approval: Approval, action: str | None, inputs: Mapping[str, Any] | None
     ) -> tuple[ReasonCode, str] | None:
         """Why a redeem is refused (an expiry is written down first), or None."""
-        why = redeem_refusal(approval, self.clock(), action, inputs)
+        # The binding is checked on the stored (redacted) form, and always: without the
+        # agent's inputs, on the ones unsealed from the document (a swapped value fails here).
+        given = self.request_of(approval).inputs if inputs is None else inputs
+        fields = _sealed(approval)
+        shown, _ = stored_inputs(approval.agent, approval.action, given, fields, self._redact_key)
+        why = redeem_refusal(approval, self.clock(), action, shown)
+        if inputs is None and why is not None and why[0] is ReasonCode.invalid_inputs:
+            # No inputs of the agent's to compare: the document disagrees with its own binding,
+            # so it was changed after it was requested (a raw KV write).
+            why = (
+                ReasonCode.approval_denied,
+                f"approval not honoured: {approval.id} no longer matches the action and "
+                "inputs it was requested for",
+            )
         if why is not None and approval.state_at(self.clock()) is State.expired:
             with contextlib.suppress(ApprovalError):
                 await self.advance(approval, Event.expire, SIDECAR, "deadline")
         return why
 
+    def _redacted_fields(self, action: str) -> tuple[str, ...]:
+        found = self.manifest.actions.get(action)
+        return found.redact if found is not None else ()
+
     def request_of(self, approval: Approval) -> ActionRequest:
+        try:
+            clear = unseal(_sealed(approval), self._redact_key, approval.id)
+        except ValueError as exc:
+            log.warning("approval %s: %s", approval.id, exc)
+            clear = {}  # the stored keyed hashes stay; the binding check then refuses
         return ActionRequest(
             action=approval.action,
-            inputs=dict(approval.inputs),
+            inputs={**approval.inputs, **clear},
             workflow=approval.workflow,
             request_id=approval.request_id,
         )

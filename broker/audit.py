@@ -9,8 +9,10 @@ only a cut at the very end goes unseen here, which is what signed checkpoints, p
 outside the file, are for.
 
 Checkpoint records (``type == "checkpoint"``) are chained like any other record and carry a
-signature over ``checkpoint_message(head_seq, head_hash)``. Nothing here reads a clock, a file
-or Vault: ``auditlog`` is the I/O shell.
+signature over ``checkpoint_message(head_seq, head_hash, agent)``: the agent is in the signed
+message (and each agent signs with its own key), so a checkpoint or a published head cannot be
+moved from one agent's trail to another's. Nothing here reads a clock, a file or Vault:
+``auditlog`` is the I/O shell.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ CHECKPOINT = "checkpoint"
 # A checkpoint may sign a head at most this many records behind itself: the verifier keeps
 # only this many recent hashes, and the writer drops a checkpoint that has fallen further back.
 CHECKPOINT_WINDOW = 100_000
-_CHECKPOINT_PURPOSE = "broker-audit-checkpoint/1"
+_CHECKPOINT_PURPOSE = "broker-audit-checkpoint/2"
 
 
 # Built once: ``json.dumps`` with options builds a new encoder on every call.
@@ -117,16 +119,25 @@ def redact(inputs: Mapping[str, Any], fields: Iterable[str], key: bytes) -> dict
 # --- checkpoints -------------------------------------------------------------------------
 
 
-def checkpoint_message(head_seq: int, head_hash: str) -> bytes:
-    """The bytes a checkpoint signs; the purpose string keeps the signature single-use."""
-    return canonical({"purpose": _CHECKPOINT_PURPOSE, "head_seq": head_seq, "head_hash": head_hash})
+def checkpoint_message(head_seq: int, head_hash: str, agent: str) -> bytes:
+    """The bytes a checkpoint signs; the purpose string keeps the signature single-use and
+    the agent ties it to one agent's trail."""
+    return canonical(
+        {
+            "purpose": _CHECKPOINT_PURPOSE,
+            "agent": agent,
+            "head_seq": head_seq,
+            "head_hash": head_hash,
+        }
+    )
 
 
 def checkpoint_body(
-    head_seq: int, head_hash: str, signature: str, key_version: int, timestamp: str
+    head_seq: int, head_hash: str, signature: str, key_version: int, timestamp: str, *, agent: str
 ) -> dict[str, Any]:
     return {
         "type": CHECKPOINT,
+        "agent": agent,
         "head_seq": head_seq,
         "head_hash": head_hash,
         "signature": signature,
@@ -222,13 +233,16 @@ class ChainVerifier:
     """Checks lines one at a time; ``feed`` returns a problem, or "" while the chain holds.
 
     ``public_keys`` also checks every checkpoint signature; ``published_head`` (seq, hash) is
-    a head signed and stored outside the file, which the file must reach and agree with."""
+    a head signed and stored outside the file, which the file must reach and agree with;
+    ``agent`` is whose trail this must be: each checkpoint must name it."""
 
     def __init__(
         self,
         public_keys: Mapping[int, bytes] | None = None,
         published_head: tuple[int, str] | None = None,
+        agent: str | None = None,
     ) -> None:
+        self.agent = agent
         self.public_keys = public_keys
         self.published_head = published_head
         self.count = 0
@@ -302,9 +316,13 @@ class ChainVerifier:
             yield f"checkpoint's head_hash is not the hash of seq {head_seq}"
         if self.last_checkpoint and head_seq < self.last_checkpoint["head_seq"]:
             yield "checkpoint signs an older head than the checkpoint before it"
+        agent = fields.get("agent")
+        if not isinstance(agent, str) or (self.agent is not None and agent != self.agent):
+            yield f"checkpoint names agent {agent!r}, not this trail's {self.agent!r}"
+            return
         if self.public_keys is not None:
             signature = fields.get("signature")
-            message = checkpoint_message(head_seq, head_hash)
+            message = checkpoint_message(head_seq, head_hash, agent)
             if not isinstance(signature, str):
                 yield "checkpoint has no signature"
             elif problem := signature_problem(message, signature, self.public_keys):
@@ -334,9 +352,10 @@ def verify_lines(
     *,
     public_keys: Mapping[int, bytes] | None = None,
     published_head: tuple[int, str] | None = None,
+    agent: str | None = None,
 ) -> VerifyResult:
     """Verify a whole trail; on damage, ``first_bad_seq`` is the first seq not proven intact."""
-    verifier = ChainVerifier(public_keys, published_head)
+    verifier = ChainVerifier(public_keys, published_head, agent)
     for line in lines:
         problem = verifier.feed(line)
         if problem:

@@ -398,8 +398,10 @@ class AuditLog:
         assert self._signer is not None
         head_seq, head_hash = head
         try:
-            signature, version = self._signer.sign(checkpoint_message(head_seq, head_hash))
-            body = checkpoint_body(head_seq, head_hash, signature, version, iso_utc(self._clock()))
+            message = checkpoint_message(head_seq, head_hash, self._agent)
+            signature, version = self._signer.sign(message)
+            when = iso_utc(self._clock())
+            body = checkpoint_body(head_seq, head_hash, signature, version, when, agent=self._agent)
             if self._tip[0] - head_seq >= CHECKPOINT_WINDOW:
                 raise AuditUnavailable("the signed head fell too far behind; signing again later")
             self._submit(body, internal=True).result()

@@ -77,7 +77,7 @@ def run_verify(args: argparse.Namespace) -> int:
             if head
             else f"Vault has no published head for {agent}"
         )
-    result = _verify_file(path, keys, head)
+    result = _verify_file(path, keys, head, args.agent or (_agent_in(path) if keys else None))
     if not result.ok:
         print(f"DAMAGED: {path}: first bad seq {result.first_bad_seq}: {result.problem}")
         print(f"  records 1..{result.count} are intact")
@@ -99,17 +99,20 @@ def _from_vault(
     published = signer.read_head()
     if published is None:
         return keys, None, ""
-    message = checkpoint_message(published.seq, published.hash)
+    message = checkpoint_message(published.seq, published.hash, agent)
     problem = signature_problem(message, published.signature, keys)
     return keys, (published.seq, published.hash), problem
 
 
 def _verify_file(
-    path: Path, keys: Mapping[int, bytes] | None, head: tuple[int, str] | None
+    path: Path,
+    keys: Mapping[int, bytes] | None,
+    head: tuple[int, str] | None,
+    agent: str | None = None,
 ) -> VerifyResult:
     try:
         with path.open("rb") as lines:
-            return verify_lines(lines, public_keys=keys, published_head=head)
+            return verify_lines(lines, public_keys=keys, published_head=head, agent=agent)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
 

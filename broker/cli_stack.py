@@ -56,15 +56,50 @@ def register(
         "--webhook",
         action="append",
         default=[],
-        help="notification webhook URL (repeatable; default BROKER_WEBHOOKS)",
+        help="notification webhook URL (repeatable; default BROKER_WEBHOOKS); a URL with a "
+        "secret in its path belongs in --webhook-file, not in argv",
+    )
+    p.add_argument(
+        "--webhook-file",
+        type=Path,
+        help="file of webhook URLs, one a line (default BROKER_WEBHOOKS_FILE)",
+    )
+    p.add_argument(
+        "--webhook-secret-file",
+        type=Path,
+        help="file holding the HMAC secret that signs every delivery (default "
+        "BROKER_WEBHOOK_SECRET_FILE); required when webhooks are configured",
     )
     p.set_defaults(func=cmd_sidecar)
 
     p = commands.add_parser("verify", help="verify an action token as a tool or gateway would")
-    p.add_argument("token")
+    p.add_argument(
+        "token",
+        nargs="?",
+        help="the token, or - to read it from stdin (default: stdin); prefer - or "
+        "--token-file: a token in argv is visible to every user in ps",
+    )
+    p.add_argument("--token-file", type=Path, help="read the token from this file")
     p.add_argument("--audience", required=True)
     p.add_argument("--action")
     p.add_argument("--inputs", help="the call's actual inputs, as JSON")
+    p.add_argument(
+        "--agent",
+        action="append",
+        dest="agents",
+        help="accept tokens of this agent only (repeatable; default: any agent)",
+    )
+    p.add_argument(
+        "--scopes",
+        type=Path,
+        help="check tokens against these manifest files or directory (default: the "
+        "manifests published to Vault)",
+    )
+    p.add_argument(
+        "--no-manifest-check",
+        action="store_true",
+        help="skip the check that the token's action and audience are in its agent's manifest",
+    )
     p.add_argument("--vault-addr")
     p.add_argument("--no-revocation", action="store_true", help="skip the control-state check")
     p.set_defaults(func=cmd_verify)
@@ -150,14 +185,12 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-    import os
-
-    from broker.notify import parse_webhooks
     from broker.sidecar import SidecarConfig, serve
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    webhooks, secret_file = _webhooks(args)
     config = SidecarConfig(
         manifest_path=args.manifest,
         vault=vault_from_env(addr=args.vault_addr),
@@ -165,10 +198,30 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         audit_path=args.audit,
         max_body=args.max_body,
         poll_interval=args.poll_interval,
-        webhooks=parse_webhooks(args.webhook or [os.environ.get("BROKER_WEBHOOKS", "")]),
+        webhooks=webhooks,
+        webhook_secret_file=secret_file,
     )
     asyncio.run(serve(config))
     return 0
+
+
+def _webhooks(args: argparse.Namespace) -> tuple[tuple[str, ...], Path | None]:
+    """Webhook URLs (flags, file, environment) and the secret file; unsigned is refused."""
+    import os
+
+    from broker.notify import parse_webhooks, read_webhook_file
+
+    url_file = args.webhook_file or os.environ.get("BROKER_WEBHOOKS_FILE")
+    urls = parse_webhooks(args.webhook or [os.environ.get("BROKER_WEBHOOKS", "")])
+    if url_file:
+        urls += read_webhook_file(Path(url_file))
+    secret = args.webhook_secret_file or os.environ.get("BROKER_WEBHOOK_SECRET_FILE")
+    if urls and not secret:
+        raise ConfigError(
+            "webhooks need --webhook-secret-file (or BROKER_WEBHOOK_SECRET_FILE): "
+            "deliveries are signed, never sent unsigned"
+        )
+    return urls, Path(secret) if secret else None
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -188,18 +241,61 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from broker.verify import Verifier
 
     vault = vault_from_env(addr=args.vault_addr)
+    token = _read_token(args)
     inputs = _json_arg(args.inputs, "--inputs") if args.inputs else None
     revocations = None if args.no_revocation else VaultRevocations(vault)
-    verifier = Verifier([fetch_ca_pem(vault.addr)], revocations=revocations)
+    verifier = Verifier(
+        [fetch_ca_pem(vault.addr)],
+        revocations=revocations,
+        manifests=_manifest_view(args, vault),
+        accept_agents=args.agents,
+    )
     try:
-        claims = verifier.verify(
-            args.token, audience=args.audience, action=args.action, inputs=inputs
-        )
+        claims = verifier.verify(token, audience=args.audience, action=args.action, inputs=inputs)
     except VerificationError as exc:
         print(f"refused: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
     print(json.dumps(claims.__dict__, indent=2))
     return 0
+
+
+def _read_token(args: argparse.Namespace) -> str:
+    """From --token-file, argv, or stdin (``-`` or nothing); read at most one byte past the
+    verifier's limit, so a huge input is refused without being held in memory."""
+    from broker.verify import MAX_TOKEN_BYTES
+
+    if args.token_file is not None and args.token not in (None, "-"):
+        raise ConfigError("give the token once: as an argument or with --token-file, not both")
+    if args.token_file is not None:
+        try:
+            with args.token_file.open("rb") as f:
+                raw = f.read(MAX_TOKEN_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"--token-file {args.token_file}: {exc.strerror}") from exc
+    elif args.token not in (None, "-"):
+        return str(args.token)
+    else:
+        raw = sys.stdin.buffer.read(MAX_TOKEN_BYTES + 1)
+    text: str = raw.decode("ascii", "replace").strip()
+    if not text:
+        raise ConfigError("no token given: pass it on stdin, with --token-file, or as an argument")
+    return text
+
+
+def _manifest_view(args: argparse.Namespace, vault: Any) -> Any:
+    """The manifests tokens are checked against: files, Vault's published ones, or none."""
+    from broker.verifyscope import ManifestScopes, PublishedScopes, vault_fetch
+
+    if args.no_manifest_check:
+        return None
+    if args.scopes is not None:
+        from broker.loader import load_manifests
+
+        return ManifestScopes(load_manifests([args.scopes]))
+    from broker.vault.session import make_client
+
+    token = vault.token.get_secret_value() if vault.token else None
+    return PublishedScopes(vault_fetch(make_client(vault.addr, token, timeout=2.0), vault.addr))
 
 
 def _json_arg(text: str, flag: str) -> Any:

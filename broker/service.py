@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from broker.approvalgate import ApprovalGate
 from broker.approvals import State, approved_by
-from broker.audit import iso_utc, redact
+from broker.audit import iso_utc
 from broker.controlstate import ControlState
 from broker.decision import ActionRequest, Decision, decide, raci_json
 from broker.errors import AuditUnavailable, BrokerError
@@ -32,6 +32,7 @@ from broker.manifest import JwtCredential, Manifest
 from broker.metrics import SidecarMetrics
 from broker.minting import IssuedCredential, Minter
 from broker.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
+from broker.redaction import MAX_REFUSED_DETAIL, bound_inputs, clip, stored_inputs
 from broker.runtime import Runtime
 from broker.toolcalls import ToolCallLog
 from broker.vault.database import revoke_lease
@@ -104,7 +105,9 @@ class CredentialService:
         # Set by the sidecar when the manifest comes from Vault: the watcher's state.
         self.manifest_state: Callable[[], dict[str, Any]] | None = None
         # Human approval gates (broker.approvalgate) and each request's tool calls so far.
-        self.approvals = ApprovalGate(lambda: self.manifest, runtime, audit, ledger, clock=clock)
+        self.approvals = ApprovalGate(
+            lambda: self.manifest, runtime, audit, ledger, clock=clock, redact_key=redact_key
+        )
         self.tool_calls = ToolCallLog()
 
     @staticmethod
@@ -461,6 +464,11 @@ class CredentialService:
         action = manifest.actions.get(req.action)
         fields = action.redact if action is not None else ()
         outcome = Outcome.deny if override else decision.outcome
+        inputs, digest = self._stored_inputs(req, decision, fields)
+        clipped = None
+        if outcome is Outcome.deny:
+            inputs, clipped = bound_inputs(inputs)
+            detail = clip(detail or decision.detail, MAX_REFUSED_DETAIL)
         body: dict[str, Any] = {
             "type": "decision",
             "timestamp": iso_utc(now),
@@ -468,7 +476,7 @@ class CredentialService:
             "agent_id": decision.agent,
             "workflow": req.workflow,
             "request_id": req.request_id,
-            "inputs": redact(req.inputs, fields, self._redact_key),
+            "inputs": inputs,
             "action": req.action,
             "tool_calls": self.tool_calls.add(
                 req.workflow, req.request_id, _tool_call(req.action, status, decision, reason)
@@ -485,16 +493,31 @@ class CredentialService:
             "vault_id": vault_id,
             "raci": raci_json(decision.raci) if decision.raci else {},
             "manifest_hash": decision.manifest_hash,
-            "inputs_hash": decision.inputs_hash,
+            "inputs_hash": digest,
             "charges": dict(decision.charges),
             **(extra or {}),
         }
+        if clipped is not None:
+            body["inputs_clipped"] = clipped
         started = time.perf_counter()
         # Every value in ``body`` is fresh (tool_calls is a copy): the trail may own it.
         await self.audit.append(body, owned=True)
         if self.metrics is not None:
             self.metrics.audit_append(time.perf_counter() - started)
             self.metrics.decision(req.action, outcome.value, reason.value if reason else None)
+
+    def _stored_inputs(
+        self, req: ActionRequest, decision: Decision, fields: tuple[str, ...]
+    ) -> tuple[dict[str, Any], str]:
+        """The inputs as recorded and their hash: over the redacted form when any input is
+        redacted (a plain hash of the clear value would confirm a guess)."""
+        if any(name in req.inputs for name in fields):
+            inputs, digest = stored_inputs(
+                decision.agent, req.action, req.inputs, fields, self._redact_key
+            )
+        else:
+            inputs, digest = dict(req.inputs), decision.inputs_hash
+        return inputs, digest
 
 
 _CONTROL_EVENTS = {

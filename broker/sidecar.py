@@ -58,6 +58,7 @@ class SidecarConfig:
     checkpoint_every: int = 1000
     checkpoint_interval: float = 60.0
     webhooks: tuple[str, ...] = ()  # notification receivers (broker.notify)
+    webhook_secret_file: Path | None = None  # signs every delivery (X-Broker-Signature)
     webhook_attempts: int = 5
     webhook_backoff: float = 0.5  # seconds before the first retry; doubles per retry
     extra: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +131,14 @@ def _redact_key(config: SidecarConfig) -> bytes:
     return key
 
 
+def _webhook_secret(config: SidecarConfig) -> bytes | None:
+    from broker.notify import read_secret_file
+
+    return (
+        None if config.webhook_secret_file is None else read_secret_file(config.webhook_secret_file)
+    )
+
+
 def _checkpoint_signer(runtime: Runtime, vault: AsyncVault) -> LoopCheckpointSigner:
     loop = asyncio.get_running_loop()
     return LoopCheckpointSigner(vault, loop, agent=runtime.agent)
@@ -193,6 +202,7 @@ class Sidecar:
             self.audit.append,
             attempts=self.config.webhook_attempts,
             backoff=self.config.webhook_backoff,
+            secret=_webhook_secret(self.config),
         )
         await self.notifier.start()
         self.service.approvals.notifier = self.notifier

@@ -6,7 +6,16 @@ common name; the token's signature is then checked with that certificate's key. 
 named in the token (``jwk``, ``jku``) is never used. EdDSA is the only algorithm accepted,
 and ``typ``, ``iss``, ``aud``, ``exp``/``nbf``/``iat`` (bounded leeway), the action, the
 input binding and revocation are all checked. Every refusal is a ``VerificationError``
-whose ``code`` says which check failed."""
+whose ``code`` says which check failed.
+
+Hygiene before any parsing: a token longer than ``max_token_bytes`` is refused unread, and
+only canonical base64url is accepted (three unpadded segments that re-encode to themselves),
+so one token has one spelling and a replay cache keyed on it cannot be dodged.
+
+An agent's certificate proves who signed, not what it may sign for. With ``manifests``, the
+token's action must be in its agent's manifest with a jwt credential for this very audience,
+and ``exp - iat`` at most that action's TTL; without, ``exp - iat`` is at most the broker-wide
+``MAX_LIFETIME``. ``accept_agents`` lets a gateway name the only agents it takes tokens from."""
 
 from __future__ import annotations
 
@@ -14,7 +23,8 @@ import base64
 import binascii
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
@@ -26,9 +36,15 @@ from cryptography.x509.oid import NameOID
 from broker.canonical import inputs_digest
 from broker.claims import ALGORITHM, ISSUER, REQUIRED_CLAIMS, TOKEN_TYPE, ActionClaims
 from broker.errors import VerificationError
-from broker.manifest import AGENT_ID_PATTERN
+from broker.manifest import AGENT_ID_PATTERN, MAX_CREDENTIAL_TTL_SECONDS
 
 MAX_LEEWAY = 30
+# A genuine token (a header with one certificate, the claims) is about 1.5 KB: 16 KiB leaves
+# room for growth and refuses a 10 MB token in microseconds instead of seconds.
+MAX_TOKEN_BYTES = 16 * 1024
+# Without manifests, no token may live longer than the longest TTL a manifest can grant.
+MAX_LIFETIME = MAX_CREDENTIAL_TTL_SECONDS
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _AGENT_ID = re.compile(AGENT_ID_PATTERN)
 
 
@@ -36,6 +52,21 @@ class RevocationView(Protocol):
     """What a verifier asks of the control state; returns why a token is revoked, or None."""
 
     def token_revoked(self, claims: ActionClaims) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class ActionScope:
+    """What an agent's manifest lets its tokens say for one action."""
+
+    audience: str
+    ttl: int
+
+
+class ManifestView(Protocol):
+    """The published manifests: the scope of ``agent``'s jwt ``action``, or None when its
+    manifest has no such action (or no manifest is published for it)."""
+
+    def scope_of(self, agent: str, action: str) -> ActionScope | None: ...
 
 
 def _fail(code: str, detail: str) -> VerificationError:
@@ -50,9 +81,17 @@ class Verifier:
         leeway: int = 5,
         revocations: RevocationView | None = None,
         clock: Callable[[], float] = time.time,
+        manifests: ManifestView | None = None,
+        accept_agents: Collection[str] | None = None,
+        max_token_bytes: int = MAX_TOKEN_BYTES,
     ) -> None:
         if not 0 <= leeway <= MAX_LEEWAY:
             raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY} seconds")
+        if accept_agents is not None and not accept_agents:
+            raise ValueError("accept_agents is empty: it would accept no agent (pass None for any)")
+        self._manifests = manifests
+        self._accept = None if accept_agents is None else frozenset(accept_agents)
+        self._max_bytes = max_token_bytes
         self._cas = [x509.load_pem_x509_certificate(p.encode()) for p in ca_pems]
         self._leeway = leeway
         self._revocations = revocations
@@ -66,6 +105,7 @@ class Verifier:
         action: str | None = None,
         inputs: Mapping[str, Any] | None = None,
     ) -> ActionClaims:
+        check_compact_form(token, self._max_bytes)
         header = self._header(token)
         cert = self._certificate(header)
         payload = self._decode(token, cert, audience)
@@ -75,6 +115,8 @@ class Verifier:
         except (KeyError, TypeError, ValueError) as exc:
             raise _fail("token_invalid", "a claim has the wrong type") from exc
         self._check_subject(cert, claims)
+        self._check_accepted(claims)
+        self._check_scope(claims, payload)
         if action is not None and claims.action != action:
             raise _fail("wrong_action", f"token is for action {claims.action!r}, not {action!r}")
         if (
@@ -184,3 +226,48 @@ class Verifier:
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if not names or names[0].value != claims.agent:
             raise _fail("untrusted_key", "certificate does not speak for the token's agent")
+
+    def _check_accepted(self, claims: ActionClaims) -> None:
+        if self._accept is not None and claims.agent not in self._accept:
+            raise _fail("agent_not_accepted", f"this gateway does not accept {claims.agent!r}")
+
+    def _check_scope(self, claims: ActionClaims, payload: Mapping[str, Any]) -> None:
+        """The token says no more than its agent's manifest: action, audience, lifetime."""
+        lifetime = payload["exp"] - payload["iat"]
+        bound = MAX_LIFETIME
+        if self._manifests is not None:
+            scope = self._manifests.scope_of(claims.agent, claims.action)
+            if scope is None:
+                raise _fail(
+                    "outside_manifest",
+                    f"{claims.action!r} is not a token action in {claims.agent!r}'s manifest",
+                )
+            if scope.audience != claims.audience:
+                raise _fail(
+                    "outside_manifest",
+                    f"{claims.agent!r}'s manifest gives {claims.action!r} audience "
+                    f"{scope.audience!r}, not {claims.audience!r}",
+                )
+            bound = scope.ttl
+        if lifetime > bound:
+            raise _fail("lifetime_too_long", f"exp - iat is {lifetime} s, more than {bound} s")
+
+
+def check_compact_form(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> None:
+    """Refuse before parsing: too long, or not three canonical unpadded base64url segments."""
+    if len(token) > max_bytes:
+        raise _fail("token_too_large", f"token is longer than {max_bytes} bytes")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise _fail("token_malformed", "not a compact JWS of three segments")
+    for name, part in zip(("header", "payload", "signature"), parts, strict=True):
+        if not _canonical_base64url(part):
+            raise _fail("token_malformed", f"the {name} is not canonical unpadded base64url")
+
+
+def _canonical_base64url(part: str) -> bool:
+    """Only the alphabet, no padding, and no stray bits in the last character."""
+    if not _BASE64URL.fullmatch(part) or len(part) % 4 == 1:
+        return False
+    raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") == part

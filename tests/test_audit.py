@@ -249,10 +249,14 @@ def test_redact_correlates_equal_values_but_depends_on_key_and_type() -> None:
     assert redact({"v": 120}, ["v"], key)["v"] != redact({"v": "120"}, ["v"], key)["v"]
 
 
-def with_checkpoint(signer: InMemorySigner, records: list[Record]) -> list[Record]:
+def with_checkpoint(
+    signer: InMemorySigner, records: list[Record], agent: str = "a1", claimed: str | None = None
+) -> list[Record]:
+    """``records`` and a checkpoint signed for ``agent``, whose body names ``claimed``."""
     head = records[-1]
-    signature, version = signer.sign(checkpoint_message(head.seq, head.hash))
-    body = checkpoint_body(head.seq, head.hash, signature, version, "2026-03-18T14:02:11Z")
+    signature, version = signer.sign(checkpoint_message(head.seq, head.hash, agent))
+    when = "2026-03-18T14:02:11Z"
+    body = checkpoint_body(head.seq, head.hash, signature, version, when, agent=claimed or agent)
     return [*records, seal(body, head.hash, head.seq + 1)]
 
 
@@ -274,12 +278,28 @@ def test_checkpoint_signed_by_another_key_is_found() -> None:
     assert "signature" in result.problem
 
 
+def test_checkpoint_moved_to_another_agents_trail_is_found() -> None:
+    """A checkpoint signed for agent a1 (same key, same head) does not verify in a2's trail:
+    naming a2 breaks the signature, naming a1 is refused by a verifier expecting a2."""
+    signer = InMemorySigner()
+    records = chain(3)
+    relabelled = with_checkpoint(signer, records, agent="a1", claimed="a2")
+    result = verify_lines(lines_of(relabelled), public_keys=signer.public_keys(), agent="a2")
+    assert (result.ok, result.first_bad_seq) == (False, 4)
+    assert "signature" in result.problem
+    moved = with_checkpoint(signer, records, agent="a1")
+    result = verify_lines(lines_of(moved), public_keys=signer.public_keys(), agent="a2")
+    assert (result.ok, result.first_bad_seq) == (False, 4)
+    assert "names agent 'a1'" in result.problem
+    assert verify_lines(lines_of(moved), public_keys=signer.public_keys(), agent="a1").ok
+
+
 def test_checkpoint_naming_a_wrong_head_is_found() -> None:
     """A checkpoint whose head_hash is not the hash of head_seq is damage."""
     signer = InMemorySigner()
     records = chain(3)
-    signature, version = signer.sign(checkpoint_message(2, records[2].hash))
-    body = checkpoint_body(2, records[2].hash, signature, version, "t")
+    signature, version = signer.sign(checkpoint_message(2, records[2].hash, "a1"))
+    body = checkpoint_body(2, records[2].hash, signature, version, "t", agent="a1")
     lines = [*lines_of(records), seal(body, records[2].hash, 4).line]
     result = verify_lines(lines)
     assert (result.ok, result.first_bad_seq) == (False, 4)

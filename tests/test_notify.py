@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,10 +13,15 @@ from aiohttp import web
 
 from broker.errors import ConfigError
 from broker.notify import (
+    SIGNATURE_HEADER,
     BudgetAlarms,
     Notification,
     WebhookNotifier,
     parse_webhooks,
+    read_secret_file,
+    read_webhook_file,
+    sign_body,
+    verify_signature,
     webhook_label,
 )
 
@@ -26,10 +32,12 @@ class Receiver:
     def __init__(self, fail_first: int = 0) -> None:
         self.fail_first = fail_first
         self.got: list[dict[str, Any]] = []
+        self.bodies: list[bytes] = []
         self.headers: list[Mapping[str, str]] = []
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.read())
         self.got.append(await request.json())
         self.headers.append(dict(request.headers))
         return web.Response(status=500 if len(self.got) <= self.fail_first else 200)
@@ -158,3 +166,97 @@ def test_budget_alarms_fire_once_per_threshold_and_window() -> None:
     assert alarms.crossings("usd", 0, 90, 100) == []
     assert alarms.crossings("usd", 0, 100, 100) == ["budget.exhausted"]
     assert alarms.crossings("usd", 86400, 100, 100) == ["budget.exhausted", "budget.warning"]
+
+
+# --- signed deliveries ---------------------------------------------------------------------
+
+SECRET = b"s3cret-webhook-key-0123456789"
+
+
+async def test_deliveries_are_signed_over_the_exact_body() -> None:
+    """With a secret, each delivery carries an HMAC over its timestamp and exact body that
+    the receiver verifies; another secret, another body or an old timestamp fails."""
+    receiver = Receiver()
+    runner = await serve(receiver)
+    try:
+        notifier = WebhookNotifier(
+            [receiver.url], Trail().append, secret=SECRET, clock=lambda: 1_800_000_000.0
+        )
+        await notifier.start()
+        assert notifier.publish(event())
+        assert await notifier.drain(5)
+        await notifier.stop()
+    finally:
+        await runner.cleanup()
+    body, header = receiver.bodies[0], receiver.headers[0][SIGNATURE_HEADER]
+    assert header.startswith("t=1800000000,v1=")
+    assert verify_signature(SECRET, body, header, now=1_800_000_010)
+    assert not verify_signature(b"another-secret-of-some-length", body, header, 1_800_000_010)
+    assert not verify_signature(SECRET, body.replace(b"agent-1", b"agent-2"), header, 1_800_000_010)
+    assert not verify_signature(SECRET, body, header, now=1_800_000_000 + 301)
+
+
+SIGNATURES = [
+    ("no timestamp", "v1=00"),
+    ("a timestamp that is not a number", "t=soon,v1=00"),
+    ("no mac", "t=1800000000"),
+    (
+        "a mac for another time",
+        sign_body(SECRET, b"{}", 1_799_999_999).replace("1799999999", "1800000000", 1),
+    ),
+    ("empty", ""),
+]
+
+
+@pytest.mark.parametrize(("name", "header"), SIGNATURES, ids=[s[0] for s in SIGNATURES])
+def test_malformed_or_forged_signatures_are_refused(name: str, header: str) -> None:
+    """Every malformed or forged signature header fails verification, none raises."""
+    assert not verify_signature(SECRET, b"{}", header, now=1_800_000_000)
+
+
+async def test_without_a_secret_nothing_is_signed(receiver: Receiver) -> None:
+    """No secret configured (the Python API's default): no signature header is sent."""
+    receiver.fail_first = 0
+    notifier = WebhookNotifier([receiver.url], Trail().append)
+    await notifier.start()
+    assert notifier.publish(event())
+    assert await notifier.drain(5)
+    await notifier.stop()
+    assert SIGNATURE_HEADER not in receiver.headers[0]
+
+
+def test_secret_and_webhook_files(tmp_path: Path) -> None:
+    """URLs come from a file (comments skipped) and the secret from a file; a missing file
+    or a short secret is a ConfigError naming the file."""
+    urls = tmp_path / "hooks"
+    urls.write_text("# receivers\nhttp://127.0.0.1:9/hook/secret-path\n\n")
+    assert read_webhook_file(urls) == ("http://127.0.0.1:9/hook/secret-path",)
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET + b"\n")
+    assert read_secret_file(secret) == SECRET
+    secret.write_bytes(b"short")
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        read_secret_file(secret)
+    with pytest.raises(ConfigError, match="absent"):
+        read_secret_file(tmp_path / "absent")
+
+
+def test_sidecar_command_refuses_unsigned_webhooks(tmp_path: Path) -> None:
+    """``broker sidecar`` with a webhook and no secret file stops before starting anything."""
+    from broker.cli import main
+
+    code = main(
+        [
+            "sidecar",
+            "--manifest",
+            "scopes/research-agent.yaml",
+            "--audit",
+            str(tmp_path / "a.jsonl"),
+            "--vault-addr",
+            "http://127.0.0.1:9",
+            "--webhook",
+            "http://127.0.0.1:9/hook",
+        ]
+    )
+    assert code == 2
+    assert not (tmp_path / "a.jsonl").exists()

@@ -198,7 +198,7 @@ TABLE: list[tuple[str, str, str, str, dict[str, Any], bool]] = [
     ("verifier", "read a kill flag", "GET", f"{KV}/control/agents/{{a}}", {}, True),
     ("verifier", "write a kill flag", "POST", f"{KV}/control/agents/{{a}}", KV_DOC, False),
     ("verifier", "read approvals", "GET", f"{KV}/approvals/{{a}}/apr_x", {}, False),
-    ("verifier", "read a manifest", "GET", f"{KV}/manifests/{{a}}", {}, False),
+    ("verifier", "read a manifest", "GET", f"{KV}/manifests/{{a}}", {}, True),
     # An approver: its own decisions, once each; approvals readable; nothing else.
     ("approver", "record its own decision", "POST", f"{KV}/decisions/{{fin}}/{{a}}/apr_t",
      KV_DOC, True),

@@ -44,12 +44,15 @@ def test_ensure_key_is_idempotent(signer: TransitCheckpointSigner) -> None:
 
 def test_transit_signature_verifies_offline(signer: TransitCheckpointSigner) -> None:
     """An ed25519 transit signature verifies with cryptography and the key's public bytes."""
-    message = checkpoint_message(7, "sha256:" + "a" * 64)
+    message = checkpoint_message(7, "sha256:" + "a" * 64, signer.agent)
     signature, version = signer.sign(message)
     keys = signer.public_keys()
     assert signature.startswith(f"vault:v{version}:")
     assert signature_problem(message, signature, keys) == ""
-    assert signature_problem(checkpoint_message(8, "sha256:" + "a" * 64), signature, keys)
+    assert signature_problem(
+        checkpoint_message(8, "sha256:" + "a" * 64, signer.agent), signature, keys
+    )
+    assert signature_problem(checkpoint_message(7, "sha256:" + "a" * 64, "other"), signature, keys)
 
 
 def test_published_head_round_trips(signer: TransitCheckpointSigner) -> None:
@@ -123,7 +126,7 @@ async def test_loop_signer_signs_and_publishes_through_the_event_loop(
     Vault calls on the event loop: the signature verifies offline and the head is readable."""
     vault = AsyncVault(openbao.addr, lambda: openbao.root_token)
     loop_signer = LoopCheckpointSigner(vault, asyncio.get_running_loop(), agent=signer.agent)
-    message = checkpoint_message(11, "sha256:" + "d" * 64)
+    message = checkpoint_message(11, "sha256:" + "d" * 64, signer.agent)
     try:
         signature, version = await asyncio.to_thread(loop_signer.sign, message)
         await asyncio.to_thread(
@@ -151,3 +154,30 @@ async def test_loop_signer_refused_by_vault_raises_the_projects_error(
     finally:
         await vault.close()
     assert "hvs." not in str(caught.value)
+
+
+def test_an_agents_login_signs_only_with_its_own_checkpoint_key(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """Bootstrap gives each agent its own transit key; agent A's AppRole login signs with
+    A's key and is refused B's (an attacker holding A's login cannot checkpoint B's trail)."""
+    from broker.stack import approle_files
+    from broker.vault.bootstrap import AgentGrant, bootstrap
+
+    root = hvac.Client(url=openbao.addr, token=openbao.root_token)
+    a, b = f"ckpt-a-{uuid.uuid4().hex[:6]}", f"ckpt-b-{uuid.uuid4().hex[:6]}"
+    bootstrap(root, [AgentGrant(a), AgentGrant(b)], addr=openbao.addr)
+    role_file, secret_file = approle_files(root, a, tmp_path)
+    login = hvac.Client(url=openbao.addr)
+    login.auth.approle.login(role_file.read_text().strip(), secret_file.read_text().strip())
+    own = TransitCheckpointSigner(login, agent=a)
+    message = checkpoint_message(1, "sha256:" + "e" * 64, a)
+    signature, _ = own.sign(message)
+    with pytest.raises(PermissionDenied):
+        TransitCheckpointSigner(login, agent=b).sign(checkpoint_message(1, "sha256:" + "e" * 64, b))
+    with pytest.raises(PermissionDenied):
+        TransitCheckpointSigner(login, agent=a, key="audit-checkpoint").sign(message)
+    keys_a = TransitCheckpointSigner(root, agent=a).public_keys()
+    keys_b = TransitCheckpointSigner(root, agent=b).public_keys()
+    assert signature_problem(message, signature, keys_a) == ""
+    assert signature_problem(message, signature, keys_b)

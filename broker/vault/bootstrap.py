@@ -29,6 +29,7 @@ from broker.vault.layout import (
     VERIFIER_POLICY,
     action_token_role,
     approle_role,
+    audit_key,
     pki_role,
     sidecar_policy,
 )
@@ -190,6 +191,7 @@ def bootstrap(
 
 def _agent(b: Bootstrap, grant: AgentGrant) -> None:
     policy = sidecar_policy(grant.agent)
+    b.transit_key(audit_key(grant.agent))
     roles = [action_token_role(grant.agent, t.action) for t in grant.token_actions]
     b.policy(policy, sidecar_policy_hcl(grant.agent, grant.dynamic_paths, roles))
     b.write_if_changed(

@@ -50,6 +50,12 @@ def decision_path(approver: str, agent: str, approval_id: str) -> str:
     return f"{DECISIONS_DIR}/{approver}/{agent}/{approval_id}"
 
 
+def audit_key(agent: str) -> str:
+    """Each agent's audit checkpoints are signed with its own transit key, so one sidecar's
+    login cannot sign a checkpoint (or a published head) for another agent's trail."""
+    return f"audit-checkpoint-{agent}"
+
+
 def control_path(*parts: str) -> str:
     """A KV v2 secret path under the control tree (without the mount)."""
     return "/".join(("control", *parts))

@@ -18,6 +18,7 @@ from broker.vault.layout import (
     KV_MOUNT,
     PKI_MOUNT,
     TRANSIT_MOUNT,
+    audit_key,
     pki_role,
 )
 
@@ -62,8 +63,8 @@ def sidecar_policy_hcl(
         _rule(f"{KV_MOUNT}/data/approvals/{agent}/*", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/metadata/approvals/{agent}/*", "read", "list"),
         _rule(f"{KV_MOUNT}/data/manifests/{agent}", "read"),
-        _rule(f"{TRANSIT_MOUNT}/sign/audit-checkpoint", "update"),
-        _rule(f"{TRANSIT_MOUNT}/keys/audit-checkpoint", "read"),
+        _rule(f"{TRANSIT_MOUNT}/sign/{audit_key(agent)}", "update"),
+        _rule(f"{TRANSIT_MOUNT}/keys/{audit_key(agent)}", "read"),
     ]
     rules += [_rule(path, "read") for path in sorted(set(dynamic_paths))]
     return "\n".join(rules)
@@ -122,8 +123,13 @@ def approver_hcl(token_mount_accessor: str) -> str:
 
 
 def verifier_hcl() -> str:
-    """For tools and gateways that verify action tokens: read the revocation state, no more."""
-    return _rule(f"{KV_MOUNT}/data/control/*", "read")
+    """For tools and gateways that verify action tokens: read the revocation state and the
+    published manifests (a token may say only what its agent's manifest allows), no more."""
+    rules = [
+        _rule(f"{KV_MOUNT}/data/control/*", "read"),
+        _rule(f"{KV_MOUNT}/data/manifests/*", "read"),
+    ]
+    return "\n".join(rules)
 
 
 def platform_editor_hcl() -> str:

@@ -18,9 +18,9 @@ from broker.errors import NotFound
 from broker.settings import VaultSettings
 from broker.vault._errors import translate_errors
 from broker.vault.asyncapi import AsyncVault
-from broker.vault.layout import KV_MOUNT, TRANSIT_MOUNT
+from broker.vault.layout import KV_MOUNT, TRANSIT_MOUNT, audit_key
 
-AUDIT_KEY = "audit-checkpoint"
+AUDIT_KEY = "audit-checkpoint"  # the shared key of old; each agent now has audit_key(agent)
 
 T = TypeVar("T")
 
@@ -40,12 +40,13 @@ class TransitCheckpointSigner:
         client: Any,
         *,
         transit_mount: str = TRANSIT_MOUNT,
-        key: str = AUDIT_KEY,
+        key: str | None = None,
         kv_mount: str = KV_MOUNT,
         agent: str,
     ) -> None:
         self._client = client
-        self._transit, self._key, self._kv, self.agent = transit_mount, key, kv_mount, agent
+        self._transit, self._kv, self.agent = transit_mount, kv_mount, agent
+        self._key = key or audit_key(agent)
         self._addr = str(getattr(client, "url", ""))
 
     @classmethod
@@ -133,10 +134,10 @@ class LoopCheckpointSigner:
         loop: asyncio.AbstractEventLoop,
         *,
         agent: str,
-        key: str = AUDIT_KEY,
+        key: str | None = None,
         timeout: float = 15.0,
     ) -> None:
-        self._vault, self._loop, self.agent, self._key = vault, loop, agent, key
+        self._vault, self._loop, self.agent, self._key = vault, loop, agent, key or audit_key(agent)
         self._timeout = timeout
 
     def sign(self, message: bytes) -> tuple[str, int]:
