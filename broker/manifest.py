@@ -161,8 +161,14 @@ RateSpec = Annotated[
 
 class JwtCredential(_Frozen):
     kind: Literal["jwt"]
-    audience: Name
+    audience: Name = Field(
+        description="the token's aud: a gateway name or an RFC 8707 resource URI"
+    )
     ttl: Ttl
+    alg: Literal["EdDSA", "ES256"] = Field(
+        default="EdDSA",
+        description="signing algorithm: EdDSA, or ES256 for gateways that know no EdDSA",
+    )
 
 
 def _no_root(policies: tuple[str, ...]) -> tuple[str, ...]:

@@ -20,15 +20,16 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
 from broker.errors import BrokerError, PermissionDenied
 from broker.metrics import SidecarMetrics
-from broker.settings import VaultSettings
-from broker.signing import ActionTokenSigner
+from broker.settings import VaultSettings, issuer_from_env
+from broker.signing import ActionTokenSigner, PublishedKey
 from broker.vault.asyncapi import AsyncVault
+from broker.vault.jwks import publish_keys
 from broker.vault.pki import SignedCert, sign_csr
 from broker.vault.session import VaultSession
 
@@ -52,7 +53,9 @@ class Runtime:
         self.session = VaultSession(vault, clock=clock)
         # Polls use their own short-timeout client so a hung Vault is noticed quickly.
         self._poller = AsyncVault(vault.addr, lambda: self.session.token, timeout=1.0, pool=4)
-        self.signer = ActionTokenSigner(agent, self._issue_cert)
+        self.signer = ActionTokenSigner(
+            agent, self._issue_cert, issuer=issuer_from_env(), publish=self._publish_keys
+        )
         self.control = ControlState(agent=agent)
         self.vault_ok = False
         self.vault_problem = "not connected yet"
@@ -76,8 +79,13 @@ class Runtime:
             self.vault_ok and self._clock() - self.last_poll_ok < STALE_AFTER + self.poll_interval
         )
 
-    def _issue_cert(self, csr_pem: str, ttl: str) -> SignedCert:
-        return sign_csr(self.session.client, self.agent, csr_pem, ttl, self.session.addr)
+    def _issue_cert(self, csr_pem: str, ttl: str, alg: str) -> SignedCert:
+        return sign_csr(self.session.client, self.agent, csr_pem, ttl, self.session.addr, alg=alg)
+
+    def _publish_keys(self, keys: Sequence[PublishedKey]) -> None:
+        """In the rotation's worker thread: the public keys go to Vault before they sign."""
+        entries = [k.to_json() for k in keys]
+        publish_keys(self.session.client, self.agent, entries, self._clock(), self.session.addr)
 
     async def start(self) -> None:
         """Log in and certify a first key; raises BackendUnavailable when Vault is not there."""
@@ -151,7 +159,7 @@ class Runtime:
         """In a worker thread: renew the token, certify a new key when one is due."""
         self.session.ensure_fresh()
         if self.signer.needs_rotation(self._clock(), generation):
-            self.signer.rotate(generation)
+            self.signer.rotate(generation, self._clock())
 
     async def _read_control(self) -> None:
         old = self.control

@@ -171,23 +171,26 @@ def bootstrap(
 def _agent(b: Bootstrap, grant: AgentGrant) -> None:
     policy = sidecar_policy(grant.agent)
     b.policy(policy, sidecar_policy_hcl(grant.agent, grant.dynamic_paths))
-    b.write_if_changed(
-        f"{PKI_MOUNT}/roles/{pki_role(grant.agent)}",
-        {
-            "key_type": "ed25519",
-            "allowed_domains": [grant.agent],
-            "allow_bare_domains": True,
-            "allow_subdomains": False,
-            "allow_localhost": False,
-            "allow_ip_sans": False,
-            "enforce_hostnames": False,
-            "max_ttl": SIGNING_CERT_TTL,
-            "server_flag": False,
-            "client_flag": False,
-            "no_store": True,
-        },
-        f"PKI role {pki_role(grant.agent)} (ed25519, CN {grant.agent} only, max {SIGNING_CERT_TTL})",
-    )
+    for alg, key_type, extra in (("EdDSA", "ed25519", {}), ("ES256", "ec", {"key_bits": 256})):
+        role = pki_role(grant.agent, alg)
+        b.write_if_changed(
+            f"{PKI_MOUNT}/roles/{role}",
+            {
+                "key_type": key_type,
+                **extra,
+                "allowed_domains": [grant.agent],
+                "allow_bare_domains": True,
+                "allow_subdomains": False,
+                "allow_localhost": False,
+                "allow_ip_sans": False,
+                "enforce_hostnames": False,
+                "max_ttl": SIGNING_CERT_TTL,
+                "server_flag": False,
+                "client_flag": False,
+                "no_store": True,
+            },
+            f"PKI role {role} ({key_type}, CN {grant.agent} only, max {SIGNING_CERT_TTL})",
+        )
     b.write_if_changed(
         f"auth/{APPROLE_MOUNT}/role/{approle_role(grant.agent)}",
         {

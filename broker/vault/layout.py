@@ -27,10 +27,19 @@ def approle_role(agent: str) -> str:
     return f"broker-{agent}"
 
 
-def pki_role(agent: str) -> str:
-    """Each agent has its own PKI role, allowed only its own id as common name, so a
-    sidecar cannot obtain a certificate that speaks for another agent."""
-    return f"agent-{agent}"
+def pki_role(agent: str, alg: str = "EdDSA") -> str:
+    """Each agent has its own PKI roles (one per key type: ed25519 for EdDSA, P-256 for
+    ES256), allowed only its own id as common name, so a sidecar cannot obtain a
+    certificate that speaks for another agent."""
+    return f"agent-{agent}" if alg == "EdDSA" else f"agent-{agent}-{alg.lower()}"
+
+
+# Where each sidecar publishes its public keys for ``broker issuer`` (KV v2, one per agent).
+ISSUER_KEYS_DIR = "issuer/keys"
+
+
+def issuer_keys_path(agent: str) -> str:
+    return f"{ISSUER_KEYS_DIR}/{agent}"
 
 
 def token_role(agent: str) -> str:
@@ -40,3 +49,11 @@ def token_role(agent: str) -> str:
 def control_path(*parts: str) -> str:
     """A KV v2 secret path under the control tree (without the mount)."""
     return "/".join(("control", *parts))
+
+
+# Token status lists (draft-ietf-oauth-status-list), one per agent: which indices are revoked.
+STATUS_DIR = "issuer/status"
+
+
+def status_path(agent: str) -> str:
+    return f"{STATUS_DIR}/{agent}"

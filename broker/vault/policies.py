@@ -10,9 +10,12 @@ from collections.abc import Iterable
 
 from broker.vault.layout import (
     APPROLE_MOUNT,
+    ISSUER_KEYS_DIR,
     KV_MOUNT,
     PKI_MOUNT,
+    STATUS_DIR,
     TRANSIT_MOUNT,
+    issuer_keys_path,
     pki_role,
     token_role,
 )
@@ -27,6 +30,8 @@ def sidecar_policy_hcl(agent: str, dynamic_paths: Iterable[str]) -> str:
     """What one agent's sidecar identity may do: mint for itself, read control state."""
     rules = [
         _rule(f"{PKI_MOUNT}/sign/{pki_role(agent)}", "update"),
+        _rule(f"{PKI_MOUNT}/sign/{pki_role(agent, 'ES256')}", "update"),
+        _rule(f"{KV_MOUNT}/data/{issuer_keys_path(agent)}", "create", "update", "read"),
         _rule(f"auth/token/create/{token_role(agent)}", "update"),
         _rule(f"{KV_MOUNT}/data/control/*", "read"),
         _rule(f"{KV_MOUNT}/metadata/control/*", "read", "list"),
@@ -71,8 +76,18 @@ def security_operator_hcl() -> str:
 
 
 def verifier_hcl() -> str:
-    """For tools and gateways that verify action tokens: read the revocation state, no more."""
-    return _rule(f"{KV_MOUNT}/data/control/*", "read")
+    """For tools, gateways and ``broker issuer``: read the revocation state and the published
+    public keys, no more."""
+    rules = [
+        _rule(f"{KV_MOUNT}/data/control/*", "read"),
+        _rule(f"{KV_MOUNT}/data/{ISSUER_KEYS_DIR}/*", "read"),
+        _rule(f"{KV_MOUNT}/metadata/{ISSUER_KEYS_DIR}", "list"),
+        _rule(f"{KV_MOUNT}/metadata/{ISSUER_KEYS_DIR}/*", "list"),
+        _rule(f"{KV_MOUNT}/data/{STATUS_DIR}/*", "read"),
+        _rule(f"{KV_MOUNT}/metadata/{STATUS_DIR}", "list"),
+        _rule(f"{KV_MOUNT}/metadata/{STATUS_DIR}/*", "list"),
+    ]
+    return "\n".join(rules)
 
 
 def platform_editor_hcl() -> str:
