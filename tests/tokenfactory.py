@@ -110,7 +110,9 @@ class FakeCA:
         now = self.clock()
         cert = self.certify(csr.public_key(), str(cn), now - 30, now + _seconds(ttl))
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        return SignedCert(certificate_pem=pem, serial=f"{cert.serial_number:x}", ca_chain=(self.pem,))
+        return SignedCert(
+            certificate_pem=pem, serial=f"{cert.serial_number:x}", ca_chain=(self.pem,)
+        )
 
 
 def x5c(cert: x509.Certificate) -> str:
