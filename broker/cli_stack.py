@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import ConfigError
-from broker.settings import DEFAULT_MAX_BODY, vault_from_env
+from broker.settings import DEFAULT_MAX_BODY, issuer_from_env, vault_from_env
 
 
 def register(
@@ -67,6 +68,9 @@ def register(
     p.add_argument("--inputs", help="the call's actual inputs, as JSON")
     p.add_argument("--vault-addr")
     p.add_argument("--no-revocation", action="store_true", help="skip the control-state check")
+    p.add_argument(
+        "--issuer", help="the expected iss (default BROKER_ISSUER_URL, else the broker's URN)"
+    )
     p.set_defaults(func=cmd_verify)
 
     p = commands.add_parser(
@@ -190,7 +194,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     vault = vault_from_env(addr=args.vault_addr)
     inputs = _json_arg(args.inputs, "--inputs") if args.inputs else None
     revocations = None if args.no_revocation else VaultRevocations(vault)
-    verifier = Verifier([fetch_ca_pem(vault.addr)], revocations=revocations)
+    issuer = args.issuer or issuer_from_env()
+    verifier = Verifier([fetch_ca_pem(vault.addr)], revocations=revocations, issuer=issuer)
     try:
         claims = verifier.verify(
             args.token, audience=args.audience, action=args.action, inputs=inputs
@@ -198,7 +203,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except VerificationError as exc:
         print(f"refused: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
-    print(json.dumps(claims.__dict__, indent=2))
+    print(json.dumps(dataclasses.asdict(claims), indent=2))
     return 0
 
 

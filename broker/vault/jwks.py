@@ -6,15 +6,18 @@ merge: a replica never drops another's key."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 import hvac
 
-from broker.errors import BackendUnavailable
+from broker.controlstate import GLOBAL_PATH
+from broker.errors import BackendUnavailable, NotFound
 from broker.jwk import merge_published
 from broker.vault._errors import translate_errors
-from broker.vault.layout import KV_MOUNT, issuer_keys_path
+from broker.vault.asyncapi import AsyncVault
+from broker.vault.layout import ISSUER_KEYS_DIR, KV_MOUNT, PKI_MOUNT, issuer_keys_path
 
 _ATTEMPTS = 5
 
@@ -59,3 +62,31 @@ def _write_cas(
                 return False
             raise
     return True
+
+
+async def read_published(vault: AsyncVault) -> tuple[dict[str, dict[str, Any]], int, str]:
+    """For ``broker issuer``: every agent's published keys, the revoked-below generation and
+    the broker CA (PEM), read with a token under the ``broker-verifier`` policy."""
+    listing = await _list(vault, ISSUER_KEYS_DIR)
+    agents = [a for a in listing if not a.endswith("/")]
+    docs = await asyncio.gather(*(vault.kv_read(issuer_keys_path(a)) for a in agents))
+    control = await vault.kv_read(GLOBAL_PATH) or {}
+    ca = await vault.get(f"{PKI_MOUNT}/cert/ca", "read of the broker CA")
+    pem = str((ca.get("data") or {}).get("certificate") or "")
+    if "BEGIN CERTIFICATE" not in pem:
+        raise BackendUnavailable(
+            f"Vault at {vault.addr} has no broker CA yet; run `broker bootstrap`"
+        )
+    found = {a: d for a, d in zip(agents, docs, strict=True) if d is not None}
+    return found, int(control.get("min_generation", 0) or 0), pem
+
+
+async def _list(vault: AsyncVault, path: str) -> list[str]:
+    try:
+        found = await vault.get(
+            f"{KV_MOUNT}/metadata/{path}?list=true", f"list of {KV_MOUNT}/{path}"
+        )
+    except NotFound:
+        return []
+    keys = (found.get("data") or {}).get("keys") or []
+    return [str(k) for k in keys]
