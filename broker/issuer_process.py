@@ -37,7 +37,7 @@ def _free_port() -> int:
 def verifier_token(client: hvac.Client, addr: str) -> str:
     with translate_errors("creating the issuer's token", addr):
         result = client.auth.token.create(
-            policies=[VERIFIER_POLICY], ttl=ISSUER_TOKEN_TTL, no_default_policy=True, orphan=True
+            policies=[VERIFIER_POLICY], ttl=ISSUER_TOKEN_TTL, no_default_policy=True, no_parent=True
         )
     return str(result["auth"]["client_token"])
 
