@@ -41,7 +41,7 @@ def cmd_issuer(args: argparse.Namespace) -> int:
 
     from broker.issuer import IssuerState, build_app
     from broker.vault.asyncapi import AsyncVault
-    from broker.vault.jwks import read_published
+    from broker.vault.jwks import read_published, sign_status_list
 
     host, port = _listen(args.listen)
     vault = vault_from_env(addr=args.vault_addr)
@@ -56,7 +56,12 @@ def cmd_issuer(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         reader = AsyncVault(vault.addr, lambda: token, timeout=2.0, pool=8)
-        state = IssuerState(url, lambda: read_published(reader), refresh=args.refresh)
+        state = IssuerState(
+            url,
+            lambda: read_published(reader),
+            sign=lambda data, version: sign_status_list(reader, data, version),
+            refresh=args.refresh,
+        )
         runner = web.AppRunner(build_app(state), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()

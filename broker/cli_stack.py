@@ -71,6 +71,11 @@ def register(
     p.add_argument(
         "--issuer", help="the expected iss (default BROKER_ISSUER_URL, else the broker's URN)"
     )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="check the token's status list at the issuer (no Vault token needed for that)",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = commands.add_parser(
@@ -194,8 +199,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     vault = vault_from_env(addr=args.vault_addr)
     inputs = _json_arg(args.inputs, "--inputs") if args.inputs else None
     revocations = None if args.no_revocation else VaultRevocations(vault)
+    from broker.status_client import StatusListClient
+
     issuer = args.issuer or issuer_from_env()
-    verifier = Verifier([fetch_ca_pem(vault.addr)], revocations=revocations, issuer=issuer)
+    status = StatusListClient(issuer) if args.status else None
+    verifier = Verifier(
+        [fetch_ca_pem(vault.addr)], revocations=revocations, issuer=issuer, status=status
+    )
     try:
         claims = verifier.verify(
             args.token, audience=args.audience, action=args.action, inputs=inputs

@@ -1,5 +1,5 @@
 """``broker up`` runs one ``broker issuer`` on a loopback port, with a Vault token that can
-only read what verifiers may (the ``broker-verifier`` policy), and tells the sidecars its URL."""
+only read what verifiers may and sign status lists (the ``broker-issuer`` policy), and tells the sidecars its URL."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import hvac
 
 from broker.errors import BackendUnavailable
 from broker.vault._errors import translate_errors
-from broker.vault.layout import VERIFIER_POLICY
+from broker.vault.layout import ISSUER_POLICY
 
 ISSUER_TOKEN_TTL = "768h"  # noqa: S105 - a duration, not a secret; a development stack's lifetime; production renews its own token
 
@@ -34,10 +34,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def verifier_token(client: hvac.Client, addr: str) -> str:
+def issuer_token(client: hvac.Client, addr: str) -> str:
     with translate_errors("creating the issuer's token", addr):
         result = client.auth.token.create(
-            policies=[VERIFIER_POLICY], ttl=ISSUER_TOKEN_TTL, no_default_policy=True, no_parent=True
+            policies=[ISSUER_POLICY], ttl=ISSUER_TOKEN_TTL, no_default_policy=True, no_parent=True
         )
     return str(result["auth"]["client_token"])
 
@@ -46,7 +46,7 @@ def start_issuer(client: hvac.Client, vault_addr: str, state_dir: Path) -> Issue
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_TOKEN", "BAO_TOKEN"))}
-    env.update(VAULT_ADDR=vault_addr, VAULT_TOKEN=verifier_token(client, vault_addr))
+    env.update(VAULT_ADDR=vault_addr, VAULT_TOKEN=issuer_token(client, vault_addr))
     cmd = [sys.executable, "-m", "broker.cli", "issuer", "--listen", f"127.0.0.1:{port}"]
     cmd += ["--issuer-url", url]
     log = state_dir / "issuer.log"

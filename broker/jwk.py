@@ -6,7 +6,7 @@ is the raw ``r || s`` (RFC 7518 section 3.4), not the DER that ``cryptography`` 
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -51,8 +51,8 @@ def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def public_jwk(key: PublicKey, *, kid: str, alg: str, x5c: Sequence[str]) -> dict[str, Any]:
-    """The public JWK with ``kid``, ``alg``, ``use: sig`` and the certificate chain."""
+def public_jwk(key: PublicKey, *, kid: str, alg: str, x5c: Sequence[str] = ()) -> dict[str, Any]:
+    """The public JWK with ``kid``, ``alg``, ``use: sig`` and the certificate chain, if any."""
     base: dict[str, Any]
     if isinstance(key, Ed25519PublicKey):
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -65,7 +65,10 @@ def public_jwk(key: PublicKey, *, kid: str, alg: str, x5c: Sequence[str]) -> dic
             "x": _b64url(numbers.x.to_bytes(32, "big")),
             "y": _b64url(numbers.y.to_bytes(32, "big")),
         }
-    return {**base, "kid": kid, "alg": alg, "use": "sig", "x5c": list(x5c)}
+    jwk = {**base, "kid": kid, "alg": alg, "use": "sig"}
+    if x5c:
+        jwk["x5c"] = list(x5c)
+    return jwk
 
 
 # A retired key stays published this long after the last token it signed expired: more
@@ -91,3 +94,19 @@ def merge_published(
     for entry in new:
         keys[str(entry["jwk"]["kid"])] = entry
     return {"keys": {kid: e for kid, e in keys.items() if published_until(e) > now}}
+
+
+def merge_status(
+    old: dict[str, Any], new: Mapping[str, dict[str, Any]], now: float
+) -> dict[str, Any]:
+    """The agent's status-list document after replacing ``new`` lists (by id) and dropping
+    lists whose tokens have all expired (no token outlives its key's certificate)."""
+    lists = dict(old.get("lists") or {})
+    lists.update(new)
+    return {
+        "lists": {
+            k: v
+            for k, v in lists.items()
+            if isinstance(v, Mapping) and int(v.get("not_after", 0)) + KEY_LEEWAY > now
+        }
+    }

@@ -29,7 +29,7 @@ from broker.metrics import SidecarMetrics
 from broker.settings import VaultSettings, issuer_from_env
 from broker.signing import ActionTokenSigner, PublishedKey
 from broker.vault.asyncapi import AsyncVault
-from broker.vault.jwks import publish_keys
+from broker.vault.jwks import publish_keys, publish_status
 from broker.vault.pki import SignedCert, sign_csr
 from broker.vault.session import VaultSession
 
@@ -72,6 +72,7 @@ class Runtime:
         # Called on the event loop when the kill flag or a revocation time changes.
         self.on_change: Callable[[ControlState, ControlState], None] | None = None
         self.metrics: SidecarMetrics | None = None
+        self._status_published: tuple[Any, ...] | None = None
 
     def available(self) -> bool:
         """Vault answered the last poll, recently enough: the condition for minting anything."""
@@ -86,6 +87,15 @@ class Runtime:
         """In the rotation's worker thread: the public keys go to Vault before they sign."""
         entries = [k.to_json() for k in keys]
         publish_keys(self.session.client, self.agent, entries, self._clock(), self.session.addr)
+        self._publish_status()  # the new keys' status lists exist before a token names them
+
+    def _publish_status(self) -> None:
+        """In a worker thread: which of this sidecar's tokens are revoked, for the issuer."""
+        ledger = self.signer.status
+        if ledger is not None:
+            now = self._clock()
+            lists = ledger.snapshot(self.control, now)
+            publish_status(self.session.client, self.agent, lists, now, self.session.addr)
 
     async def start(self) -> None:
         """Log in and certify a first key; raises BackendUnavailable when Vault is not there."""
@@ -141,6 +151,10 @@ class Runtime:
             # A revoked or expired sidecar token reads as permission denied: log in again.
             await asyncio.to_thread(self.session.login)
             await self._read_control()
+        revocations = _revocation_view(self.control)
+        if self.signer.status is not None and revocations != self._status_published:
+            await asyncio.to_thread(self._publish_status)
+            self._status_published = revocations
         now = self._clock()
         generation = self.control.signing_generation
         if self.session.renewal_due() or self.signer.needs_rotation(now, generation):
@@ -205,3 +219,14 @@ class Runtime:
                 self.metrics.vault_error("heartbeat")
             return
         self._last_heartbeat = now
+
+
+def _revocation_view(control: ControlState) -> tuple[Any, ...]:
+    """What decides which tokens are revoked: a change means the status lists change."""
+    return (
+        control.killed,
+        control.revoked_before,
+        control.revoked_jtis,
+        frozenset(control.revoked_before_action.items()),
+        control.min_generation,
+    )

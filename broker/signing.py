@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from broker.claims import ALGORITHM, ALGORITHMS, DEFAULT_ISSUER, TOKEN_TYPE, action_payload
 from broker.jwk import PrivateKey, new_private_key, public_jwk, sign_raw
+from broker.statuslist import CAPACITY, Entry, StatusLedger, list_id_for
 from broker.vault.pki import SignedCert
 
 # Ask Vault for a new certificate once less than this much of the current one is left.
@@ -58,6 +59,7 @@ class _Key:
     not_after: int
     generation: int
     jwk: Mapping[str, Any]
+    list_id: str  # its token status list
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,10 @@ class ActionTokenSigner:
         self._max_exp: dict[str, int] = {}  # serial -> latest exp signed
         self._retired: list[PublishedKey] = []
         self._lock = threading.Lock()
+        # Status lists only make sense with an issuer that serves them.
+        self.status: StatusLedger | None = (
+            StatusLedger(f"{issuer}/statuslists") if issuer.startswith("http") else None
+        )
 
     def __repr__(self) -> str:
         serial = self._keys[ALGORITHM].serial if ALGORITHM in self._keys else None
@@ -138,7 +144,13 @@ class ActionTokenSigner:
     def needs_rotation(self, now: float, generation: int) -> bool:
         keys = self._next.keys if self._next else self._keys
         key = keys.get(ALGORITHM)
-        return key is None or key.generation != generation or key.not_after - now < RENEW_WHEN_LEFT
+        if key is None or key.generation != generation or key.not_after - now < RENEW_WHEN_LEFT:
+            return True
+        # A list half used is replaced before it can fill up on the mint path.
+        ledger = self.status
+        if ledger is None:
+            return False
+        return max(ledger.used(k.list_id) for k in keys.values()) > CAPACITY // 2
 
     def rotate(self, generation: int, now: float | None = None) -> str:
         """Fresh keys and certificates, published before use; returns the EdDSA key's serial.
@@ -186,15 +198,19 @@ class ActionTokenSigner:
         x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
         header = {"alg": alg, "kid": signed.serial, "typ": TOKEN_TYPE, "x5c": [x5c]}
         chain = [x5c, *(_der_b64(pem) for pem in signed.ca_chain)]
+        not_after = int(cert.not_valid_after_utc.timestamp())
+        if self.status is not None:
+            self.status.open(self.agent, signed.serial, generation, not_after)
         return _Key(
             header=_b64(json.dumps(header, separators=(",", ":"))),
             private=private,
             alg=alg,
             x5c=x5c,
             serial=signed.serial,
-            not_after=int(cert.not_valid_after_utc.timestamp()),
+            not_after=not_after,
             generation=generation,
             jwk=public_jwk(private.public_key(), kid=signed.serial, alg=alg, x5c=chain),
+            list_id=list_id_for(signed.serial),
         )
 
     def _current(self, now: float, alg: str) -> _Key:
@@ -224,6 +240,10 @@ class ActionTokenSigner:
             raise RuntimeError("the signer's certificate has expired; rotate first")
         ttl = max(1, min(ttl, key.not_after - issued))
         jti = jti or uuid.uuid4().hex
+        status = None
+        if self.status is not None:
+            entry = Entry(jti, issued, issued + ttl, str(claims.get("action", "")))
+            status = self.status.allocate(key.list_id, entry)
         payload = action_payload(
             issuer=self.issuer,
             agent=self.agent,
@@ -231,6 +251,7 @@ class ActionTokenSigner:
             ttl=ttl,
             jti=jti,
             generation=key.generation,
+            status=status,
             **claims,
         )
         signing_input = key.header + b"." + _b64(_COMPACT.encode(payload))

@@ -23,7 +23,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from broker.canonical import inputs_digest
-from broker.claims import ALGORITHMS, DEFAULT_ISSUER, REQUIRED_CLAIMS, TOKEN_TYPE, ActionClaims
+from broker.claims import (
+    ALGORITHMS,
+    DEFAULT_ISSUER,
+    REQUIRED_CLAIMS,
+    TOKEN_TYPE,
+    ActionClaims,
+    StatusRef,
+)
 from broker.errors import VerificationError
 from broker.jwk import key_matches
 
@@ -34,6 +41,13 @@ class RevocationView(Protocol):
     """What a verifier asks of the control state; returns why a token is revoked, or None."""
 
     def token_revoked(self, claims: ActionClaims) -> str | None: ...
+
+
+class StatusView(Protocol):
+    """A token status list reader (``broker.status_client.StatusListClient``): whether the
+    token's bit is set; raises ``VerificationError`` when that cannot be known."""
+
+    def revoked(self, ref: StatusRef) -> bool: ...
 
 
 def _fail(code: str, detail: str) -> VerificationError:
@@ -49,6 +63,7 @@ class Verifier:
         revocations: RevocationView | None = None,
         clock: Callable[[], float] = time.time,
         issuer: str = DEFAULT_ISSUER,
+        status: StatusView | None = None,
     ) -> None:
         if not 0 <= leeway <= MAX_LEEWAY:
             raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY} seconds")
@@ -57,6 +72,7 @@ class Verifier:
         self._revocations = revocations
         self._clock = clock
         self._issuer = issuer
+        self._status = status
 
     def verify(
         self,
@@ -87,7 +103,17 @@ class Verifier:
         reason = self._revocations.token_revoked(claims) if self._revocations else None
         if reason:
             raise _fail("token_revoked", reason)
+        if self._status is not None:
+            self._check_status(claims)
         return claims
+
+    def _check_status(self, claims: ActionClaims) -> None:
+        """The token status list, for verifiers that have no Vault token (fails closed)."""
+        assert self._status is not None
+        if claims.status is None:
+            raise _fail("status_missing", "the token names no status list to check")
+        if self._status.revoked(claims.status):
+            raise _fail("token_revoked", f"token {claims.jti} is revoked in its status list")
 
     def _header(self, token: str) -> dict[str, Any]:
         try:

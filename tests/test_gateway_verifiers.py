@@ -25,7 +25,7 @@ import pytest
 from broker.canonical import inputs_digest
 from broker.controlstate import GLOBAL_PATH
 from broker.devstack import DevServer
-from broker.issuer_process import verifier_token
+from broker.issuer_process import issuer_token
 from broker.jwk import new_private_key, sign_raw
 from broker.signing import ActionTokenSigner, PublishedKey
 from broker.vault.bootstrap import AgentGrant, bootstrap
@@ -106,7 +106,7 @@ def gateway(openbao: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )["auth"]["client_token"]
     sidecar = make_client(openbao.addr, sidecar_token)
     log = tmp_path_factory.mktemp("issuer") / "issuer.log"
-    with issuer_process(openbao.addr, verifier_token(root, openbao.addr), log) as issuer:
+    with issuer_process(openbao.addr, issuer_token(root, openbao.addr), log) as issuer:
         signer = _signer(sidecar, openbao.addr, issuer.url, publish=True)
         signer.rotate(generation)
         unpublished = _signer(sidecar, openbao.addr, issuer.url, publish=False)

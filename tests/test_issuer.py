@@ -6,19 +6,42 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.errors import BackendUnavailable
 from broker.issuer import IssuerState, build_app
 from broker.issuer_keys import JWKS_MAX_AGE
-from broker.jwk import merge_published
+from broker.jwk import merge_published, public_jwk, sign_raw
 from broker.signing import ActionTokenSigner, PublishedKey
+from broker.statuslist import bit_at, decode_bits, encode_bits
+from broker.vault.jwks import IssuerView
 from tests.tokenfactory import AGENT, FakeCA
 
 NOW = 1_900_000_000.0
 ISSUER = "http://127.0.0.1:8400"
+STATUS_KEY = ec.generate_private_key(ec.SECP256R1())
+STATUS_PEM = (
+    STATUS_KEY.public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    .decode()
+)
+LIST_URI = f"{ISSUER}/statuslists/{AGENT}/0a1b"
+LIST = {
+    "uri": LIST_URI,
+    "size": 64,
+    "gen": 1,
+    "not_after": int(NOW) + 900,
+    "lst": encode_bits([3], 64),
+}
+
+
+async def sign(data: bytes, version: str) -> bytes:
+    assert version == "1"
+    return sign_raw(STATUS_KEY, data)
 
 
 class Source:
@@ -31,12 +54,22 @@ class Source:
         self.pem = ca.cert.public_bytes(serialization.Encoding.PEM).decode()
         self.reads = 0
         self.down = False
+        self.killed: set[str] = set()
+        self.min_generation = 0
+        self.status_keys = {"1": STATUS_PEM}
 
-    async def __call__(self) -> tuple[dict[str, dict[str, Any]], int, str]:
+    async def __call__(self) -> IssuerView:
         self.reads += 1
         if self.down:
             raise BackendUnavailable("Vault is unreachable at http://127.0.0.1:1 (test)")
-        return self.docs, 0, self.pem
+        return IssuerView(
+            keys=self.docs,
+            min_generation=self.min_generation,
+            ca_pem=self.pem,
+            status={AGENT: {"lists": {"0a1b": LIST}}},
+            killed=frozenset(self.killed),
+            status_keys=self.status_keys,
+        )
 
 
 class Clock:
@@ -59,7 +92,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def client(source: Source, clock: Clock) -> AsyncIterator[TestClient[Any, Any]]:
-    state = IssuerState(ISSUER, source, refresh=1.0, clock=clock)
+    state = IssuerState(ISSUER, source, sign=sign, refresh=1.0, clock=clock)
     async with TestClient(TestServer(build_app(state))) as c:
         yield c
 
@@ -81,7 +114,8 @@ async def test_jwks_has_the_keys_and_caching_headers(client: TestClient[Any, Any
     resp = await client.get("/.well-known/jwks.json")
     assert resp.status == 200
     keys = (await resp.json())["keys"]
-    assert sorted(k["alg"] for k in keys) == ["ES256", "EdDSA"]
+    assert sorted(k["alg"] for k in keys) == ["ES256", "ES256", "EdDSA"]
+    assert "status-list-1" in {k["kid"] for k in keys}
     assert resp.headers["Cache-Control"] == f"public, max-age={JWKS_MAX_AGE}"
     again = await client.get(
         "/.well-known/jwks.json", headers={"If-None-Match": resp.headers["ETag"]}
@@ -106,6 +140,10 @@ BAD = [
     ("GET", "/.well-known/jwks.json/extra", 404, "not_found"),
     ("GET", "/", 404, "not_found"),
     ("GET", "/statuslists/../../etc/passwd", 404, "not_found"),
+    ("GET", "/statuslists/agent-a/ffff", 404, "not_found"),
+    ("GET", "/statuslists/agent-a/NOT-HEX", 404, "not_found"),
+    ("GET", "/statuslists/no-such-agent/0a1b", 404, "not_found"),
+    ("GET", "/statuslists/agent-a", 404, "not_found"),
     ("POST", "/.well-known/jwks.json", 405, "method_not_allowed"),
     ("DELETE", "/.well-known/openid-configuration", 405, "method_not_allowed"),
 ]
@@ -135,3 +173,50 @@ async def test_vault_down_is_503_and_recovers(
     source.down = False
     clock.now += 1.0
     assert (await client.get("/.well-known/jwks.json")).status == 200
+
+
+async def _status(client: TestClient[Any, Any]) -> tuple[dict[str, Any], bytes]:
+    resp = await client.get("/statuslists/agent-a/0a1b")
+    assert resp.status == 200, await resp.text()
+    assert resp.content_type == "application/statuslist+jwt"
+    assert resp.headers["Cache-Control"] == "public, max-age=1"
+    token = await resp.text()
+    jwk = public_jwk(STATUS_KEY.public_key(), kid="status-list-1", alg="ES256")
+    claims = jwt.decode(
+        token, jwt.PyJWK(jwk), algorithms=["ES256"], issuer=ISSUER,
+        options={"verify_exp": False, "verify_iat": False},
+    )  # fmt: skip
+    assert jwt.get_unverified_header(token)["typ"] == "statuslist+jwt"
+    return claims, decode_bits(claims["status_list"]["lst"])
+
+
+async def test_status_list_is_a_signed_token_of_the_sidecars_bits(
+    client: TestClient[Any, Any],
+) -> None:
+    """The list is a statuslist+jwt signed by the status key in the JWKS, sub = its URL,
+    ttl 1 s, carrying the bits the sidecar published."""
+    claims, bits = await _status(client)
+    assert (claims["sub"], claims["ttl"]) == (LIST_URI, 1)
+    assert [bit_at(bits, i) for i in range(5)] == [0, 0, 0, 1, 0]
+
+
+@pytest.mark.parametrize("how", ["killed", "generation revoked"])
+async def test_issuer_sets_every_bit_without_the_sidecar(
+    client: TestClient[Any, Any], source: Source, clock: Clock, how: str
+) -> None:
+    """A killed agent, or a revoked key generation: every token of the list is invalid, even
+    if the sidecar that minted them is gone."""
+    if how == "killed":
+        source.killed.add(AGENT)
+    else:
+        source.min_generation = 2
+    _, bits = await _status(client)
+    assert all(bit_at(bits, i) for i in range(64))
+
+
+async def test_no_status_key_is_a_clear_503(client: TestClient[Any, Any], source: Source) -> None:
+    """Without the transit key (bootstrap not run) the list is 503, saying what to do."""
+    source.status_keys = {}
+    resp = await client.get("/statuslists/agent-a/0a1b")
+    assert resp.status == 503
+    assert "broker bootstrap" in (await resp.json())["detail"]

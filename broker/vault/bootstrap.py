@@ -15,11 +15,13 @@ from broker.vault._errors import translate_errors
 from broker.vault.layout import (
     APPROLE_MOUNT,
     CA_COMMON_NAME,
+    ISSUER_POLICY,
     KV_MOUNT,
     PKI_MOUNT,
     PLATFORM_EDITOR_POLICY,
     SECURITY_OPERATOR_POLICY,
     SIGNING_CERT_TTL,
+    STATUS_LIST_KEY,
     TRANSIT_MOUNT,
     VERIFIER_POLICY,
     approle_role,
@@ -29,6 +31,7 @@ from broker.vault.layout import (
 )
 from broker.vault.policies import (
     demo_policy_hcl,
+    issuer_hcl,
     platform_editor_hcl,
     security_operator_hcl,
     sidecar_policy_hcl,
@@ -119,7 +122,7 @@ class Bootstrap:
         )
         self._note(f"CA in {PKI_MOUNT}/ (ed25519)", "created")
 
-    def transit_key(self, name: str) -> None:
+    def transit_key(self, name: str, key_type: str = "ed25519") -> None:
         try:
             exists = self.client.read(f"{TRANSIT_MOUNT}/keys/{name}") is not None
         except hvac.exceptions.InvalidPath:
@@ -127,8 +130,8 @@ class Bootstrap:
         if exists:
             self._note(f"transit key {name}", "present")
             return
-        self.client.write_data(f"{TRANSIT_MOUNT}/keys/{name}", data={"type": "ed25519"})
-        self._note(f"transit key {name}", "created")
+        self.client.write_data(f"{TRANSIT_MOUNT}/keys/{name}", data={"type": key_type})
+        self._note(f"transit key {name} ({key_type})", "created")
 
 
 def _same(have: Any, want: Any) -> bool:
@@ -158,9 +161,11 @@ def bootstrap(
         b.auth(APPROLE_MOUNT, "approle")
         b.pki_root()
         b.transit_key("audit-checkpoint")
+        b.transit_key(STATUS_LIST_KEY, "ecdsa-p256")  # ES256: every gateway knows it
         b.policy(SECURITY_OPERATOR_POLICY, security_operator_hcl())
         b.policy(PLATFORM_EDITOR_POLICY, platform_editor_hcl())
         b.policy(VERIFIER_POLICY, verifier_hcl())
+        b.policy(ISSUER_POLICY, issuer_hcl())
         for grant in grants:
             _agent(b, grant)
         if demo:

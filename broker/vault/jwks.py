@@ -7,17 +7,28 @@ merge: a replica never drops another's key."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import hvac
 
-from broker.controlstate import GLOBAL_PATH
+from broker.controlstate import GLOBAL_PATH, agent_path
 from broker.errors import BackendUnavailable, NotFound
-from broker.jwk import merge_published
+from broker.jwk import merge_published, merge_status
 from broker.vault._errors import translate_errors
 from broker.vault.asyncapi import AsyncVault
-from broker.vault.layout import ISSUER_KEYS_DIR, KV_MOUNT, PKI_MOUNT, issuer_keys_path
+from broker.vault.layout import (
+    ISSUER_KEYS_DIR,
+    KV_MOUNT,
+    PKI_MOUNT,
+    STATUS_DIR,
+    STATUS_LIST_KEY,
+    TRANSIT_MOUNT,
+    issuer_keys_path,
+    status_path,
+)
 
 _ATTEMPTS = 5
 
@@ -64,21 +75,89 @@ def _write_cas(
     return True
 
 
-async def read_published(vault: AsyncVault) -> tuple[dict[str, dict[str, Any]], int, str]:
-    """For ``broker issuer``: every agent's published keys, the revoked-below generation and
-    the broker CA (PEM), read with a token under the ``broker-verifier`` policy."""
-    listing = await _list(vault, ISSUER_KEYS_DIR)
-    agents = [a for a in listing if not a.endswith("/")]
-    docs = await asyncio.gather(*(vault.kv_read(issuer_keys_path(a)) for a in agents))
+@dataclass(frozen=True)
+class IssuerView:
+    """What ``broker issuer`` reads from Vault, with a ``broker-issuer`` policy token."""
+
+    keys: dict[str, dict[str, Any]]  # agent -> published-keys document
+    min_generation: int
+    ca_pem: str
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)  # agent -> status doc
+    killed: frozenset[str] = frozenset()  # agents whose tokens are all revoked
+    status_keys: dict[str, str] = field(default_factory=dict)  # version -> PEM public key
+
+
+async def read_published(vault: AsyncVault) -> IssuerView:
+    """Every agent's published keys and status lists, the kill flags and revoked-below
+    generation, the broker CA, and the public keys that sign status lists."""
+    agents = [a for a in await _list(vault, ISSUER_KEYS_DIR) if not a.endswith("/")]
+    listed = [a for a in await _list(vault, STATUS_DIR) if not a.endswith("/")]
+    keys, status, controls = await asyncio.gather(
+        asyncio.gather(*(vault.kv_read(issuer_keys_path(a)) for a in agents)),
+        asyncio.gather(*(vault.kv_read(status_path(a)) for a in listed)),
+        asyncio.gather(*(vault.kv_read(agent_path(a)) for a in listed)),
+    )
     control = await vault.kv_read(GLOBAL_PATH) or {}
+    killed = {a for a, doc in zip(listed, controls, strict=True) if (doc or {}).get("killed")}
+    if control.get("killed_all"):
+        killed = set(listed)
+    return IssuerView(
+        keys={a: d for a, d in zip(agents, keys, strict=True) if d is not None},
+        min_generation=int(control.get("min_generation", 0) or 0),
+        ca_pem=await _ca_pem(vault),
+        status={a: d for a, d in zip(listed, status, strict=True) if d is not None},
+        killed=frozenset(killed),
+        status_keys=await _status_keys(vault),
+    )
+
+
+async def _ca_pem(vault: AsyncVault) -> str:
     ca = await vault.get(f"{PKI_MOUNT}/cert/ca", "read of the broker CA")
     pem = str((ca.get("data") or {}).get("certificate") or "")
     if "BEGIN CERTIFICATE" not in pem:
         raise BackendUnavailable(
             f"Vault at {vault.addr} has no broker CA yet; run `broker bootstrap`"
         )
-    found = {a: d for a, d in zip(agents, docs, strict=True) if d is not None}
-    return found, int(control.get("min_generation", 0) or 0), pem
+    return pem
+
+
+async def _status_keys(vault: AsyncVault) -> dict[str, str]:
+    try:
+        found = await vault.get(
+            f"{TRANSIT_MOUNT}/keys/{STATUS_LIST_KEY}", "read of the status-list key"
+        )
+    except NotFound:
+        return {}
+    versions = (found.get("data") or {}).get("keys") or {}
+    return {
+        str(v): str(k.get("public_key", "")) for v, k in versions.items() if isinstance(k, dict)
+    }
+
+
+async def sign_status_list(vault: AsyncVault, signing_input: bytes, version: str) -> bytes:
+    """Vault transit signs a Status List Token with key ``version`` (ES256, raw r||s)."""
+    body = {
+        "input": base64.b64encode(signing_input).decode(),
+        "hash_algorithm": "sha2-256",
+        "marshaling_algorithm": "jws",
+        "key_version": int(version),
+    }
+    found = await vault.post(f"{TRANSIT_MOUNT}/sign/{STATUS_LIST_KEY}", body, "sign a status list")
+    sig = str(found["data"]["signature"]).split(":", 2)[2]
+    return base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+
+
+def publish_status(
+    client: hvac.Client, agent: str, lists: dict[str, dict[str, Any]], now: float, addr: str = ""
+) -> None:
+    """The sidecar's status lists, merged by check-and-set into the agent's document."""
+    path = status_path(agent)
+    for _ in range(_ATTEMPTS):
+        doc, version = _read(client, path, addr)
+        merged = merge_status(doc, lists, now)
+        if _write_cas(client, path, merged, version, addr):
+            return
+    raise BackendUnavailable(f"could not publish status lists at {KV_MOUNT}/{path}")
 
 
 async def _list(vault: AsyncVault, path: str) -> list[str]:

@@ -14,6 +14,7 @@ DATABASE_MOUNT = "database"
 SECURITY_OPERATOR_POLICY = "broker-security-operator"
 PLATFORM_EDITOR_POLICY = "broker-platform-editor"
 VERIFIER_POLICY = "broker-verifier"
+ISSUER_POLICY = "broker-issuer"
 
 CA_COMMON_NAME = "agent-credential-broker CA"
 SIGNING_CERT_TTL = "15m"
@@ -53,6 +54,7 @@ def control_path(*parts: str) -> str:
 
 # Token status lists (draft-ietf-oauth-status-list), one per agent: which indices are revoked.
 STATUS_DIR = "issuer/status"
+STATUS_LIST_KEY = "status-list"  # transit key (ecdsa-p256) that signs Status List Tokens
 
 
 def status_path(agent: str) -> str:

@@ -14,9 +14,11 @@ from broker.vault.layout import (
     KV_MOUNT,
     PKI_MOUNT,
     STATUS_DIR,
+    STATUS_LIST_KEY,
     TRANSIT_MOUNT,
     issuer_keys_path,
     pki_role,
+    status_path,
     token_role,
 )
 
@@ -32,6 +34,7 @@ def sidecar_policy_hcl(agent: str, dynamic_paths: Iterable[str]) -> str:
         _rule(f"{PKI_MOUNT}/sign/{pki_role(agent)}", "update"),
         _rule(f"{PKI_MOUNT}/sign/{pki_role(agent, 'ES256')}", "update"),
         _rule(f"{KV_MOUNT}/data/{issuer_keys_path(agent)}", "create", "update", "read"),
+        _rule(f"{KV_MOUNT}/data/{status_path(agent)}", "create", "update", "read"),
         _rule(f"auth/token/create/{token_role(agent)}", "update"),
         _rule(f"{KV_MOUNT}/data/control/*", "read"),
         _rule(f"{KV_MOUNT}/metadata/control/*", "read", "list"),
@@ -86,6 +89,17 @@ def verifier_hcl() -> str:
         _rule(f"{KV_MOUNT}/data/{STATUS_DIR}/*", "read"),
         _rule(f"{KV_MOUNT}/metadata/{STATUS_DIR}", "list"),
         _rule(f"{KV_MOUNT}/metadata/{STATUS_DIR}/*", "list"),
+    ]
+    return "\n".join(rules)
+
+
+def issuer_hcl() -> str:
+    """For ``broker issuer``: what verifiers read, the kill flags, and signing status lists
+    with the one transit key kept for that."""
+    rules = [
+        verifier_hcl(),
+        _rule(f"{TRANSIT_MOUNT}/keys/{STATUS_LIST_KEY}", "read"),
+        _rule(f"{TRANSIT_MOUNT}/sign/{STATUS_LIST_KEY}", "update"),
     ]
     return "\n".join(rules)
 
