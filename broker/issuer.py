@@ -40,6 +40,7 @@ Source = Callable[[], Awaitable[IssuerView]]
 Signer = Callable[[bytes, str], Awaitable[bytes]]  # (signing input, key version) -> r||s
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METADATA_MAX_AGE = 300
+MISS_RELOAD = 0.05  # an unknown status list forces a fresh read at most this often
 STATUS_TOKEN_LIFETIME = 300  # exp of a Status List Token; ttl (1 s) says when to refetch
 _AGENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _LIST_ID = re.compile(r"[0-9a-f]{1,64}")
@@ -91,13 +92,15 @@ class IssuerState:
         self._snapshot: Snapshot | None = None
         self._lock = asyncio.Lock()
 
-    async def snapshot(self) -> Snapshot:
+    async def snapshot(self, max_age: float | None = None) -> Snapshot:
+        """The last read if younger than ``max_age`` (default: the refresh interval)."""
+        age = self._refresh if max_age is None else max_age
         current = self._snapshot
-        if current is not None and self._clock() - current.loaded_at < self._refresh:
+        if current is not None and self._clock() - current.loaded_at < age:
             return current
         async with self._lock:
             current = self._snapshot
-            if current is None or self._clock() - current.loaded_at >= self._refresh:
+            if current is None or self._clock() - current.loaded_at >= age:
                 self._snapshot = current = await self._load()
         return current
 
@@ -123,8 +126,12 @@ class IssuerState:
         cached = snap.tokens.get((agent, list_id))
         if cached is not None:
             return cached
-        record = ((snap.view.status.get(agent) or {}).get("lists") or {}).get(list_id)
-        if not isinstance(record, dict) or not isinstance(record.get("size"), int):
+        record = _record(snap, agent, list_id)
+        if record is None:
+            # A list a sidecar created a moment ago: read again, at most every MISS_RELOAD s.
+            snap = await self.snapshot(max_age=MISS_RELOAD)
+            record = _record(snap, agent, list_id)
+        if record is None:
             raise NotFound(f"no status list {list_id} for agent {agent}")
         if self._sign is None or snap.status_kid is None:
             raise BackendUnavailable("no status-list signing key in Vault; run `broker bootstrap`")
@@ -155,6 +162,12 @@ class IssuerState:
         ).encode()
         signature = await sign(signing_input, kid)
         return f"{signing_input.decode()}.{_b64(signature)}"
+
+
+def _record(snap: Snapshot, agent: str, list_id: str) -> dict[str, Any] | None:
+    record = ((snap.view.status.get(agent) or {}).get("lists") or {}).get(list_id)
+    ok = isinstance(record, dict) and isinstance(record.get("size"), int)
+    return record if ok else None
 
 
 STATE: web.AppKey[IssuerState] = web.AppKey("issuer_state", IssuerState)

@@ -83,6 +83,7 @@ class StatusListClient:
         try:
             return self._fetch(uri)
         except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the response's socket
             code = "status_unknown" if exc.code == 404 else "status_unavailable"
             raise VerificationError(f"status list {uri}: HTTP {exc.code}", code=code) from exc
         except (OSError, ValueError) as exc:
