@@ -10,12 +10,14 @@ under the ``broker-verifier`` policy."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hvac
@@ -34,7 +36,7 @@ from broker.vault.kv import kv_read
 from broker.vault.layout import sidecar_policy
 from broker.vault.pki import sign_csr
 from broker.vault.session import make_client
-from tests.gateways import issuer_process, run_node
+from tests.gateways import issuer_process, node_verifier, run_node
 from tests.tokenfactory import b64url, segment, unb64url
 
 pytestmark = pytest.mark.integration
@@ -324,3 +326,51 @@ def test_unknown_issuer_paths_are_clear_404s(gateway: Gateway) -> None:
     body = json.loads(info.value.read())
     assert body["error"] == "not_found"
     assert "openid-configuration" in body["detail"]
+
+
+# -- the README's snippets, run as written -------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _snippet(language: str, after: str) -> str:
+    text = README.read_text()
+    start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
+    return text[start : text.index("```", start)]
+
+
+def _for_test(code: str, gateway: Gateway) -> str:
+    return code.replace("https://issuer.acme.example", gateway.url).replace(
+        "https://orders.example.com/api", AUDIENCE
+    )
+
+
+def test_readme_pyjwt_snippet_verifies_and_binds(gateway: Gateway) -> None:
+    """The README's pyjwt snippet accepts our token with its inputs and refuses other inputs."""
+    scope: dict[str, Any] = {}
+    exec(_for_test(_snippet("python", "Python, with pyjwt"), gateway), scope)  # noqa: S102 - our README
+    token = gateway.mint("ES256", inputs={"note": "Zoë", "amount": 100})
+    assert scope["check"](token, {"note": "Zoë", "amount": 1e2})["sub"] == AGENT
+    with pytest.raises(PermissionError, match="other inputs"):
+        scope["check"](token, {"note": "Zoe", "amount": 100})
+
+
+def test_readme_node_snippet_verifies_and_binds(gateway: Gateway) -> None:
+    """The README's Node snippet accepts our token with its inputs and refuses other inputs."""
+    directory = node_verifier()
+    script = directory / "readme_check.mjs"
+    driver = """
+const [token, good, bad] = process.argv.slice(2);
+const ok = (await check(token, good)).sub;
+let refused = "";
+try { await check(token, bad); } catch (err) { refused = err.message; }
+console.log(JSON.stringify({ ok, refused }));
+"""
+    script.write_text(_for_test(_snippet("js", "Node, with `jose`"), gateway) + driver)
+    token = gateway.mint("EdDSA", inputs={"note": "東京", "amount": 100})
+    result = subprocess.run(
+        ["node", str(script), token, '{"amount": 1e2, "note": "東京"}', '{"amount": 101, "note": "東京"}'],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"ok": AGENT, "refused": "the token is for other inputs"}
