@@ -108,13 +108,18 @@ class IssuerState:
         view = await self._source()
         now = self._clock()
         skipped: list[Skipped] = []
-        ca = x509.load_pem_x509_certificate(view.ca_pem.encode())
+        try:
+            ca = x509.load_pem_x509_certificate(view.ca_pem.encode())
+            status_keys, status_kid = _status_jwks(view)
+        except ValueError as exc:
+            raise BackendUnavailable(
+                f"Vault returned a CA or key that does not parse: {exc}"
+            ) from exc
         keys = live_jwks(
             view.keys, ca, min_generation=view.min_generation, now=now, skipped=skipped
         )
         for s in skipped:
             log.warning("not serving key %s of %s: %s", s.kid, s.agent, s.why)
-        status_keys, status_kid = _status_jwks(view)
         keys += status_keys
         body = json.dumps({"keys": keys}, sort_keys=True).encode()
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

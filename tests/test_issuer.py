@@ -220,3 +220,19 @@ async def test_no_status_key_is_a_clear_503(client: TestClient[Any, Any], source
     resp = await client.get("/statuslists/agent-a/0a1b")
     assert resp.status == 503
     assert "broker bootstrap" in (await resp.json())["detail"]
+
+
+@pytest.mark.parametrize("what", ["ca_pem", "status_key"])
+async def test_garbage_from_vault_is_a_503_not_a_500(
+    client: TestClient[Any, Any], source: Source, what: str
+) -> None:
+    """A CA or status key that does not parse (a raw write in Vault) is 503, never a 500."""
+    if what == "ca_pem":
+        source.pem = "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n"
+    else:
+        source.status_keys = {
+            "1": "-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----\n"
+        }
+    resp = await client.get("/.well-known/jwks.json")
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "backend_unavailable"
