@@ -23,10 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from broker.claims import ALGORITHM, ALGORITHMS, DEFAULT_ISSUER, TOKEN_TYPE, action_payload
+from broker.claims import (
+    ALGORITHM,
+    ALGORITHMS,
+    DEFAULT_ISSUER,
+    EDDSA,
+    TOKEN_TYPE,
+    action_payload,
+)
 from broker.jwk import PrivateKey, new_private_key, public_jwk, sign_raw
 from broker.statuslist import CAPACITY, Entry, StatusLedger, list_id_for
 from broker.vault.pki import SignedCert
@@ -189,7 +196,7 @@ class ActionTokenSigner:
         csr = (
             x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.agent)]))
-            .sign(private, None if alg == "EdDSA" else _sha256())
+            .sign(private, None if alg == EDDSA else hashes.SHA256())
         )
         signed = self._issue_cert(
             csr.public_bytes(serialization.Encoding.PEM).decode(), CERT_TTL, alg
@@ -261,12 +268,6 @@ class ActionTokenSigner:
         return MintedToken(
             token=token.decode("ascii"), jti=jti, expires_at=issued + ttl, serial=key.serial
         )
-
-
-def _sha256() -> Any:
-    from cryptography.hazmat.primitives import hashes
-
-    return hashes.SHA256()
 
 
 def _der_b64(pem: str) -> str:
