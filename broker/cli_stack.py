@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import ConfigError
-from broker.settings import DEFAULT_MAX_BODY, vault_from_env
+from broker.settings import DEFAULT_MAX_BODY, issuer_from_env, vault_from_env
 
 
 def register(
@@ -102,6 +103,14 @@ def register(
     )
     p.add_argument("--vault-addr")
     p.add_argument("--no-revocation", action="store_true", help="skip the control-state check")
+    p.add_argument(
+        "--issuer", help="the expected iss (default BROKER_ISSUER_URL, else the broker's URN)"
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="check the token's status list at the issuer (no Vault token needed for that)",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = commands.add_parser(
@@ -244,18 +253,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     token = _read_token(args)
     inputs = _json_arg(args.inputs, "--inputs") if args.inputs else None
     revocations = None if args.no_revocation else VaultRevocations(vault)
+    from broker.status_client import StatusListClient
+
+    issuer = args.issuer or issuer_from_env()
+    status = StatusListClient(issuer) if args.status else None
     verifier = Verifier(
         [fetch_ca_pem(vault.addr)],
         revocations=revocations,
         manifests=_manifest_view(args, vault),
         accept_agents=args.agents,
+        issuer=issuer,
+        status=status,
     )
     try:
         claims = verifier.verify(token, audience=args.audience, action=args.action, inputs=inputs)
     except VerificationError as exc:
         print(f"refused: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
-    print(json.dumps(claims.__dict__, indent=2))
+    print(json.dumps(dataclasses.asdict(claims), indent=2))
     return 0
 
 

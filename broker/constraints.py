@@ -27,10 +27,18 @@ STRING = frozenset({"string"})
 ANY_TYPE = frozenset({"string", "integer", "number", "boolean"})
 
 
+# Integers beyond this have no exact value in JavaScript and no RFC 8785 form (I-JSON).
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def is_integer(value: object) -> bool:
+    """JSON integers within I-JSON's exact range, never bools."""
+    return type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+
+
 def is_number(value: object) -> bool:
-    """JSON numbers: ints and finite floats, never bools."""
-    kind = type(value)
-    return kind is int or (kind is float and math.isfinite(value))  # type: ignore[arg-type]
+    """JSON numbers: safe ints and finite floats, never bools."""
+    return is_integer(value) or (type(value) is float and math.isfinite(value))
 
 
 # -- input types ---------------------------------------------------------------------------
@@ -47,7 +55,9 @@ class InputType:
 INPUT_TYPES: Mapping[str, InputType] = MappingProxyType(
     {
         "string": InputType("string", "string", "a JSON string", lambda v: type(v) is str),
-        "integer": InputType("integer", "integer", "a JSON integer", lambda v: type(v) is int),
+        "integer": InputType(
+            "integer", "integer", "a JSON integer within +-(2**53 - 1)", is_integer
+        ),
         "number": InputType("number", "number", "an int or finite float, not a bool", is_number),
         "boolean": InputType("boolean", "boolean", "true or false", lambda v: type(v) is bool),
     }

@@ -12,7 +12,6 @@ a missing value never skips an approval.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,9 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
+from broker.canonical import UnbindableInputs, inputs_digest
 from broker.constraints import CONDITION_OPS, INPUT_CHECKS, INPUT_TYPES
 from broker.limits import AGENT_RATE_KEY, UsageView, window_end
-from broker.manifest import Action, CredentialSpec, Manifest, RateLimit, canonical_json
+from broker.manifest import Action, CredentialSpec, Manifest, RateLimit
 from broker.reasons import Outcome, ReasonCode, http_status
 
 
@@ -122,10 +122,20 @@ class RuleResult:
     decision: Decision | None = None
 
 
+UNBINDABLE = "unbindable"  # the inputs_hash of a refused request whose inputs have no JCS form
+
+
 def inputs_hash(agent: str, action: str, inputs: Mapping[str, Any]) -> str:
-    """Binds approvals and tokens to exactly these inputs of exactly this call."""
-    body = canonical_json({"agent": agent, "action": action, "inputs": inputs})
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+    """Binds approvals and tokens to exactly these inputs of exactly this call (RFC 8785)."""
+    return inputs_digest(agent, action, inputs)
+
+
+def _hash_or_unbindable(agent: str, action: str, inputs: Mapping[str, Any]) -> str:
+    # Only refusals get here with unbindable inputs: _rule_inputs denies them first.
+    try:
+        return inputs_digest(agent, action, inputs)
+    except UnbindableInputs:
+        return UNBINDABLE
 
 
 # -- the compiled plan ---------------------------------------------------------------------
@@ -242,6 +252,7 @@ class _Ctx:
     disabled: bool
     action: ActionPlan | None = None
     charges: dict[str, float] = field(default_factory=dict)
+    binding: str | None = None  # the inputs hash, once _rule_inputs has computed it
 
 
 def _deny(reason: ReasonCode, detail: str, retry_after: float | None = None) -> Verdict:
@@ -273,6 +284,10 @@ def _rule_inputs(ctx: _Ctx) -> Verdict | None:
     missing = ctx.action.required.difference(inputs)
     if missing:
         return _deny(ReasonCode.invalid_inputs, f"missing inputs: {', '.join(sorted(missing))}")
+    try:
+        ctx.binding = inputs_digest(ctx.plan.manifest.agent, ctx.request.action, inputs)
+    except UnbindableInputs:
+        return _deny(ReasonCode.invalid_inputs, "inputs have no RFC 8785 canonical form")
     return None
 
 
@@ -430,7 +445,8 @@ def _decision(
         manifest_hash=ctx.plan.manifest_hash,
         action=request.action,
         agent=manifest.agent,
-        inputs_hash=inputs_hash(manifest.agent, request.action, request.inputs),
+        inputs_hash=ctx.binding
+        or _hash_or_unbindable(manifest.agent, request.action, request.inputs),
         retry_after=retry,
         approval_expires_in=approval.expires if pending and approval else None,
     )

@@ -11,7 +11,6 @@ constraints fit their input's type and patterns compile. Durations are stored as
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal
@@ -33,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from broker.canonical import jcs
 from broker.constraints import (
     CONDITION_OPS,
     CONDITION_SCHEMA,
@@ -59,15 +59,9 @@ class Problems(ValueError):
         self.issues = list(issues)
 
 
-# One encoder, built once: ``json.dumps`` with options builds a new one on every call.
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
-
-
 def canonical_json(value: object) -> bytes:
-    """The one JSON encoding used for hashing: sorted keys, no spaces, UTF-8, no NaN."""
-    return _CANONICAL.encode(value).encode()
+    """The one JSON encoding used for hashing: RFC 8785 (JCS), as for the input binding."""
+    return jcs(value)
 
 
 # -- scalar types --------------------------------------------------------------------------
@@ -169,8 +163,14 @@ RateSpec = Annotated[
 
 class JwtCredential(_Frozen):
     kind: Literal["jwt"]
-    audience: Name
+    audience: Name = Field(
+        description="the token's aud: a gateway name or an RFC 8707 resource URI"
+    )
     ttl: Ttl
+    alg: Literal["EdDSA", "ES256"] = Field(
+        default="EdDSA",
+        description="signing algorithm: EdDSA, or ES256 for gateways that know no EdDSA",
+    )
 
 
 def _no_root(policies: tuple[str, ...]) -> tuple[str, ...]:

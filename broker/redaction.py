@@ -24,7 +24,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker.audit import canonical, redact
-from broker.decision import inputs_hash
+from broker.canonical import UnbindableInputs
+from broker.decision import UNBINDABLE, inputs_hash
 
 _SEAL_PURPOSE = b"broker-approval-seal/1"
 _SEALED = "aesgcm:"
@@ -35,7 +36,10 @@ def stored_inputs(
 ) -> tuple[dict[str, Any], str]:
     """The inputs as stored (redacted fields keyed-hashed) and the hash over exactly that."""
     shown = redact(inputs, fields, key)
-    return shown, inputs_hash(agent, action, shown)
+    try:
+        return shown, inputs_hash(agent, action, shown)
+    except UnbindableInputs:  # only a refused request's inputs can have no canonical form
+        return shown, UNBINDABLE
 
 
 def _aead(key: bytes) -> AESGCM:

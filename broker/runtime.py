@@ -20,15 +20,16 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
 from broker.errors import BrokerError, PermissionDenied
 from broker.metrics import SidecarMetrics
-from broker.settings import VaultSettings
-from broker.signing import ActionTokenSigner
+from broker.settings import VaultSettings, issuer_from_env
+from broker.signing import ActionTokenSigner, PublishedKey
 from broker.vault.asyncapi import AsyncVault
+from broker.vault.jwks import publish_keys, publish_status
 from broker.vault.pki import SignedCert, sign_csr
 from broker.vault.session import VaultSession
 
@@ -52,7 +53,9 @@ class Runtime:
         self.session = VaultSession(vault, clock=clock)
         # Polls use their own short-timeout client so a hung Vault is noticed quickly.
         self._poller = AsyncVault(vault.addr, lambda: self.session.token, timeout=1.0, pool=4)
-        self.signer = ActionTokenSigner(agent, self._issue_cert)
+        self.signer = ActionTokenSigner(
+            agent, self._issue_cert, issuer=issuer_from_env(), publish=self._publish_keys
+        )
         self.control = ControlState(agent=agent)
         self.vault_ok = False
         self.vault_problem = "not connected yet"
@@ -69,6 +72,7 @@ class Runtime:
         # Called on the event loop when the kill flag or a revocation time changes.
         self.on_change: Callable[[ControlState, ControlState], None] | None = None
         self.metrics: SidecarMetrics | None = None
+        self._status_published: tuple[Any, ...] | None = None
 
     def available(self) -> bool:
         """Vault answered the last poll, recently enough: the condition for minting anything."""
@@ -76,8 +80,22 @@ class Runtime:
             self.vault_ok and self._clock() - self.last_poll_ok < STALE_AFTER + self.poll_interval
         )
 
-    def _issue_cert(self, csr_pem: str, ttl: str) -> SignedCert:
-        return sign_csr(self.session.client, self.agent, csr_pem, ttl, self.session.addr)
+    def _issue_cert(self, csr_pem: str, ttl: str, alg: str) -> SignedCert:
+        return sign_csr(self.session.client, self.agent, csr_pem, ttl, self.session.addr, alg=alg)
+
+    def _publish_keys(self, keys: Sequence[PublishedKey]) -> None:
+        """In the rotation's worker thread: the public keys go to Vault before they sign."""
+        entries = [k.to_json() for k in keys]
+        publish_keys(self.session.client, self.agent, entries, self._clock(), self.session.addr)
+        self._publish_status()  # the new keys' status lists exist before a token names them
+
+    def _publish_status(self) -> None:
+        """In a worker thread: which of this sidecar's tokens are revoked, for the issuer."""
+        ledger = self.signer.status
+        if ledger is not None:
+            now = self._clock()
+            lists = ledger.snapshot(self.control, now)
+            publish_status(self.session.client, self.agent, lists, now, self.session.addr)
 
     async def start(self) -> None:
         """Log in and certify a first key; raises BackendUnavailable when Vault is not there."""
@@ -133,6 +151,10 @@ class Runtime:
             # A revoked or expired sidecar token reads as permission denied: log in again.
             await asyncio.to_thread(self.session.login)
             await self._read_control()
+        revocations = _revocation_view(self.control)
+        if self.signer.status is not None and revocations != self._status_published:
+            await asyncio.to_thread(self._publish_status)
+            self._status_published = revocations
         now = self._clock()
         generation = self.control.signing_generation
         if self.session.renewal_due() or self.signer.needs_rotation(now, generation):
@@ -151,7 +173,7 @@ class Runtime:
         """In a worker thread: renew the token, certify a new key when one is due."""
         self.session.ensure_fresh()
         if self.signer.needs_rotation(self._clock(), generation):
-            self.signer.rotate(generation)
+            self.signer.rotate(generation, self._clock())
 
     async def _read_control(self) -> None:
         old = self.control
@@ -197,3 +219,14 @@ class Runtime:
                 self.metrics.vault_error("heartbeat")
             return
         self._last_heartbeat = now
+
+
+def _revocation_view(control: ControlState) -> tuple[Any, ...]:
+    """What decides which tokens are revoked: a change means the status lists change."""
+    return (
+        control.killed,
+        control.revoked_before,
+        control.revoked_jtis,
+        frozenset(control.revoked_before_action.items()),
+        control.min_generation,
+    )

@@ -544,6 +544,7 @@ def _jwt_claims(decision: Decision) -> dict[str, Any]:
         raise TypeError("action-token claims need a jwt credential spec and a RACI")
     return {
         "audience": spec.audience,
+        "alg": spec.alg,
         "action": decision.action,
         "accountable": decision.raci.accountable,
         "policy_version": decision.policy_version,

@@ -48,3 +48,13 @@ def vault_from_env(
         role_id_file=Path(role_id) if role_id else None,
         secret_id_file=Path(secret_id) if secret_id else None,
     )
+
+
+def issuer_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The ``iss`` of action tokens: ``BROKER_ISSUER_URL`` (the URL ``broker issuer`` serves
+    its metadata under), else a URN that names the broker but offers no discovery."""
+    env = os.environ if env is None else env
+    url = env.get("BROKER_ISSUER_URL", "").rstrip("/")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"BROKER_ISSUER_URL {url!r} must start with http:// or https://")
+    return url or "urn:agent-credential-broker"

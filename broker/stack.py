@@ -25,6 +25,7 @@ import hvac
 
 from broker.devstack import DevServer, start_dev_server
 from broker.errors import BackendUnavailable, ConfigError
+from broker.issuer_process import IssuerProcess, start_issuer
 from broker.loader import load_manifests
 from broker.manifest import DynamicCredential, Manifest, VaultTokenCredential
 from broker.pgdev import PG_BINDIR, PgCluster, start_cluster, stop_cluster
@@ -94,6 +95,7 @@ class Stack:
     postgres: PgCluster | None = None
     sidecars: list[SidecarProcess] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
+    issuer: IssuerProcess | None = None
 
     def stop(self, *, remove_state: bool = False) -> None:
         """Stop everything started, by process id; the state directory (audit trails, secret
@@ -101,6 +103,9 @@ class Stack:
         for sc in reversed(self.sidecars):
             _terminate(sc.process)
         self.sidecars.clear()
+        if self.issuer is not None:
+            _terminate(self.issuer.process)
+            self.issuer = None
         if self.postgres is not None:
             stop_cluster(self.postgres)
             self.postgres = None
@@ -188,6 +193,8 @@ def start_sidecar(
     audit = stack.state_dir / "audit" / f"{agent}.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_TOKEN", "BAO_TOKEN"))}
     env["VAULT_ADDR"] = vault.addr
+    if stack.issuer is not None:
+        env["BROKER_ISSUER_URL"] = stack.issuer.url  # the iss of this sidecar's tokens
     if role_files is not None:
         env["BROKER_ROLE_ID_FILE"], env["BROKER_SECRET_ID_FILE"] = map(str, role_files)
     elif vault.token is not None:
@@ -268,6 +275,7 @@ def up(
         ):
             stack.postgres = start_cluster()
             stack.steps += _demo_database(client, manifests, stack.postgres)
+        stack.issuer = start_issuer(client, stack.vault_addr, state)
         sidecar_vault = VaultSettings(addr=stack.vault_addr)
         for path, manifest in manifests_with_paths:
             files = approle_files(client, manifest.agent, state / "secrets")
@@ -311,6 +319,8 @@ def describe(stack: Stack) -> Iterator[str]:
     if stack.postgres is not None:
         yield f"PostgreSQL:    127.0.0.1:{stack.postgres.port} (throwaway, for dynamic credentials)"
     yield f"State:         {stack.state_dir}"
+    if stack.issuer is not None:
+        yield f"Issuer:        {stack.issuer.url}  (JWKS: {stack.issuer.url}/.well-known/jwks.json)"
     for sc in stack.sidecars:
         yield f"sidecar {sc.agent:<24} unix:{sc.socket}  (audit: {sc.audit})"
 

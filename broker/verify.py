@@ -3,8 +3,9 @@
 Trust comes only from the broker CA that Vault publishes: the token's ``x5c`` certificate
 must be issued directly by that CA, be valid now, and name the token's subject as its
 common name; the token's signature is then checked with that certificate's key. A key
-named in the token (``jwk``, ``jku``) is never used. EdDSA is the only algorithm accepted,
-and ``typ``, ``iss``, ``aud``, ``exp``/``nbf``/``iat`` (bounded leeway), the action, the
+named in the token (``jwk``, ``jku``) is never used. EdDSA and ES256 are the only algorithms
+accepted (the certificate's key must be of the kind the ``alg`` names), and ``typ``
+(RFC 9068's ``at+jwt``), ``iss``, ``aud``, ``exp``/``nbf``/``iat`` (bounded leeway), the action, the
 input binding and revocation are all checked. Every refusal is a ``VerificationError``
 whose ``code`` says which check failed.
 
@@ -30,12 +31,19 @@ from typing import Any, Protocol
 import jwt
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
 from broker.canonical import inputs_digest
-from broker.claims import ALGORITHM, ISSUER, REQUIRED_CLAIMS, TOKEN_TYPE, ActionClaims
+from broker.claims import (
+    ALGORITHMS,
+    DEFAULT_ISSUER,
+    REQUIRED_CLAIMS,
+    TOKEN_TYPE,
+    ActionClaims,
+    StatusRef,
+)
 from broker.errors import VerificationError
+from broker.jwk import key_matches
 from broker.manifest import AGENT_ID_PATTERN, MAX_CREDENTIAL_TTL_SECONDS
 
 MAX_LEEWAY = 30
@@ -69,6 +77,13 @@ class ManifestView(Protocol):
     def scope_of(self, agent: str, action: str) -> ActionScope | None: ...
 
 
+class StatusView(Protocol):
+    """A token status list reader (``broker.status_client.StatusListClient``): whether the
+    token's bit is set; raises ``VerificationError`` when that cannot be known."""
+
+    def revoked(self, ref: StatusRef) -> bool: ...
+
+
 def _fail(code: str, detail: str) -> VerificationError:
     return VerificationError(detail, code=code)
 
@@ -84,6 +99,8 @@ class Verifier:
         manifests: ManifestView | None = None,
         accept_agents: Collection[str] | None = None,
         max_token_bytes: int = MAX_TOKEN_BYTES,
+        issuer: str = DEFAULT_ISSUER,
+        status: StatusView | None = None,
     ) -> None:
         if not 0 <= leeway <= MAX_LEEWAY:
             raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY} seconds")
@@ -96,6 +113,8 @@ class Verifier:
         self._leeway = leeway
         self._revocations = revocations
         self._clock = clock
+        self._issuer = issuer
+        self._status = status
 
     def verify(
         self,
@@ -108,7 +127,7 @@ class Verifier:
         check_compact_form(token, self._max_bytes)
         header = self._header(token)
         cert = self._certificate(header)
-        payload = self._decode(token, cert, audience)
+        payload = self._decode(token, cert, audience, header["alg"])
         self._check_times(payload)
         try:
             claims = ActionClaims.from_payload(payload)
@@ -129,16 +148,27 @@ class Verifier:
         reason = self._revocations.token_revoked(claims) if self._revocations else None
         if reason:
             raise _fail("token_revoked", reason)
+        if self._status is not None:
+            self._check_status(claims)
         return claims
+
+    def _check_status(self, claims: ActionClaims) -> None:
+        """The token status list, for verifiers that have no Vault token (fails closed)."""
+        assert self._status is not None
+        if claims.status is None:
+            raise _fail("status_missing", "the token names no status list to check")
+        if self._status.revoked(claims.status):
+            raise _fail("token_revoked", f"token {claims.jti} is revoked in its status list")
 
     def _header(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise _fail("token_malformed", "not a JWT") from exc
-        if header.get("alg") != ALGORITHM:
+        if header.get("alg") not in ALGORITHMS:
             raise _fail("algorithm_refused", f"algorithm {header.get('alg')!r} is not allowed")
-        if header.get("typ") != TOKEN_TYPE:
+        # RFC 9068 section 4: "at+jwt", or its media-type spelling.
+        if header.get("typ") not in (TOKEN_TYPE, f"application/{TOKEN_TYPE}"):
             raise _fail("wrong_type", f"token type {header.get('typ')!r} is not {TOKEN_TYPE}")
         for name in ("jwk", "jku", "x5u"):
             if name in header:
@@ -164,9 +194,12 @@ class Verifier:
             <= cert.not_valid_after_utc.timestamp() + self._leeway
         ):
             raise _fail("certificate_expired", "the signing certificate is not valid now")
-        if not isinstance(cert.public_key(), Ed25519PublicKey):
-            raise _fail("algorithm_refused", "the signing certificate is not an Ed25519 key")
         return cert
+
+    @staticmethod
+    def _check_key_kind(cert: x509.Certificate, alg: str) -> None:
+        if not key_matches(alg, cert.public_key()):
+            raise _fail("algorithm_refused", f"the signing certificate's key is not for {alg}")
 
     @staticmethod
     def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -176,14 +209,17 @@ class Verifier:
             return False
         return True
 
-    def _decode(self, token: str, cert: x509.Certificate, audience: str) -> dict[str, Any]:
+    def _decode(
+        self, token: str, cert: x509.Certificate, audience: str, alg: str
+    ) -> dict[str, Any]:
+        self._check_key_kind(cert, alg)
         try:
             payload: dict[str, Any] = jwt.decode(
                 token,
                 cert.public_key(),  # type: ignore[arg-type]
-                algorithms=[ALGORITHM],
+                algorithms=[alg],  # one of ALGORITHMS, checked in _header
                 audience=audience,
-                issuer=ISSUER,
+                issuer=self._issuer,
                 leeway=self._leeway,
                 # Times are checked against the injected clock in _check_times, not pyjwt's.
                 options={

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import hvac
+import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from broker.claims import ALGORITHM, ISSUER, TOKEN_TYPE
+from broker.claims import ALGORITHM, DEFAULT_ISSUER, ES256, TOKEN_TYPE
 from broker.devstack import DevServer
 from broker.signing import CERT_TTL, RENEW_WHEN_LEFT, ActionTokenSigner, MintedToken
 from broker.vault.bootstrap import AgentGrant, bootstrap
@@ -73,19 +74,20 @@ def test_mint_before_rotate_is_refused(ca: FakeCA) -> None:
     """Without a certified key there is nothing to sign with."""
     signer = ActionTokenSigner(AGENT, ca.issue)
     assert signer.generation == -1
-    with pytest.raises(RuntimeError, match="no certified key"):
+    with pytest.raises(RuntimeError, match="no certified EdDSA key"):
         signer.mint(0, 60, **CLAIMS)
 
 
 def test_rotate_sends_a_csr_for_the_agent(ca: FakeCA) -> None:
-    """rotate asks issue_cert for CERT_TTL with a CSR naming the agent; notes the generation."""
+    """rotate asks issue_cert for CERT_TTL with a CSR naming the agent, one per algorithm."""
     signer = ActionTokenSigner(AGENT, ca.issue)
     serial = signer.rotate(generation=5)
-    ((csr_pem, ttl),) = ca.issued
-    csr = x509.load_pem_x509_csr(csr_pem.encode())
-    assert ttl == CERT_TTL
-    assert csr.is_signature_valid
-    assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == AGENT
+    assert ca.algs == ["EdDSA", "ES256"]
+    for csr_pem, ttl in ca.issued:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        assert ttl == CERT_TTL
+        assert csr.is_signature_valid
+        assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == AGENT
     assert signer.generation == 5
     assert serial in repr(signer)
 
@@ -101,7 +103,7 @@ def test_each_rotation_uses_a_fresh_key(signer: ActionTokenSigner, clock: Clock)
 
 
 def test_token_header_and_claims(signer: ActionTokenSigner, clock: Clock) -> None:
-    """The token is EdDSA, typed agent-action+jwt, carries its certificate and the claims."""
+    """The token is EdDSA, typed at+jwt (RFC 9068), carries its certificate and the claims."""
     minted = signer.mint(clock.now, 60, jti="jti-7", **CLAIMS)
     header, payload = _parts(minted.token)
     assert header["alg"] == ALGORITHM
@@ -111,10 +113,11 @@ def test_token_header_and_claims(signer: ActionTokenSigner, clock: Clock) -> Non
     assert set(header) == {"alg", "typ", "x5c", "kid"}
     now = int(clock.now)
     assert payload == {
-        "iss": ISSUER,
+        "iss": DEFAULT_ISSUER,
         "sub": AGENT,
         "aud": AUDIENCE,
-        "act": "orders.refund",
+        "client_id": AGENT,
+        "action": "orders.refund",
         "acc": "alice@example.com",
         "pv": "v7",
         "mh": CLAIMS["manifest_hash"],
@@ -172,7 +175,7 @@ def test_needs_rotation(ca: FakeCA, clock: Clock, case: str, expected: bool) -> 
 
 
 def _private_encodings(signer: ActionTokenSigner) -> list[str]:
-    private = signer._key.private  # type: ignore[union-attr] # the test must know the secret it looks for
+    private = signer._keys["EdDSA"].private  # the test must know the secret it looks for
     raw = private.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
@@ -190,8 +193,9 @@ def _private_encodings(signer: ActionTokenSigner) -> list[str]:
 
 def test_repr_of_signer_hides_the_private_key(signer: ActionTokenSigner) -> None:
     """Neither the signer's repr nor its key record's repr shows the private key."""
-    shown = repr(signer) + repr(signer._key) + str(signer)
+    shown = repr(signer) + repr(dict(signer._keys)) + str(signer)
     assert "Ed25519PrivateKey" not in shown
+    assert "EllipticCurvePrivateKey" not in shown
     for encoding in _private_encodings(signer):
         assert encoding not in shown
 
@@ -220,10 +224,16 @@ def test_vault_certificate_caps_token_expiry(vault_client: hvac.Client, openbao:
     """With a real broker-pki certificate (15 min), a day-long ttl is capped at its not_after."""
     signer = ActionTokenSigner(
         "signing-agent",
-        lambda csr, ttl: sign_csr(vault_client, "signing-agent", csr, ttl, openbao.addr),
+        lambda csr, ttl, alg: sign_csr(
+            vault_client, "signing-agent", csr, ttl, openbao.addr, alg=alg
+        ),
     )
     signer.rotate(generation=1)
     now = time.time()
+    es256 = signer.mint(now, 60, alg=ES256, **CLAIMS)
+    es_header, _ = _parts(es256.token)
+    assert es_header["alg"] == ES256
+    jwt.decode(es256.token, _cert(es_header).public_key(), algorithms=[ES256], audience=AUDIENCE)  # type: ignore[arg-type]
     minted = signer.mint(now, 86400, **CLAIMS)
     header, payload = _parts(minted.token)
     cert = _cert(header)
@@ -231,3 +241,84 @@ def test_vault_certificate_caps_token_expiry(vault_client: hvac.Client, openbao:
     assert payload["exp"] == minted.expires_at == not_after <= now + 15 * 60 + 1
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "signing-agent"
     assert f"{cert.serial_number:x}" == minted.serial.replace(":", "").lstrip("0")
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "ES256"])
+def test_each_algorithm_signs_with_its_own_certified_key(
+    signer: ActionTokenSigner, clock: Clock, alg: str
+) -> None:
+    """A token asks for EdDSA or ES256 and gets a signature pyjwt checks with the x5c key."""
+    minted = signer.mint(clock.now, 60, alg=alg, **CLAIMS)
+    header, _ = _parts(minted.token)
+    assert (header["alg"], header["kid"]) == (alg, minted.serial)
+    assert signer.serials[alg] == minted.serial
+    key = _cert(header).public_key()
+    payload = jwt.decode(
+        minted.token,
+        key,  # type: ignore[arg-type]
+        algorithms=[alg],
+        audience=AUDIENCE,
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},  # fake clock
+    )
+    assert payload["action"] == "orders.refund"
+
+
+def test_unknown_algorithm_is_refused(signer: ActionTokenSigner, clock: Clock) -> None:
+    """Only the algorithms the signer was given have keys; any other is an error."""
+    with pytest.raises(RuntimeError, match="no certified RS256 key"):
+        signer.mint(clock.now, 60, alg="RS256", **CLAIMS)
+
+
+class Published:
+    def __init__(self) -> None:
+        self.calls: list[list[dict[str, Any]]] = []
+
+    def __call__(self, keys: Any) -> None:
+        self.calls.append([k.to_json() for k in keys])
+
+
+def test_keys_are_published_before_they_sign(ca: FakeCA, clock: Clock) -> None:
+    """rotate hands both public JWKs (kid, alg, use, x5c chain) to publish before any mint."""
+    published = Published()
+    signer = ActionTokenSigner(AGENT, ca.issue, publish=published)
+    signer.rotate(generation=1)
+    (entries,) = published.calls
+    jwks = {e["jwk"]["alg"]: e["jwk"] for e in entries}
+    assert set(jwks) == {"EdDSA", "ES256"}
+    for alg, jwk in jwks.items():
+        assert jwk["kid"] == signer.serials[alg]
+        assert jwk["use"] == "sig"
+        assert len(jwk["x5c"]) == 2  # the leaf, then the CA
+        assert "d" not in jwk  # never the private part
+    assert {e["gen"] for e in entries} == {1}
+
+
+def test_routine_renewal_prepublishes_then_switches(ca: FakeCA, clock: Clock) -> None:
+    """A renewal of the same generation signs with the old key until PREPUBLISH has passed;
+    the next publication names the old key's last exp as its retire_after."""
+    published = Published()
+    signer = ActionTokenSigner(AGENT, ca.issue, publish=published, prepublish=60)
+    signer.rotate(generation=1)
+    old = signer.serials["EdDSA"]
+    signer.mint(clock.now, 30, **CLAIMS)
+    signer.rotate(generation=1, now=clock.now)
+    new_kids = {e["jwk"]["kid"] for e in published.calls[1]} - {
+        e["jwk"]["kid"] for e in published.calls[0]
+    }
+    assert len(new_kids) == 2
+    assert signer.mint(clock.now + 59, 60, **CLAIMS).serial == old
+    switched = signer.mint(clock.now + 60, 60, **CLAIMS)
+    assert switched.serial != old
+    assert switched.serial in new_kids
+    signer.rotate(generation=1, now=clock.now + 61)
+    retired = {e["jwk"]["kid"]: e for e in published.calls[2]}[old]
+    assert retired["retire_after"] == int(clock.now) + 59 + 60
+
+
+def test_generation_change_switches_at_once(ca: FakeCA, clock: Clock) -> None:
+    """An operator's generation bump is not delayed by prepublication."""
+    signer = ActionTokenSigner(AGENT, ca.issue, prepublish=60)
+    signer.rotate(generation=1)
+    signer.rotate(generation=2, now=clock.now)
+    assert signer.mint(clock.now, 60, **CLAIMS).serial == signer.serials["EdDSA"]
+    assert signer.generation == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import jwt
 import pytest
 
 from broker.devstack import DevServer
@@ -87,6 +89,7 @@ def test_up_mints_through_openbao_and_sigterm_leaves_nothing_behind(tmp_path: Pa
             )
             assert answer["outcome"] == "allow"
             assert answer["credential"]["kind"] == "jwt"
+            _verify_at_issuer(output, answer["credential"]["token"])
     finally:
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
@@ -94,6 +97,16 @@ def test_up_mints_through_openbao_and_sigterm_leaves_nothing_behind(tmp_path: Pa
     assert "stopped." in rest
     left = [p for p in family if _alive(p)]
     assert left == [], f"processes left behind: {left}"
+
+
+def _verify_at_issuer(output: str, token: str) -> None:
+    """The printed issuer URL is the token's iss, and its JWKS verifies the token."""
+    match = re.search(r"^Issuer: +(http://127\.0\.0\.1:\d+)", output, re.MULTILINE)
+    assert match, output
+    issuer = match[1]
+    key = jwt.PyJWKClient(f"{issuer}/.well-known/jwks.json").get_signing_key_from_jwt(token)
+    claims = jwt.decode(token, key, algorithms=["EdDSA", "ES256"], options={"verify_aud": False})
+    assert claims["iss"] == issuer
 
 
 def test_up_with_an_unreachable_vault_says_so_and_exits_non_zero() -> None:

@@ -355,9 +355,9 @@ def test_a_token_in_another_spelling_is_refused_and_the_kill_holds(
     the token, and the kill flag of research-agent is found under that spelling too."""
     upper = world.agent.upper()
 
-    def loose_issue(csr: str, ttl: str) -> SignedCert:
+    def loose_issue(csr: str, ttl: str, alg: str = "EdDSA") -> SignedCert:
         data = world.root.write_data(  # root, as the role alone once allowed
-            f"broker-pki/sign/{pki_role(world.agent)}",
+            f"broker-pki/sign/{pki_role(world.agent, alg)}",
             data={"csr": csr, "common_name": upper, "ttl": ttl, "format": "pem"},
         )["data"]
         return SignedCert(certificate_pem=data["certificate"], serial=data["serial_number"])

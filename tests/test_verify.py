@@ -28,10 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
-from broker.claims import ALGORITHM, ISSUER, REQUIRED_CLAIMS, TOKEN_TYPE, ActionClaims
+from broker.claims import ALGORITHM, DEFAULT_ISSUER, REQUIRED_CLAIMS, TOKEN_TYPE, ActionClaims
 from broker.controlstate import ControlState
 from broker.devstack import DevServer
 from broker.errors import VerificationError
+from broker.jwk import sign_raw
 from broker.signing import ActionTokenSigner
 from broker.vault.bootstrap import AgentGrant, bootstrap
 from broker.vault.layout import CA_COMMON_NAME
@@ -308,16 +309,42 @@ def _rsa() -> rsa.RSAPrivateKey:
 
 @pytest.mark.parametrize(
     ("alg", "make_key"),
-    [("RS256", _rsa), ("ES256", lambda: ec.generate_private_key(ec.SECP256R1()))],
+    [
+        ("RS256", _rsa),
+        ("ES384", lambda: ec.generate_private_key(ec.SECP384R1())),
+        ("ES256", lambda: ec.generate_private_key(ec.SECP384R1())),  # P-384 behind ES256
+        ("ES256", Ed25519PrivateKey.generate),  # an Ed25519 key behind ES256
+    ],
 )
 def test_other_asymmetric_algorithms_are_refused(world: World, alg: str, make_key: Any) -> None:
-    """RS256/ES256 tokens are refused, even with a key the CA itself certified for the agent."""
+    """Outside the EdDSA/ES256 allowlist, or with a key of another kind than the alg names,
+    a token is refused, even with a key the CA itself certified for the agent."""
     other = Identity.certified(world.ca, AGENT, world.now - 60, world.now + 600, key=make_key())
     refused(
         world.verifier(),
         forge(other.header(alg=alg), claims(world.now), other.sign),
         "algorithm_refused",
     )
+
+
+def test_genuine_es256_token_verifies(world: World) -> None:
+    """A CA-certified P-256 key signing under ES256 is accepted, like EdDSA."""
+    other = Identity.certified(
+        world.ca,
+        AGENT,
+        world.now - 60,
+        world.now + 600,
+        key=ec.generate_private_key(ec.SECP256R1()),
+    )
+    token = forge(other.header(alg="ES256"), claims(world.now), other.sign)
+    assert world.verifier().verify(token, audience=AUDIENCE).action == ACTION
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt"])
+def test_both_rfc9068_typ_spellings_verify(world: World, typ: str) -> None:
+    """RFC 9068 lets the typ be at+jwt or application/at+jwt."""
+    token = forge(world.agent.header(typ=typ), claims(world.now), world.agent.sign)
+    assert world.verifier().verify(token, audience=AUDIENCE).agent == AGENT
 
 
 def test_non_ed25519_certificate_is_refused_under_eddsa_header(world: World) -> None:
@@ -397,9 +424,9 @@ def test_key_bearing_headers_are_refused(world: World, name: str) -> None:
     refused(world.verifier(), hostile, "untrusted_key")
 
 
-@pytest.mark.parametrize("typ", ["JWT", "at+jwt", "AGENT-ACTION+JWT", "", None])
+@pytest.mark.parametrize("typ", ["JWT", "agent-action+jwt", "AT+JWT", "", None])
 def test_wrong_typ_is_refused(world: World, typ: str | None) -> None:
-    """Only typ agent-action+jwt is accepted: another JWT cannot pose as an action token."""
+    """Only typ at+jwt (RFC 9068) is accepted: another JWT cannot pose as an action token."""
     hostile = forge(world.agent.header(typ=typ), claims(world.now), world.agent.sign)
     refused(world.verifier(), hostile, "wrong_type")
 
@@ -510,7 +537,7 @@ class Vault:
 
     def signer(self, agent: str) -> ActionTokenSigner:
         signer = ActionTokenSigner(
-            agent, lambda csr, ttl: sign_csr(self.client, agent, csr, ttl, self.addr)
+            agent, lambda csr, ttl, alg: sign_csr(self.client, agent, csr, ttl, self.addr, alg=alg)
         )
         signer.rotate(generation=1)
         return signer
@@ -552,15 +579,17 @@ def test_gateway_verifies_with_plain_pyjwt(vault: Vault) -> None:
     token = _mint(vault.signer(VAULT_A), int(time.time()))
     ca = x509.load_pem_x509_certificate(vault.ca_pem.encode())
     header = jwt.get_unverified_header(token)
-    assert header["typ"] == "agent-action+jwt"
+    assert header["typ"] == "at+jwt"
     (der,) = header["x5c"]
     cert = x509.load_der_x509_certificate(base64.b64decode(der, validate=True))
     cert.verify_directly_issued_by(ca)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == VAULT_A
     public_key = cert.public_key()
     assert isinstance(public_key, Ed25519PublicKey)
-    payload = jwt.decode(token, public_key, algorithms=["EdDSA"], audience=AUDIENCE, issuer=ISSUER)
-    assert (payload["sub"], payload["act"]) == (VAULT_A, ACTION)
+    payload = jwt.decode(
+        token, public_key, algorithms=["EdDSA"], audience=AUDIENCE, issuer=DEFAULT_ISSUER
+    )
+    assert (payload["sub"], payload["action"]) == (VAULT_A, ACTION)
 
 
 @pytest.mark.integration
@@ -590,9 +619,9 @@ def test_vault_cert_for_agent_b_cannot_sign_for_agent_a(vault: Vault) -> None:
     token = _mint(b, int(time.time()))
     head, body, _ = token.split(".")
     payload = json.loads(unb64url(body))
-    payload["sub"] = VAULT_A
-    key = b._key.private  # type: ignore[union-attr] # the hostile sidecar B holds its own key
-    hostile = forge(json.loads(unb64url(head)), payload, key.sign)
+    payload["sub"] = payload["client_id"] = VAULT_A
+    key = b._keys["EdDSA"].private  # the hostile sidecar B holds its own key
+    hostile = forge(json.loads(unb64url(head)), payload, lambda d: sign_raw(key, d))
     refused(Verifier([vault.ca_pem]), hostile, "untrusted_key")
 
 

@@ -165,9 +165,14 @@ def test_lifetime_beyond_the_manifest_ttl_is_refused(world: World) -> None:
 # --- the manifest binding -------------------------------------------------------------------
 
 BINDING: list[tuple[str, dict[str, Any], str, str]] = [
-    ("action not in the agent's manifest", {"act": "tickets.read"}, AUDIENCE, "outside_manifest"),
+    (
+        "action not in the agent's manifest",
+        {"action": "tickets.read"},
+        AUDIENCE,
+        "outside_manifest",
+    ),
     ("another action's audience", {"aud": "lookup-api"}, "lookup-api", "outside_manifest"),
-    ("a vault_token action as a jwt", {"act": "orders.db"}, AUDIENCE, "outside_manifest"),
+    ("a vault_token action as a jwt", {"action": "orders.db"}, AUDIENCE, "outside_manifest"),
     ("an agent with no manifest", {"sub": OTHER_AGENT}, AUDIENCE, "outside_manifest"),
 ]
 
@@ -244,7 +249,8 @@ class Live:
         """What an attacker holding the agent's AppRole login can do: have Vault certify a
         key of their own under the agent's PKI role."""
         signer = ActionTokenSigner(
-            agent, lambda csr, ttl: sign_csr(self.root, agent, csr, ttl, self.addr)
+            agent,
+            lambda csr, ttl, alg="EdDSA": sign_csr(self.root, agent, csr, ttl, self.addr, alg=alg),
         )
         signer.rotate(generation=1)
         return signer

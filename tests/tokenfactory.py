@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from broker.canonical import inputs_digest
-from broker.claims import ALGORITHM, TOKEN_TYPE, action_payload
+from broker.claims import ALGORITHM, DEFAULT_ISSUER, TOKEN_TYPE, action_payload
 from broker.vault.layout import CA_COMMON_NAME
 from broker.vault.pki import SignedCert
 
@@ -77,6 +77,7 @@ class FakeCA:
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate, repr=False)
     cert: x509.Certificate = field(init=False)
     issued: list[tuple[str, str]] = field(default_factory=list)  # (csr_pem, ttl) per call
+    algs: list[str] = field(default_factory=list)  # the alg of each call
 
     def __post_init__(self) -> None:
         now = self.clock()
@@ -100,15 +101,18 @@ class FakeCA:
             .sign(self.key, None)
         )
 
-    def issue(self, csr_pem: str, ttl: str) -> SignedCert:
+    def issue(self, csr_pem: str, ttl: str, alg: str = "EdDSA") -> SignedCert:
         """Vault's ``pki/sign``: the CSR's key and common name, valid from 30 s ago for ``ttl``."""
         self.issued.append((csr_pem, ttl))
+        self.algs.append(alg)
         csr = x509.load_pem_x509_csr(csr_pem.encode())
         cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         now = self.clock()
         cert = self.certify(csr.public_key(), str(cn), now - 30, now + _seconds(ttl))
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        return SignedCert(certificate_pem=pem, serial=f"{cert.serial_number:x}")
+        return SignedCert(
+            certificate_pem=pem, serial=f"{cert.serial_number:x}", ca_chain=(self.pem,)
+        )
 
 
 def x5c(cert: x509.Certificate) -> str:
@@ -146,12 +150,14 @@ class Identity:
             return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
         der = self.key.sign(data, ec.ECDSA(hashes.SHA256()))
         r, s = decode_dss_signature(der)  # JWS wants r || s, not DER
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        size = (self.key.curve.key_size + 7) // 8
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
 
 def claims(now: int, *, agent: str = AGENT, ttl: int = 60, **overrides: Any) -> dict[str, Any]:
     """The payload the signer writes; an override of ``None`` removes that claim."""
     payload = action_payload(
+        issuer=DEFAULT_ISSUER,
         agent=agent,
         audience=AUDIENCE,
         action=ACTION,

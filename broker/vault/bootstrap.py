@@ -20,11 +20,13 @@ from broker.vault.layout import (
     APPROVER_TOKEN_ROLE,
     APPROVER_TOKEN_TTL,
     CA_COMMON_NAME,
+    ISSUER_POLICY,
     KV_MOUNT,
     PKI_MOUNT,
     PLATFORM_EDITOR_POLICY,
     SECURITY_OPERATOR_POLICY,
     SIGNING_CERT_TTL,
+    STATUS_LIST_KEY,
     TRANSIT_MOUNT,
     VERIFIER_POLICY,
     action_token_role,
@@ -36,6 +38,7 @@ from broker.vault.layout import (
 from broker.vault.policies import (
     approver_hcl,
     demo_policy_hcl,
+    issuer_hcl,
     platform_editor_hcl,
     security_operator_hcl,
     sidecar_policy_hcl,
@@ -138,7 +141,7 @@ class Bootstrap:
         )
         self._note(f"CA in {PKI_MOUNT}/ (ed25519)", "created")
 
-    def transit_key(self, name: str) -> None:
+    def transit_key(self, name: str, key_type: str = "ed25519") -> None:
         try:
             exists = self.client.read(f"{TRANSIT_MOUNT}/keys/{name}") is not None
         except hvac.exceptions.InvalidPath:
@@ -146,8 +149,8 @@ class Bootstrap:
         if exists:
             self._note(f"transit key {name}", "present")
             return
-        self.client.write_data(f"{TRANSIT_MOUNT}/keys/{name}", data={"type": "ed25519"})
-        self._note(f"transit key {name}", "created")
+        self.client.write_data(f"{TRANSIT_MOUNT}/keys/{name}", data={"type": key_type})
+        self._note(f"transit key {name} ({key_type})", "created")
 
 
 def _same(have: Any, want: Any) -> bool:
@@ -178,10 +181,12 @@ def bootstrap(
         b.auth(APPROLE_MOUNT, "approle")
         b.pki_root()
         b.transit_key("audit-checkpoint")
+        b.transit_key(STATUS_LIST_KEY, "ecdsa-p256")  # ES256: every gateway knows it
         b.policy(SECURITY_OPERATOR_POLICY, security_operator_hcl())
         b.policy(PLATFORM_EDITOR_POLICY, platform_editor_hcl())
         b.policy(VERIFIER_POLICY, verifier_hcl())
         _approvers(b, {a for g in grants for a in g.approvers})
+        b.policy(ISSUER_POLICY, issuer_hcl())
         for grant in grants:
             _agent(b, grant)
         if demo:
@@ -194,27 +199,30 @@ def _agent(b: Bootstrap, grant: AgentGrant) -> None:
     b.transit_key(audit_key(grant.agent))
     roles = [action_token_role(grant.agent, t.action) for t in grant.token_actions]
     b.policy(policy, sidecar_policy_hcl(grant.agent, grant.dynamic_paths, roles))
-    b.write_if_changed(
-        f"{PKI_MOUNT}/roles/{pki_role(grant.agent)}",
-        {
-            "key_type": "ed25519",
-            "allowed_domains": [grant.agent],
-            "allow_bare_domains": True,
-            "allow_subdomains": False,
-            "allow_localhost": False,
-            "allow_ip_sans": False,
-            "enforce_hostnames": False,
-            # The name comes from the request, which the sidecar policy pins to the agent's
-            # exact spelling; the CSR's own subject and SANs are ignored.
-            "use_csr_common_name": False,
-            "use_csr_sans": False,
-            "max_ttl": SIGNING_CERT_TTL,
-            "server_flag": False,
-            "client_flag": False,
-            "no_store": True,
-        },
-        f"PKI role {pki_role(grant.agent)} (ed25519, CN {grant.agent} only, max {SIGNING_CERT_TTL})",
-    )
+    for alg, key_type, extra in (("EdDSA", "ed25519", {}), ("ES256", "ec", {"key_bits": 256})):
+        role = pki_role(grant.agent, alg)
+        b.write_if_changed(
+            f"{PKI_MOUNT}/roles/{role}",
+            {
+                "key_type": key_type,
+                **extra,
+                "allowed_domains": [grant.agent],
+                "allow_bare_domains": True,
+                "allow_subdomains": False,
+                "allow_localhost": False,
+                "allow_ip_sans": False,
+                "enforce_hostnames": False,
+                # The name comes from the request, which the sidecar policy pins to the
+                # agent's exact spelling; the CSR's own subject and SANs are ignored.
+                "use_csr_common_name": False,
+                "use_csr_sans": False,
+                "max_ttl": SIGNING_CERT_TTL,
+                "server_flag": False,
+                "client_flag": False,
+                "no_store": True,
+            },
+            f"PKI role {role} ({key_type}, CN {grant.agent} only, max {SIGNING_CERT_TTL})",
+        )
     b.write_if_changed(
         f"auth/{APPROLE_MOUNT}/role/{approle_role(grant.agent)}",
         {

@@ -18,6 +18,7 @@ APPROVER_POLICY = "broker-approver"
 APPROVER_TOKEN_ROLE = "broker-approver"  # noqa: S105 - a role name; only admins create from it
 APPROVER_TOKEN_TTL = "8h"  # noqa: S105 - a duration, not a secret
 DECISIONS_DIR = "decisions"  # KV: decisions/<approver>/<agent>/<approval id>, one writer each
+ISSUER_POLICY = "broker-issuer"
 
 CA_COMMON_NAME = "agent-credential-broker CA"
 SIGNING_CERT_TTL = "15m"
@@ -31,10 +32,19 @@ def approle_role(agent: str) -> str:
     return f"broker-{agent}"
 
 
-def pki_role(agent: str) -> str:
-    """Each agent has its own PKI role, allowed only its own id as common name, so a
-    sidecar cannot obtain a certificate that speaks for another agent."""
-    return f"agent-{agent}"
+def pki_role(agent: str, alg: str = "EdDSA") -> str:
+    """Each agent has its own PKI roles (one per key type: ed25519 for EdDSA, P-256 for
+    ES256), allowed only its own id as common name, so a sidecar cannot obtain a
+    certificate that speaks for another agent."""
+    return f"agent-{agent}" if alg == "EdDSA" else f"agent-{agent}-{alg.lower()}"
+
+
+# Where each sidecar publishes its public keys for ``broker issuer`` (KV v2, one per agent).
+ISSUER_KEYS_DIR = "issuer/keys"
+
+
+def issuer_keys_path(agent: str) -> str:
+    return f"{ISSUER_KEYS_DIR}/{agent}"
 
 
 def action_token_role(agent: str, action: str) -> str:
@@ -59,3 +69,12 @@ def audit_key(agent: str) -> str:
 def control_path(*parts: str) -> str:
     """A KV v2 secret path under the control tree (without the mount)."""
     return "/".join(("control", *parts))
+
+
+# Token status lists (draft-ietf-oauth-status-list), one per agent: which indices are revoked.
+STATUS_DIR = "issuer/status"
+STATUS_LIST_KEY = "status-list"  # transit key (ecdsa-p256) that signs Status List Tokens
+
+
+def status_path(agent: str) -> str:
+    return f"{STATUS_DIR}/{agent}"

@@ -1,4 +1,7 @@
-"""Vault PKI: certify a sidecar's in-memory Ed25519 key for minutes; publish the CA.
+"""Vault PKI: certify a sidecar's in-memory Ed25519 or P-256 key for minutes; publish the CA.
+
+Each agent has one PKI role per key type (Vault roles name one ``key_type``), both allowing
+only the agent's own id as common name.
 
 The private key never leaves the sidecar process: only a CSR travels to Vault."""
 
@@ -19,16 +22,24 @@ from broker.vault.layout import PKI_MOUNT, pki_role
 class SignedCert:
     certificate_pem: str
     serial: str
+    ca_chain: tuple[str, ...] = ()  # PEM, issuing CA first: the JWK's x5c after the leaf
 
 
-def sign_csr(client: hvac.Client, agent: str, csr_pem: str, ttl: str, addr: str = "") -> SignedCert:
+def sign_csr(
+    client: hvac.Client, agent: str, csr_pem: str, ttl: str, addr: str = "", *, alg: str = "EdDSA"
+) -> SignedCert:
     with translate_errors("certificate signing", addr):
         result = client.write_data(
-            f"{PKI_MOUNT}/sign/{pki_role(agent)}",
+            f"{PKI_MOUNT}/sign/{pki_role(agent, alg)}",
             data={"csr": csr_pem, "common_name": agent, "ttl": ttl, "format": "pem"},
         )
     data = result["data"]
-    return SignedCert(certificate_pem=data["certificate"], serial=data["serial_number"])
+    chain = data.get("ca_chain") or [data.get("issuing_ca")]
+    return SignedCert(
+        certificate_pem=data["certificate"],
+        serial=data["serial_number"],
+        ca_chain=tuple(str(pem) for pem in chain if pem),
+    )
 
 
 def revoke_certificate(client: hvac.Client, serial: str, addr: str = "") -> None:

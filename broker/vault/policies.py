@@ -15,11 +15,16 @@ from collections.abc import Iterable
 from broker.vault.layout import (
     APPROLE_MOUNT,
     DECISIONS_DIR,
+    ISSUER_KEYS_DIR,
     KV_MOUNT,
     PKI_MOUNT,
+    STATUS_DIR,
+    STATUS_LIST_KEY,
     TRANSIT_MOUNT,
     audit_key,
+    issuer_keys_path,
     pki_role,
+    status_path,
 )
 
 
@@ -28,12 +33,12 @@ def _rule(path: str, *capabilities: str) -> str:
     return f'path "{path}" {{\n  capabilities = [{caps}]\n}}\n'
 
 
-def _pki_sign_rule(agent: str) -> str:
+def _pki_sign_rule(agent: str, alg: str = "EdDSA") -> str:
     """Signing for the agent's own name, spelled exactly: the PKI role compares names without
     regard to case, so the policy pins ``common_name`` (which the role uses instead of the
     CSR's) and refuses every other parameter, alt names included."""
     return (
-        f'path "{PKI_MOUNT}/sign/{pki_role(agent)}" {{\n'
+        f'path "{PKI_MOUNT}/sign/{pki_role(agent, alg)}" {{\n'
         '  capabilities = ["update"]\n'
         '  required_parameters = ["common_name", "csr"]\n'
         "  allowed_parameters = {\n"
@@ -53,8 +58,11 @@ def sidecar_policy_hcl(
     read control state and the approvers' decisions on its own approvals."""
     rules = [
         _pki_sign_rule(agent),
+        _pki_sign_rule(agent, "ES256"),
         *(_rule(f"auth/token/create/{role}", "update") for role in sorted(set(token_roles))),
         _rule(f"{KV_MOUNT}/data/{DECISIONS_DIR}/+/{agent}/*", "read"),
+        _rule(f"{KV_MOUNT}/data/{issuer_keys_path(agent)}", "create", "update", "read"),
+        _rule(f"{KV_MOUNT}/data/{status_path(agent)}", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/data/control/*", "read"),
         _rule(f"{KV_MOUNT}/metadata/control/*", "read", "list"),
         _rule(f"{KV_MOUNT}/data/heartbeat/{agent}", "create", "update", "read"),
@@ -123,11 +131,29 @@ def approver_hcl(token_mount_accessor: str) -> str:
 
 
 def verifier_hcl() -> str:
-    """For tools and gateways that verify action tokens: read the revocation state and the
-    published manifests (a token may say only what its agent's manifest allows), no more."""
+    """For tools, gateways and ``broker issuer``: read the revocation state, the published
+    manifests (a token may say only what its agent's manifest allows) and the published public
+    keys, no more."""
     rules = [
         _rule(f"{KV_MOUNT}/data/control/*", "read"),
         _rule(f"{KV_MOUNT}/data/manifests/*", "read"),
+        _rule(f"{KV_MOUNT}/data/{ISSUER_KEYS_DIR}/*", "read"),
+        _rule(f"{KV_MOUNT}/metadata/{ISSUER_KEYS_DIR}", "list"),
+        _rule(f"{KV_MOUNT}/metadata/{ISSUER_KEYS_DIR}/*", "list"),
+        _rule(f"{KV_MOUNT}/data/{STATUS_DIR}/*", "read"),
+        _rule(f"{KV_MOUNT}/metadata/{STATUS_DIR}", "list"),
+        _rule(f"{KV_MOUNT}/metadata/{STATUS_DIR}/*", "list"),
+    ]
+    return "\n".join(rules)
+
+
+def issuer_hcl() -> str:
+    """For ``broker issuer``: what verifiers read, the kill flags, and signing status lists
+    with the one transit key kept for that."""
+    rules = [
+        verifier_hcl(),
+        _rule(f"{TRANSIT_MOUNT}/keys/{STATUS_LIST_KEY}", "read"),
+        _rule(f"{TRANSIT_MOUNT}/sign/{STATUS_LIST_KEY}", "update"),
     ]
     return "\n".join(rules)
 
