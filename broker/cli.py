@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "broker.cli_control",
     "broker.cli_report",
     "broker.cli_approvals",
+    "broker.cli_mcp",
 )
 
 

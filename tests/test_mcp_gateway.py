@@ -1,0 +1,289 @@
+"""The MCP gateway end to end: the SDK's own client, the gateway, a live sidecar on the real
+OpenBao, and real upstream MCP servers (streamable HTTP and stdio) that verify the credential
+they receive with ``broker.verify``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import mcp_types as types
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.shared.exceptions import MCPError
+
+from broker.cli import main
+from broker.devstack import DevServer
+from tests.harness import REPO, root_client
+from tests.mcp_fixtures import Rig, result_json, rig
+
+pytestmark = pytest.mark.integration
+
+ARTICLE_FIELDS = {
+    "timestamp", "agent_id", "workflow", "request_id", "inputs", "tool_calls", "output",
+    "policy_version", "human_override",
+}  # fmt: skip
+
+
+def error_of(result: types.CallToolResult) -> dict[str, Any]:
+    assert result.is_error, result
+    body = result_json(result)
+    assert isinstance(body, dict)
+    return body
+
+
+def assert_nothing_minted_unrecorded(r: Rig) -> None:
+    """Every credential id an outcome names was first recorded by an allow decision."""
+    minted = {d["credential_id"] for d in r.records(type="decision") if d["credential_id"]}
+    reported = {o["credential_id"] for o in r.records(type="outcome")}
+    assert reported <= minted
+
+
+async def test_listing_shows_only_allowed_tools_with_the_manifest_constraints(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tools/list hides tools whose action the manifest lacks or the upstream lacks, and
+    each listed schema is the manifest's inputs with their constraints, closed to others."""
+    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == {
+        "get_ticket",
+        "leak_token",
+        "die",
+        "refund",
+        "crash",
+        "refund_by_argument",
+    }
+    assert tools["get_ticket"].input_schema == {
+        "type": "object",
+        "properties": {
+            "ticket_id": {"type": "string", "pattern": "^(?:^CS-[0-9]+$)$", "maxLength": 32}
+        },
+        "required": ["ticket_id"],
+        "additionalProperties": False,
+    }
+    refund = tools["refund_by_argument"]
+    assert refund.input_schema["properties"]["amount_usd"] == {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 500,
+    }
+    assert "credential" not in refund.input_schema["properties"]
+    assert "human approval" in (refund.description or "")
+
+
+async def test_allowed_http_call_carries_a_token_bound_to_exactly_its_arguments(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP upstream receives, in its Authorization header, a token that verifies for
+    its audience, action and exact arguments; the decision and the outcome are recorded."""
+    meta = {"broker/request_id": "req_8f1c2"}
+    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+        result = await client.call_tool("get_ticket", {"ticket_id": "CS-19422"}, meta=meta)
+        assert not result.is_error, result
+        seen = result_json(result)["seen"]
+        [decision] = r.records(type="decision")
+        [outcome] = r.records(type="outcome")
+    assert seen["verified"] is True
+    assert seen["action"] == "zendesk.get_ticket"
+    assert seen["jti"] == decision["credential_id"] == outcome["credential_id"]
+    assert set(decision) >= ARTICLE_FIELDS
+    assert (decision["workflow"], decision["request_id"]) == ("refund_request", "req_8f1c2")
+    assert decision["tool_calls"] == [{"tool": "zendesk.get_ticket", "status": "ok"}]
+    assert outcome["status"] == "ok"
+
+
+@pytest.mark.parametrize("tool", ["refund", "refund_by_argument"])
+async def test_allowed_stdio_call_gets_the_credential_by_env_or_argument(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str
+) -> None:
+    """A stdio upstream gets the token in its environment or as an extra argument the agent
+    never sees; it verifies for exactly the agent's arguments."""
+    args = {"ticket_id": "CS-7", "amount_usd": 40}
+    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+        result = await client.call_tool(tool, args)
+        assert not result.is_error, result
+        body = result_json(result)
+        [decision] = r.records(type="decision")
+    assert body["seen"]["verified"] is True
+    assert body["seen"]["jti"] == decision["credential_id"]
+    assert decision["charges"] == {"refunds-usd": 40}
+
+
+REFUSALS = [
+    ("delete_ticket", {"ticket_id": "CS-1"}, "unknown_action"),
+    ("get_ticket", {"ticket_id": "DROP TABLE"}, "constraint_violation"),
+    ("get_ticket", {"ticket_id": 19422}, "invalid_inputs"),
+    ("get_ticket", {"ticket_id": "CS-1", "admin": True}, "invalid_inputs"),
+    ("get_ticket", {}, "invalid_inputs"),
+    ("refund", {"ticket_id": "CS-1", "amount_usd": 501}, "constraint_violation"),
+    ("refund", {"ticket_id": "CS-1", "amount_usd": "40"}, "invalid_inputs"),
+]
+
+
+@pytest.mark.parametrize(("tool", "args", "code"), REFUSALS)
+async def test_refusals_are_tool_errors_with_the_reason_code(
+    openbao: DevServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tool: str,
+    args: dict[str, Any],
+    code: str,
+) -> None:
+    """An out-of-scope tool, a constraint violation or a wrong-typed argument is a tool error
+    carrying the sidecar's reason code; it is recorded, and nothing is minted."""
+    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+        body = error_of(await client.call_tool(tool, args))
+        [decision] = r.records(type="decision")
+    assert body["error"] == code
+    assert body["detail"]
+    assert decision["reason"] == code
+    assert decision["credential_id"] is None
+    assert decision["tool_calls"][0]["status"] == "blocked" or decision["tool_calls"][0]["reason"]
+
+
+async def test_exhausted_budget_is_a_tool_error(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two $50 refunds spend the $100 budget; the third is refused with budget_exhausted,
+    and the trail holds exactly one decision per call."""
+    args = {"ticket_id": "CS-1", "amount_usd": 50}
+    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+        results = [await client.call_tool("refund", args) for _ in range(3)]
+        decisions = r.records(type="decision")
+        assert_nothing_minted_unrecorded(r)
+    assert [x.is_error for x in results] == [False, False, True]
+    assert error_of(results[2])["error"] == "budget_exhausted"
+    assert [d["reason"] for d in decisions] == [None, None, "budget_exhausted"]
+
+
+def _approve(openbao: DevServer, monkeypatch: pytest.MonkeyPatch, approval_id: str) -> int:
+    token = root_client(openbao).auth.token.create(
+        policies=["broker-security-operator"],
+        meta={"operator": "finance-ops@acme.example"},
+        ttl="10m",
+    )["auth"]["client_token"]
+    monkeypatch.setenv("VAULT_ADDR", openbao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    monkeypatch.delenv("BAO_TOKEN", raising=False)
+    return main(["approvals", "approve", approval_id, "--reason", "within policy"])
+
+
+async def test_approval_gated_call_is_pending_then_runs_once_approved(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A $80 refund is a tool error with the approval id; while pending the same call says
+    so again; once the listed approver approves, the same call runs with a token bound to
+    exactly the approved arguments."""
+    args = {"ticket_id": "CS-1", "amount_usd": 80}
+    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+        first = error_of(await client.call_tool("refund", args))
+        again = error_of(await client.call_tool("refund", args))
+        assert await asyncio.to_thread(_approve, openbao, monkeypatch, first["approval_id"]) == 0
+        done = await client.call_tool("refund", args)
+        assert not done.is_error, done
+        seen = result_json(done)["seen"]
+        assert_nothing_minted_unrecorded(r)
+    assert first["error"] == again["error"] == "approval_pending"
+    assert first["reason"] == "needs_human_approval_over_60"
+    assert again["approval_id"] == first["approval_id"].strip()
+    assert first["approval_id"].startswith("apr_")
+    assert seen["verified"] is True
+
+
+async def test_credential_never_reaches_the_model(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream that echoes its token back has it replaced before the agent sees it."""
+    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+        result = await client.call_tool("leak_token", {"ticket_id": "CS-1"})
+        assert r.records(type="decision")[0]["credential_id"]
+    text = json.dumps(result.model_dump(mode="json"))
+    assert "[credential]" in text
+    assert "eyJ" not in text  # no JWT (header or payload) in anything returned
+
+
+async def test_unknown_tool_is_a_protocol_error_with_a_stable_code(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tool the gateway does not route is JSON-RPC invalid params, code unknown_tool, and
+    the sidecar is not asked (nothing recorded, nothing minted)."""
+    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+        with pytest.raises(MCPError) as err:
+            await client.call_tool("drop_database", {})
+        assert r.records(type="decision") == []
+    assert err.value.code == types.INVALID_PARAMS
+    assert err.value.data == {"error": "unknown_tool"}
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ', -32700),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": 7}', -32602),
+        (b"[1, 2, 3]", -32602),
+    ],
+)
+async def test_malformed_json_rpc_is_refused_with_a_stable_code(
+    openbao: DevServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    body: bytes,
+    code: int,
+) -> None:
+    """Bytes that are not JSON-RPC get a JSON-RPC error; the sidecar is never asked."""
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    async with rig(openbao, tmp_path, monkeypatch) as r, aiohttp.ClientSession() as http:
+        async with http.post(r.gateway_url, data=body, headers=headers) as resp:
+            status, doc = resp.status, await resp.json(content_type=None)
+        assert r.records(type="decision") == []
+    assert 400 <= status < 500
+    assert doc["error"]["code"] == code
+
+
+@pytest.mark.parametrize(("tool", "args"), [
+    ("crash", {"ticket_id": "CS-1", "amount_usd": 5}),
+    ("die", {"ticket_id": "CS-1"}),
+])  # fmt: skip
+async def test_upstream_dying_mid_call_is_a_tool_error_and_an_error_outcome(
+    openbao: DevServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tool: str,
+    args: dict[str, Any],
+) -> None:
+    """A stdio upstream process or the HTTP upstream server dying during the call: a tool
+    error upstream_failed; the minted credential was recorded and its outcome is error."""
+    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+        body = error_of(await client.call_tool(tool, args))
+        [decision] = r.records(type="decision")
+        [outcome] = r.records(type="outcome")
+    assert body["error"] == "upstream_failed"
+    assert body["credential_id"] == decision["credential_id"] == outcome["credential_id"]
+    assert outcome["status"] == "error"
+
+
+async def test_gateway_over_stdio_as_an_agent_host_starts_it(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``broker mcp --config`` started by an MCP host over stdio lists and calls tools,
+    finding the sidecar through BROKER_URL."""
+    async with rig(openbao, tmp_path, monkeypatch) as r:
+        config = tmp_path / "gateway.json"  # JSON is YAML: the loader reads either
+        config.write_text(r.config.model_dump_json(exclude_none=True))
+        params = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "broker.cli", "mcp", "--config", str(config)],
+            env={"BROKER_URL": r.sidecar.url, "MCP_TEST_CA_FILE": str(tmp_path / "broker-ca.pem")},
+            cwd=str(REPO),
+        )
+        async with Client(params) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            result = await client.call_tool("get_ticket", {"ticket_id": "CS-2"})
+    assert "get_ticket" in names
+    assert "delete_ticket" not in names
+    assert result_json(result)["seen"]["verified"] is True
