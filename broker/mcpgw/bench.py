@@ -22,6 +22,14 @@ from pathlib import Path
 from mcp import Client
 
 from broker.bench import BENCH_MANIFEST
+from broker.client import AsyncBrokerClient
+
+Round = dict[str, list[float]]
+LABELS = {
+    "direct": "tools/call straight to the upstream",
+    "gateway": "tools/call through broker mcp",
+    "sidecar": "of which the sidecar: credential + outcome report",
+}
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -41,6 +49,19 @@ async def _timed_calls(url: str, calls: int, warmup: int) -> list[float]:
                 raise RuntimeError(f"bench call failed: {result.content}")
             if i >= warmup:
                 latencies.append(elapsed)
+    return latencies
+
+
+async def _timed_mints(socket: str, calls: int, warmup: int) -> list[float]:
+    """The sidecar's share: credential + outcome report through broker.client, per call."""
+    latencies = []
+    async with AsyncBrokerClient(socket) as broker:
+        for i in range(warmup + calls):
+            started = time.perf_counter()
+            cred = await broker.credential("bench.jwt", {"n": i})
+            await broker.report_outcome(cred.credential_id, "ok")
+            if i >= warmup:
+                latencies.append((time.perf_counter() - started) * 1000)
     return latencies
 
 
@@ -82,38 +103,43 @@ def run_bench(*, calls: int, rounds: int, warmup: int) -> int:
             with _process([sys.executable, "-m", "broker.mcpgw.benchserver"], "PORT ") as port:
                 upstream = f"http://127.0.0.1:{port}/mcp"
                 _gateway_config(upstream, config)
+                sock = str(stack.sidecars[0].socket)
                 gateway_cmd = [sys.executable, "-m", "broker.cli", "mcp", "--config",
-                               str(config), "--broker", str(stack.sidecars[0].socket),
+                               str(config), "--broker", sock,
                                "--listen", "127.0.0.1:0"]  # fmt: skip
                 with _process(gateway_cmd, "broker mcp: serving ") as gateway:
-                    _report(_rounds(upstream, gateway, calls, rounds, warmup), calls)
+                    paths = {"direct": upstream, "gateway": gateway, "sidecar": sock}
+                    _report(_rounds(paths, calls, rounds, warmup))
     finally:
         stack.stop(remove_state=True)
     return 0
 
 
-def _rounds(
-    upstream: str, gateway: str, calls: int, rounds: int, warmup: int
-) -> list[tuple[list[float], list[float]]]:
-    print(f"bench mcp: {rounds} rounds of {calls} sequential tools/call per path")
+def _rounds(paths: dict[str, str], calls: int, rounds: int, warmup: int) -> list[Round]:
+    print(f"bench mcp: {rounds} rounds of {calls} sequential calls per path")
     out = []
     for n in range(max(1, rounds)):
-        direct = asyncio.run(_timed_calls(upstream, calls, warmup))
-        via = asyncio.run(_timed_calls(gateway, calls, warmup))
-        out.append((direct, via))
-        print(
-            f"round {n + 1}: direct p50 {_pct(direct, 50):6.2f} ms p99 {_pct(direct, 99):6.2f} ms"
-            f" | gateway p50 {_pct(via, 50):6.2f} ms p99 {_pct(via, 99):6.2f} ms",
-            flush=True,
+        latencies = {
+            "direct": asyncio.run(_timed_calls(paths["direct"], calls, warmup)),
+            "gateway": asyncio.run(_timed_calls(paths["gateway"], calls, warmup)),
+            "sidecar": asyncio.run(_timed_mints(paths["sidecar"], calls, warmup)),
+        }
+        out.append(latencies)
+        cells = " | ".join(
+            f"{name} p50 {_pct(v, 50):6.2f} p99 {_pct(v, 99):6.2f} ms"
+            for name, v in latencies.items()
         )
+        print(f"round {n + 1}: {cells}", flush=True)
     return out
 
 
-def _report(results: list[tuple[list[float], list[float]]], calls: int) -> None:
-    def med(path: int, p: float) -> float:
+def _report(results: list[Round]) -> None:
+    def med(path: str, p: float) -> float:
         return statistics.median(_pct(r[path], p) for r in results)
 
-    d50, d99, g50, g99 = med(0, 50), med(0, 99), med(1, 50), med(1, 99)
-    print(f"median of rounds: direct p50 {d50:.2f} ms p99 {d99:.2f} ms; "
-          f"gateway p50 {g50:.2f} ms p99 {g99:.2f} ms")  # fmt: skip
-    print(f"added by the gateway: p50 {g50 - d50:+.2f} ms, p99 {g99 - d99:+.2f} ms")
+    for path, what in LABELS.items():
+        print(f"median of rounds, {what}: p50 {med(path, 50):.2f} ms, p99 {med(path, 99):.2f} ms")
+    print(
+        f"added by the gateway: p50 {med('gateway', 50) - med('direct', 50):+.2f} ms, "
+        f"p99 {med('gateway', 99) - med('direct', 99):+.2f} ms"
+    )
