@@ -63,6 +63,9 @@ class StdioUpstream(_Frozen):
         default_factory=dict,
         description="fixed variables for the process; it does not inherit the gateway's",
     )
+    pass_env: tuple[EnvName, ...] = Field(
+        default=(), description="the gateway's own variables to pass on (VAULT_ADDR...)"
+    )
     cwd: str | None = None
     timeout: float = Field(default=30.0, gt=0, le=600)
 

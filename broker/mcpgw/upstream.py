@@ -10,6 +10,7 @@ holds the secret."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -123,7 +124,8 @@ class Upstreams:
             http = httpx2.AsyncClient(headers=headers, timeout=upstream.timeout, transport=pool)
             return streamable_http_client(upstream.url, http_client=http)
         # The SDK starts the process with a minimal environment (PATH, HOME...) plus these.
-        env = dict(upstream.environment)
+        env = {n: os.environ[n] for n in upstream.pass_env if n in os.environ}
+        env.update(upstream.environment)
         if upstream.env and secret is not None:
             env[upstream.env] = secret
         params = StdioServerParameters(
