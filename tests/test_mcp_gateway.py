@@ -195,6 +195,27 @@ async def test_approval_gated_call_is_pending_then_runs_once_approved(
     assert seen["verified"] is True
 
 
+async def test_approval_id_in_meta_redeems_only_for_the_approved_arguments(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From another session, _meta broker/approval_id redeems an approval; other arguments
+    are refused (invalid_inputs) and leave it usable for the approved ones."""
+    args = {"ticket_id": "CS-1", "amount_usd": 80}
+    async with rig(openbao, tmp_path, monkeypatch) as r:
+        async with Client(r.gateway_url) as client:
+            approval_id = error_of(await client.call_tool("refund", args))["approval_id"]
+        assert await asyncio.to_thread(_approve, openbao, monkeypatch, approval_id) == 0
+        meta = {"broker/approval_id": approval_id}
+        async with Client(r.gateway_url) as client:
+            other = error_of(
+                await client.call_tool("refund", {**args, "amount_usd": 90}, meta=meta)
+            )
+            done = await client.call_tool("refund", args, meta=meta)
+    assert other["error"] == "invalid_inputs"
+    assert not done.is_error, done
+    assert result_json(done)["seen"]["verified"] is True
+
+
 async def test_credential_never_reaches_the_model(
     openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

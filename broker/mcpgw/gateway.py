@@ -44,6 +44,7 @@ log = logging.getLogger("broker.mcp")
 
 META_REQUEST_ID = "broker/request_id"
 META_WORKFLOW = "broker/workflow"
+META_APPROVAL_ID = "broker/approval_id"
 MAX_PENDING = 1000
 LISTING_TTL = 60.0
 
@@ -56,7 +57,7 @@ def tool_error(code: str, detail: str, **extra: Any) -> types.CallToolResult:
         text += (
             f" Approval {body['approval_id']} must be approved by an approver the manifest"
             " names (broker approvals approve ID); then call this tool again with the same"
-            " arguments."
+            f' arguments (from another session, add _meta {{"{META_APPROVAL_ID}": ID}}).'
         )
     return types.CallToolResult(
         content=[types.TextContent(text=text)], structured_content=body, is_error=True
@@ -210,9 +211,9 @@ class Gateway:
         args: dict[str, Any],
         meta: Mapping[str, Any] | None,
     ) -> Credential:
-        approval_id = self._pending.get(key)
-        if approval_id is not None:
-            return await self._broker.redeem(approval_id)
+        approval_id = _meta_str(meta, META_APPROVAL_ID) or self._pending.get(key)
+        if approval_id is not None:  # only ever for exactly these arguments
+            return await self._broker.redeem(approval_id, args)
         return await self._broker.credential(
             route.action,
             args,
