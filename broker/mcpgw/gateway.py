@@ -107,7 +107,12 @@ class Gateway:
         if scope.get("disabled"):
             return []
         actions: Mapping[str, Any] = scope.get("actions") or {}
-        routes = {n: r for n, r in self._config.tools.items() if r.action in actions}
+        # A dynamic (username/password) credential has no one token to hand an MCP upstream.
+        routes = {
+            n: r
+            for n, r in self._config.tools.items()
+            if r.action in actions and actions[r.action].get("credential") != "dynamic"
+        }
         offered = await self._upstream_tools({r.upstream for r in routes.values()})
         tools = []
         for name, route in routes.items():
