@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,11 +104,39 @@ async def tickets_server(ca_file: Path) -> AsyncIterator[tuple[str, asyncio.subp
         await proc.wait()
 
 
+@dataclass(frozen=True)
+class Tickets:
+    """A ticket server shared by a module's tests; its tools read the CA file per call."""
+
+    url: str
+    ca_file: Path
+
+
+@contextmanager
+def shared_tickets_server(ca_file: Path) -> Iterator[Tickets]:
+    """The streamable HTTP upstream as a plain subprocess (no event loop needed), so one can
+    serve every test of a module; the CA file may be written after it starts."""
+    proc = subprocess.Popen(
+        [sys.executable, str(UPSTREAM), "http"],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "MCP_TEST_CA_FILE": str(ca_file)},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(b"PORT "), line
+        yield Tickets(f"http://127.0.0.1:{int(line.split()[1])}/mcp", ca_file)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 @dataclass
 class Rig:
     sidecar: Harness
     gateway_url: str
-    tickets: asyncio.subprocess.Process
     config: GatewayConfig
 
     def records(self, **match: Any) -> list[dict[str, Any]]:
@@ -117,16 +146,27 @@ class Rig:
 
 @asynccontextmanager
 async def rig(
-    openbao: DevServer, tmp_path: Path, monkeypatch: Any = None, manifest: str = MANIFEST
+    openbao: DevServer,
+    tmp_path: Path,
+    monkeypatch: Any = None,
+    manifest: str = MANIFEST,
+    *,
+    tickets: Tickets | None = None,
 ) -> AsyncIterator[Rig]:
+    """A sidecar, the upstreams and the gateway; ``tickets``: a shared ticket server, else
+    one of its own (for a test that kills it)."""
     path = write_manifest(tmp_path, manifest.format(agent=unique_agent("mcp")))
-    async with running_sidecar(openbao, path, tmp_path) as h:
-        ca_file = tmp_path / "broker-ca.pem"
+    async with running_sidecar(openbao, path, tmp_path) as h, AsyncExitStack() as stack:
+        ca_file = tickets.ca_file if tickets else tmp_path / "broker-ca.pem"
         ca_file.write_text(fetch_ca_pem(openbao.addr))
-        async with tickets_server(ca_file) as (url, proc):
-            config = gateway_config(url, ca_file)
-            async with serving_http(config, h.url) as gateway_url:
-                yield Rig(h, gateway_url, proc, config)
+        url = (
+            tickets.url
+            if tickets
+            else (await stack.enter_async_context(tickets_server(ca_file)))[0]
+        )
+        config = gateway_config(url, ca_file)
+        async with serving_http(config, h.url) as gateway_url:
+            yield Rig(h, gateway_url, config)
 
 
 def result_json(result: types.CallToolResult) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from mcp.shared.exceptions import MCPError
 from broker.cli import main
 from broker.devstack import DevServer
 from tests.harness import REPO, root_client
-from tests.mcp_fixtures import Rig, result_json, rig
+from tests.mcp_fixtures import Rig, Tickets, result_json, rig, shared_tickets_server
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +28,13 @@ ARTICLE_FIELDS = {
     "timestamp", "agent_id", "workflow", "request_id", "inputs", "tool_calls", "output",
     "policy_version", "human_override",
 }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tickets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tickets]:
+    """One ticket server for the module (a test that kills its upstream starts its own)."""
+    with shared_tickets_server(tmp_path_factory.mktemp("ca") / "broker-ca.pem") as server:
+        yield server
 
 
 def error_of(result: types.CallToolResult) -> dict[str, Any]:
@@ -44,11 +52,14 @@ def assert_nothing_minted_unrecorded(r: Rig) -> None:
 
 
 async def test_listing_shows_only_allowed_tools_with_the_manifest_constraints(
-    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets: Tickets
 ) -> None:
     """tools/list hides tools whose action the manifest lacks or the upstream lacks, and
     each listed schema is the manifest's inputs with their constraints, closed to others."""
-    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+    async with (
+        rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r,
+        Client(r.gateway_url) as client,
+    ):
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == {
         "get_ticket",
@@ -77,12 +88,15 @@ async def test_listing_shows_only_allowed_tools_with_the_manifest_constraints(
 
 
 async def test_allowed_http_call_carries_a_token_bound_to_exactly_its_arguments(
-    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets: Tickets
 ) -> None:
     """The HTTP upstream receives, in its Authorization header, a token that verifies for
     its audience, action and exact arguments; the decision and the outcome are recorded."""
     meta = {"broker/request_id": "req_8f1c2"}
-    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+    async with (
+        rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r,
+        Client(r.gateway_url) as client,
+    ):
         result = await client.call_tool("get_ticket", {"ticket_id": "CS-19422"}, meta=meta)
         assert not result.is_error, result
         seen = result_json(result)["seen"]
@@ -99,12 +113,15 @@ async def test_allowed_http_call_carries_a_token_bound_to_exactly_its_arguments(
 
 @pytest.mark.parametrize("tool", ["refund", "refund_by_argument"])
 async def test_allowed_stdio_call_gets_the_credential_by_env_or_argument(
-    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets: Tickets, tool: str
 ) -> None:
     """A stdio upstream gets the token in its environment or as an extra argument the agent
     never sees; it verifies for exactly the agent's arguments."""
     args = {"ticket_id": "CS-7", "amount_usd": 40}
-    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+    async with (
+        rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r,
+        Client(r.gateway_url) as client,
+    ):
         result = await client.call_tool(tool, args)
         assert not result.is_error, result
         body = result_json(result)
@@ -130,13 +147,17 @@ async def test_refusals_are_tool_errors_with_the_reason_code(
     openbao: DevServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    tickets: Tickets,
     tool: str,
     args: dict[str, Any],
     code: str,
 ) -> None:
     """An out-of-scope tool, a constraint violation or a wrong-typed argument is a tool error
     carrying the sidecar's reason code; it is recorded, and nothing is minted."""
-    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+    async with (
+        rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r,
+        Client(r.gateway_url) as client,
+    ):
         body = error_of(await client.call_tool(tool, args))
         [decision] = r.records(type="decision")
     assert body["error"] == code
@@ -147,12 +168,15 @@ async def test_refusals_are_tool_errors_with_the_reason_code(
 
 
 async def test_exhausted_budget_is_a_tool_error(
-    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets: Tickets
 ) -> None:
     """Two $50 refunds spend the $100 budget; the third is refused with budget_exhausted,
     and the trail holds exactly one decision per call."""
     args = {"ticket_id": "CS-1", "amount_usd": 50}
-    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+    async with (
+        rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r,
+        Client(r.gateway_url) as client,
+    ):
         results = [await client.call_tool("refund", args) for _ in range(3)]
         decisions = r.records(type="decision")
         assert_nothing_minted_unrecorded(r)
@@ -174,13 +198,16 @@ def _approve(openbao: DevServer, monkeypatch: pytest.MonkeyPatch, approval_id: s
 
 
 async def test_approval_gated_call_is_pending_then_runs_once_approved(
-    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets: Tickets
 ) -> None:
     """A $80 refund is a tool error with the approval id; while pending the same call says
     so again; once the listed approver approves, the same call runs with a token bound to
     exactly the approved arguments."""
     args = {"ticket_id": "CS-1", "amount_usd": 80}
-    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+    async with (
+        rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r,
+        Client(r.gateway_url) as client,
+    ):
         first = error_of(await client.call_tool("refund", args))
         again = error_of(await client.call_tool("refund", args))
         assert await asyncio.to_thread(_approve, openbao, monkeypatch, first["approval_id"]) == 0
@@ -196,12 +223,12 @@ async def test_approval_gated_call_is_pending_then_runs_once_approved(
 
 
 async def test_approval_id_in_meta_redeems_only_for_the_approved_arguments(
-    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets: Tickets
 ) -> None:
     """From another session, _meta broker/approval_id redeems an approval; other arguments
     are refused (invalid_inputs) and leave it usable for the approved ones."""
     args = {"ticket_id": "CS-1", "amount_usd": 80}
-    async with rig(openbao, tmp_path, monkeypatch) as r:
+    async with rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r:
         async with Client(r.gateway_url) as client:
             approval_id = error_of(await client.call_tool("refund", args))["approval_id"]
         assert await asyncio.to_thread(_approve, openbao, monkeypatch, approval_id) == 0
@@ -217,10 +244,13 @@ async def test_approval_id_in_meta_redeems_only_for_the_approved_arguments(
 
 
 async def test_credential_never_reaches_the_model(
-    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets: Tickets
 ) -> None:
     """An upstream that echoes its token back has it replaced before the agent sees it."""
-    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+    async with (
+        rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r,
+        Client(r.gateway_url) as client,
+    ):
         result = await client.call_tool("leak_token", {"ticket_id": "CS-1"})
         assert r.records(type="decision")[0]["credential_id"]
     text = json.dumps(result.model_dump(mode="json"))
@@ -229,11 +259,14 @@ async def test_credential_never_reaches_the_model(
 
 
 async def test_unknown_tool_is_a_protocol_error_with_a_stable_code(
-    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets: Tickets
 ) -> None:
     """A tool the gateway does not route is JSON-RPC invalid params, code unknown_tool, and
     the sidecar is not asked (nothing recorded, nothing minted)."""
-    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+    async with (
+        rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r,
+        Client(r.gateway_url) as client,
+    ):
         with pytest.raises(MCPError) as err:
             await client.call_tool("drop_database", {})
         assert r.records(type="decision") == []
@@ -253,12 +286,16 @@ async def test_malformed_json_rpc_is_refused_with_a_stable_code(
     openbao: DevServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    tickets: Tickets,
     body: bytes,
     code: int,
 ) -> None:
     """Bytes that are not JSON-RPC get a JSON-RPC error; the sidecar is never asked."""
     headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-    async with rig(openbao, tmp_path, monkeypatch) as r, aiohttp.ClientSession() as http:
+    async with (
+        rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r,
+        aiohttp.ClientSession() as http,
+    ):
         async with http.post(r.gateway_url, data=body, headers=headers) as resp:
             status, doc = resp.status, await resp.json(content_type=None)
         assert r.records(type="decision") == []
@@ -274,12 +311,17 @@ async def test_upstream_dying_mid_call_is_a_tool_error_and_an_error_outcome(
     openbao: DevServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    tickets: Tickets,
     tool: str,
     args: dict[str, Any],
 ) -> None:
     """A stdio upstream process or the HTTP upstream server dying during the call: a tool
     error upstream_failed; the minted credential was recorded and its outcome is error."""
-    async with rig(openbao, tmp_path, monkeypatch) as r, Client(r.gateway_url) as client:
+    own = None if tool == "die" else tickets  # killing the shared server would end the module's
+    async with (
+        rig(openbao, tmp_path, monkeypatch, tickets=own) as r,
+        Client(r.gateway_url) as client,
+    ):
         body = error_of(await client.call_tool(tool, args))
         [decision] = r.records(type="decision")
         [outcome] = r.records(type="outcome")
@@ -289,17 +331,17 @@ async def test_upstream_dying_mid_call_is_a_tool_error_and_an_error_outcome(
 
 
 async def test_gateway_over_stdio_as_an_agent_host_starts_it(
-    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets: Tickets
 ) -> None:
     """``broker mcp --config`` started by an MCP host over stdio lists and calls tools,
     finding the sidecar through BROKER_URL."""
-    async with rig(openbao, tmp_path, monkeypatch) as r:
+    async with rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r:
         config = tmp_path / "gateway.json"  # JSON is YAML: the loader reads either
         config.write_text(r.config.model_dump_json(exclude_none=True))
         params = StdioServerParameters(
             command=sys.executable,
             args=["-m", "broker.cli", "mcp", "--config", str(config)],
-            env={"BROKER_URL": r.sidecar.url, "MCP_TEST_CA_FILE": str(tmp_path / "broker-ca.pem")},
+            env={"BROKER_URL": r.sidecar.url},
             cwd=str(REPO),
         )
         async with Client(params) as client:

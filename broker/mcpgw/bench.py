@@ -80,6 +80,8 @@ def _process(args: list[str], marker: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _gateway_config(upstream_url: str, path: Path) -> None:
