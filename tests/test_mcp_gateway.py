@@ -19,8 +19,18 @@ from mcp.shared.exceptions import MCPError
 
 from broker.cli import main
 from broker.devstack import DevServer
+from broker.mcpgw.config import GatewayConfig
+from broker.mcpgw.serve import serving_http
 from tests.harness import REPO, root_client
-from tests.mcp_fixtures import Rig, Tickets, result_json, rig, shared_tickets_server
+from tests.mcp_fixtures import (
+    MANIFEST,
+    Rig,
+    Tickets,
+    gateway_config,
+    result_json,
+    rig,
+    shared_tickets_server,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -350,3 +360,34 @@ async def test_gateway_over_stdio_as_an_agent_host_starts_it(
     assert "get_ticket" in names
     assert "delete_ticket" not in names
     assert result_json(result)["seen"]["verified"] is True
+
+
+async def test_each_outcome_frees_the_concurrency_slot(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets: Tickets
+) -> None:
+    """With concurrency 1 and 60 s tokens, three calls in a row all run: the gateway reports
+    each outcome, so no credential holds the one slot after its call."""
+    one_slot = MANIFEST.replace("actions:", "concurrency: 1\nactions:", 1)
+    async with rig(openbao, tmp_path, monkeypatch, one_slot, tickets=tickets) as r:
+        async with Client(r.gateway_url) as client:
+            results = [
+                await client.call_tool("get_ticket", {"ticket_id": f"CS-{i}"}) for i in range(3)
+            ]
+        outcomes = r.records(type="outcome")
+    assert [x.is_error for x in results] == [False, False, False]
+    assert [o["status"] for o in outcomes] == ["ok", "ok", "ok"]
+
+
+async def test_sidecar_unreachable_fails_closed(tmp_path: Path) -> None:
+    """No sidecar: a call is a tool error broker_unavailable (nothing reaches the upstream)
+    and a listing is a JSON-RPC error with the same code."""
+    config: GatewayConfig = gateway_config("http://127.0.0.1:9/mcp", tmp_path / "ca.pem")
+    async with (
+        serving_http(config, str(tmp_path / "no-sidecar.sock")) as url,
+        Client(url) as client,
+    ):
+        body = error_of(await client.call_tool("get_ticket", {"ticket_id": "CS-1"}))
+        with pytest.raises(MCPError) as err:
+            await client.list_tools()
+    assert body["error"] == "broker_unavailable"
+    assert err.value.data == {"error": "broker_unavailable"}
