@@ -73,6 +73,11 @@ def gateway_config(tickets_url: str, ca_file: Path) -> GatewayConfig:
                 "ghost": {"upstream": "tickets", "action": "zendesk.get_ticket"},
                 "refund": {"upstream": "payments", "action": "stripe.refund"},
                 "crash": {"upstream": "payments", "action": "stripe.refund"},
+                "crash_by_argument": {
+                    "upstream": "payments-arg",
+                    "action": "stripe.refund",
+                    "tool": "crash",
+                },
                 "refund_by_argument": {
                     "upstream": "payments-arg",
                     "action": "stripe.refund",

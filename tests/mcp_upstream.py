@@ -83,11 +83,11 @@ def refund_arg(ticket_id: str, amount_usd: int | float, credential: str = "") ->
     """Refund a customer; the credential comes as an argument."""
     inputs = {"ticket_id": ticket_id, "amount_usd": amount_usd}
     seen = _check(credential, "stripe-gateway", "stripe.refund", inputs)
-    return {"refunded": amount_usd, "seen": seen}
+    return {"refunded": amount_usd, "seen": seen, "pid": os.getpid()}
 
 
 @payments.tool()
-def crash(ticket_id: str, amount_usd: int | float) -> str:
+def crash(ticket_id: str, amount_usd: int | float, credential: str = "") -> str:
     """Die in the middle of the call."""
     os._exit(3)
 

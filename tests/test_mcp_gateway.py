@@ -78,6 +78,7 @@ async def test_listing_shows_only_allowed_tools_with_the_manifest_constraints(
         "refund",
         "crash",
         "refund_by_argument",
+        "crash_by_argument",
     }
     assert tools["get_ticket"].input_schema == {
         "type": "object",
@@ -391,3 +392,24 @@ async def test_sidecar_unreachable_fails_closed(tmp_path: Path) -> None:
             await client.list_tools()
     assert body["error"] == "broker_unavailable"
     assert err.value.data == {"error": "broker_unavailable"}
+
+
+async def test_argument_mode_keeps_one_process_and_restarts_it_after_a_crash(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets: Tickets
+) -> None:
+    """A stdio upstream that takes the credential as an argument serves every call from one
+    long-lived process, each call with its own token; when it dies mid-call, that call is
+    upstream_failed and the next call starts a new process."""
+    args = {"ticket_id": "CS-1", "amount_usd": 5}
+    async with rig(openbao, tmp_path, monkeypatch, tickets=tickets) as r:
+        async with Client(r.gateway_url) as client:
+            first = result_json(await client.call_tool("refund_by_argument", args))
+            second = result_json(await client.call_tool("refund_by_argument", args))
+            crashed = error_of(await client.call_tool("crash_by_argument", args))
+            third = result_json(await client.call_tool("refund_by_argument", args))
+        outcomes = [o["status"] for o in r.records(type="outcome")]
+    assert first["pid"] == second["pid"] != third["pid"]
+    assert first["seen"]["jti"] != second["seen"]["jti"]
+    assert third["seen"]["verified"] is True
+    assert crashed["error"] == "upstream_failed"
+    assert outcomes == ["ok", "ok", "error", "ok"]

@@ -1,8 +1,10 @@
 """Calls to the upstream MCP servers, with the credential where each one expects it.
 
-Every call opens its own MCP connection: the credential is minted for exactly one call, so
-it belongs to that connection (an HTTP header, or the environment of a stdio process started
-for the call) and never to a long-lived session that a later call could reuse. What can be
+A call whose credential travels with the connection opens its own MCP connection: the
+credential is minted for exactly one call, so it belongs to that connection (an HTTP header,
+or the environment of a stdio process started for the call) and never to a long-lived
+session that a later call could reuse. A stdio upstream that takes the credential as an
+argument keeps one long-lived session, since each call carries its own credential. What can be
 shared without sharing a credential is shared: the HTTP connection pool and TLS context per
 upstream, and the protocol version it negotiated the first time (so later calls skip the
 discovery round trip). Upstream failures become ``UpstreamFailed``, whose detail never
@@ -10,6 +12,8 @@ holds the secret."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -27,6 +31,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from broker.mcpgw.config import HttpUpstream, StdioUpstream
 
 Upstream = HttpUpstream | StdioUpstream
+log = logging.getLogger("broker.mcp")
 
 
 class UpstreamFailed(Exception):
@@ -43,19 +48,73 @@ def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "[credential]") if secret else text
 
 
+class _Session:
+    """A long-lived MCP session, entered and exited by one background task of its own
+    (anyio's scopes must be left by the task that entered them); calls use ``client``."""
+
+    def __init__(self, transport: Any, timeout: float) -> None:
+        self.client: Client | None = None
+        self._ready, self._stop = asyncio.Event(), asyncio.Event()
+        self._task = asyncio.create_task(self._own(transport, timeout))
+
+    async def _own(self, transport: Any, timeout: float) -> None:
+        try:
+            async with Client(transport, cache=None, read_timeout_seconds=timeout) as client:
+                self.client = client
+                self._ready.set()
+                await self._stop.wait()
+        except Exception as exc:  # the process would not start, or died: callers see it
+            log.warning("stdio upstream session ended: %s", _describe(exc))
+        finally:
+            self.client = None
+            self._ready.set()
+
+    async def connected(self) -> Client:
+        await self._ready.wait()
+        if self.client is None:
+            raise UpstreamFailed("the upstream process did not start or has exited")
+        return self.client
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        await self._task
+
+
 class Upstreams:
-    """The gateway's upstreams by name; ``aclose`` releases their HTTP pools."""
+    """The gateway's upstreams by name; ``aclose`` releases their HTTP pools and sessions.
+
+    A stdio upstream that takes the credential as an argument keeps one long-lived process
+    and session: no credential is part of the session, each call carries its own. If that
+    process dies, the call fails and the next call starts a new one."""
 
     def __init__(self, upstreams: Mapping[str, Upstream], *, errlog: TextIO = sys.stderr):
         self._upstreams = dict(upstreams)
         self._errlog = errlog
         self._pools: dict[str, httpx2.AsyncHTTPTransport] = {}
         self._modes: dict[str, tuple[str, types.DiscoverResult | None]] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._opening = asyncio.Lock()
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
             await pool.aclose()
         self._pools.clear()
+        for session in self._sessions.values():
+            await session.aclose()
+        self._sessions.clear()
+
+    async def _session(self, name: str, upstream: StdioUpstream) -> _Session:
+        async with self._opening:
+            session = self._sessions.get(name)
+            if session is None:
+                transport = self._transport(name, upstream, None)
+                session = self._sessions[name] = _Session(transport, upstream.timeout)
+            return session
+
+    async def _drop(self, name: str, session: _Session) -> None:
+        if self._sessions.get(name) is session:
+            del self._sessions[name]
+        await session.aclose()
 
     async def list_tools(self, name: str) -> list[types.Tool]:
         """The upstream's tools (listing needs no credential)."""
@@ -92,6 +151,14 @@ class Upstreams:
     @asynccontextmanager
     async def _connect(self, name: str, secret: str | None) -> AsyncIterator[Client]:
         upstream = self._upstreams[name]
+        if isinstance(upstream, StdioUpstream) and upstream.argument is not None:
+            session = await self._session(name, upstream)
+            try:
+                yield await session.connected()
+            except Exception:
+                await self._drop(name, session)  # a dead or broken process: start anew next time
+                raise
+            return
         mode, discovered = self._modes.get(name, ("auto", None))
         async with Client(
             self._transport(name, upstream, secret),
