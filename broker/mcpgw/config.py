@@ -52,8 +52,9 @@ class HttpUpstream(_Frozen):
 
 
 class StdioUpstream(_Frozen):
-    """A stdio MCP server, started for each call, so that a per-call credential can be put
-    in its environment (``env``) or, with ``argument``, passed as one extra tool argument."""
+    """A stdio MCP server. With ``env``, it is started for each call with that call's
+    credential in its environment; with ``argument``, one long-lived process gets each
+    call's credential as one extra tool argument (never listed to the model)."""
 
     transport: Literal["stdio"] = "stdio"
     command: tuple[Annotated[str, StringConstraints(min_length=1)], ...] = Field(min_length=1)
