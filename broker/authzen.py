@@ -1,8 +1,8 @@
 """OpenID AuthZEN 1.0 access evaluation on the sidecar, so a gateway (an API or MCP gateway,
 Envoy, Kong...) can ask the broker for a decision in a standard shape.
 
-``POST /access/v1/evaluation`` and the batch ``POST /access/v1/evaluations``. The mapping
-onto the manifest:
+``POST /access/v1/evaluation``, the batch ``POST /access/v1/evaluations``, and the PDP
+metadata at ``GET /.well-known/authzen-configuration``. The mapping onto the manifest:
 
 - ``subject.id`` must be this sidecar's agent (a sidecar serves one agent); another id is
   ``decision: false`` with code ``subject_mismatch``. ``subject.type`` is free.
@@ -229,5 +229,18 @@ def add_routes(app: web.Application, service_key: Any, max_body_key: Any) -> Non
             raise _validation_error(exc) from exc
         return web.json_response(await evaluate_batch(request.app[service_key], batch))
 
+    async def metadata(request: web.Request) -> web.Response:
+        """PDP metadata (AuthZEN 1.0 §9): where the two endpoints are, as this request saw
+        the sidecar; search endpoints are not offered."""
+        base = f"{request.scheme}://{request.host}"
+        return web.json_response(
+            {
+                "policy_decision_point": base,
+                "access_evaluation_endpoint": f"{base}/access/v1/evaluation",
+                "access_evaluations_endpoint": f"{base}/access/v1/evaluations",
+            }
+        )
+
     app.router.add_post("/access/v1/evaluation", one)
     app.router.add_post("/access/v1/evaluations", many)
+    app.router.add_get("/.well-known/authzen-configuration", metadata)

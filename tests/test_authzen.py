@@ -177,3 +177,17 @@ async def test_bad_input_is_400_with_a_stable_code_and_changes_nothing(
         assert decisions(h) == []
     assert status == 400
     assert doc["error"] == code
+
+
+async def test_pdp_metadata_names_both_endpoints(openbao: DevServer, tmp_path: Path) -> None:
+    """The well-known document points at the two evaluation endpoints of this sidecar."""
+    _, sidecar = await start(openbao, tmp_path)
+    async with sidecar as h:
+        status, doc, _ = await h.raw("GET", "/.well-known/authzen-configuration")
+        evaluated, _ = await post(
+            h, doc["access_evaluations_endpoint"].removeprefix(doc["policy_decision_point"]), {}
+        )
+    assert status == 200
+    assert doc["policy_decision_point"] == h.url
+    assert doc["access_evaluation_endpoint"] == f"{h.url}/access/v1/evaluation"
+    assert evaluated == 400  # reached: an empty batch names no subject
