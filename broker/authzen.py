@@ -128,6 +128,11 @@ async def evaluate(service: CredentialService, ev: Evaluation) -> dict[str, Any]
     if opts.charge:
         reply = await service.request(req)
         return _answer(reply.status == 200, {"charged": True, **reply.body})
+    return _dry_run(service, req)
+
+
+def _dry_run(service: CredentialService, req: ActionRequest) -> dict[str, Any]:
+    """The pure decision against current usage: nothing recorded, charged or opened."""
     decision = decide(
         req,
         service.manifest,

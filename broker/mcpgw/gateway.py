@@ -77,6 +77,18 @@ def _code(exc: BrokerClientError) -> str:
     return "broker_unavailable" if isinstance(exc, BrokerUnavailable) else "broker_error"
 
 
+def _listed(name: str, action: str, scope: Mapping[str, Any], upstream: types.Tool) -> types.Tool:
+    """A tool as the agent sees it: the upstream's, with the manifest's inputs as its schema."""
+    return types.Tool(
+        name=name,
+        description=tool_description(
+            upstream.description, action, bool(scope.get("needs_approval"))
+        ),
+        output_schema=upstream.output_schema,
+        input_schema=tool_input_schema(scope.get("inputs") or {}, upstream.input_schema),
+    )
+
+
 class Gateway:
     def __init__(
         self,
@@ -114,25 +126,12 @@ class Gateway:
             if r.action in actions and actions[r.action].get("credential") != "dynamic"
         }
         offered = await self._upstream_tools({r.upstream for r in routes.values()})
-        tools = []
-        for name, route in routes.items():
-            upstream_tool = offered.get((route.upstream, self._config.upstream_tool(name)))
-            if upstream_tool is None:
-                continue  # the upstream does not offer it (or is down): nothing to plan with
-            action = actions[route.action]
-            tools.append(
-                types.Tool(
-                    name=name,
-                    description=tool_description(
-                        upstream_tool.description, route.action, bool(action.get("needs_approval"))
-                    ),
-                    output_schema=upstream_tool.output_schema,
-                    input_schema=tool_input_schema(
-                        action.get("inputs") or {}, upstream_tool.input_schema
-                    ),
-                )
-            )
-        return tools
+        return [
+            _listed(name, route.action, actions[route.action], found)
+            for name, route in routes.items()
+            # a tool the upstream does not offer (or an upstream that is down) is not listed
+            if (found := offered.get((route.upstream, self._config.upstream_tool(name))))
+        ]
 
     async def _upstream_tools(self, names: set[str]) -> dict[tuple[str, str], types.Tool]:
         """Each upstream's tools, listed concurrently and kept ``listing_ttl`` seconds: a
