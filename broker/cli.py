@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "broker.cli_report",
     "broker.cli_approvals",
     "broker.cli_issuer",
+    "broker.cli_mcp",
 )
 
 

@@ -243,8 +243,9 @@ def _credential_call(
     return _Call("POST", "/v1/credentials", body, _credential)
 
 
-def _redeem_call(approval_id: str) -> _Call[Credential]:
-    return _Call("POST", f"/v1/approvals/{_segment(approval_id)}/redeem", {}, _credential)
+def _redeem_call(approval_id: str, inputs: Mapping[str, Any] | None) -> _Call[Credential]:
+    body = {} if inputs is None else {"inputs": dict(inputs)}  # refused unless the approved ones
+    return _Call("POST", f"/v1/approvals/{_segment(approval_id)}/redeem", body, _credential)
 
 
 def _scope_call() -> _Call[dict[str, Any]]:
@@ -356,8 +357,8 @@ class BrokerClient:
     ) -> Credential:
         return self._run(_credential_call(action, inputs, workflow, request_id))
 
-    def redeem(self, approval_id: str) -> Credential:
-        return self._run(_redeem_call(approval_id))
+    def redeem(self, approval_id: str, inputs: Mapping[str, Any] | None = None) -> Credential:
+        return self._run(_redeem_call(approval_id, inputs))
 
     def wait_for_approval(
         self, approval_id: str, *, timeout: float, poll: float = 1.0
@@ -454,9 +455,10 @@ class AsyncBrokerClient:
         BrokerUnavailable or BadRequest otherwise."""
         return await self._run(_credential_call(action, inputs, workflow, request_id))
 
-    async def redeem(self, approval_id: str) -> Credential:
-        """One attempt to turn an approval into a credential (PendingApproval while pending)."""
-        return await self._run(_redeem_call(approval_id))
+    async def redeem(self, approval_id: str, inputs: Mapping[str, Any] | None = None) -> Credential:
+        """One attempt to turn an approval into a credential (PendingApproval while pending);
+        with ``inputs``, refused unless they are exactly the approved ones."""
+        return await self._run(_redeem_call(approval_id, inputs))
 
     async def wait_for_approval(
         self, approval_id: str, *, timeout: float, poll: float = 1.0

@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 from aiohttp import web
 from pydantic import JsonValue, ValidationError
 
+from broker import authzen
 from broker.api import CredentialRequest, OutcomeReport, openapi_document
 from broker.approvalgate import MAX_WAIT
 from broker.decision import ActionRequest
@@ -181,4 +182,5 @@ def build_app(service: CredentialService, *, max_body: int) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", get_openapi)
     app.router.add_get("/metrics", get_metrics)
+    authzen.add_routes(app, SERVICE, MAX_BODY)  # OpenID AuthZEN 1.0 access evaluation
     return app
