@@ -31,11 +31,10 @@ from broker.limits import UsageLedger
 from broker.manifest import JwtCredential, Manifest
 from broker.metrics import SidecarMetrics
 from broker.minting import IssuedCredential, Minter
+from broker.orphans import LateCredentials, revoke_in_vault
 from broker.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
 from broker.runtime import Runtime
 from broker.toolcalls import ToolCallLog
-from broker.vault.database import revoke_lease
-from broker.vault.tokens import revoke_accessor
 
 log = logging.getLogger("broker.service")
 
@@ -90,6 +89,7 @@ class CredentialService:
         self.manifest = manifest
         self.runtime = runtime
         self.minter = Minter(runtime.session, runtime.signer)
+        self.late = LateCredentials(runtime.session, audit, manifest.agent, clock)
         self.audit = audit
         self.ledger = ledger
         self._redact_key = redact_key
@@ -246,18 +246,24 @@ class CredentialService:
         now: float,
         detail: str,
         status: str = "blocked",
+        *,
+        extra: Mapping[str, Any] | None = None,
     ) -> Reply:
         """Fail closed: record the refusal, answer 503 backend_unavailable with Retry-After."""
         reason = ReasonCode.backend_unavailable
-        await self._record(req, decision, now, status=status, override=reason, detail=detail)
+        await self._record(
+            req, decision, now, status=status, override=reason, detail=detail, extra=extra
+        )
         return _refusal(decision, reason, detail, RETRY_AFTER_UNAVAILABLE)
 
     async def _pending(self, req: ActionRequest, decision: Decision, now: float) -> Reply:
         """Store the approval request in Vault (fail closed), record it, answer 202."""
         try:
-            approval = await self.approvals.open_for(req, decision, now)
-        except BrokerError as exc:
-            detail = f"the approval request could not be stored: {exc.detail}"
+            stored = asyncio.shield(self.approvals.open_for(req, decision, now))
+            approval = await asyncio.wait_for(stored, self.minter.deadline)
+        except (BrokerError, TimeoutError) as exc:
+            why = exc.detail if isinstance(exc, BrokerError) else "Vault did not answer in time"
+            detail = f"the approval request could not be stored: {why}"
             return await self._unavailable(req, decision, now, detail)
         await self._record(
             req,
@@ -349,7 +355,9 @@ class CredentialService:
             if self.metrics is not None:
                 self.metrics.vault_error(f"mint_{spec.kind}")
             self.ledger.refund(decision, credential_id, now)
-            return await self._unavailable(req, decision, now, exc.detail, status="error")
+            # The id Vault's metadata carries, so a late credential always matches a record.
+            extra = {**(extra or {}), "abandoned_credential_id": credential_id}
+            return await self._unavailable(req, decision, now, exc.detail, "error", extra=extra)
         if self.metrics is not None:
             self.metrics.mint_latency(spec.kind, time.perf_counter() - started)
             self.metrics.credentials_issued(spec.kind)
@@ -391,13 +399,13 @@ class CredentialService:
                 "action": decision.action,
                 "credential_id": credential_id,
             }
-            issued = await self.minter.mint_vault_token(
+            call = self.minter.mint_vault_token(
                 now=now, policies=list(spec.policies), ttl=spec.ttl, uses=spec.uses, meta=meta
             )
         else:
-            issued = await self.minter.mint_dynamic(
-                now=now, mount=spec.mount, role=spec.role, ttl=spec.ttl
-            )
+            call = self.minter.mint_dynamic(now=now, mount=spec.mount, role=spec.role, ttl=spec.ttl)
+        on_late = self.late.handler(credential_id, decision.action)
+        issued = await self.minter.within_deadline(call, f"{spec.kind} mint", on_late)
         try:
             await self._record(
                 req,
@@ -409,7 +417,8 @@ class CredentialService:
                 extra=extra,
             )
         except AuditUnavailable:
-            await asyncio.to_thread(self._revoke_quietly, spec.kind, issued.credential_id)
+            with contextlib.suppress(BrokerError):
+                await asyncio.to_thread(revoke_in_vault, self.runtime.session, issued)
             raise
         self.runtime.dirty = True
         self.vault_ids[credential_id] = (
@@ -425,14 +434,6 @@ class CredentialService:
             issued.ttl,
             {**issued.secret, "vault_id": issued.credential_id},
         )
-
-    def _revoke_quietly(self, kind: str, vault_id: str) -> None:
-        client, addr = self.runtime.session.client, self.runtime.session.addr
-        with contextlib.suppress(BrokerError):
-            if kind == "vault_token":
-                revoke_accessor(client, vault_id, addr)
-            else:
-                revoke_lease(client, vault_id)
 
     async def _record(
         self,
