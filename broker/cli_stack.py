@@ -75,7 +75,12 @@ def register(
     p.add_argument(
         "--listen", default="unix:/run/broker/sidecar.sock", help="unix:PATH or 127.0.0.1:PORT"
     )
-    p.add_argument("--path", default="/healthz", choices=["/healthz", "/readyz"])
+    p.add_argument(
+        "--path",
+        default="/readyz",
+        choices=["/healthz", "/readyz"],
+        help="/readyz (default): would it mint now; /healthz: is the process alive",
+    )
     p.set_defaults(func=cmd_probe)
 
     from broker.bench import register_bench

@@ -185,10 +185,17 @@ class CredentialService:
         self.manifest = new
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        ready = self.runtime.available()
+        """Ready exactly when no reason of the sidecar's own would refuse a mint: the audit
+        trail, Vault, the control state's age and the signing certificate, each named."""
+        problems = self.runtime.problems()
+        failed = getattr(self.audit, "failed", "")
+        if failed:
+            problems["audit"] = failed
+        ready = not problems
         return ready, {
             "ready": ready,
-            "vault": "ok" if ready else self.runtime.vault_problem,
+            "problems": problems,
+            "vault": problems.get("vault", "ok"),
             "manifest": {
                 "agent": self.manifest.agent,
                 "hash": self.manifest.content_hash,
@@ -196,7 +203,7 @@ class CredentialService:
             },
             "agent_disabled": self.runtime.control.killed,
             "revoked_before": self.runtime.control.revoked_before,
-            "control_age_seconds": round(self._clock() - self.runtime.last_poll_ok, 3),
+            "control_age_seconds": round(min(self.runtime.control_age(), 1e9), 3),
         }
 
     async def report_outcome(
@@ -224,6 +231,8 @@ class CredentialService:
         if failed:
             # Nothing can be recorded, so nothing may be minted: refuse before touching Vault.
             raise AuditUnavailable(failed)
+        if not self.runtime.available():
+            await self.runtime.refresh_now()  # stale only because the loop ran late?
         now = self._clock()
         decision = decide(
             req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
@@ -232,12 +241,24 @@ class CredentialService:
             assert decision.reason is not None
             await self._record(req, decision, now, status="blocked")
             return _refusal(decision, decision.reason, decision.detail, decision.retry_after)
-        if not self.runtime.available():
-            detail = f"Vault is unavailable, nothing is minted: {self.runtime.vault_problem}"
-            return await self._unavailable(req, decision, now, detail)
+        problem = self._mint_problem(decision)
+        if problem is not None:
+            return await self._unavailable(req, decision, now, problem[1], reason=problem[0])
         if decision.outcome is Outcome.pending_approval:
             return await self._pending(req, decision, now)
         return await self._allow(req, decision, now)
+
+    def _mint_problem(self, decision: Decision) -> tuple[ReasonCode, str] | None:
+        """Why nothing may be minted now, for a reason of the sidecar's own; None if none."""
+        rt = self.runtime
+        if not rt.vault_ok:
+            return ReasonCode.backend_unavailable, f"Vault is unavailable: {rt.vault_problem}"
+        if not rt.available():
+            return ReasonCode.control_state_stale, rt.stale_detail()
+        spec = decision.credential
+        if spec is not None and spec.kind == "jwt" and (cert := rt.certificate_problem()):
+            return ReasonCode.backend_unavailable, f"no action token can be signed: {cert}"
+        return None
 
     async def _unavailable(
         self,
@@ -248,9 +269,10 @@ class CredentialService:
         status: str = "blocked",
         *,
         extra: Mapping[str, Any] | None = None,
+        reason: ReasonCode = ReasonCode.backend_unavailable,
     ) -> Reply:
-        """Fail closed: record the refusal, answer 503 backend_unavailable with Retry-After."""
-        reason = ReasonCode.backend_unavailable
+        """Fail closed: record the refusal, answer 503 (backend_unavailable unless told
+        otherwise) with Retry-After."""
         await self._record(
             req, decision, now, status=status, override=reason, detail=detail, extra=extra
         )
@@ -290,6 +312,8 @@ class CredentialService:
                 return Reply(202, gate.pending_body(approval))
             if refusal is None and not self.runtime.available():
                 refusal = ReasonCode.backend_unavailable, "Vault is unavailable, nothing is minted"
+                if self.runtime.vault_ok:
+                    refusal = ReasonCode.control_state_stale, self.runtime.stale_detail()
             if refusal is None:
                 approval = await gate.spend(approval)  # single use: spent before minting
             now = self._clock()

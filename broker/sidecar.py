@@ -43,6 +43,7 @@ from broker.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, 
 log = logging.getLogger("broker.sidecar")
 
 VAULT_THREADS = 64
+START_GRACE = 3.0  # seconds to wait for Vault before listening anyway
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,14 @@ class Sidecar:
             concurrent.futures.ThreadPoolExecutor(VAULT_THREADS, thread_name_prefix="vault")
         )
         await self.runtime.start()
+        # Usually Vault answers at once and the sidecar listens ready; if it does not, the
+        # sidecar listens anyway after the grace, refusing and saying why in /readyz.
+        with contextlib.suppress(TimeoutError):
+            await self.runtime.wait_connected(START_GRACE)
         if self._vault_agent is not None:
+            # No manifest, no sidecar: wait for Vault (the runtime logs and retries) without
+            # listening, so the probes say "not ready" rather than the process exiting.
+            await self.runtime.wait_connected()
             await self._load_from_vault(self._vault_agent)
         ledger = restore_ledger(self.manifest, self.config.audit_path)
         self.audit = AuditLog(

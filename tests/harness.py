@@ -104,7 +104,11 @@ async def running_sidecar(
     role_file, secret_file = approle_files(client, agent, tmp_path / "secrets")
     cfg = SidecarConfig(
         manifest_path=manifest_path,
-        vault=VaultSettings(addr=openbao.addr, role_id_file=role_file, secret_id_file=secret_file),
+        vault=VaultSettings(
+            addr=config.pop("vault_addr", openbao.addr),
+            role_id_file=role_file,
+            secret_id_file=secret_file,
+        ),
         listen="127.0.0.1:0",
         audit_path=config.pop("audit_path", tmp_path / "audit" / f"{agent}.jsonl"),
         poll_interval=config.pop("poll_interval", 0.1),

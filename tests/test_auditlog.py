@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import stat
 import threading
@@ -177,13 +178,52 @@ def test_disk_full_fails_closed(path: Path, monkeypatch: pytest.MonkeyPatch, cal
     assert SECRET_INPUT not in message
     assert "req_2" not in message
     monkeypatch.undo()
-    with pytest.raises(AuditUnavailable, match="refused until it is reopened"):
+    with pytest.raises(AuditUnavailable, match="refused until it is writable again"):
         log.append_sync(body(3))
     assert log.failed
     log.close()
     with AuditLog(path) as reopened:
         assert reopened.append_sync(body(4)).seq == reopened.head[0]
     assert verify(path).ok
+
+
+@pytest.mark.parametrize("call", ["write", "fsync"])
+def test_disk_full_recovers_by_itself_once_writable(
+    path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """After ENOSPC passes, the writer cuts the file back, records the outage and accepts
+    appends again without a reopen; the chain verifies across it."""
+    log = AuditLog(path, recover_every=0.0)
+    log.append_sync(body(1))
+
+    def full(*args: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, call, full)
+    with pytest.raises(AuditUnavailable):
+        log.append_sync(body(2))
+    log.maybe_checkpoint()  # a writer turn while the disk is still full: still failed
+    assert log.failed
+    monkeypatch.undo()
+    log.maybe_checkpoint()  # the next writer turn recovers
+    assert log.failed == ""
+    assert log.append_sync(body(3)).seq == 3
+    log.close()
+    assert verify(path).ok
+    types = [json.loads(line)["type"] for line in path.read_text().splitlines()]
+    assert types == ["decision", "audit_recovered", "decision"]
+
+
+def test_file_replaced_is_not_recovered_automatically(path: Path) -> None:
+    """A trail removed underneath is someone else's doing: it stays refused until reopened."""
+    log = AuditLog(path, recover_every=0.0)
+    log.append_sync(body(1))
+    path.unlink()
+    with pytest.raises(AuditUnavailable, match="removed"):
+        log.append_sync(body(2))
+    log.maybe_checkpoint()
+    assert "until it is reopened" in log.failed
+    log.close()
 
 
 async def test_async_append_fails_closed_too(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

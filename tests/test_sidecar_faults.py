@@ -5,16 +5,23 @@ say so in /readyz, and recover without a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import hvac
 import pytest
 
+from broker.audit import ChainVerifier
 from broker.devstack import DevServer
-from tests.harness import Harness, root_client, running_sidecar, unique_agent, write_manifest
+from broker.stack import probe
+from tests.harness import REPO, Harness, root_client, running_sidecar, unique_agent, write_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -101,3 +108,147 @@ async def test_vault_frozen_under_load_bounded_answers_and_no_unrecorded_credent
     assert not set(live) & {r["vault_id"] for r in late}
     abandoned = {r["abandoned_credential_id"] for r in records if "abandoned_credential_id" in r}
     assert {r["credential_id"] for r in late} <= abandoned
+
+
+async def _until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not within {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 1 MiB tmpfs for the audit trail: a disk that really fills up (needs root)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with filler.open("wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+async def test_audit_disk_full_then_freed_readiness_and_minting_recover(
+    openbao: DevServer, tmp_path: Path, small_disk: Path
+) -> None:
+    """The audit disk fills: mints are refused 503 audit_unavailable and /readyz is 503 naming
+    the trail; once space is freed, /readyz is 200 and minting resumes, with no restart, and
+    the trail still verifies end to end with a record of the outage."""
+    manifest = write_manifest(tmp_path, UNCAPPED.format(agent=unique_agent("diskfull")))
+    trail = small_disk / "audit.jsonl"
+    async with running_sidecar(openbao, manifest, tmp_path, audit_path=trail) as h:
+        assert (await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"}))[0] == 200
+        filler = _fill(small_disk)
+        for _ in range(50):  # the trail's last page may still have room for a few records
+            refused = await h.ask("zendesk.get_ticket", {"ticket_id": "CS-2"})
+            if refused[0] != 200:
+                break
+        refused_token = await h.ask("stripe.refund", {"ticket_id": "CS-2", "amount_usd": 1})
+        not_ready = await h.raw("GET", "/readyz")
+        alive = await h.raw("GET", "/healthz")
+        port = int(h.url.rpartition(":")[2])
+        probes = [
+            await asyncio.to_thread(probe, ("127.0.0.1", port), path)
+            for path in ("/readyz", "/healthz")
+        ]
+        filler.unlink()
+
+        async def ready() -> bool:
+            return (await h.raw("GET", "/readyz"))[0] == 200
+
+        await _until(ready, 10.0, "/readyz 200 after the disk was freed")
+        again = await h.ask("zendesk.get_ticket", {"ticket_id": "CS-3"})
+    assert (refused[0], refused[1].get("error")) == (503, "audit_unavailable")
+    assert (refused_token[0], refused_token[1].get("error")) == (503, "audit_unavailable")
+    assert not_ready[0] == 503
+    assert "ENOSPC" in not_ready[1]["problems"]["audit"]
+    assert alive[0] == 200
+    assert probes == [False, True]  # `broker probe` (the image's health check) says not ready
+    assert again[0] == 200
+    verifier = ChainVerifier()
+    problems = [
+        p for line in trail.read_bytes().splitlines(keepends=True) if (p := verifier.feed(line))
+    ]
+    assert problems == []
+    types = [r.get("type") for r in _records(trail)]
+    assert "audit_recovered" in types
+
+
+@asynccontextmanager
+async def _proxy(port: int, target: str) -> AsyncIterator[None]:
+    """A TCP forwarder on 127.0.0.1:port to Vault: 'Vault comes up' at that address."""
+    host, _, target_port = target.removeprefix("http://").rpartition(":")
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(target_port))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        server.close()
+
+
+async def test_start_with_vault_down_stays_up_then_serves_once_vault_answers(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """A sidecar started while nothing answers at its Vault address stays up, /readyz 503
+    naming Vault and mints refused 503; once Vault answers there, it serves, unrestarted."""
+    manifest = write_manifest(tmp_path, UNCAPPED.format(agent=unique_agent("coldstart")))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    addr = f"http://127.0.0.1:{port}"
+    async with running_sidecar(openbao, manifest, tmp_path, vault_addr=addr) as h:
+        not_ready = await h.raw("GET", "/readyz")
+        refused = await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"})
+        async with _proxy(port, openbao.addr):
+
+            async def ready() -> bool:
+                return (await h.raw("GET", "/readyz"))[0] == 200
+
+            await _until(ready, 15.0, "/readyz 200 once Vault answered")
+            minted = await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"})
+            token = await h.ask("stripe.refund", {"ticket_id": "CS-1", "amount_usd": 1})
+    assert not_ready[0] == 503
+    assert "vault" in not_ready[1]["problems"]
+    assert (refused[0], refused[1]["reason"]) == (503, "backend_unavailable")
+    assert minted[0] == 200
+    assert token[0] == 200
+
+
+def test_image_health_check_probes_readiness() -> None:
+    """The Dockerfile's health check is `broker probe` on /readyz, not liveness."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    check = dockerfile[dockerfile.index("HEALTHCHECK") :].split("\n\n")[0]
+    assert '"broker", "probe"' in check
+    assert '"/readyz"' in check
+    assert "/healthz" not in check
