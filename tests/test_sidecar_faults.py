@@ -10,6 +10,8 @@ import json
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -252,3 +254,54 @@ def test_image_health_check_probes_readiness() -> None:
     assert '"broker", "probe"' in check
     assert '"/readyz"' in check
     assert "/healthz" not in check
+
+
+def _post_from_thread(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(  # noqa: S310 - a loopback test URL
+        f"{url}/v1/credentials",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - loopback test URL
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def test_poll_delayed_by_paused_event_loop_is_no_spurious_refusal(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """The event loop stalls 2.5 s (a paused process, CPU starvation) while a request waits:
+    the control state looks stale only because the poll was late, so the sidecar polls at
+    once and mints instead of a spurious 503."""
+    manifest = write_manifest(tmp_path, UNCAPPED.format(agent=unique_agent("stall")))
+    async with running_sidecar(openbao, manifest, tmp_path) as h:
+        assert (await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"}))[0] == 200
+        body = {"action": "zendesk.get_ticket", "inputs": {"ticket_id": "CS-2"}}
+        loop = asyncio.get_running_loop()
+        loop.call_soon(time.sleep, 2.5)  # the whole loop stops: no poll, no handler
+        asked = asyncio.create_task(asyncio.to_thread(_post_from_thread, h.url, body))
+        status, answer = await asked
+        stale_refusals = h.sidecar.runtime.stale_refusals
+    assert (status, answer.get("reason")) == (200, None)
+    assert stale_refusals == 0
+
+
+async def test_control_poll_stopped_refuses_with_control_state_stale(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """With Vault healthy but no poll answered for longer than the bound (the poll loop is
+    stopped here), mints are refused 503 control_state_stale and /readyz names it."""
+    manifest = write_manifest(tmp_path, UNCAPPED.format(agent=unique_agent("stale")))
+    async with running_sidecar(openbao, manifest, tmp_path) as h:
+        runtime = h.sidecar.runtime
+        assert runtime._task is not None
+        runtime._task.cancel()
+        await asyncio.sleep(1.5)  # real time passes for the monotonic staleness bound
+        refused = await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"})
+        ready = await h.raw("GET", "/readyz")
+    assert (refused[0], refused[1]["reason"]) == (503, "control_state_stale")
+    assert "old" in refused[1]["detail"]
+    assert ready[0] == 503
+    assert set(ready[1]["problems"]) == {"control_state"}
