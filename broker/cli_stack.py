@@ -177,7 +177,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from broker.sidecar import parse_listen
+    from broker.listener import parse_listen
     from broker.stack import probe
 
     kind, where = parse_listen(args.listen)

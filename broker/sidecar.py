@@ -27,6 +27,7 @@ from aiohttp import web
 from broker.auditlog import AuditLog
 from broker.errors import ConfigError
 from broker.limits import UsageLedger
+from broker.listener import IDLE_TIMEOUT, MAX_CONNECTIONS, listen
 from broker.loader import load_manifest
 from broker.manifest import Manifest
 from broker.metrics import SidecarMetrics
@@ -61,21 +62,9 @@ class SidecarConfig:
     webhooks: tuple[str, ...] = ()  # notification receivers (broker.notify)
     webhook_attempts: int = 5
     webhook_backoff: float = 0.5  # seconds before the first retry; doubles per retry
+    idle_timeout: float = IDLE_TIMEOUT  # unfinished headers or an idle keep-alive: closed
+    max_connections: int = MAX_CONNECTIONS
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_listen(listen: str) -> tuple[str, str | int]:
-    """("unix", path) or ("tcp", port). TCP is loopback only: a sidecar serves its neighbour."""
-    if listen.startswith("unix:"):
-        return "unix", listen[5:]
-    host, _, port = listen.rpartition(":")
-    if host not in ("", "127.0.0.1", "localhost"):
-        raise ConfigError(
-            f"--listen {listen!r}: a sidecar listens on 127.0.0.1 or a unix socket only"
-        )
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"--listen {listen!r}: expected unix:PATH or 127.0.0.1:PORT")
-    return "tcp", int(port)
 
 
 @dataclass(frozen=True)
@@ -154,6 +143,7 @@ class Sidecar:
         self.service: CredentialService | None = None
         self.notifier: WebhookNotifier | None = None
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self.address = ""
         # The audit checkpoints' own Vault connection, closed after the trail's last one.
         self._checkpoint_vault = AsyncVault(
@@ -209,9 +199,13 @@ class Sidecar:
             self.service.manifest_state = self.watcher.state
             self.watcher.start(self.service, self.audit, self.config.manifest_poll_interval)
         app = build_app(self.service, max_body=self.config.max_body)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=self.config.idle_timeout
+        )
         await self._runner.setup()
-        self.address = await self._listen(self._runner)
+        self.address, self._server = await listen(
+            self._runner, self.config.listen, self.config.max_connections
+        )
         return self.address
 
     async def _load_from_vault(self, agent: str) -> None:
@@ -222,28 +216,11 @@ class Sidecar:
             await self.runtime.stop()  # fail closed: no good manifest, no sidecar
             raise
 
-    async def _listen(self, runner: web.AppRunner) -> str:
-        kind, where = parse_listen(self.config.listen)
-        if kind == "unix":
-            path = Path(str(where))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
-            try:
-                await web.UnixSite(runner, str(path)).start()
-            finally:
-                os.umask(old)
-            os.chmod(path, 0o600)
-            return f"unix:{path}"
-        site = web.TCPSite(runner, "127.0.0.1", int(where))
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"http://127.0.0.1:{port}"
-
     async def stop(self) -> None:
         if self.watcher is not None:
             await self.watcher.stop()
+        if self._server is not None:
+            self._server.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
         if self.service is not None:

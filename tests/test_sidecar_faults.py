@@ -305,3 +305,33 @@ async def test_control_poll_stopped_refuses_with_control_state_stale(
     assert "old" in refused[1]["detail"]
     assert ready[0] == 503
     assert set(ready[1]["problems"]) == {"control_state"}
+
+
+async def test_idle_and_half_sent_connections_cannot_hold_the_sidecar(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """200 idle sockets, half stuck mid-headers, against a cap of 100: a valid mint still
+    succeeds (its latency is measured by `broker bench idle`), the sidecar holds no more than the cap, and after the idle timeout
+    every one of those sockets has been closed by the sidecar."""
+    manifest = write_manifest(tmp_path, UNCAPPED.format(agent=unique_agent("idle")))
+    async with running_sidecar(
+        openbao, manifest, tmp_path, idle_timeout=1.0, max_connections=100
+    ) as h:
+        port = int(h.url.rpartition(":")[2])
+        idle = []
+        for n in range(200):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if n % 2:
+                writer.write(b"GET /v1/scope HTTP/1.1\r\nHost: sidecar\r\n")  # never finished
+            idle.append((reader, writer))
+        await asyncio.sleep(0.2)
+        status = (await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"}))[0]
+        held = len(h.sidecar._runner.server.connections)  # type: ignore[union-attr]
+        closed = await asyncio.gather(
+            *(asyncio.wait_for(reader.read(), 5.0) for reader, _ in idle), return_exceptions=True
+        )
+        for _, writer in idle:
+            writer.close()
+    assert status == 200
+    assert held <= 100
+    assert all(isinstance(c, bytes) and not c.strip() for c in closed), "a socket stayed open"
