@@ -4,9 +4,10 @@
   headers within ``keepalive_timeout`` of connecting, or of its previous answer (its
   keep-alive timer starts at ``connection_made`` and spares only a request in progress).
   ``IDLE_TIMEOUT`` sets it; a body that does not arrive is bounded in ``broker.server``.
-- Connection cap: past ``MAX_CONNECTIONS``, a new connection evicts the oldest one that has
-  no request in progress, so a thousand idle sockets cannot lock out the agent's next call;
-  when every connection is busy, the new one is answered 503 and closed.
+- Connection cap: past ``MAX_CONNECTIONS``, a new connection evicts the oldest one that never
+  sent a whole request (else the oldest idle keep-alive one), so a thousand idle sockets
+  cannot lock out the agent's next call; when every connection is busy, the new one is
+  answered 503 and closed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from broker.errors import ConfigError
 log = logging.getLogger("broker.listener")
 
 IDLE_TIMEOUT = 5.0
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 2048
 
 _BUSY_BODY = b'{"error":"too_many_connections","detail":"every connection is busy; retry"}'
 _BUSY = (
@@ -68,12 +69,15 @@ class CappedFactory:
         return self.server()
 
     def _evict_one(self) -> bool:
-        for handler in self.server.connections:
-            # aiohttp has no public "is idle"; a handler outside a request holds nothing.
-            if not getattr(handler, "_request_in_progress", True):
-                handler.force_close()
-                self.evicted += 1
-                return True
+        """Close the oldest connection that never sent a whole request, else the oldest idle
+        keep-alive one: an agent's pooled connections outlive a flood of silent ones."""
+        # aiohttp has no public "is idle" or "requests seen": read its handler's own fields.
+        idle = [h for h in self.server.connections if not getattr(h, "_request_in_progress", True)]
+        silent = [h for h in idle if getattr(h, "_request_count", 1) == 0]
+        for handler in silent[:1] or idle[:1]:
+            handler.force_close()
+            self.evicted += 1
+            return True
         return False
 
 
