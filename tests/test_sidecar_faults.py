@@ -208,8 +208,11 @@ async def _proxy(port: int, target: str) -> AsyncIterator[None]:
                 await writer.drain()
         writer.close()
 
+    writers: list[asyncio.StreamWriter] = []
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(host, int(target_port))
+        writers.extend((writer, up_writer))
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     server = await asyncio.start_server(serve, "127.0.0.1", port)
@@ -217,6 +220,10 @@ async def _proxy(port: int, target: str) -> AsyncIterator[None]:
         yield
     finally:
         server.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+        await server.wait_closed()
 
 
 async def test_start_with_vault_down_stays_up_then_serves_once_vault_answers(
@@ -332,6 +339,7 @@ async def test_idle_and_half_sent_connections_cannot_hold_the_sidecar(
         )
         for _, writer in idle:
             writer.close()
+        await asyncio.gather(*(w.wait_closed() for _, w in idle), return_exceptions=True)
     assert status == 200
     assert held <= 100
     assert all(isinstance(c, bytes) and not c.strip() for c in closed), "a socket stayed open"
