@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from broker.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
 from broker.errors import BrokerError, ConfigError, PermissionDenied
@@ -37,6 +38,7 @@ from broker.metrics import SidecarMetrics
 from broker.settings import VaultSettings
 from broker.signing import ActionTokenSigner
 from broker.vault.asyncapi import AsyncVault
+from broker.vault.layout import PKI_MOUNT
 from broker.vault.pki import SignedCert, sign_csr
 from broker.vault.session import VaultSession
 
@@ -49,6 +51,9 @@ HEARTBEAT_EVERY = 2.0  # and at most once a second sooner when the outstanding s
 STALE_AFTER = 1.25
 # How long a request waits for a poll it asked for when it found the state stale.
 FRESH_WAIT = 0.5
+# How often the published CA is read to check that the signing certificate still chains to
+# it (a CA replaced in Vault is noticed within this plus one poll, then the key re-certified).
+CA_CHECK_EVERY = 1.0
 # Login retries at start-up, or after the token was lost: from the poll interval, doubling.
 LOGIN_BACKOFF_MAX = 5.0
 
@@ -80,6 +85,11 @@ class Runtime:
         self.logged_in = False
         self.stale_refusals = 0
         self._cert: x509.Certificate | None = None  # the signing key's current certificate
+        self._ca_pem = ""
+        self._ca: x509.Certificate | None = None  # the CA Vault publishes, as last read
+        self._ca_checked_at = -float("inf")
+        self.ca_mismatch = False
+        self.recertified = 0  # keys certified again because the CA changed
         self.outstanding: Callable[[], dict[str, Any]] = dict
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
@@ -123,7 +133,37 @@ class Runtime:
             return "no certified signing key yet"
         if cert.not_valid_after_utc.timestamp() <= self._clock():
             return "the signing certificate has expired"
+        if self.ca_mismatch:
+            return "the signing certificate does not chain to the CA Vault publishes"
         return ""
+
+    def _chains(self) -> bool:
+        cert, ca = self._cert, self._ca
+        if cert is None or ca is None:
+            return True  # nothing to compare (no key is reported on its own)
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
+    async def _check_ca(self) -> None:
+        """Read the published CA (at most every CA_CHECK_EVERY s); a certificate that no
+        longer chains to it marks the key for certification before the next mint."""
+        if self._mono() - self._ca_checked_at < CA_CHECK_EVERY:
+            return
+        pem = await self._poller.get_text(f"{PKI_MOUNT}/ca/pem", "read of the broker CA")
+        self._ca_checked_at = self._mono()
+        if pem != self._ca_pem:
+            try:
+                self._ca = x509.load_pem_x509_certificate(pem.encode())
+            except ValueError:
+                self._ca = None  # no CA published (yet): nothing to compare against
+            self._ca_pem = pem
+        mismatch = not self._chains()
+        if mismatch and not self.ca_mismatch:
+            log.warning("the signing certificate no longer chains to the published CA")
+        self.ca_mismatch = mismatch
 
     async def refresh_now(self, wait: float = FRESH_WAIT) -> None:
         """Ask for a poll now and wait (bounded) for a good read: for a request that found the
@@ -226,7 +266,12 @@ class Runtime:
             await self._read_control()
         now = self._clock()
         generation = self.control.signing_generation
-        if self.session.renewal_due() or self.signer.needs_rotation(now, generation):
+        await self._check_ca()
+        if (
+            self.session.renewal_due()
+            or self.signer.needs_rotation(now, generation)
+            or self.ca_mismatch
+        ):
             await asyncio.to_thread(self._maintain, generation)
         since = now - self._last_heartbeat
         if since >= HEARTBEAT_EVERY or self._killed_changed() or (self.dirty and since >= 1.0):
@@ -244,8 +289,13 @@ class Runtime:
     def _maintain(self, generation: int) -> None:
         """In a worker thread: renew the token, certify a new key when one is due."""
         self.session.ensure_fresh()
-        if self.signer.needs_rotation(self._clock(), generation):
+        if self.ca_mismatch or self.signer.needs_rotation(self._clock(), generation):
+            mismatch = self.ca_mismatch
             self.signer.rotate(generation)
+            self.ca_mismatch = not self._chains()
+            if mismatch and not self.ca_mismatch:
+                self.recertified += 1
+                log.warning("signing key certified again under the published CA")
 
     async def _read_control(self) -> None:
         old = self.control

@@ -22,7 +22,10 @@ import pytest
 
 from broker.audit import ChainVerifier
 from broker.devstack import DevServer
+from broker.errors import VerificationError
 from broker.stack import probe
+from broker.vault.pki import fetch_ca_pem
+from broker.verify import Verifier
 from tests.harness import REPO, Harness, root_client, running_sidecar, unique_agent, write_manifest
 
 pytestmark = pytest.mark.integration
@@ -343,3 +346,37 @@ async def test_idle_and_half_sent_connections_cannot_hold_the_sidecar(
     assert status == 200
     assert held <= 100
     assert all(isinstance(c, bytes) and not c.strip() for c in closed), "a socket stayed open"
+
+
+async def test_ca_replaced_under_a_running_sidecar_key_is_certified_again(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """A new root CA becomes Vault's published one while the sidecar runs: the sidecar
+    notices its certificate no longer chains, certifies its key again, and its tokens
+    verify under the new CA; none minted after that is signed under the old one."""
+    manifest = write_manifest(tmp_path, UNCAPPED.format(agent=unique_agent("newca")))
+    client = root_client(openbao)
+    async with running_sidecar(openbao, manifest, tmp_path) as h:
+        old_ca = fetch_ca_pem(openbao.addr)
+        assert (await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"}))[0] == 200
+        rotated = client.write_data(
+            "broker-pki/root/rotate/internal",
+            data={"common_name": "broker test CA 2", "key_type": "ed25519", "ttl": "87600h"},
+        )
+        client.write_data("broker-pki/root/replace", data={"default": rotated["data"]["issuer_id"]})
+        new_ca = fetch_ca_pem(openbao.addr)
+
+        async def recertified() -> bool:
+            return h.sidecar.runtime.recertified >= 1
+
+        await _until(recertified, 10.0, "the key certified again under the new CA")
+        status, body, _ = await h.ask("zendesk.get_ticket", {"ticket_id": "CS-2"})
+        ready = await h.raw("GET", "/readyz")
+    assert new_ca != old_ca
+    assert status == 200
+    token = body["credential"]["token"]
+    claims = Verifier([new_ca]).verify(token, audience="zendesk-gateway")
+    assert claims.action == "zendesk.get_ticket"
+    with pytest.raises(VerificationError):
+        Verifier([old_ca]).verify(token, audience="zendesk-gateway")
+    assert ready[0] == 200
