@@ -44,7 +44,15 @@ from broker.audit import (
     iso_utc,
     seal,
 )
-from broker.auditfile import fsync_dir, open_locked, recover, set_aside, unavailable, write_all
+from broker.auditfile import (
+    fsync_dir,
+    open_locked,
+    recover,
+    rotate,
+    set_aside,
+    unavailable,
+    write_all,
+)
 from broker.errors import AuditUnavailable, BrokerError
 
 __all__ = ["AuditLog"]
@@ -150,6 +158,8 @@ class AuditLog:
         max_batch: int = 1024,
         latency_window: int = 10_000,
         recover_every: float = 1.0,
+        segment_bytes: int = 16 << 20,
+        segment_age: float = 3600.0,
     ) -> None:
         self.path = Path(path)
         self.notes: list[str] = []
@@ -160,6 +170,10 @@ class AuditLog:
             checkpoint_retry,
         )
         self._max_batch = max_batch
+        # Rotation: a segment is sealed past either bound; ``on_rotate`` (called on the
+        # writer thread) lets the owner write a usage snapshot into the new segment.
+        self._segment_bytes, self._segment_age = segment_bytes, segment_age
+        self.on_rotate: Callable[[], None] | None = None
         self._fd = open_locked(self.path)
         try:
             found = recover(self.path, self._fd)
@@ -179,6 +193,8 @@ class AuditLog:
         self._recover_every, self._recover_at = recover_every, 0.0
         # (seq, hash) of the last durable record, one attribute so readers never see a mix.
         self._tip = (found.count, found.head_hash)
+        self.segment_first = found.first_seq
+        self._segment_started = clock()
         self._failed = ""
         self._closed = self._stopped = False
         self._lock = threading.Lock()
@@ -313,6 +329,9 @@ class AuditLog:
         records, (seq, prev) = [], self._tip
         sealed: list[_Pending] = []
         for item in batch:
+            if _signs_sealed_segment(item.body, self.segment_first):
+                item.fail(AuditUnavailable("the checkpoint signs a head in a sealed segment"))
+                continue
             try:
                 record = seal(item.body, prev, seq + 1)
             except (TypeError, ValueError) as exc:
@@ -338,7 +357,31 @@ class AuditLog:
         self._data += sum(1 for item in batch if item.body.get("type") != CHECKPOINT)
         self._counters["records"] += len(batch)
         self._counters["batches"] += 1
+        if self._good_bytes >= self._segment_bytes or (
+            self._clock() - self._segment_started >= self._segment_age
+        ):
+            self._rotate()
         return records
+
+    def _rotate(self) -> None:
+        """Seal the active segment and start the next (its head anchored by the next
+        checkpoint, which is due at once). A failure fails the log like a failed write."""
+        head = {"timestamp": iso_utc(self._clock()), "agent_id": self._agent}
+        try:
+            done = rotate(self.path, self._fd, self._tip, head)
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self._fd, self._identity = done.fd, done.identity
+        self._tip = (done.record.seq, done.record.hash)
+        self.segment_first, self._segment_started = done.record.seq, self._clock()
+        self._good_bytes = len(done.record.line)
+        self._data += 1
+        self._signed_at = -float("inf")  # anchor the new segment's head now
+        self._not_before = 0.0
+        log.info("audit trail %s: sealed %s", self.path, done.sealed.name)
+        if self.on_rotate is not None:
+            self.on_rotate()
 
     def _check_identity(self) -> None:
         """The file must still be the one we opened: writes to an unlinked or replaced file
@@ -490,6 +533,12 @@ class AuditLog:
             "p50_ms": pct(0.50),
             "p99_ms": pct(0.99),
         }
+
+
+def _signs_sealed_segment(body: Mapping[str, Any], segment_first: int) -> bool:
+    # A checkpoint signed before a rotation would land in the new segment, signing a head
+    # the segment does not hold: refused, and the next checkpoint signs the new head.
+    return body.get("type") == CHECKPOINT and int(body.get("head_seq") or 0) < segment_first
 
 
 def _fail_all(batch: list[_Pending], reason: str) -> None:

@@ -75,6 +75,9 @@ def register_bench(bench: argparse._SubParsersAction[Any]) -> None:
     )
     p.set_defaults(func=cmd_bench_mint)
     register_control_bench(bench)
+    from broker.restartbench import register_restart_bench
+
+    register_restart_bench(bench)
 
 
 async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
