@@ -1,9 +1,9 @@
 """Assemble and run one agent's sidecar: manifest, Vault runtime, audit trail, usage ledger,
 HTTP server on a unix socket (mode 0600) or 127.0.0.1:PORT.
 
-Budgets survive restarts because the ledger is rebuilt from the audit trail itself: every
-credential that was handed out has a durable record with its charges and time, so a
-sidecar killed with SIGKILL continues exactly where its records end."""
+Budgets survive restarts because the ledger is rebuilt from the audit trail itself (the
+newest usage snapshot in it and the records after, see ``broker.usagesnap``), so a sidecar
+killed with SIGKILL continues exactly where its records end."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import gc
-import json
 import logging
 import os
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,18 +24,18 @@ from typing import Any
 from aiohttp import web
 
 from broker.auditlog import AuditLog
-from broker.errors import ConfigError
+from broker.errors import AuditUnavailable, ConfigError
 from broker.limits import UsageLedger
 from broker.listener import IDLE_TIMEOUT, MAX_CONNECTIONS, listen
 from broker.loader import load_manifest
 from broker.manifest import Manifest
 from broker.metrics import SidecarMetrics
 from broker.notify import WebhookNotifier
-from broker.replay import record_action, record_time
 from broker.runtime import Runtime
 from broker.server import build_app
 from broker.service import CredentialService
 from broker.settings import DEFAULT_MAX_BODY, VaultSettings
+from broker.usagesnap import SNAPSHOT_EVERY, restore_ledger, snapshot_body
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.transit import LoopCheckpointSigner
 from broker.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, vault_fetch
@@ -58,51 +57,14 @@ class SidecarConfig:
     poll_interval: float = 0.25
     manifest_poll_interval: float = DEFAULT_MANIFEST_POLL  # with manifest_path vault:<agent>
     checkpoint_every: int = 1000
-    checkpoint_interval: float = 60.0
+    # Checkpoints every second while records arrive: the unanchored tail stays that short.
+    checkpoint_interval: float = 1.0
     webhooks: tuple[str, ...] = ()  # notification receivers (broker.notify)
     webhook_attempts: int = 5
     webhook_backoff: float = 0.5  # seconds before the first retry; doubles per retry
     idle_timeout: float = IDLE_TIMEOUT  # unfinished headers or an idle keep-alive: closed
     max_connections: int = MAX_CONNECTIONS
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Charged:
-    action: str
-    charges: dict[str, float]
-
-
-def _records(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.exists():
-        return
-    with path.open("rb") as fh:
-        for line in fh:
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    yield record
-
-
-def restore_ledger(manifest: Manifest, audit_path: Path) -> UsageLedger:
-    """Replay the audit trail's issued credentials and outcomes into a fresh ledger."""
-    ledger = UsageLedger.for_manifest(manifest)
-    for record in _records(audit_path):
-        if record.get("agent_id") != manifest.agent:
-            continue
-        if (
-            record.get("type") == "decision"
-            and record.get("credential_id")
-            and record.get("outcome") == "allow"
-        ):
-            at = record_time(record)
-            charged = _Charged(record_action(record), dict(record.get("charges") or {}))
-            ledger.charge(
-                charged, str(record["credential_id"]), at + float(record.get("ttl") or 0), at
-            )
-        elif record.get("type") == "outcome" and record.get("credential_id"):
-            ledger.release(str(record["credential_id"]))
-    return ledger
 
 
 def _redact_key(config: SidecarConfig) -> bytes:
@@ -144,6 +106,8 @@ class Sidecar:
         self.notifier: WebhookNotifier | None = None
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
+        self._snapshots: asyncio.Task[None] | None = None
+        self._rotated = asyncio.Event()
         self.address = ""
         # The audit checkpoints' own Vault connection, closed after the trail's last one.
         self._checkpoint_vault = AsyncVault(
@@ -176,6 +140,12 @@ class Sidecar:
         )
         for note in self.audit.notes:
             log.warning("audit trail recovery: %s", note)
+        loop = asyncio.get_running_loop()
+
+        def rotated() -> None:  # on the audit writer thread
+            loop.call_soon_threadsafe(self._rotated.set)
+
+        self.audit.on_rotate = rotated
         self.service = CredentialService(
             self.manifest, self.runtime, self.audit, ledger, redact_key=_redact_key(self.config)
         )
@@ -184,6 +154,7 @@ class Sidecar:
         )
         self.runtime.metrics = self.service.metrics
         self.service.approvals.metrics = self.service.metrics
+        self._snapshots = asyncio.create_task(self._write_snapshots(ledger), name="snapshots")
         self.runtime.outstanding = self.service.outstanding_summary
         self.runtime.on_change = self.service.control_changed
         self.notifier = WebhookNotifier(
@@ -208,6 +179,22 @@ class Sidecar:
         )
         return self.address
 
+    async def _write_snapshots(self, ledger: UsageLedger) -> None:
+        """A usage snapshot now, then every SNAPSHOT_EVERY records and after each rotation,
+        so a restart replays a bounded tail (``broker.usagesnap``)."""
+        assert self.audit is not None
+        last = -SNAPSHOT_EVERY
+        while True:
+            if self._rotated.is_set() or self.audit.head[0] - last >= SNAPSHOT_EVERY:
+                self._rotated.clear()
+                body = snapshot_body(self.manifest.agent, ledger, time.time())
+                try:
+                    last = (await self.audit.append(body, owned=True)).seq
+                except AuditUnavailable as exc:
+                    log.warning("usage snapshot not written: %s", exc.detail)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rotated.wait(), 1.0)
+
     async def _load_from_vault(self, agent: str) -> None:
         self.watcher = ManifestWatcher(agent, vault_fetch(self.runtime.session, agent))
         try:
@@ -217,6 +204,10 @@ class Sidecar:
             raise
 
     async def stop(self) -> None:
+        if self._snapshots is not None:
+            self._snapshots.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._snapshots
         if self.watcher is not None:
             await self.watcher.stop()
         if self._server is not None:
