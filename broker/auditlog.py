@@ -158,7 +158,7 @@ class AuditLog:
         max_batch: int = 1024,
         latency_window: int = 10_000,
         recover_every: float = 1.0,
-        segment_bytes: int = 16 << 20,
+        segment_bytes: int = 4 << 20,
         segment_age: float = 3600.0,
     ) -> None:
         self.path = Path(path)

@@ -2,7 +2,8 @@
 
 It writes a trail of ``--records`` decision records for the bench agent (each a credential
 with a charge, as a busy day of minting leaves behind), through ``AuditLog`` so that the
-trail has the shape a running sidecar gives it (segments, checkpoints, usage snapshots),
+trail has the shape a running sidecar gives it (segments, checkpoints, a usage snapshot
+every 5,000 records; a trail written before snapshots existed is replayed in full, once),
 then starts and stops a sidecar on it ``--rounds`` times against a fresh OpenBao dev server
 and reports the time from ``Sidecar.start`` to listening ready."""
 
@@ -14,7 +15,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from broker.audit import InMemorySigner, iso_utc
 
@@ -56,16 +57,29 @@ def _record(n: int, now: float) -> dict[str, Any]:
 def write_history(path: Path, records: int) -> float:
     """``records`` decisions through the durable log (its segments and checkpoints); seconds."""
     from broker.auditlog import AuditLog
+    from broker.limits import UsageLedger
+    from broker.loader import load_manifest
+    from broker.usagesnap import SNAPSHOT_EVERY, snapshot_body
 
     started, now = time.perf_counter(), time.time()
     log = AuditLog(path, signer=InMemorySigner(), agent="bench-agent", max_batch=4096)
-    chunk = 2000
-    for first in range(0, records, chunk):
-        futures = [log._submit(_record(n, now)) for n in range(first, min(records, first + chunk))]
+    # Usage snapshots as a running sidecar writes them (every SNAPSHOT_EVERY records).
+    ledger = UsageLedger.for_manifest(load_manifest(BENCH_MANIFEST))
+    for first in range(0, records, SNAPSHOT_EVERY):
+        batch = [_record(n, now) for n in range(first, min(records, first + SNAPSHOT_EVERY))]
+        for body in batch:
+            ledger.charge(_Charge(), body["credential_id"], body["at"] + 60, body["at"])
+        futures = [log._submit(body) for body in batch]
+        futures.append(log._submit(snapshot_body("bench-agent", ledger, batch[-1]["at"])))
         for future in futures:
             future.result()
     log.close()
     return time.perf_counter() - started
+
+
+class _Charge:
+    action = "bench.jwt"
+    charges: ClassVar[dict[str, float]] = {"calls": 1.0}
 
 
 async def _start_once(config: Any) -> float:
