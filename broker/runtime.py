@@ -35,6 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from broker.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
 from broker.errors import BrokerError, ConfigError, PermissionDenied
 from broker.metrics import SidecarMetrics
+from broker.reasons import ReasonCode
 from broker.settings import VaultSettings
 from broker.signing import ActionTokenSigner
 from broker.vault.asyncapi import AsyncVault
@@ -120,6 +121,16 @@ class Runtime:
         if cert:
             found["certificate"] = cert
         return found
+
+    def mint_problem(self, kind: str | None) -> tuple[ReasonCode, str] | None:
+        """Why nothing of ``kind`` may be minted now, for a reason of the sidecar's own."""
+        if not self.vault_ok:
+            return ReasonCode.backend_unavailable, f"Vault is unavailable: {self.vault_problem}"
+        if not self.available():
+            return ReasonCode.control_state_stale, self.stale_detail()
+        if kind == "jwt" and (cert := self.certificate_problem()):
+            return ReasonCode.backend_unavailable, f"no action token can be signed: {cert}"
+        return None
 
     def stale_detail(self) -> str:
         age = self.control_age()

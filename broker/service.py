@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from broker.api import scope_document
 from broker.approvalgate import ApprovalGate
 from broker.approvals import State, approved_by
 from broker.audit import iso_utc, redact
@@ -113,26 +114,7 @@ class CredentialService:
 
     def scope(self) -> dict[str, Any]:
         """What this agent may do, for its planner: actions, inputs, limits, approval gates."""
-        m = self.manifest
-        return {
-            "agent": m.agent,
-            "policy_version": m.policy_version,
-            "manifest_hash": m.content_hash,
-            "disabled": self.runtime.control.killed,
-            "budgets": {n: b.model_dump(mode="json") for n, b in m.budgets.items()},
-            "concurrency": m.concurrency,
-            "actions": {
-                name: {
-                    "credential": a.credential.kind,
-                    "inputs": {
-                        k: v.model_dump(mode="json", exclude_none=True) for k, v in a.inputs.items()
-                    },
-                    "needs_approval": a.approval is not None,
-                    "accountable": a.accountable,
-                }
-                for name, a in m.actions.items()
-            },
-        }
+        return scope_document(self.manifest, disabled=self.runtime.control.killed)
 
     def control_changed(self, old: ControlState, new: ControlState) -> None:
         """Runs on the event loop: a kill or mass revocation frees slots and goes on the record."""
@@ -241,24 +223,13 @@ class CredentialService:
             assert decision.reason is not None
             await self._record(req, decision, now, status="blocked")
             return _refusal(decision, decision.reason, decision.detail, decision.retry_after)
-        problem = self._mint_problem(decision)
+        spec = decision.credential
+        problem = self.runtime.mint_problem(spec.kind if spec is not None else None)
         if problem is not None:
             return await self._unavailable(req, decision, now, problem[1], reason=problem[0])
         if decision.outcome is Outcome.pending_approval:
             return await self._pending(req, decision, now)
         return await self._allow(req, decision, now)
-
-    def _mint_problem(self, decision: Decision) -> tuple[ReasonCode, str] | None:
-        """Why nothing may be minted now, for a reason of the sidecar's own; None if none."""
-        rt = self.runtime
-        if not rt.vault_ok:
-            return ReasonCode.backend_unavailable, f"Vault is unavailable: {rt.vault_problem}"
-        if not rt.available():
-            return ReasonCode.control_state_stale, rt.stale_detail()
-        spec = decision.credential
-        if spec is not None and spec.kind == "jwt" and (cert := rt.certificate_problem()):
-            return ReasonCode.backend_unavailable, f"no action token can be signed: {cert}"
-        return None
 
     async def _unavailable(
         self,
