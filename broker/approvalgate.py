@@ -165,7 +165,8 @@ class ApprovalGate:
     def _forget(self, approval_id: str) -> None:
         """A finished approval: stop watching it (a late redeem still reads it from Vault)."""
         self.open.discard(approval_id)
-        self._noted.pop(approval_id, None)
+        # ``_noted`` is kept: a redeem holding a copy read before the watch marked its steps
+        # noted would otherwise record (and announce) them a second time.
         lock = self._locks.get(approval_id)
         if lock is not None and not lock.locked():
             del self._locks[approval_id]
