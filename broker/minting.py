@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from broker.errors import BackendUnavailable
 from broker.signing import ActionTokenSigner
@@ -53,6 +53,16 @@ class IssuedCredential:
 
 
 LateHandler = Callable[["IssuedCredential"], Awaitable[None]]
+T = TypeVar("T")
+
+
+async def bounded(call: Awaitable[T], seconds: float, what: str) -> T:
+    """``call``'s result, or BackendUnavailable after ``seconds``; the call itself runs on
+    (shielded) so that a Vault write in progress is never cut half-way."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(call), seconds)
+    except TimeoutError:
+        raise BackendUnavailable(f"Vault did not answer {what} within {seconds:g} s") from None
 
 
 class Minter:

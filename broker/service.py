@@ -31,7 +31,7 @@ from broker.errors import AuditUnavailable, BrokerError
 from broker.limits import UsageLedger
 from broker.manifest import JwtCredential, Manifest
 from broker.metrics import SidecarMetrics
-from broker.minting import IssuedCredential, Minter
+from broker.minting import IssuedCredential, Minter, bounded
 from broker.orphans import LateCredentials, revoke_in_vault
 from broker.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
 from broker.runtime import Runtime
@@ -252,11 +252,10 @@ class CredentialService:
     async def _pending(self, req: ActionRequest, decision: Decision, now: float) -> Reply:
         """Store the approval request in Vault (fail closed), record it, answer 202."""
         try:
-            stored = asyncio.shield(self.approvals.open_for(req, decision, now))
-            approval = await asyncio.wait_for(stored, self.minter.deadline)
-        except (BrokerError, TimeoutError) as exc:
-            why = exc.detail if isinstance(exc, BrokerError) else "Vault did not answer in time"
-            detail = f"the approval request could not be stored: {why}"
+            stored = self.approvals.open_for(req, decision, now)
+            approval = await bounded(stored, self.minter.deadline, "storing the approval")
+        except BrokerError as exc:
+            detail = f"the approval request could not be stored: {exc.detail}"
             return await self._unavailable(req, decision, now, detail)
         await self._record(
             req,
@@ -276,7 +275,8 @@ class CredentialService:
         expired or spent, or when ``inputs`` are not the approved ones."""
         gate = self.approvals
         async with gate.lock(approval_id):
-            approval = await gate.fetch(approval_id, wait)
+            fetched = gate.fetch(approval_id, wait)
+            approval = await bounded(fetched, wait + self.minter.deadline, "reading the approval")
             req = gate.request_of(approval)
             refusal = await gate.refusal(approval, None, inputs)
             if refusal is None and approval.state_at(gate.clock()) is State.pending:

@@ -75,3 +75,16 @@ async def test_late_failure_hands_nothing_over() -> None:
     await asyncio.sleep(0)  # let the done-callback run
     await m.settle_late(1.0)
     assert called == []
+
+
+async def test_bounded_refuses_at_the_deadline_and_lets_the_call_finish() -> None:
+    """bounded(): BackendUnavailable naming what timed out; the shielded call still completes
+    (a Vault write in progress is never cut half-way)."""
+    from broker.minting import bounded
+
+    vault: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    with pytest.raises(BackendUnavailable, match="reading the approval"):
+        await bounded(vault, 0.01, "reading the approval")
+    assert not vault.cancelled()
+    vault.set_result("done")
+    assert await vault == "done"
