@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -103,3 +104,25 @@ async def listen(
     server = await loop.create_server(factory, "127.0.0.1", int(where), backlog=1024)
     port = server.sockets[0].getsockname()[1]
     return f"http://127.0.0.1:{port}", server
+
+
+def waiting_app(why: Callable[[], str]) -> web.Application:
+    """What a sidecar serves while it cannot build its service yet (its manifest lives in
+    Vault and Vault has not answered): alive on /healthz, 503 with the reason elsewhere."""
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.path == "/healthz":
+            return web.json_response({"status": "up"})
+        detail = f"the sidecar is waiting for Vault to load its manifest: {why()}"
+        if request.path == "/readyz":
+            body = {"ready": False, "problems": {"vault": why(), "manifest": "not loaded yet"}}
+            return web.json_response(body, status=503)
+        return web.json_response(
+            {"error": "backend_unavailable", "detail": detail},
+            status=503,
+            headers={"Retry-After": "2"},
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app

@@ -17,7 +17,7 @@ import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from aiohttp import web
 from broker.auditlog import AuditLog
 from broker.errors import AuditUnavailable, ConfigError
 from broker.limits import UsageLedger
-from broker.listener import IDLE_TIMEOUT, MAX_CONNECTIONS, listen
+from broker.listener import IDLE_TIMEOUT, MAX_CONNECTIONS, listen, waiting_app
 from broker.loader import load_manifest
 from broker.manifest import Manifest
 from broker.metrics import SidecarMetrics
@@ -126,9 +126,10 @@ class Sidecar:
         with contextlib.suppress(TimeoutError):
             await self.runtime.wait_connected(START_GRACE)
         if self._vault_agent is not None:
-            # No manifest, no sidecar: wait for Vault (the runtime logs and retries) without
-            # listening, so the probes say "not ready" rather than the process exiting.
-            await self.runtime.wait_connected()
+            # No manifest, no service: until Vault answers (the runtime logs and retries),
+            # a placeholder listens, alive on /healthz and 503 with the reason elsewhere.
+            if not self.runtime.available():
+                await self._wait_listening()
             await self._load_from_vault(self._vault_agent)
         ledger = restore_ledger(self.manifest, self.config.audit_path)
         self.audit = AuditLog(
@@ -195,6 +196,22 @@ class Sidecar:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._rotated.wait(), 1.0)
 
+    async def _wait_listening(self) -> None:
+        app = waiting_app(lambda: self.runtime.vault_problem or "not connected yet")
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        address, server = await listen(runner, self.config.listen, self.config.max_connections)
+        log.warning(
+            "waiting for Vault before loading the manifest; meanwhile %s answers 503", address
+        )
+        try:
+            await self.runtime.wait_connected()
+        finally:
+            server.close()
+            await runner.cleanup()
+        if address.startswith("http://"):  # the real listener takes the same port
+            self.config = replace(self.config, listen=address.removeprefix("http://"))
+
     async def _load_from_vault(self, agent: str) -> None:
         self.watcher = ManifestWatcher(agent, vault_fetch(self.runtime.session, agent))
         try:
@@ -235,7 +252,16 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        address = await sidecar.start()
+        starting = asyncio.ensure_future(sidecar.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while waiting for Vault at start-up
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        stopping.cancel()
+        address = starting.result()
         # Start-up objects leave the collector's sight and young collections run less often:
         # at thousands of mints a second, collector pauses were most of the p99 latency
         # (`broker bench mint`: p99 50 ms with the defaults, 20 ms with these).

@@ -5,15 +5,11 @@ say so in /readyz, and recover without a restart."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +23,16 @@ from broker.errors import VerificationError
 from broker.stack import probe
 from broker.vault.pki import fetch_ca_pem
 from broker.verify import Verifier
-from tests.harness import REPO, Harness, root_client, running_sidecar, unique_agent, write_manifest
+from tests.harness import (
+    REPO,
+    Harness,
+    forward,
+    free_port,
+    root_client,
+    running_sidecar,
+    unique_agent,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -201,50 +206,18 @@ async def test_audit_disk_full_then_freed_readiness_and_minting_recover(
     assert "audit_recovered" in types
 
 
-@asynccontextmanager
-async def _proxy(port: int, target: str) -> AsyncIterator[None]:
-    """A TCP forwarder on 127.0.0.1:port to Vault: 'Vault comes up' at that address."""
-    host, _, target_port = target.removeprefix("http://").rpartition(":")
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    writers: list[asyncio.StreamWriter] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(host, int(target_port))
-        writers.extend((writer, up_writer))
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    server = await asyncio.start_server(serve, "127.0.0.1", port)
-    try:
-        yield
-    finally:
-        server.close()
-        for writer in writers:
-            writer.close()
-        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
-        await server.wait_closed()
-
-
 async def test_start_with_vault_down_stays_up_then_serves_once_vault_answers(
     openbao: DevServer, tmp_path: Path
 ) -> None:
     """A sidecar started while nothing answers at its Vault address stays up, /readyz 503
     naming Vault and mints refused 503; once Vault answers there, it serves, unrestarted."""
     manifest = write_manifest(tmp_path, UNCAPPED.format(agent=unique_agent("coldstart")))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     addr = f"http://127.0.0.1:{port}"
     async with running_sidecar(openbao, manifest, tmp_path, vault_addr=addr) as h:
         not_ready = await h.raw("GET", "/readyz")
         refused = await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"})
-        async with _proxy(port, openbao.addr):
+        async with forward(port, openbao.addr):
 
             async def ready() -> bool:
                 return (await h.raw("GET", "/readyz"))[0] == 200
