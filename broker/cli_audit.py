@@ -158,7 +158,8 @@ def _agent_in(path: Path) -> str:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    files: list[Path] = args.file or _default_files()
+    named: list[Path] = args.file or _default_files()
+    files = [f for path in named for f in (chain_files(path) if path.exists() else [path])]
     found = 0
     for record in _records(files):
         if record.get("request_id") != args.request_id:

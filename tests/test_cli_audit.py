@@ -155,3 +155,17 @@ def test_verify_walks_sealed_segments_as_one_chain(
     sealed[1].write_bytes(b"".join(lines[:1] + lines[2:]))
     assert main(["audit", "verify", str(path)]) == 1
     assert "first bad seq" in capsys.readouterr().out
+
+
+def test_trace_finds_records_in_sealed_segments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit trace --file <trail>` reads the sealed segments too: the first request, long
+    rotated out of the active file, is still found."""
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, agent="a1", segment_bytes=1500) as log:
+        for i in range(20):
+            log.append_sync({"type": "decision", "agent_id": "a1", "request_id": f"r{i}"})
+    assert "r0" not in path.read_text()
+    assert main(["audit", "trace", "r0", "--file", str(path)]) == 0
+    assert '"request_id": "r0"' in capsys.readouterr().out
