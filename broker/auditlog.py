@@ -330,7 +330,7 @@ class AuditLog:
         sealed: list[_Pending] = []
         for item in batch:
             if _signs_sealed_segment(item.body, self.segment_first):
-                item.fail(AuditUnavailable("the checkpoint signs a head in a sealed segment"))
+                item.fail(_Superseded("the checkpoint signs a head in a sealed segment"))
                 continue
             try:
                 record = seal(item.body, prev, seq + 1)
@@ -478,6 +478,8 @@ class AuditLog:
                 raise AuditUnavailable("the signed head fell too far behind; signing again later")
             self._submit(body, internal=True).result()
             self._signer.publish_head(self._agent, head_seq, head_hash, signature)
+        except _Superseded:
+            return  # a rotation overtook it; the new segment's head is signed next
         except Exception as exc:  # whatever Vault did, appends go on and we retry later
             detail = exc.detail if isinstance(exc, BrokerError) else type(exc).__name__
             self._ckpt["failed"] += 1
@@ -533,6 +535,10 @@ class AuditLog:
             "p50_ms": pct(0.50),
             "p99_ms": pct(0.99),
         }
+
+
+class _Superseded(AuditUnavailable):
+    """A checkpoint overtaken by a rotation: not a failure, nothing to retry later."""
 
 
 def _signs_sealed_segment(body: Mapping[str, Any], segment_first: int) -> bool:
