@@ -6,10 +6,15 @@ Invariants:
   file; it drains every append queued while the previous fsync ran and commits them with one
   write and one fsync (group commit), assigning ``seq`` in write order.
 - Any write, fsync or "the file is no longer at its path" failure puts the log in a failed
-  state: the pending and every later append raise ``AuditUnavailable`` until it is reopened.
-  Fail closed: the broker must not act on a decision it could not record.
+  state: the pending and every later append raise ``AuditUnavailable``. Fail closed: the
+  broker must not act on a decision it could not record. A transient failure (a full disk,
+  an I/O error) is retried by the writer every ``recover_every`` seconds: the file is cut
+  back to its last durable record and an ``audit_recovered`` record is written; once that is
+  durable, appends are accepted again. A file removed or replaced needs a reopen.
 - On open, a torn final line (a crash mid-write) is moved aside to ``<path>.torn-<n>`` and the
-  chain continues from the last good record; damage anywhere else refuses to open.
+  chain continues from the last good record; damage anywhere else refuses to open. Only the
+  active segment is read (``broker.auditfile``): past ``segment_bytes`` or ``segment_age``
+  the writer seals it and starts the next, whose first record continues the chain.
 - Checkpoints are signed off the writer thread, so a slow or absent Vault delays checkpoints,
   never appends. A failed checkpoint is noted and retried after ``checkpoint_retry`` seconds.
 """
