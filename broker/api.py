@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from broker.manifest import Manifest
 from broker.reasons import REASON_DESCRIPTION, REASON_HTTP_STATUS
 
 JsonScalar = str | int | float | bool | None
@@ -189,5 +190,28 @@ def openapi_document() -> dict[str, Any]:
                 "CredentialRequest": CredentialRequest.model_json_schema(),
                 "OutcomeReport": OutcomeReport.model_json_schema(),
             }
+        },
+    }
+
+
+def scope_document(m: Manifest, *, disabled: bool) -> dict[str, Any]:
+    """``GET /v1/scope``: what the agent may do, for its planner (actions, inputs, limits)."""
+    return {
+        "agent": m.agent,
+        "policy_version": m.policy_version,
+        "manifest_hash": m.content_hash,
+        "disabled": disabled,
+        "budgets": {n: b.model_dump(mode="json") for n, b in m.budgets.items()},
+        "concurrency": m.concurrency,
+        "actions": {
+            name: {
+                "credential": a.credential.kind,
+                "inputs": {
+                    k: v.model_dump(mode="json", exclude_none=True) for k, v in a.inputs.items()
+                },
+                "needs_approval": a.approval is not None,
+                "accountable": a.accountable,
+            }
+            for name, a in m.actions.items()
         },
     }

@@ -121,11 +121,16 @@ class ApprovalGate:
     async def start(self, interval: float) -> None:
         """Pick up this agent's unfinished approvals from Vault, then watch them."""
         self.poll = interval
+        self._task = asyncio.create_task(self._watch(), name=f"approvals-{self.agent}")
+
+    async def _load_open_once(self) -> None:
+        # In the watch task, not in start: a sidecar starting while Vault is away must not
+        # wait for it here.
+        await self.runtime.wait_connected()
         try:
             await asyncio.to_thread(self._load_open)
         except BrokerError as exc:  # redeem still reads Vault directly; the watch catches up
             log.warning("approvals left open before this start not loaded: %s", exc.detail)
-        self._task = asyncio.create_task(self._watch(), name=f"approvals-{self.agent}")
 
     def _load_open(self) -> None:
         store = self.store
@@ -141,6 +146,7 @@ class ApprovalGate:
                 await self._task
 
     async def _watch(self) -> None:
+        await self._load_open_once()
         while True:
             await asyncio.sleep(self.poll)
             try:

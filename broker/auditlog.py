@@ -6,10 +6,15 @@ Invariants:
   file; it drains every append queued while the previous fsync ran and commits them with one
   write and one fsync (group commit), assigning ``seq`` in write order.
 - Any write, fsync or "the file is no longer at its path" failure puts the log in a failed
-  state: the pending and every later append raise ``AuditUnavailable`` until it is reopened.
-  Fail closed: the broker must not act on a decision it could not record.
+  state: the pending and every later append raise ``AuditUnavailable``. Fail closed: the
+  broker must not act on a decision it could not record. A transient failure (a full disk,
+  an I/O error) is retried by the writer every ``recover_every`` seconds: the file is cut
+  back to its last durable record and an ``audit_recovered`` record is written; once that is
+  durable, appends are accepted again. A file removed or replaced needs a reopen.
 - On open, a torn final line (a crash mid-write) is moved aside to ``<path>.torn-<n>`` and the
-  chain continues from the last good record; damage anywhere else refuses to open.
+  chain continues from the last good record; damage anywhere else refuses to open. Only the
+  active segment is read (``broker.auditfile``): past ``segment_bytes`` or ``segment_age``
+  the writer seals it and starts the next, whose first record continues the chain.
 - Checkpoints are signed off the writer thread, so a slow or absent Vault delays checkpoints,
   never appends. A failed checkpoint is noted and retried after ``checkpoint_retry`` seconds.
 """
@@ -20,7 +25,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -37,15 +41,22 @@ from broker.audit import (
     CHECKPOINT,
     CHECKPOINT_WINDOW,
     RESERVED,
-    ChainVerifier,
     CheckpointSigner,
     Record,
     canonical,
     checkpoint_body,
     checkpoint_message,
     iso_utc,
-    parse_line,
     seal,
+)
+from broker.auditfile import (
+    fsync_dir,
+    open_locked,
+    recover,
+    rotate,
+    set_aside,
+    unavailable,
+    write_all,
 )
 from broker.errors import AuditUnavailable, BrokerError
 
@@ -125,6 +136,7 @@ def _wake(batch: list[_Pending]) -> None:
 
 
 _STOP = object()
+_TRANSIENT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 _TICK = object()  # wakes the writer to consider a checkpoint
 
 
@@ -133,16 +145,6 @@ class _Tick:
     """A tick whose sender waits until the writer has considered a checkpoint."""
 
     done: threading.Event
-
-
-@dataclass(frozen=True)
-class _Recovered:
-    count: int
-    head_hash: str
-    good_bytes: int
-    torn: bytes
-    data: int  # non-checkpoint records
-    data_signed: int  # non-checkpoint records before the last checkpoint
 
 
 class AuditLog:
@@ -160,6 +162,9 @@ class AuditLog:
         checkpoint_retry: float = 5.0,
         max_batch: int = 1024,
         latency_window: int = 10_000,
+        recover_every: float = 1.0,
+        segment_bytes: int = 4 << 20,
+        segment_age: float = 3600.0,
     ) -> None:
         self.path = Path(path)
         self.notes: list[str] = []
@@ -170,22 +175,31 @@ class AuditLog:
             checkpoint_retry,
         )
         self._max_batch = max_batch
-        self._fd = _open_locked(self.path)
+        # Rotation: a segment is sealed past either bound; ``on_rotate`` (called on the
+        # writer thread) lets the owner write a usage snapshot into the new segment.
+        self._segment_bytes, self._segment_age = segment_bytes, segment_age
+        self.on_rotate: Callable[[], None] | None = None
+        self._fd = open_locked(self.path)
         try:
-            found = _recover(self.path, self._fd)
+            found = recover(self.path, self._fd)
             if found.torn:
-                self.notes.append(_set_aside(self.path, self._fd, found))
-            _fsync_dir(self.path.parent)
+                self.notes.append(set_aside(self.path, self._fd, found))
+            fsync_dir(self.path.parent)
             stat = os.fstat(self._fd)
         except OSError as exc:
             os.close(self._fd)
-            raise _unavailable(self.path, exc) from exc
+            raise unavailable(self.path, exc) from exc
         except BaseException:
             os.close(self._fd)
             raise
         self._identity = (stat.st_dev, stat.st_ino)
+        self._good_bytes = stat.st_size  # the file's length after the last durable record
+        self._recoverable = False
+        self._recover_every, self._recover_at = recover_every, 0.0
         # (seq, hash) of the last durable record, one attribute so readers never see a mix.
         self._tip = (found.count, found.head_hash)
+        self.segment_first = found.first_seq
+        self._segment_started = clock()
         self._failed = ""
         self._closed = self._stopped = False
         self._lock = threading.Lock()
@@ -260,6 +274,8 @@ class AuditLog:
     def _run(self) -> None:
         while True:
             items = self._take()
+            if self._failed:
+                self._try_recover()
             batch = [
                 i
                 for i in items
@@ -318,6 +334,9 @@ class AuditLog:
         records, (seq, prev) = [], self._tip
         sealed: list[_Pending] = []
         for item in batch:
+            if _signs_sealed_segment(item.body, self.segment_first):
+                item.fail(_Superseded("the checkpoint signs a head in a sealed segment"))
+                continue
             try:
                 record = seal(item.body, prev, seq + 1)
             except (TypeError, ValueError) as exc:
@@ -330,7 +349,7 @@ class AuditLog:
             sealed.append(item)
         batch[:] = sealed
         try:
-            _write_all(self._fd, b"".join(r.line for r in records))
+            write_all(self._fd, b"".join(r.line for r in records))
             os.fsync(self._fd)
             self._counters["fsyncs"] += 1
             self._check_identity()
@@ -339,10 +358,35 @@ class AuditLog:
             _fail_all(batch, self._failed)
             return []
         self._tip = (seq, prev)
+        self._good_bytes += sum(len(r.line) for r in records)
         self._data += sum(1 for item in batch if item.body.get("type") != CHECKPOINT)
         self._counters["records"] += len(batch)
         self._counters["batches"] += 1
+        if self._good_bytes >= self._segment_bytes or (
+            self._clock() - self._segment_started >= self._segment_age
+        ):
+            self._rotate()
         return records
+
+    def _rotate(self) -> None:
+        """Seal the active segment and start the next (its head anchored by the next
+        checkpoint, which is due at once). A failure fails the log like a failed write."""
+        head = {"timestamp": iso_utc(self._clock()), "agent_id": self._agent}
+        try:
+            done = rotate(self.path, self._fd, self._tip, head)
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self._fd, self._identity = done.fd, done.identity
+        self._tip = (done.record.seq, done.record.hash)
+        self.segment_first, self._segment_started = done.record.seq, self._clock()
+        self._good_bytes = len(done.record.line)
+        self._data += 1
+        self._signed_at = -float("inf")  # anchor the new segment's head now
+        self._not_before = 0.0
+        log.info("audit trail %s: sealed %s", self.path, done.sealed.name)
+        if self.on_rotate is not None:
+            self.on_rotate()
 
     def _check_identity(self) -> None:
         """The file must still be the one we opened: writes to an unlinked or replaced file
@@ -357,12 +401,47 @@ class AuditLog:
     def _fail(self, exc: OSError) -> None:
         name = errno.errorcode.get(exc.errno or 0, "EIO")
         reason = exc.strerror or str(exc)
+        # A full disk or a failing write may pass; a file removed or replaced under the
+        # sidecar is someone else's doing and needs an operator.
+        self._recoverable = exc.errno in _TRANSIENT
+        until = "it is writable again" if self._recoverable else "it is reopened"
         with self._lock:
             self._failed = (
                 f"audit trail {self.path} cannot be written: {name} ({reason}); "
-                "appends are refused until it is reopened"
+                f"appends are refused until {until}"
             )
         log.error("%s", self._failed)
+
+    def _try_recover(self) -> None:
+        """On the writer thread, at most every ``recover_every`` s while failed: cut the file
+        back to its last durable record and write an ``audit_recovered`` record. Once that
+        record is durable the trail is writable again, and appends are accepted."""
+        now = time.monotonic()
+        if not self._recoverable or self._closed or now < self._recover_at:
+            return
+        self._recover_at = now + self._recover_every
+        seq, prev = self._tip
+        body = {
+            "type": "audit_recovered",
+            "timestamp": iso_utc(self._clock()),
+            "agent_id": self._agent,
+            "failure": self._failed,
+        }
+        record = seal(body, prev, seq + 1)
+        try:
+            os.ftruncate(self._fd, self._good_bytes)  # a torn partial batch goes
+            write_all(self._fd, record.line)
+            os.fsync(self._fd)
+            self._check_identity()
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._good_bytes)
+            return
+        self._tip, self._good_bytes = (seq + 1, record.hash), self._good_bytes + len(record.line)
+        self._data += 1
+        with self._lock:
+            failure, self._failed = self._failed, ""
+        log.warning("audit trail %s is writable again (was: %s)", self.path, failure)
 
     # --- checkpoints ----------------------------------------------------------------------
 
@@ -406,6 +485,8 @@ class AuditLog:
                 raise AuditUnavailable("the signed head fell too far behind; signing again later")
             self._submit(body, internal=True).result()
             self._signer.publish_head(self._agent, head_seq, head_hash, signature)
+        except _Superseded:
+            return  # a rotation overtook it; the new segment's head is signed next
         except Exception as exc:  # whatever Vault did, appends go on and we retry later
             detail = exc.detail if isinstance(exc, BrokerError) else type(exc).__name__
             self._ckpt["failed"] += 1
@@ -463,97 +544,14 @@ class AuditLog:
         }
 
 
-# --- opening and recovery (module-level: they run before the writer exists) ---------------
+class _Superseded(AuditUnavailable):
+    """A checkpoint overtaken by a rotation: not a failure, nothing to retry later."""
 
 
-def _open_locked(path: Path) -> int:
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise _unavailable(path, exc) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.fchmod(fd, 0o600)
-    except BlockingIOError as exc:
-        os.close(fd)
-        raise AuditUnavailable(f"audit trail {path} is held open by another writer") from exc
-    except OSError as exc:
-        os.close(fd)
-        raise _unavailable(path, exc) from exc
-    return fd
-
-
-def _unavailable(path: Path, exc: OSError) -> AuditUnavailable:
-    name = errno.errorcode.get(exc.errno or 0, "EIO")
-    return AuditUnavailable(f"audit trail {path} cannot be opened: {name} ({exc.strerror})")
-
-
-def _recover(path: Path, fd: int) -> _Recovered:
-    """Verify the chain; a bad *final* line that is torn or unparsable is returned as ``torn``."""
-    verifier = ChainVerifier()
-    good = data = data_signed = 0
-    with os.fdopen(os.dup(fd), "rb") as reader:
-        reader.seek(0)
-        for line in reader:
-            seen = verifier.last_checkpoint
-            problem = verifier.feed(line)
-            if not problem:
-                good += len(line)
-                if verifier.last_checkpoint is seen:
-                    data += 1
-                else:
-                    data_signed = data
-                continue
-            is_last = not reader.read(1)
-            if is_last and (not line.endswith(b"\n") or parse_line(line[:-1])[0] is None):
-                return _Recovered(verifier.count, verifier.head_hash, good, line, data, data_signed)
-            raise AuditUnavailable(
-                f"audit trail {path} is damaged at seq {verifier.expected_seq}: {problem}; "
-                "run `broker audit verify` and move the file aside before writing again"
-            )
-    return _Recovered(verifier.count, verifier.head_hash, good, b"", data, data_signed)
-
-
-def _set_aside(path: Path, fd: int, found: _Recovered) -> str:
-    """Move the torn tail to ``<path>.torn-<n>`` (never dropped), then cut the file."""
-    for n in range(1, 10_000):
-        aside = path.with_name(f"{path.name}.torn-{n}")
-        try:
-            out = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise _unavailable(aside, exc) from exc
-        try:
-            _write_all(out, found.torn)
-            os.fsync(out)
-        finally:
-            os.close(out)
-        os.ftruncate(fd, found.good_bytes)
-        os.fsync(fd)
-        note = (
-            f"set aside {len(found.torn)} torn byte(s) after seq {found.count} of {path} "
-            f"to {aside}; the chain continues from seq {found.count}"
-        )
-        log.warning("%s", note)
-        return note
-    raise AuditUnavailable(f"too many torn files beside {path}; clean them up first")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _signs_sealed_segment(body: Mapping[str, Any], segment_first: int) -> bool:
+    # A checkpoint signed before a rotation would land in the new segment, signing a head
+    # the segment does not hold: refused, and the next checkpoint signs the new head.
+    return body.get("type") == CHECKPOINT and int(body.get("head_seq") or 0) < segment_first
 
 
 def _fail_all(batch: list[_Pending], reason: str) -> None:

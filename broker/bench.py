@@ -66,8 +66,18 @@ def register_bench(bench: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--rounds", type=int, default=1, help="alternate sidecar and baseline this many times"
     )
+    p.add_argument(
+        "--idle",
+        type=int,
+        default=0,
+        help="hold this many idle connections open meanwhile, half with unfinished headers "
+        "(reopened as the sidecar closes them)",
+    )
     p.set_defaults(func=cmd_bench_mint)
     register_control_bench(bench)
+    from broker.restartbench import register_restart_bench
+
+    register_restart_bench(bench)
 
 
 async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -243,7 +253,7 @@ def cmd_bench_mint(args: argparse.Namespace) -> int:
         paced = f" --rate {args.rate:g}" if args.rate else " (closed loop)"
         print(
             f"bench mint --kind {args.kind} --concurrency {args.concurrency} "
-            f"--duration {args.duration}{paced}"
+            f"--duration {args.duration}{paced} --idle {args.idle}"
         )
         results = _rounds(args, url, body, addr, token)
     finally:
@@ -253,7 +263,57 @@ def cmd_bench_mint(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _hold_one(url: str, half_sent: bool, reopened: list[int]) -> None:
+    """Keep one idle connection open, reopening it whenever the sidecar closes it."""
+    while True:
+        try:
+            reader, writer = await _open(url)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        try:
+            if half_sent:
+                writer.write(b"GET /v1/scope HTTP/1.1\r\nHost: sidecar\r\n")
+            while await reader.read(1024):
+                pass  # closed by the sidecar (idle timeout or eviction) when this ends
+        except OSError:
+            pass
+        finally:
+            writer.close()
+        reopened[0] += 1
+
+
+def hold_idle(url: str, n: int, stop: threading.Event) -> threading.Thread:
+    """A thread holding ``n`` idle connections to the sidecar until ``stop`` is set."""
+
+    async def main() -> None:
+        reopened = [0]
+        tasks = [asyncio.create_task(_hold_one(url, i % 2 == 1, reopened)) for i in range(n)]
+        await asyncio.to_thread(stop.wait)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        print(f"idle connections: {n} held, closed by the sidecar {reopened[0]} times")
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    return thread
+
+
 def _rounds(
+    args: argparse.Namespace, url: str, body: dict[str, Any], addr: str, token: str
+) -> list[Result]:
+    stop = threading.Event()
+    idle = hold_idle(url, args.idle, stop) if getattr(args, "idle", 0) else None
+    try:
+        return _measure(args, url, body, addr, token)
+    finally:
+        stop.set()
+        if idle is not None:
+            idle.join()
+
+
+def _measure(
     args: argparse.Namespace, url: str, body: dict[str, Any], addr: str, token: str
 ) -> list[Result]:
     results: list[Result] = []

@@ -1,8 +1,12 @@
 """``broker audit verify`` / ``broker audit trace`` and ``broker bench audit``.
 
 Verify is strict about Vault: when an address is configured (flag or environment) and Vault
-cannot be reached, it fails (exit 2) rather than pass a file it could only half check;
-``--offline`` checks the chain alone, and says so."""
+cannot be reached, it fails (exit 2) rather than pass a file it could only half check.
+Without Vault (``--offline``, or no address) it checks the chain alone and says so with its
+own exit code (3), never a plain "intact": a tail cut behind the last checkpoint, or records
+edited after it, cannot be told apart from an intact trail without the anchors in Vault.
+It walks every segment of the trail (``<file>.seg-*``, then the file) as one chain, and
+says how many records lie after the last anchored head (those are not yet protected)."""
 
 from __future__ import annotations
 
@@ -22,9 +26,10 @@ from broker.audit import (
     signature_problem,
     verify_lines,
 )
+from broker.auditfile import chain_files
 from broker.errors import ConfigError
 
-EXIT_OK, EXIT_DAMAGED = 0, 1
+EXIT_OK, EXIT_DAMAGED, EXIT_UNANCHORED = 0, 1, 3
 
 
 def register(
@@ -77,13 +82,26 @@ def run_verify(args: argparse.Namespace) -> int:
             if head
             else f"Vault has no published head for {agent}"
         )
-    result = _verify_file(path, keys, head, args.agent or (_agent_in(path) if keys else None))
+    files = chain_files(path) if path.exists() else [path]
+    result = _verify_file(files, keys, head, args.agent or (_agent_in(path) if keys else None))
     if not result.ok:
         print(f"DAMAGED: {path}: first bad seq {result.first_bad_seq}: {result.problem}")
         print(f"  records 1..{result.count} are intact")
         return EXIT_DAMAGED
-    print(f"intact: {path}: {result.count} records; {_describe(result.last_checkpoint)}")
+    segments = f" in {len(files)} segments" if len(files) > 1 else ""
+    described = _describe(result.last_checkpoint)
+    anchored = head[0] if head else 0
+    if keys is None:
+        print(f"chain intact, anchors NOT checked: {path}: {result.count} records{segments}")
+        print(f"  {described}")
+        print(
+            f"  {note}: a tail cut behind a checkpoint, or a trail rewritten with a consistent "
+            "chain, would pass this check"
+        )
+        return EXIT_UNANCHORED
+    print(f"intact: {path}: {result.count} records{segments}; {described}")
     print(f"  {note}")
+    print(f"  {result.count - anchored} record(s) after the head anchored in Vault")
     return EXIT_OK
 
 
@@ -105,16 +123,21 @@ def _from_vault(
 
 
 def _verify_file(
-    path: Path,
+    files: list[Path],
     keys: Mapping[int, bytes] | None,
     head: tuple[int, str] | None,
     agent: str | None = None,
 ) -> VerifyResult:
-    try:
-        with path.open("rb") as lines:
-            return verify_lines(lines, public_keys=keys, published_head=head, agent=agent)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    return verify_lines(_lines(files), public_keys=keys, published_head=head, agent=agent)
+
+
+def _lines(files: list[Path]) -> Iterator[bytes]:
+    for path in files:
+        try:
+            with path.open("rb") as lines:
+                yield from lines
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def _describe(checkpoint: Mapping[str, Any] | None) -> str:
@@ -138,7 +161,8 @@ def _agent_in(path: Path) -> str:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    files: list[Path] = args.file or _default_files()
+    named: list[Path] = args.file or _default_files()
+    files = [f for path in named for f in (chain_files(path) if path.exists() else [path])]
     found = 0
     for record in _records(files):
         if record.get("request_id") != args.request_id:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.audit import parse_line
+from broker.auditfile import chain_files
 from broker.report import Layers, Report, build_report, parse_since
 
 EXIT_OK, EXIT_UNREADABLE = 0, 1
@@ -73,14 +74,17 @@ def run_report(args: argparse.Namespace, *, now: Callable[[], float] = time.time
 
 
 def trail_files(inputs: Sequence[Path]) -> Iterator[Path]:
+    """Each trail named (a file, or every ``*.jsonl`` of a directory) with its sealed
+    segments before it, in chain order: the whole history, not just the active segment."""
     for path in inputs:
         if path.is_dir():
             found = sorted(path.glob("*.jsonl"))
             if not found:
                 raise UnreadableInput(f"no *.jsonl audit files in directory {path}")
-            yield from found
+            for trail in found:
+                yield from chain_files(trail)
         else:
-            yield path
+            yield from chain_files(path) if path.exists() else [path]
 
 
 def read_records(inputs: Sequence[Path]) -> Iterator[dict[str, Any]]:

@@ -119,7 +119,12 @@ def register(
     p.add_argument(
         "--listen", default="unix:/run/broker/sidecar.sock", help="unix:PATH or 127.0.0.1:PORT"
     )
-    p.add_argument("--path", default="/healthz", choices=["/healthz", "/readyz"])
+    p.add_argument(
+        "--path",
+        default="/readyz",
+        choices=["/healthz", "/readyz"],
+        help="/readyz (default): would it mint now; /healthz: is the process alive",
+    )
     p.set_defaults(func=cmd_probe)
 
     from broker.bench import register_bench
@@ -234,7 +239,7 @@ def _webhooks(args: argparse.Namespace) -> tuple[tuple[str, ...], Path | None]:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from broker.sidecar import parse_listen
+    from broker.listener import parse_listen
     from broker.stack import probe
 
     kind, where = parse_listen(args.listen)

@@ -7,6 +7,7 @@
     ├── ManifestError                a manifest does not load; carries every issue (422)
     ├── RequestError                 a malformed agent request                   (400)
     │   ├── PayloadTooLarge                                                      (413)
+    │   ├── RequestTimeout           the body did not arrive in time             (408)
     │   └── NotFound                                                             (404)
     ├── BackendUnavailable           Vault/OpenBao unreachable, sealed or refusing (503)
     │   └── PermissionDenied         Vault refused the caller's token             (403)
@@ -63,6 +64,11 @@ class RequestError(BrokerError):
 class PayloadTooLarge(RequestError):
     code = "payload_too_large"
     http_status = 413
+
+
+class RequestTimeout(RequestError):
+    code = "request_timeout"
+    http_status = 408
 
 
 class NotFound(RequestError):

@@ -32,6 +32,7 @@ class ReasonCode(StrEnum):
     backend_unavailable = "backend_unavailable"
     audit_unavailable = "audit_unavailable"
     credential_revoked = "credential_revoked"
+    control_state_stale = "control_state_stale"
 
 
 _R = ReasonCode
@@ -51,6 +52,7 @@ REASON_HTTP_STATUS: Mapping[ReasonCode, int] = MappingProxyType(
         _R.backend_unavailable: 503,
         _R.audit_unavailable: 503,
         _R.credential_revoked: 403,
+        _R.control_state_stale: 503,
     }
 )
 
@@ -69,6 +71,9 @@ REASON_DESCRIPTION: Mapping[ReasonCode, str] = MappingProxyType(
         _R.backend_unavailable: "Vault/OpenBao is unreachable, sealed or refusing; nothing minted.",
         _R.audit_unavailable: "The audit trail cannot be written; nothing minted.",
         _R.credential_revoked: "The credential or approval was revoked.",
+        _R.control_state_stale: (
+            "The sidecar's copy of the kill and revocation state is too old; nothing minted."
+        ),
     }
 )
 

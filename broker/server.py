@@ -5,6 +5,7 @@ handler can answer with a stack trace. Bodies are bounded (413 past ``max_body``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from broker import authzen
 from broker.api import CredentialRequest, OutcomeReport, openapi_document
 from broker.approvalgate import MAX_WAIT
 from broker.decision import ActionRequest
-from broker.errors import BrokerError, NotFound, PayloadTooLarge, RequestError
+from broker.errors import BrokerError, NotFound, PayloadTooLarge, RequestError, RequestTimeout
 from broker.service import CredentialService, Reply
 
 log = logging.getLogger("broker.server")
@@ -25,6 +26,7 @@ log = logging.getLogger("broker.server")
 SERVICE: web.AppKey[CredentialService] = web.AppKey("service", CredentialService)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BODY_TIMEOUT = 5.0
 
 
 def _error(status: int, code: str, detail: str) -> web.Response:
@@ -50,7 +52,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def _json_body(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > request.app[MAX_BODY]:
         raise PayloadTooLarge(f"request body is larger than {request.app[MAX_BODY]} bytes")
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):  # a body dribbled slowly holds nothing long
+            raw = await request.read()
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the request body did not arrive within {BODY_TIMEOUT:g} s") from exc
     try:
         return _DECODER.decode(raw.decode("utf-8"))  # JSON text is UTF-8 (RFC 8259)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from broker.api import scope_document
 from broker.approvalgate import ApprovalGate
 from broker.approvals import State, approved_by
 from broker.audit import iso_utc
@@ -30,13 +31,12 @@ from broker.errors import AuditUnavailable, BrokerError
 from broker.limits import UsageLedger
 from broker.manifest import JwtCredential, Manifest
 from broker.metrics import SidecarMetrics
-from broker.minting import IssuedCredential, Minter
+from broker.minting import IssuedCredential, Minter, bounded
+from broker.orphans import LateCredentials, revoke_in_vault
 from broker.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
 from broker.redaction import MAX_REFUSED_DETAIL, bound_inputs, clip, stored_inputs
 from broker.runtime import Runtime
 from broker.toolcalls import ToolCallLog
-from broker.vault.database import revoke_lease
-from broker.vault.tokens import revoke_accessor
 
 log = logging.getLogger("broker.service")
 
@@ -91,6 +91,7 @@ class CredentialService:
         self.manifest = manifest
         self.runtime = runtime
         self.minter = Minter(runtime.session, runtime.signer)
+        self.late = LateCredentials(runtime.session, audit, manifest.agent, clock)
         self.audit = audit
         self.ledger = ledger
         self._redact_key = redact_key
@@ -116,26 +117,7 @@ class CredentialService:
 
     def scope(self) -> dict[str, Any]:
         """What this agent may do, for its planner: actions, inputs, limits, approval gates."""
-        m = self.manifest
-        return {
-            "agent": m.agent,
-            "policy_version": m.policy_version,
-            "manifest_hash": m.content_hash,
-            "disabled": self.runtime.control.killed,
-            "budgets": {n: b.model_dump(mode="json") for n, b in m.budgets.items()},
-            "concurrency": m.concurrency,
-            "actions": {
-                name: {
-                    "credential": a.credential.kind,
-                    "inputs": {
-                        k: v.model_dump(mode="json", exclude_none=True) for k, v in a.inputs.items()
-                    },
-                    "needs_approval": a.approval is not None,
-                    "accountable": a.accountable,
-                }
-                for name, a in m.actions.items()
-            },
-        }
+        return scope_document(self.manifest, disabled=self.runtime.control.killed)
 
     def control_changed(self, old: ControlState, new: ControlState) -> None:
         """Runs on the event loop: a kill or mass revocation frees slots and goes on the record."""
@@ -188,10 +170,17 @@ class CredentialService:
         self.manifest = new
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        ready = self.runtime.available()
+        """Ready exactly when no reason of the sidecar's own would refuse a mint: the audit
+        trail, Vault, the control state's age and the signing certificate, each named."""
+        problems = self.runtime.problems()
+        failed = getattr(self.audit, "failed", "")
+        if failed:
+            problems["audit"] = failed
+        ready = not problems
         return ready, {
             "ready": ready,
-            "vault": "ok" if ready else self.runtime.vault_problem,
+            "problems": problems,
+            "vault": problems.get("vault", "ok"),
             "manifest": {
                 "agent": self.manifest.agent,
                 "hash": self.manifest.content_hash,
@@ -199,7 +188,7 @@ class CredentialService:
             },
             "agent_disabled": self.runtime.control.killed,
             "revoked_before": self.runtime.control.revoked_before,
-            "control_age_seconds": round(self._clock() - self.runtime.last_poll_ok, 3),
+            "control_age_seconds": round(min(self.runtime.control_age(), 1e9), 3),
         }
 
     async def report_outcome(
@@ -227,6 +216,8 @@ class CredentialService:
         if failed:
             # Nothing can be recorded, so nothing may be minted: refuse before touching Vault.
             raise AuditUnavailable(failed)
+        if not self.runtime.available():
+            await self.runtime.refresh_now()  # stale only because the loop ran late?
         now = self._clock()
         decision = decide(
             req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
@@ -235,9 +226,10 @@ class CredentialService:
             assert decision.reason is not None
             await self._record(req, decision, now, status="blocked")
             return _refusal(decision, decision.reason, decision.detail, decision.retry_after)
-        if not self.runtime.available():
-            detail = f"Vault is unavailable, nothing is minted: {self.runtime.vault_problem}"
-            return await self._unavailable(req, decision, now, detail)
+        spec = decision.credential
+        problem = self.runtime.mint_problem(spec.kind if spec is not None else None)
+        if problem is not None:
+            return await self._unavailable(req, decision, now, problem[1], reason=problem[0])
         if decision.outcome is Outcome.pending_approval:
             return await self._pending(req, decision, now)
         return await self._allow(req, decision, now)
@@ -249,16 +241,22 @@ class CredentialService:
         now: float,
         detail: str,
         status: str = "blocked",
+        *,
+        extra: Mapping[str, Any] | None = None,
+        reason: ReasonCode = ReasonCode.backend_unavailable,
     ) -> Reply:
-        """Fail closed: record the refusal, answer 503 backend_unavailable with Retry-After."""
-        reason = ReasonCode.backend_unavailable
-        await self._record(req, decision, now, status=status, override=reason, detail=detail)
+        """Fail closed: record the refusal, answer 503 (backend_unavailable unless told
+        otherwise) with Retry-After."""
+        await self._record(
+            req, decision, now, status=status, override=reason, detail=detail, extra=extra
+        )
         return _refusal(decision, reason, detail, RETRY_AFTER_UNAVAILABLE)
 
     async def _pending(self, req: ActionRequest, decision: Decision, now: float) -> Reply:
         """Store the approval request in Vault (fail closed), record it, answer 202."""
         try:
-            approval = await self.approvals.open_for(req, decision, now)
+            stored = self.approvals.open_for(req, decision, now)
+            approval = await bounded(stored, self.minter.deadline, "storing the approval")
         except BrokerError as exc:
             detail = f"the approval request could not be stored: {exc.detail}"
             return await self._unavailable(req, decision, now, detail)
@@ -280,7 +278,8 @@ class CredentialService:
         expired or spent, or when ``inputs`` are not the approved ones."""
         gate = self.approvals
         async with gate.lock(approval_id):
-            approval = await gate.fetch(approval_id, wait)
+            fetched = gate.fetch(approval_id, wait)
+            approval = await bounded(fetched, wait + self.minter.deadline, "reading the approval")
             req = gate.request_of(approval)
             refusal = await gate.refusal(approval, None, inputs)
             if refusal is None and approval.state_at(gate.clock()) is State.pending:
@@ -291,6 +290,8 @@ class CredentialService:
                     refusal = ReasonCode.approval_denied, f"approval not honoured: {problem}"
             if refusal is None and not self.runtime.available():
                 refusal = ReasonCode.backend_unavailable, "Vault is unavailable, nothing is minted"
+                if self.runtime.vault_ok:
+                    refusal = ReasonCode.control_state_stale, self.runtime.stale_detail()
             if refusal is None:
                 approval = await gate.spend(approval)  # single use: spent before minting
             now = self._clock()
@@ -356,7 +357,9 @@ class CredentialService:
             if self.metrics is not None:
                 self.metrics.vault_error(f"mint_{spec.kind}")
             self.ledger.refund(decision, credential_id, now)
-            return await self._unavailable(req, decision, now, exc.detail, status="error")
+            # The id Vault's metadata carries, so a late credential always matches a record.
+            extra = {**(extra or {}), "abandoned_credential_id": credential_id}
+            return await self._unavailable(req, decision, now, exc.detail, "error", extra=extra)
         if self.metrics is not None:
             self.metrics.mint_latency(spec.kind, time.perf_counter() - started)
             self.metrics.credentials_issued(spec.kind)
@@ -398,7 +401,7 @@ class CredentialService:
                 "action": decision.action,
                 "credential_id": credential_id,
             }
-            issued = await self.minter.mint_vault_token(
+            call = self.minter.mint_vault_token(
                 now=now,
                 action=decision.action,
                 policies=list(spec.policies),
@@ -407,9 +410,9 @@ class CredentialService:
                 meta=meta,
             )
         else:
-            issued = await self.minter.mint_dynamic(
-                now=now, mount=spec.mount, role=spec.role, ttl=spec.ttl
-            )
+            call = self.minter.mint_dynamic(now=now, mount=spec.mount, role=spec.role, ttl=spec.ttl)
+        on_late = self.late.handler(credential_id, decision.action)
+        issued = await self.minter.within_deadline(call, f"{spec.kind} mint", on_late)
         try:
             await self._record(
                 req,
@@ -421,7 +424,8 @@ class CredentialService:
                 extra=extra,
             )
         except AuditUnavailable:
-            await asyncio.to_thread(self._revoke_quietly, spec.kind, issued.credential_id)
+            with contextlib.suppress(BrokerError):
+                await asyncio.to_thread(revoke_in_vault, self.runtime.session, issued)
             raise
         self.runtime.dirty = True
         self.vault_ids[credential_id] = (
@@ -437,14 +441,6 @@ class CredentialService:
             issued.ttl,
             {**issued.secret, "vault_id": issued.credential_id},
         )
-
-    def _revoke_quietly(self, kind: str, vault_id: str) -> None:
-        client, addr = self.runtime.session.client, self.runtime.session.addr
-        with contextlib.suppress(BrokerError):
-            if kind == "vault_token":
-                revoke_accessor(client, vault_id, addr)
-            else:
-                revoke_lease(client, vault_id)
 
     async def _record(
         self,

@@ -1,9 +1,9 @@
 """Assemble and run one agent's sidecar: manifest, Vault runtime, audit trail, usage ledger,
 HTTP server on a unix socket (mode 0600) or 127.0.0.1:PORT.
 
-Budgets survive restarts because the ledger is rebuilt from the audit trail itself: every
-credential that was handed out has a durable record with its charges and time, so a
-sidecar killed with SIGKILL continues exactly where its records end."""
+Budgets survive restarts because the ledger is rebuilt from the audit trail itself (the
+newest usage snapshot in it and the records after, see ``broker.usagesnap``), so a sidecar
+killed with SIGKILL continues exactly where its records end."""
 
 from __future__ import annotations
 
@@ -11,31 +11,31 @@ import asyncio
 import concurrent.futures
 import contextlib
 import gc
-import json
 import logging
 import os
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from broker.auditlog import AuditLog
-from broker.errors import ConfigError
+from broker.errors import AuditUnavailable, ConfigError
 from broker.limits import UsageLedger
+from broker.listener import IDLE_TIMEOUT, MAX_CONNECTIONS, listen, waiting_app
 from broker.loader import load_manifest
 from broker.manifest import Manifest
 from broker.metrics import SidecarMetrics
 from broker.notify import WebhookNotifier
-from broker.replay import record_action, record_time
 from broker.runtime import Runtime
 from broker.server import build_app
 from broker.service import CredentialService
 from broker.settings import DEFAULT_MAX_BODY, VaultSettings
+from broker.usagesnap import SNAPSHOT_EVERY, restore_ledger, snapshot_body
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.transit import LoopCheckpointSigner
 from broker.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, vault_fetch
@@ -43,6 +43,7 @@ from broker.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, 
 log = logging.getLogger("broker.sidecar")
 
 VAULT_THREADS = 64
+START_GRACE = 3.0  # seconds to wait for Vault before listening anyway
 
 
 @dataclass(frozen=True)
@@ -56,64 +57,15 @@ class SidecarConfig:
     poll_interval: float = 0.25
     manifest_poll_interval: float = DEFAULT_MANIFEST_POLL  # with manifest_path vault:<agent>
     checkpoint_every: int = 1000
-    checkpoint_interval: float = 60.0
+    # Checkpoints every second while records arrive: the unanchored tail stays that short.
+    checkpoint_interval: float = 1.0
     webhooks: tuple[str, ...] = ()  # notification receivers (broker.notify)
     webhook_secret_file: Path | None = None  # signs every delivery (X-Broker-Signature)
     webhook_attempts: int = 5
     webhook_backoff: float = 0.5  # seconds before the first retry; doubles per retry
+    idle_timeout: float = IDLE_TIMEOUT  # unfinished headers or an idle keep-alive: closed
+    max_connections: int = MAX_CONNECTIONS
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_listen(listen: str) -> tuple[str, str | int]:
-    """("unix", path) or ("tcp", port). TCP is loopback only: a sidecar serves its neighbour."""
-    if listen.startswith("unix:"):
-        return "unix", listen[5:]
-    host, _, port = listen.rpartition(":")
-    if host not in ("", "127.0.0.1", "localhost"):
-        raise ConfigError(
-            f"--listen {listen!r}: a sidecar listens on 127.0.0.1 or a unix socket only"
-        )
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"--listen {listen!r}: expected unix:PATH or 127.0.0.1:PORT")
-    return "tcp", int(port)
-
-
-@dataclass(frozen=True)
-class _Charged:
-    action: str
-    charges: dict[str, float]
-
-
-def _records(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.exists():
-        return
-    with path.open("rb") as fh:
-        for line in fh:
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    yield record
-
-
-def restore_ledger(manifest: Manifest, audit_path: Path) -> UsageLedger:
-    """Replay the audit trail's issued credentials and outcomes into a fresh ledger."""
-    ledger = UsageLedger.for_manifest(manifest)
-    for record in _records(audit_path):
-        if record.get("agent_id") != manifest.agent:
-            continue
-        if (
-            record.get("type") == "decision"
-            and record.get("credential_id")
-            and record.get("outcome") == "allow"
-        ):
-            at = record_time(record)
-            charged = _Charged(record_action(record), dict(record.get("charges") or {}))
-            ledger.charge(
-                charged, str(record["credential_id"]), at + float(record.get("ttl") or 0), at
-            )
-        elif record.get("type") == "outcome" and record.get("credential_id"):
-            ledger.release(str(record["credential_id"]))
-    return ledger
 
 
 def _redact_key(config: SidecarConfig) -> bytes:
@@ -162,6 +114,9 @@ class Sidecar:
         self.service: CredentialService | None = None
         self.notifier: WebhookNotifier | None = None
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._snapshots: asyncio.Task[None] | None = None
+        self._rotated = asyncio.Event()
         self.address = ""
         # The audit checkpoints' own Vault connection, closed after the trail's last one.
         self._checkpoint_vault = AsyncVault(
@@ -175,7 +130,15 @@ class Sidecar:
             concurrent.futures.ThreadPoolExecutor(VAULT_THREADS, thread_name_prefix="vault")
         )
         await self.runtime.start()
+        # Usually Vault answers at once and the sidecar listens ready; if it does not, the
+        # sidecar listens anyway after the grace, refusing and saying why in /readyz.
+        with contextlib.suppress(TimeoutError):
+            await self.runtime.wait_connected(START_GRACE)
         if self._vault_agent is not None:
+            # No manifest, no service: until Vault answers (the runtime logs and retries),
+            # a placeholder listens, alive on /healthz and 503 with the reason elsewhere.
+            if not self.runtime.available():
+                await self._wait_listening()
             await self._load_from_vault(self._vault_agent)
         ledger = restore_ledger(self.manifest, self.config.audit_path)
         self.audit = AuditLog(
@@ -187,6 +150,12 @@ class Sidecar:
         )
         for note in self.audit.notes:
             log.warning("audit trail recovery: %s", note)
+        loop = asyncio.get_running_loop()
+
+        def rotated() -> None:  # on the audit writer thread
+            loop.call_soon_threadsafe(self._rotated.set)
+
+        self.audit.on_rotate = rotated
         self.service = CredentialService(
             self.manifest, self.runtime, self.audit, ledger, redact_key=_redact_key(self.config)
         )
@@ -195,6 +164,7 @@ class Sidecar:
         )
         self.runtime.metrics = self.service.metrics
         self.service.approvals.metrics = self.service.metrics
+        self._snapshots = asyncio.create_task(self._write_snapshots(ledger), name="snapshots")
         self.runtime.outstanding = self.service.outstanding_summary
         self.runtime.on_change = self.service.control_changed
         self.notifier = WebhookNotifier(
@@ -211,10 +181,46 @@ class Sidecar:
             self.service.manifest_state = self.watcher.state
             self.watcher.start(self.service, self.audit, self.config.manifest_poll_interval)
         app = build_app(self.service, max_body=self.config.max_body)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=self.config.idle_timeout
+        )
         await self._runner.setup()
-        self.address = await self._listen(self._runner)
+        self.address, self._server = await listen(
+            self._runner, self.config.listen, self.config.max_connections
+        )
         return self.address
+
+    async def _write_snapshots(self, ledger: UsageLedger) -> None:
+        """A usage snapshot now, then every SNAPSHOT_EVERY records and after each rotation,
+        so a restart replays a bounded tail (``broker.usagesnap``)."""
+        assert self.audit is not None
+        last = -SNAPSHOT_EVERY
+        while True:
+            if self._rotated.is_set() or self.audit.head[0] - last >= SNAPSHOT_EVERY:
+                self._rotated.clear()
+                body = snapshot_body(self.manifest.agent, ledger, time.time())
+                try:
+                    last = (await self.audit.append(body, owned=True)).seq
+                except AuditUnavailable as exc:
+                    log.warning("usage snapshot not written: %s", exc.detail)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rotated.wait(), 1.0)
+
+    async def _wait_listening(self) -> None:
+        app = waiting_app(lambda: self.runtime.vault_problem or "not connected yet")
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        address, server = await listen(runner, self.config.listen, self.config.max_connections)
+        log.warning(
+            "waiting for Vault before loading the manifest; meanwhile %s answers 503", address
+        )
+        try:
+            await self.runtime.wait_connected()
+        finally:
+            server.close()
+            await runner.cleanup()
+        if address.startswith("http://"):  # the real listener takes the same port
+            self.config = replace(self.config, listen=address.removeprefix("http://"))
 
     async def _load_from_vault(self, agent: str) -> None:
         self.watcher = ManifestWatcher(agent, vault_fetch(self.runtime.session, agent))
@@ -224,28 +230,15 @@ class Sidecar:
             await self.runtime.stop()  # fail closed: no good manifest, no sidecar
             raise
 
-    async def _listen(self, runner: web.AppRunner) -> str:
-        kind, where = parse_listen(self.config.listen)
-        if kind == "unix":
-            path = Path(str(where))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
-            try:
-                await web.UnixSite(runner, str(path)).start()
-            finally:
-                os.umask(old)
-            os.chmod(path, 0o600)
-            return f"unix:{path}"
-        site = web.TCPSite(runner, "127.0.0.1", int(where))
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"http://127.0.0.1:{port}"
-
     async def stop(self) -> None:
+        if self._snapshots is not None:
+            self._snapshots.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._snapshots
         if self.watcher is not None:
             await self.watcher.stop()
+        if self._server is not None:
+            self._server.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
         if self.service is not None:
@@ -269,7 +262,16 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        address = await sidecar.start()
+        starting = asyncio.ensure_future(sidecar.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while waiting for Vault at start-up
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        stopping.cancel()
+        address = starting.result()
         # Start-up objects leave the collector's sight and young collections run less often:
         # at thousands of mints a second, collector pauses were most of the p99 latency
         # (`broker bench mint`: p99 50 ms with the defaults, 20 ms with these).

@@ -5,7 +5,10 @@ ephemeral port, and writes its audit trail under the test's tmp_path."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+import socket
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -117,7 +120,11 @@ async def running_sidecar(
     role_file, secret_file = approle_files(client, agent, tmp_path / "secrets")
     cfg = SidecarConfig(
         manifest_path=manifest_path,
-        vault=VaultSettings(addr=openbao.addr, role_id_file=role_file, secret_id_file=secret_file),
+        vault=VaultSettings(
+            addr=config.pop("vault_addr", openbao.addr),
+            role_id_file=role_file,
+            secret_id_file=secret_file,
+        ),
         listen="127.0.0.1:0",
         audit_path=config.pop("audit_path", tmp_path / "audit" / f"{agent}.jsonl"),
         poll_interval=config.pop("poll_interval", 0.1),
@@ -130,3 +137,40 @@ async def running_sidecar(
             yield Harness(sidecar, url, http, cfg.audit_path)
     finally:
         await sidecar.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@asynccontextmanager
+async def forward(port: int, target: str) -> AsyncIterator[None]:
+    """A TCP forwarder on 127.0.0.1:port to Vault: 'Vault comes up' at that address."""
+    host, _, target_port = target.removeprefix("http://").rpartition(":")
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(target_port))
+        writers.extend((writer, up_writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+        await server.wait_closed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import stat
 import threading
@@ -177,13 +178,52 @@ def test_disk_full_fails_closed(path: Path, monkeypatch: pytest.MonkeyPatch, cal
     assert SECRET_INPUT not in message
     assert "req_2" not in message
     monkeypatch.undo()
-    with pytest.raises(AuditUnavailable, match="refused until it is reopened"):
+    with pytest.raises(AuditUnavailable, match="refused until it is writable again"):
         log.append_sync(body(3))
     assert log.failed
     log.close()
     with AuditLog(path) as reopened:
         assert reopened.append_sync(body(4)).seq == reopened.head[0]
     assert verify(path).ok
+
+
+@pytest.mark.parametrize("call", ["write", "fsync"])
+def test_disk_full_recovers_by_itself_once_writable(
+    path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """After ENOSPC passes, the writer cuts the file back, records the outage and accepts
+    appends again without a reopen; the chain verifies across it."""
+    log = AuditLog(path, recover_every=0.0)
+    log.append_sync(body(1))
+
+    def full(*args: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, call, full)
+    with pytest.raises(AuditUnavailable):
+        log.append_sync(body(2))
+    log.maybe_checkpoint()  # a writer turn while the disk is still full: still failed
+    assert log.failed
+    monkeypatch.undo()
+    log.maybe_checkpoint()  # the next writer turn recovers
+    assert log.failed == ""
+    assert log.append_sync(body(3)).seq == 3
+    log.close()
+    assert verify(path).ok
+    types = [json.loads(line)["type"] for line in path.read_text().splitlines()]
+    assert types == ["decision", "audit_recovered", "decision"]
+
+
+def test_file_replaced_is_not_recovered_automatically(path: Path) -> None:
+    """A trail removed underneath is someone else's doing: it stays refused until reopened."""
+    log = AuditLog(path, recover_every=0.0)
+    log.append_sync(body(1))
+    path.unlink()
+    with pytest.raises(AuditUnavailable, match="removed"):
+        log.append_sync(body(2))
+    log.maybe_checkpoint()
+    assert "until it is reopened" in log.failed
+    log.close()
 
 
 async def test_async_append_fails_closed_too(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -341,3 +381,58 @@ def test_bench_append_reports_group_commit(tmp_path: Path) -> None:
     assert 0 < result["fsyncs"] <= 400
     assert {"appends_per_s", "p50_ms", "p99_ms", "fsyncs_per_record"} <= result.keys()
     assert verify(tmp_path / "bench.jsonl").count == 400
+
+
+def _chain(path: Path) -> Any:
+    from broker.auditfile import chain_files
+
+    lines = [line for f in chain_files(path) for line in f.read_bytes().splitlines(True)]
+    return verify_lines(lines), lines
+
+
+def test_rotation_seals_segments_and_reopen_continues_the_chain(path: Path) -> None:
+    """Past the size bound the log seals the segment; the next one's head continues the
+    chain, its head is anchored by a checkpoint, and a reopen reads only the active one."""
+    signer = InMemorySigner()
+    with AuditLog(path, signer=signer, agent="a1", segment_bytes=1200) as log:
+        for i in range(12):
+            log.append_sync(body(i))
+            log.wait_checkpoints()
+    first = json.loads(path.read_text().splitlines()[0])["seq"]
+    sealed = sorted(path.parent.glob(f"{path.name}.seg-*"))
+    assert len(sealed) >= 2
+    result, lines = _chain(path)
+    assert result.ok, result.problem
+    heads = [json.loads(line) for line in lines if b'"segment_start"' in line]
+    assert len(heads) == len(sealed)
+    assert all(h["previous_segment"].startswith(path.name + ".seg-") for h in heads)
+    checkpoints = [json.loads(line)["head_seq"] for line in lines if b'"checkpoint"' in line]
+    assert any(seq in checkpoints for seq in (h["seq"] for h in heads))  # anchored heads
+    with AuditLog(path, segment_bytes=1 << 20) as reopened:
+        assert reopened.segment_first == first
+        assert reopened.append_sync(body(99)).seq == result.count + 1
+    assert _chain(path)[0].ok
+
+
+def test_rotation_by_age_with_injected_clock(path: Path) -> None:
+    """A segment older than segment_age is sealed at the next append."""
+    clock = FakeClock()
+    with AuditLog(path, clock=clock, segment_age=60.0) as log:
+        log.append_sync(body(1))
+        clock.now += 61
+        log.append_sync(body(2))
+        assert log.segment_first == 3
+    assert len(list(path.parent.glob(f"{path.name}.seg-*"))) == 1
+    assert _chain(path)[0].ok
+
+
+def test_crash_between_seal_and_new_segment_continues_from_the_sealed_one(path: Path) -> None:
+    """The active file missing after a rename (a crash mid-rotation): the chain continues
+    from the newest sealed segment's last record."""
+    with AuditLog(path) as log:
+        for i in range(3):
+            log.append_sync(body(i))
+    path.rename(path.with_name(f"{path.name}.seg-{1:012d}"))
+    with AuditLog(path) as log:
+        assert log.append_sync(body(4)).seq == 4
+    assert _chain(path)[0].ok

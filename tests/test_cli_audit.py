@@ -39,10 +39,12 @@ def trail(tmp_path: Path) -> Path:
 
 
 def test_verify_intact_trail(trail: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """An intact trail exits 0 and prints its count and last checkpoint."""
-    assert main(["audit", "verify", str(trail)]) == 0
+    """Offline, an intact chain exits 3 (not 0), says the anchors were not checked, and
+    prints its count and last checkpoint: never a plain "intact"."""
+    assert main(["audit", "verify", str(trail)]) == 3
     out = capsys.readouterr().out
-    assert "intact" in out
+    assert "chain intact, anchors NOT checked" in out
+    assert not out.startswith("intact")
     assert "8 records" in out
     assert "last checkpoint at seq 8 signs seq 7" in out
     assert "NOT checked" in out
@@ -122,3 +124,48 @@ def test_bench_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     args = ["bench", "audit", "--records", "200", "--concurrency", "8"]
     assert main([*args, "--path", str(tmp_path / "b.jsonl")]) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 200
+
+
+def test_offline_verify_of_a_tail_cut_behind_a_checkpoint_is_not_intact(
+    trail: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The attack offline verify cannot see (the tail cut right after a checkpoint) still
+    exits 3 with "NOT checked", not 0 "intact"."""
+    lines = trail.read_bytes().splitlines(keepends=True)
+    cut = max(i for i, line in enumerate(lines) if b'"checkpoint"' in line)
+    trail.write_bytes(b"".join(lines[: cut + 1]))
+    assert main(["audit", "verify", str(trail)]) == 3
+    assert "NOT checked" in capsys.readouterr().out
+
+
+def test_verify_walks_sealed_segments_as_one_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trail rotated into segments verifies as one chain; a line deleted from a sealed
+    segment is found, named by its seq."""
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, signer=InMemorySigner(), agent="a1", segment_bytes=1500) as log:
+        for i in range(20):
+            log.append_sync({"type": "decision", "agent_id": "a1", "request_id": f"r{i}"})
+    sealed = sorted(tmp_path.glob("audit.jsonl.seg-*"))
+    assert len(sealed) >= 3
+    assert main(["audit", "verify", str(path)]) == 3
+    assert f"in {len(sealed) + 1} segments" in capsys.readouterr().out
+    lines = sealed[1].read_bytes().splitlines(keepends=True)
+    sealed[1].write_bytes(b"".join(lines[:1] + lines[2:]))
+    assert main(["audit", "verify", str(path)]) == 1
+    assert "first bad seq" in capsys.readouterr().out
+
+
+def test_trace_finds_records_in_sealed_segments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit trace --file <trail>` reads the sealed segments too: the first request, long
+    rotated out of the active file, is still found."""
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, agent="a1", segment_bytes=1500) as log:
+        for i in range(20):
+            log.append_sync({"type": "decision", "agent_id": "a1", "request_id": f"r{i}"})
+    assert "r0" not in path.read_text()
+    assert main(["audit", "trace", "r0", "--file", str(path)]) == 0
+    assert '"request_id": "r0"' in capsys.readouterr().out

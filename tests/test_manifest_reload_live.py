@@ -4,16 +4,22 @@ force, reported in /readyz and in the watcher's counters; both events are audite
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from broker.devstack import DevServer
 from broker.errors import ManifestError
+from broker.settings import VaultSettings
+from broker.sidecar import Sidecar, SidecarConfig
+from broker.stack import approle_files
 from broker.vault.manifests import raw_write, read_manifest
-from tests.harness import Harness, root_client, unique_agent
+from tests.harness import Harness, forward, free_port, root_client, unique_agent
 from tests.manifests_live import (
     cli,
     platform_editor,
@@ -113,3 +119,50 @@ async def test_a_sidecar_without_a_published_manifest_does_not_start(
     with pytest.raises(ManifestError, match="no manifest is published"):
         async with vault_sidecar(openbao, agent, tmp_path):
             pass
+
+
+async def test_vault_manifest_sidecar_started_with_vault_down_answers_503_then_serves(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent: str
+) -> None:
+    """With --manifest vault:<agent> and nothing answering at its Vault address, the sidecar
+    listens anyway: /healthz 200, /readyz 503 naming Vault, requests 503. Once Vault answers
+    there it loads the manifest and serves on the same address, without a restart."""
+    await _published(openbao, tmp_path, monkeypatch, "v1", pay=True)
+    vault_port, port = free_port(), free_port()
+    role, secret = approle_files(root_client(openbao), agent, tmp_path / "secrets")
+    config = SidecarConfig(
+        manifest_path=Path(f"vault:{agent}"),
+        vault=VaultSettings(
+            addr=f"http://127.0.0.1:{vault_port}", role_id_file=role, secret_id_file=secret
+        ),
+        listen=f"127.0.0.1:{port}",
+        audit_path=tmp_path / "audit.jsonl",
+        poll_interval=0.1,
+    )
+    sidecar = Sidecar(config)
+    starting = asyncio.create_task(sidecar.start())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def status(path: str) -> int:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{url}{path}") as resp:
+                        return resp.status
+                return 0
+
+            await wait_for(lambda: status("/healthz"), timeout=10.0)
+            waiting = (await status("/readyz"), await status("/v1/scope"))
+            assert not starting.done()
+            async with forward(vault_port, openbao.addr):
+                assert await asyncio.wait_for(starting, 20.0) == url
+                async with http.post(
+                    f"{url}/v1/credentials", json={"action": "read.thing", "inputs": {"id": "T-1"}}
+                ) as resp:
+                    minted = resp.status
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await sidecar.stop()
+    assert waiting == (503, 503)
+    assert minted == 200

@@ -88,13 +88,14 @@ def test_verify_checks_signatures_and_the_published_head(
 def test_truncated_tail_behind_a_checkpoint_is_detected(
     signer: TransitCheckpointSigner, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Cutting whole records off the end passes the chain alone but fails against Vault's head."""
+    """Cutting whole records off the end is invisible to the chain alone (offline says so,
+    exit 3, not "intact") but fails against Vault's head."""
     path = tmp_path / "audit.jsonl"
     write_trail(path, signer, 12)
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join(lines[:-4]))
-    assert main(["audit", "verify", str(path), "--offline"]) == 0
-    capsys.readouterr()
+    assert main(["audit", "verify", str(path), "--offline"]) == 3
+    assert "anchors NOT checked" in capsys.readouterr().out
     assert main(["audit", "verify", str(path), "--agent", signer.agent]) == 1
     out = capsys.readouterr().out
     assert f"first bad seq {len(lines) - 3}" in out

@@ -48,6 +48,19 @@ class AsyncVault:
     async def get(self, path: str, operation: str) -> dict[str, Any]:
         return await self._call("GET", path, None, operation)
 
+    async def get_text(self, path: str, operation: str) -> str:
+        """A non-JSON answer (the CA's PEM), as text."""
+        try:
+            async with self._http().get(f"{self.addr}/v1/{path}") as resp:
+                text, status = await resp.text(), resp.status
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise BackendUnavailable(
+                f"Vault is unreachable at {self.addr} ({operation}): {type(exc).__name__}"
+            ) from exc
+        if status < 300:
+            return text
+        raise _error(status, None, operation, self.addr)
+
     async def kv_read(self, path: str) -> dict[str, Any] | None:
         """A document on the broker's KV v2 mount; ``None`` when there is none (or deleted)."""
         try:

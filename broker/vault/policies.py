@@ -74,7 +74,12 @@ def sidecar_policy_hcl(
         _rule(f"{TRANSIT_MOUNT}/sign/{audit_key(agent)}", "update"),
         _rule(f"{TRANSIT_MOUNT}/keys/{audit_key(agent)}", "read"),
     ]
+    # Revoking what it minted itself when no record of it could be written (or it arrived
+    # after the deadline): a child token by its own secret (knowing it is the authority
+    # already), a lease only under the agent's own dynamic roles.
+    rules.append(_rule("auth/token/revoke", "update"))
     rules += [_rule(path, "read") for path in sorted(set(dynamic_paths))]
+    rules += [_rule(f"sys/leases/revoke/{path}/*", "update") for path in sorted(set(dynamic_paths))]
     return "\n".join(rules)
 
 

@@ -59,6 +59,16 @@ class VaultSession:
     def __repr__(self) -> str:
         return f"VaultSession(addr={self.addr!r}, accessor={self.accessor!r})"
 
+    def check_credentials(self) -> None:
+        """ConfigError now if no Vault credentials are configured at all (no network call):
+        a settings mistake fails at start-up, while an absent Vault is waited for."""
+        s = self.settings
+        if not (s.role_id_file and s.secret_id_file) and s.token is None:
+            raise ConfigError(
+                "no Vault credentials: set VAULT_TOKEN, or BROKER_ROLE_ID_FILE and "
+                "BROKER_SECRET_ID_FILE for AppRole"
+            )
+
     def login(self) -> None:
         """Authenticate from the settings: AppRole when configured, else the token."""
         with self._lock, translate_errors("login", self.addr):

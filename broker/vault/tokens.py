@@ -64,3 +64,9 @@ def create_token_raw(
 def revoke_accessor(client: hvac.Client, accessor: str, addr: str = "") -> None:
     with translate_errors("token revocation", addr):
         client.auth.token.revoke_accessor(accessor)
+
+
+def revoke_child_token(client: hvac.Client, token: str, addr: str = "") -> None:
+    """Revoke a token by its secret: what a sidecar may do to a child it minted itself."""
+    with translate_errors("token revocation", addr):
+        client.auth.token.revoke(token)
