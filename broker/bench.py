@@ -353,7 +353,6 @@ def cmd_bench_control(args: argparse.Namespace) -> int:
         sock = str(stack.sidecars[0].socket)
         control = Control(make_client(stack.vault_addr, stack.operator_token), stack.vault_addr)
         start = time.perf_counter()
-        control.revoke_id("bench-propagation-probe", "bench")
         control.revoke_all("bench: propagation")
         seen = _seen_after(sock, "revoked_before", bool, start)
         print(f"revocation seen by the sidecar: {seen * 1000:.0f} ms after the command started")

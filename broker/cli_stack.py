@@ -67,6 +67,11 @@ def register(
     p.add_argument("--inputs", help="the call's actual inputs, as JSON")
     p.add_argument("--vault-addr")
     p.add_argument("--no-revocation", action="store_true", help="skip the control-state check")
+    p.add_argument(
+        "--no-binding",
+        action="store_true",
+        help="accept the token without checking its input binding (no --inputs)",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = commands.add_parser(
@@ -198,6 +203,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except VerificationError as exc:
         print(f"refused: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
+    if inputs is None and claims.inputs_hash and not args.no_binding:
+        # A gateway that forgets --inputs must not read "valid" as "valid for this call".
+        print(
+            "refused: binding_unchecked: the token is bound to its call's inputs and no --inputs "
+            "were given; pass the call's real --inputs, or --no-binding to accept it unchecked",
+            file=sys.stderr,
+        )
+        return 1
+    if inputs is None:
+        print("warning: input binding not checked (--no-binding)", file=sys.stderr)
     print(json.dumps(claims.__dict__, indent=2))
     return 0
 

@@ -143,12 +143,16 @@ async def test_kill_switch_runbook_stops_everything_the_agent_holds(
     assert any(r.get("type") == "control" and r.get("event") == "kill" for r in trail)
 
     env["REASON"] = "drill over: refund tool fixed"
+    settings = drill.sidecar.runtime.session.settings
+    assert settings.secret_id_file is not None
+    env["SECRET_ID_FILE"] = str(settings.secret_id_file)
     await run_runbook("revive-an-agent.md", env)
-    for _ in range(50):
-        if not drill.sidecar.runtime.control.killed:
+    for _ in range(100):
+        if not drill.sidecar.runtime.control.killed and drill.sidecar.runtime.available():
             break
         await _tick()
-    assert (await drill.ask("tickets.read", {"id": "T-3"}))[0] == 200
+    again = await drill.ask("tickets.read", {"id": "T-3"})
+    assert again[0] == 200, (again[1], drill.sidecar.runtime.vault_problem)
 
 
 async def _tick() -> None:

@@ -32,6 +32,8 @@ def sidecar_policy_hcl(agent: str, dynamic_paths: Iterable[str]) -> str:
         _rule(f"{KV_MOUNT}/metadata/control/*", "read", "list"),
         _rule(f"{KV_MOUNT}/data/heartbeat/{agent}", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/data/outstanding/{agent}", "create", "update", "read"),
+        # The login registry (broker.vault.registry): add an entry, never rewrite or delete one.
+        _rule(f"{KV_MOUNT}/data/sidecars/{agent}/*", "create"),
         _rule(f"{KV_MOUNT}/data/audit/{agent}/*", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/data/approvals/{agent}/*", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/metadata/approvals/{agent}/*", "read", "list"),
@@ -55,11 +57,15 @@ def security_operator_hcl() -> str:
         _rule("sys/leases/revoke/*", "update"),
         _rule("sys/leases/revoke-prefix/*", "update", "sudo"),
         _rule("sys/leases/lookup/*", "list", "sudo"),
+        _rule("sys/leases/lookup", "update"),  # a revocation is verified by looking the lease up
         _rule("auth/token/revoke-accessor", "update"),
         _rule("auth/token/lookup-accessor", "update"),
         _rule(f"auth/{APPROLE_MOUNT}/role/+/secret-id", "update", "list"),
         _rule(f"auth/{APPROLE_MOUNT}/role/+/secret-id-accessor/*", "update"),
         _rule(f"auth/{APPROLE_MOUNT}/role/+/role-id", "read"),
+        # A fresh secret id must log in at once, even after failed logins locked the role.
+        _rule("sys/auth", "read"),
+        _rule("sys/locked-users/+/unlock/+", "update", "sudo"),
         _rule("+/rotate-root/*", "update"),  # any database secrets engine mount
         _rule(f"{PKI_MOUNT}/revoke", "update"),
         _rule(f"{PKI_MOUNT}/ca/pem", "read"),
