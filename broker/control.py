@@ -34,7 +34,7 @@ from broker.sweep import Sweeper, Tally
 from broker.vault._errors import translate_errors
 from broker.vault.kv import kv_list, kv_read, kv_update
 from broker.vault.manifests import read_manifest
-from broker.vault.registry import SidecarLogin, logins, registered_agents
+from broker.vault.registry import SidecarLogin, agents_of_prefix, logins, registered_agents
 from broker.vault.revoke import (
     approle_exists,
     destroy_secret_ids,
@@ -191,7 +191,7 @@ class Control:
     def _owners(self, prefix: str) -> dict[str, list[SidecarLogin]]:
         """Agents whose sidecars recorded ``prefix``, with those logins."""
         found: dict[str, list[SidecarLogin]] = {}
-        for agent in registered_agents(self.client, self.addr):
+        for agent in agents_of_prefix(self.client, prefix, self.addr):
             mine = [e for e in logins(self.client, agent, self.addr) if e.id_prefix == prefix]
             if mine:
                 found[agent] = mine
@@ -344,15 +344,14 @@ class Control:
         report = self._report(f"kill --agent {agent}")
         flags = self._kill_flag("killed", reason)
         version = self._update(agent_path(agent), lambda _: flags)
-        report.confirmed = self._stop(report, agent, "agent", version, wait)
+        report.confirmed = self._stop(report, [agent], "agent", version, wait)
         return self._done(report)
 
     def kill_all(self, reason: str, wait: float) -> ActionReport:
         report = self._report("kill --all")
         flags = self._kill_flag("killed_all", reason)
         version = self._update(GLOBAL_PATH, lambda _: flags)
-        confirmed = [self._stop(report, a, "global", version, wait) for a in self.agents()]
-        report.confirmed = None if all(c is None for c in confirmed) else all(confirmed)
+        report.confirmed = self._stop(report, self.agents(), "global", version, wait)
         return self._done(report)
 
     def _kill_flag(self, key: str, reason: str) -> dict[str, Any]:
@@ -361,31 +360,34 @@ class Control:
         return {key: True, "reason": reason, "by": by, "at": now, "revoked_before": now}
 
     def _stop(
-        self, report: ActionReport, agent: str, document: str, version: int, wait: float
+        self, report: ActionReport, agents: list[str], document: str, version: int, wait: float
     ) -> bool | None:
-        """Wait (briefly) for the running sidecar to confirm, then take away every login."""
+        """Wait (briefly) for running sidecars to confirm, then take away every login. True
+        when every running sidecar confirmed, None when none was running."""
         sweeper = self._sweeper(report)
-        beat = sweeper.heartbeat(agent)
-        confirmed: bool | None = None
-        if sweeper.live(beat):
-            since = self.clock()
-            acked = sweeper.await_ack(agent, document, version, min(wait, self.ack_wait))
-            confirmed = bool(acked.get("killed_seen_at"))
-            if confirmed:
+        beats = {a: sweeper.heartbeat(a) for a in agents}
+        running = [a for a, beat in beats.items() if sweeper.live(beat)]
+        since, patience = self.clock(), min(wait, self.ack_wait)
+        acked = sweeper.await_acks(running, document, version, patience)
+        for agent in running:
+            if acked.get(agent, {}).get("killed_seen_at"):
+                beats[agent] = acked[agent]
                 report.say(
                     f"{agent}: sidecar refusing everything (confirmed after {self.clock() - since:.2f}s)"
                 )
-                beat = acked
             else:
                 report.say(
-                    f"{agent}: the sidecar did not confirm within {min(wait, self.ack_wait):.1f}s "
-                    "(not running?); its tokens are revoked below, so it can mint nothing"
+                    f"{agent}: the sidecar did not confirm within {patience:.1f}s (not running?); "
+                    "its tokens are revoked below, so it can mint nothing"
                 )
-        self._end_logins(report, agent)
-        sweeper.logins(agent, lambda _: False, "kill switch")
-        self._heartbeat_token(sweeper, agent, beat)
-        sweeper.credentials(agent, self.outstanding(agent, beat))
-        return confirmed
+        for agent in agents:
+            self._end_logins(report, agent)
+            sweeper.logins(agent, lambda _: False, "kill switch")
+            self._heartbeat_token(sweeper, agent, beats[agent])
+            sweeper.credentials(agent, self.outstanding(agent, beats[agent]))
+        if not running:
+            return None
+        return all(acked.get(a, {}).get("killed_seen_at") for a in running)
 
     def _end_logins(self, report: ActionReport, agent: str) -> None:
         """Destroy the AppRole secret ids: nobody logs in as the agent until ``revive``."""

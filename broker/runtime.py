@@ -79,6 +79,11 @@ class Runtime:
         # (and with it all it minted) even after this process is gone.
         self.session.on_login = login_recorder(agent, ID_PREFIX, vault.addr, clock)
 
+    def announce(self) -> None:
+        """Send a full heartbeat on the next poll (the sidecar is wired up: its actions and
+        outstanding credentials can be listed)."""
+        self._ack_due = True
+
     def available(self) -> bool:
         """Vault answered the last poll, recently enough: the condition for minting anything."""
         return (

@@ -79,15 +79,25 @@ class Sweeper:
     def await_ack(self, agent: str, document: str, version: int, wait: float) -> dict[str, Any]:
         """The first heartbeat of ``agent`` written after it read ``version`` of ``document``
         (``global``, ``agent`` or ``revoked``); {} when none came within ``wait`` seconds."""
+        return self.await_acks([agent], document, version, wait).get(agent, {})
+
+    def await_acks(
+        self, agents: Iterable[str], document: str, version: int, wait: float
+    ) -> dict[str, dict[str, Any]]:
+        """``await_ack`` for several sidecars at once; those that did not answer are absent."""
         end = self.clock() + wait
-        while True:
-            beat = self.heartbeat(agent)
-            seen = beat.get("control_seen") or {}
-            if isinstance(seen, dict) and int(seen.get(document) or 0) >= version:
-                return beat
-            if self.clock() >= end:
-                return {}
+        pending, acked = set(agents), {}
+        while pending:
+            for agent in sorted(pending):
+                beat = self.heartbeat(agent)
+                seen = beat.get("control_seen") or {}
+                if isinstance(seen, dict) and int(seen.get(document) or 0) >= version:
+                    acked[agent] = beat
+                    pending.discard(agent)
+            if not pending or self.clock() >= end:
+                break
             self.sleep(0.02)
+        return acked
 
     # -- revoking ----------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ def sidecar_policy_hcl(agent: str, dynamic_paths: Iterable[str]) -> str:
         _rule(f"{KV_MOUNT}/data/outstanding/{agent}", "create", "update", "read"),
         # The login registry (broker.vault.registry): add an entry, never rewrite or delete one.
         _rule(f"{KV_MOUNT}/data/sidecars/{agent}/*", "create"),
+        _rule(f"{KV_MOUNT}/data/id-prefixes/+/{agent}", "create"),
         _rule(f"{KV_MOUNT}/data/audit/{agent}/*", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/data/approvals/{agent}/*", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/metadata/approvals/{agent}/*", "read", "list"),

@@ -8,7 +8,9 @@ rewritten or deleted by a sidecar, nor by whoever stole the agent's AppRole logi
 Every child token and database lease a sidecar mints is created with its login token, and
 Vault revokes them with it. So revoking every token in this registry reaches everything the
 agent ever minted that is still valid, whether the sidecar that minted it is running,
-restarted or gone. The id prefix ties a credential id (``broker.credids``) to its sidecar."""
+restarted or gone. The id prefix ties a credential id (``broker.credids``) to its sidecar:
+``id-prefixes/<prefix>/<agent>`` (create-only as well, and only under the sidecar's own agent
+name) finds it without reading every agent's entries."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from broker.errors import ConfigError
 from broker.vault.kv import kv_delete, kv_list, kv_write_cas
 
 REGISTRY = "sidecars"
+PREFIXES = "id-prefixes"  # id-prefixes/<prefix>/<agent>: which agents a process served
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,15 @@ def login_recorder(
 ) -> Callable[[hvac.Client, dict[str, Any]], None]:
     """For ``VaultSession.on_login``: record each new login of ``agent``'s sidecar."""
 
+    indexed = False
+
     def record(client: hvac.Client, auth: dict[str, Any]) -> None:
+        nonlocal indexed
         now, ttl = clock(), int(auth.get("lease_duration") or 0)
         doc = {"at": now, "expires_at": now + ttl, "pid": os.getpid()}
+        if not indexed:  # once per process: the index entry is create-only too
+            kv_write_cas(client, f"{PREFIXES}/{id_prefix}/{agent}", {"at": now}, 0, addr)
+            indexed = True
         record_login(client, SidecarLogin(agent, id_prefix, str(auth["accessor"])), doc, addr)
 
     return record
@@ -69,6 +78,11 @@ def logins(client: hvac.Client, agent: str, addr: str = "") -> list[SidecarLogin
         if dash == "-" and accessor:
             found.append(SidecarLogin(agent, prefix, accessor))
     return found
+
+
+def agents_of_prefix(client: hvac.Client, id_prefix: str, addr: str = "") -> list[str]:
+    """The agents whose sidecars ran in the process that issued ids starting ``id_prefix``."""
+    return [k for k in kv_list(client, f"{PREFIXES}/{id_prefix}/", addr) if not k.endswith("/")]
 
 
 def registered_agents(client: hvac.Client, addr: str = "") -> list[str]:
