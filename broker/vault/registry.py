@@ -27,6 +27,7 @@ from broker.vault.kv import kv_delete, kv_list, kv_write_cas
 
 REGISTRY = "sidecars"
 PREFIXES = "id-prefixes"  # id-prefixes/<prefix>/<agent>: which agents a process served
+_INDEXED: set[tuple[str, str, str]] = set()  # (Vault address, prefix, agent) written already
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,12 @@ def login_recorder(
 ) -> Callable[[hvac.Client, dict[str, Any]], None]:
     """For ``VaultSession.on_login``: record each new login of ``agent``'s sidecar."""
 
-    indexed = False
-
     def record(client: hvac.Client, auth: dict[str, Any]) -> None:
-        nonlocal indexed
         now, ttl = clock(), int(auth.get("lease_duration") or 0)
         doc = {"at": now, "expires_at": now + ttl, "pid": os.getpid()}
-        if not indexed:  # once per process: the index entry is create-only too
+        if (addr, id_prefix, agent) not in _INDEXED:  # create-only: once per process and Vault
             kv_write_cas(client, f"{PREFIXES}/{id_prefix}/{agent}", {"at": now}, 0, addr)
-            indexed = True
+            _INDEXED.add((addr, id_prefix, agent))
         record_login(client, SidecarLogin(agent, id_prefix, str(auth["accessor"])), doc, addr)
 
     return record
