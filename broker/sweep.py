@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -146,30 +147,40 @@ class Sweeper:
         return len(chosen)
 
     def credentials(self, agent: str, creds: Iterable[dict[str, Any]]) -> None:
-        """Revoke listed child tokens and leases one by one; prove each gone."""
+        """Revoke listed child tokens and leases, eight at a time; prove each gone."""
+        jobs = []
         for cred in creds:
             kind, vault_id = str(cred.get("kind")), str(cred.get("vault_id", ""))
             lookup, revoke = _BY_KIND.get(kind, (lease_info, revoke_lease))
-            self._one(
-                agent,
-                f"{kind} {cred.get('credential_id', '')} ({vault_id})",
-                partial(lookup, self.client, vault_id, self.addr),
-                partial(revoke, self.client, vault_id, self.addr),
+            jobs.append(
+                (
+                    f"{kind} {cred.get('credential_id', '')} ({vault_id})",
+                    partial(lookup, self.client, vault_id, self.addr),
+                    partial(revoke, self.client, vault_id, self.addr),
+                )
             )
+        if not jobs:
+            return
+        with ThreadPoolExecutor(min(8, len(jobs))) as pool:
+            outcomes = list(pool.map(lambda job: self._one(*job), jobs))
+        for line, failure, revoked in outcomes:
+            if failure:
+                self.tally.failures.append(f"{agent}: {failure}")
+            else:
+                self.tally.lines.append(f"{agent}: {line}")
+                self.tally.revoked += int(revoked)
 
     def _one(
-        self, agent: str, label: str, lookup: Callable[[], Any], revoke: Callable[[], None]
-    ) -> None:
+        self, label: str, lookup: Callable[[], Any], revoke: Callable[[], None]
+    ) -> tuple[str, str, bool]:
+        """(line, "", revoked now) when proven gone, ("", failure, False) otherwise; runs in
+        a worker thread."""
         try:
             if lookup() is None:
-                self.tally.lines.append(f"{agent}: {label} already gone from Vault (verified)")
-                return
+                return f"{label} already gone from Vault (verified)", "", False
             revoke()
             if not self._until_gone(lookup):
-                self.tally.failures.append(f"{agent}: {label} still valid after revocation")
-                return
+                return "", f"{label} still valid after revocation", False
         except BrokerError as exc:
-            self.tally.failures.append(f"{agent}: {label}: {exc.detail}")
-            return
-        self.tally.revoked += 1
-        self.tally.lines.append(f"{agent}: {label} revoked; lookup refused (verified)")
+            return "", f"{label}: {exc.detail}", False
+        return f"{label} revoked; lookup refused (verified)", "", True
