@@ -379,7 +379,7 @@ def cmd_bench_control(args: argparse.Namespace) -> int:
         control.revoke_all("bench: propagation")
         seen = _seen_after(sock, "revoked_before", bool, start)
         print(f"revocation seen by the sidecar: {seen * 1000:.0f} ms after the command started")
-        _bench_revoke_right_after_mint(control, f"unix:{sock}", args.revokes)
+        _bench_revoke_right_after_mint(control, f"unix://{sock}", args.revokes)
         minted = asyncio.run(_mint_many(f"unix:{sock}", args.outstanding, args.concurrency))
         time.sleep(1.5)  # the heartbeat that lists them goes out within a second
         held = len(control.outstanding("bench-agent"))
@@ -396,7 +396,7 @@ def cmd_bench_control(args: argparse.Namespace) -> int:
         print(f"outstanding vault tokens at the kill: {held} (minted {minted})")
         print(
             f"kill switch: sidecar refusing after {disabled:.2f}s; command done in {took:.2f}s "
-            f"(revoked the sidecar token and {report.revoked} listed credentials in Vault; "
+            f"({report.revoked} revoked now, {len(report.lines)} lines of verified effect, "
             f"confirmed={report.confirmed}; failures={len(report.failures)})"
         )
     finally:

@@ -109,9 +109,10 @@ class Control(ControlBase):
             action = self.known_action(agent, action)
             return self._revoke_action(agent, action)
         report = self._report(f"revoke --agent {agent}")
+        # Read before the write: a sidecar that has seen it forgets what it held.
+        beat = self.heartbeat(agent)
         now = self.clock()
         self._update(agent_path(agent), lambda _: {"revoked_before": now, "revoke_reason": reason})
-        beat = self.heartbeat(agent)
         sweeper = self._sweeper(report)
         # The running sidecar's token too: it logs in again (its secret id still works).
         sweeper.logins(agent, lambda _: False, "everything the agent holds")
@@ -146,11 +147,11 @@ class Control(ControlBase):
 
     def revoke_all(self, reason: str) -> ActionReport:
         report = self._report("revoke --all")
+        beats = {agent: self.heartbeat(agent) for agent in self.agents()}  # before the write
         now = self.clock()
         self._update(GLOBAL_PATH, lambda _: {"revoked_before": now, "revoke_reason": reason})
         sweeper = self._sweeper(report)
-        for agent in self.agents():
-            beat = self.heartbeat(agent)
+        for agent, beat in beats.items():
             sweeper.logins(agent, lambda _: False, "revoke --all")
             sweeper.credentials(agent, self.outstanding(agent, beat))
         report.say("every agent: action tokens issued before now refused")
@@ -162,16 +163,18 @@ class Control(ControlBase):
         """The kill switch: refuse everything, stop the agent's logins, revoke everything held."""
         agent = self.known_agent(agent)
         report = self._report(f"kill --agent {agent}")
+        beats = {agent: self.heartbeat(agent)}  # before the flag: a sidecar that saw it forgets
         flags = self._kill_flag("killed", reason)
         version = self._update(agent_path(agent), lambda _: flags)
-        report.confirmed = self._stop(report, [agent], "agent", version, wait)
+        report.confirmed = self._stop(report, beats, "agent", version, wait)
         return self._done(report)
 
     def kill_all(self, reason: str, wait: float) -> ActionReport:
         report = self._report("kill --all")
+        beats = {agent: self.heartbeat(agent) for agent in self.agents()}
         flags = self._kill_flag("killed_all", reason)
         version = self._update(GLOBAL_PATH, lambda _: flags)
-        report.confirmed = self._stop(report, self.agents(), "global", version, wait)
+        report.confirmed = self._stop(report, beats, "global", version, wait)
         return self._done(report)
 
     def _kill_flag(self, key: str, reason: str) -> dict[str, Any]:
@@ -180,18 +183,22 @@ class Control(ControlBase):
         return {key: True, "reason": reason, "by": by, "at": now, "revoked_before": now}
 
     def _stop(
-        self, report: ActionReport, agents: list[str], document: str, version: int, wait: float
+        self,
+        report: ActionReport,
+        beats: dict[str, dict[str, Any]],
+        document: str,
+        version: int,
+        wait: float,
     ) -> bool | None:
         """Wait (briefly) for running sidecars to confirm, then take away every login. True
-        when every running sidecar confirmed, None when none was running."""
+        when every running sidecar confirmed, None when none was running. ``beats`` are the
+        heartbeats from before the flag, which still list what each sidecar held."""
         sweeper = self._sweeper(report)
-        beats = {a: sweeper.heartbeat(a) for a in agents}
         running = [a for a, beat in beats.items() if sweeper.live(beat)]
         since, patience = self.clock(), min(wait, self.ack_wait)
         acked = sweeper.await_acks(running, document, version, patience)
         for agent in running:
             if acked.get(agent, {}).get("killed_seen_at"):
-                beats[agent] = acked[agent]
                 report.say(
                     f"{agent}: sidecar refusing everything (confirmed after {self.clock() - since:.2f}s)"
                 )
@@ -200,11 +207,12 @@ class Control(ControlBase):
                     f"{agent}: the sidecar did not confirm within {patience:.1f}s (not running?); "
                     "its tokens are revoked below, so it can mint nothing"
                 )
-        for agent in agents:
+        for agent, beat in beats.items():
             self._end_logins(report, agent)
             sweeper.logins(agent, lambda _: False, "kill switch")
-            self._heartbeat_token(sweeper, agent, beats[agent])
-            sweeper.credentials(agent, self.outstanding(agent, beats[agent]))
+            for seen in (beat, acked.get(agent, {})):
+                self._heartbeat_token(sweeper, agent, seen)
+            sweeper.credentials(agent, self.outstanding(agent, beat))
         if not running:
             return None
         return all(acked.get(a, {}).get("killed_seen_at") for a in running)

@@ -29,7 +29,7 @@ from broker.errors import BrokerError
 from broker.vault.kv import kv_read
 from broker.vault.layout import approle_role
 from broker.vault.registry import SidecarLogin, forget, logins
-from broker.vault.revoke import lease_info, revoke_lease, revoke_token, token_info
+from broker.vault.revoke import lease_info, revoke_lease, revoke_token, still_alive, token_info
 
 _BY_KIND: dict[str, tuple[Callable[..., Any], Callable[..., None]]] = {
     "vault_token": (token_info, revoke_token),
@@ -147,18 +147,30 @@ class Sweeper:
         return len(chosen)
 
     def credentials(self, agent: str, creds: Iterable[dict[str, Any]]) -> None:
-        """Revoke listed child tokens and leases, eight at a time; prove each gone."""
-        jobs = []
-        for cred in creds:
-            kind, vault_id = str(cred.get("kind")), str(cred.get("vault_id", ""))
+        """Revoke listed child tokens and leases; prove each gone. All are looked up at once
+        first (after a kill, Vault has already revoked them with their sidecar's token);
+        those still alive are revoked eight at a time and looked up again."""
+        listed = [(str(c.get("kind")), str(c.get("vault_id", "")), c) for c in creds]
+        if not listed:
+            return
+        first = still_alive(self.addr, str(self.client.token), [(k, v) for k, v, _ in listed])
+        jobs, gone = [], []
+        for (kind, vault_id, cred), alive in zip(listed, first, strict=True):
+            label = f"{kind} {cred.get('credential_id', '')} ({vault_id})"
+            if alive is False:
+                gone.append(f"{agent}: {label} gone from Vault (verified)")
+                continue
             lookup, revoke = _BY_KIND.get(kind, (lease_info, revoke_lease))
             jobs.append(
                 (
-                    f"{kind} {cred.get('credential_id', '')} ({vault_id})",
+                    label,
                     partial(lookup, self.client, vault_id, self.addr),
                     partial(revoke, self.client, vault_id, self.addr),
                 )
             )
+        if len(gone) > 10:  # one line per credential is for a handful, not a thousand
+            gone = [f"{agent}: {len(gone)} listed credentials gone from Vault (each verified)"]
+        self.tally.lines.extend(gone)
         if not jobs:
             return
         with ThreadPoolExecutor(min(8, len(jobs))) as pool:
