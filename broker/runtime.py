@@ -79,10 +79,10 @@ class Runtime:
         # (and with it all it minted) even after this process is gone.
         self.session.on_login = login_recorder(agent, ID_PREFIX, vault.addr, clock)
 
-    def announce(self) -> None:
-        """Send a full heartbeat on the next poll (the sidecar is wired up: its actions and
-        outstanding credentials can be listed)."""
-        self._ack_due = True
+    async def announce(self) -> None:
+        """A full heartbeat now: the sidecar is wired up, so its actions and outstanding
+        credentials can be listed (runbook commands check ``--action`` against them)."""
+        await self._heartbeat(self._clock(), self.outstanding())
 
     def available(self) -> bool:
         """Vault answered the last poll, recently enough: the condition for minting anything."""

@@ -188,7 +188,7 @@ class Sidecar:
         self.service.approvals.metrics = self.service.metrics
         self.runtime.outstanding = self.service.outstanding_summary
         self.runtime.on_change = self.service.control_changed
-        self.runtime.announce()
+        await self.runtime.announce()
         self.notifier = WebhookNotifier(
             self.config.webhooks,
             self.audit.append,
