@@ -82,11 +82,10 @@ class Control(ControlBase):
         version = self._update(REVOKED_PATH, add)
         report.say(f"{cid}: on the revocation list: refused by every sidecar and verifier")
         sweeper = self._sweeper(report)
-        live = {a: b for a in owners if sweeper.live(b := sweeper.heartbeat(a))}
-        for agent in live:
-            beat = sweeper.await_ack(agent, "revoked", version, self.ack_wait)
-            if beat.get("id_prefix") != prefix:
-                continue
+        live = [a for a in owners if sweeper.live(sweeper.heartbeat(a))]
+        acked = sweeper.await_acks(live, "revoked", version, self.ack_wait)
+        running = {a: b for a, b in acked.items() if b.get("id_prefix") == prefix}
+        for agent, beat in running.items():
             held = [c for c in self.outstanding(agent, beat) if cid in _ids(c)]
             sweeper.credentials(agent, held)
             if not held:
@@ -94,10 +93,9 @@ class Control(ControlBase):
                     f"{cid}: {agent}'s sidecar read the revocation and holds no Vault "
                     "credential by this id (a JWT, or expired)"
                 )
-            return self._done(report)
-        # The sidecar process that issued it is gone (or did not answer): revoke its tokens,
+        # A sidecar process that issued it and is gone (or did not answer): revoke its tokens,
         # which takes in Vault every credential it ever minted, this one included.
-        for agent in owners:
+        for agent in (a for a in owners if a not in running):
             n = sweeper.logins(agent, lambda e: e.id_prefix != prefix, "its sidecar is not running")
             if n == 0:
                 report.say(f"{cid}: no token of its sidecar ({agent}) is left in Vault")
