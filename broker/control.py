@@ -82,7 +82,8 @@ class Control(ControlBase):
         version = self._update(REVOKED_PATH, add)
         report.say(f"{cid}: on the revocation list: refused by every sidecar and verifier")
         sweeper = self._sweeper(report)
-        live = [a for a in owners if sweeper.live(sweeper.heartbeat(a))]
+        beats = {a: sweeper.heartbeat(a) for a in owners}
+        live = [a for a, b in beats.items() if sweeper.live(b) and b.get("id_prefix") == prefix]
         acked = sweeper.await_acks(live, "revoked", version, self.ack_wait)
         running = {a: b for a, b in acked.items() if b.get("id_prefix") == prefix}
         for agent, beat in running.items():
@@ -93,9 +94,11 @@ class Control(ControlBase):
                     f"{cid}: {agent}'s sidecar read the revocation and holds no Vault "
                     "credential by this id (a JWT, or expired)"
                 )
-        # A sidecar process that issued it and is gone (or did not answer): revoke its tokens,
-        # which takes in Vault every credential it ever minted, this one included.
-        for agent in (a for a in owners if a not in running):
+        if running:  # the issuing process runs and answered: what it lists is the truth
+            return self._done(report)
+        # The process that issued it is gone (or did not answer): revoke its tokens, which
+        # takes in Vault every credential it ever minted, this one included.
+        for agent in owners:
             n = sweeper.logins(agent, lambda e: e.id_prefix != prefix, "its sidecar is not running")
             if n == 0:
                 report.say(f"{cid}: no token of its sidecar ({agent}) is left in Vault")

@@ -22,7 +22,7 @@ from broker.sweep import Sweeper, Tally
 from broker.vault._errors import translate_errors
 from broker.vault.kv import kv_list, kv_read, kv_update
 from broker.vault.manifests import read_manifest
-from broker.vault.registry import SidecarLogin, agents_of_prefix, logins, registered_agents
+from broker.vault.registry import agents_of_prefix, logins, registered_agents
 from broker.vault.revoke import approle_exists
 
 ACK_WAIT = 2.0  # how long a command waits for a running sidecar to acknowledge its write
@@ -168,14 +168,10 @@ class ControlBase:
             )
         return action
 
-    def _owners(self, prefix: str) -> dict[str, list[SidecarLogin]]:
-        """Agents whose sidecars recorded ``prefix``, with those logins."""
-        found: dict[str, list[SidecarLogin]] = {}
-        for agent in agents_of_prefix(self.client, prefix, self.addr):
-            mine = [e for e in logins(self.client, agent, self.addr) if e.id_prefix == prefix]
-            if mine:
-                found[agent] = mine
-        return found
+    def _owners(self, prefix: str) -> list[str]:
+        """Agents whose sidecars ran in the process that issued ids starting ``prefix`` (one,
+        in production: a sidecar process serves one agent)."""
+        return agents_of_prefix(self.client, prefix, self.addr)
 
     # -- writing -----------------------------------------------------------------------------
 

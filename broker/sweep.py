@@ -97,7 +97,7 @@ class Sweeper:
                     pending.discard(agent)
             if not pending or self.clock() >= end:
                 break
-            self.sleep(0.02)
+            self.sleep(0.05)
         return acked
 
     # -- revoking ----------------------------------------------------------------------------
