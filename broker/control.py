@@ -22,6 +22,7 @@ from broker.errors import BrokerError
 from broker.sweep import Sweeper
 from broker.vault._errors import translate_errors
 from broker.vault.kv import kv_read
+from broker.vault.layout import APPROLE_MOUNT, approle_role
 from broker.vault.registry import SidecarLogin, logins
 from broker.vault.revoke import (
     approle_exists,
@@ -235,10 +236,21 @@ class Control(ControlBase):
         )
 
     def _heartbeat_token(self, sweeper: Sweeper, agent: str, beat: dict[str, Any]) -> None:
-        """A sidecar older than the registry reports its token only in its heartbeat."""
+        """The token a sidecar reports in its heartbeat, if the registry missed it."""
         accessor = str(beat.get("accessor") or "")
-        if accessor and token_info(self.client, accessor, self.addr) is not None:
-            sweeper.login(SidecarLogin(agent, "0" * 16, accessor), "from its heartbeat")
+        info = token_info(self.client, accessor, self.addr) if accessor else None
+        if info is None:
+            return
+        if (info.get("meta") or {}).get("role_name") != approle_role(agent):
+            # A sidecar run with a plain token (development): never revoke what may be an
+            # operator's or the root token on a heartbeat's word.
+            sweeper.tally.failures.append(
+                f"{agent}: its sidecar uses a Vault token that is not an AppRole login of the "
+                f"agent (accessor {accessor}): not revoked; revoke it by hand if it is the "
+                "sidecar's own"
+            )
+            return
+        sweeper.login(SidecarLogin(agent, "0" * 16, accessor), "from its heartbeat")
 
     # -- revive ------------------------------------------------------------------------------
 
@@ -307,7 +319,6 @@ class Control(ControlBase):
         return report
 
     def rotate_agent_secret(self, agent: str) -> tuple[ActionReport, str]:
-        from broker.vault.layout import APPROLE_MOUNT, approle_role
 
         agent = self.known_agent(agent)
         report = self._report(f"rotate agent-secret --agent {agent}")
@@ -330,7 +341,6 @@ class Control(ControlBase):
         return report, str(new["secret_id"])
 
     def role_id(self, agent: str) -> str:
-        from broker.vault.layout import APPROLE_MOUNT, approle_role
 
         with translate_errors("AppRole role id read", self.addr):
             data = self.client.auth.approle.read_role_id(
