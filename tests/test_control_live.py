@@ -531,3 +531,21 @@ async def test_a_kill_racing_a_revoke_never_loses_the_kill_flag(
             if (await live.ask("tickets.read"))[0] == 200:
                 break
             await asyncio.sleep(0.05)
+
+
+async def test_kill_never_revokes_a_heartbeat_token_that_is_not_the_agents_login(
+    openbao: DevServer, operator: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A heartbeat naming another token (a dev sidecar on an operator's token, or a forged
+    heartbeat): the kill leaves that token alone, says so, and exits 1."""
+    from broker.vault.bootstrap import AgentGrant
+    from broker.vault.kv import kv_write
+
+    agent = unique_agent("forged")
+    client = root_client(openbao)
+    bootstrap(client, [AgentGrant(agent=agent)], addr=openbao.addr)
+    bystander = client.auth.token.create(policies=["default"], ttl="1h")["auth"]["accessor"]
+    kv_write(client, f"heartbeat/{agent}", {"at": 1.0, "accessor": bystander})
+    assert await broker("kill", "--agent", agent, "--reason", "forged heartbeat") == 1
+    assert "not an AppRole login of the agent" in capsys.readouterr().out
+    assert token_alive(openbao, bystander)
