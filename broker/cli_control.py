@@ -24,26 +24,36 @@ def register(
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--jti", help="a credential id, JWT id, token accessor or lease id")
     who.add_argument("--agent", type=agent_id)
-    who.add_argument("--all", action="store_true")
+    who.add_argument("--all", action="store_true", help="every credential of every agent")
     p.add_argument("--action", help="with --agent: only this action's credentials")
     p.add_argument("--reason", default="revoked by runbook")
     _common(p, cmd_revoke)
 
     p = commands.add_parser(
-        "kill", help="the kill switch: refuse everything, revoke everything held"
+        "kill", help="the kill switch: refuse everything, stop logins, revoke everything held"
     )
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--agent", type=agent_id)
-    who.add_argument("--all", action="store_true")
+    who.add_argument("--all", action="store_true", help="every agent")
     p.add_argument("--reason", default="kill switch")
     p.add_argument(
-        "--wait", type=float, default=10.0, help="seconds to wait for sidecars to confirm"
+        "--wait", type=float, default=2.0, help="seconds to wait for sidecars to confirm"
     )
     _common(p, cmd_kill)
 
-    p = commands.add_parser("revive", help="undo the kill switch for one agent")
-    p.add_argument("--agent", type=agent_id, required=True)
+    p = commands.add_parser(
+        "revive", help="undo the kill switch, with a fresh AppRole secret id for the sidecar"
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--agent", type=agent_id)
+    who.add_argument("--all", action="store_true", help="lift `broker kill --all`")
     p.add_argument("--reason", required=True)
+    p.add_argument(
+        "--secret-id-file", type=Path, help="with --agent: where its sidecar reads the secret id"
+    )
+    p.add_argument(
+        "--secret-id-dir", type=Path, help="with --all: writes <agent>.secret-id for each agent"
+    )
     _common(p, cmd_revive)
 
     p = commands.add_parser(
@@ -87,40 +97,72 @@ def _control(args: argparse.Namespace) -> Any:
 
 
 def _finish(args: argparse.Namespace, report: Any) -> int:
+    """Print what was proven; exit 1 when anything was not (the deadline passed, or Vault
+    refused), so that a runbook under ``set -e`` stops there."""
     operator_audit(args, report.to_audit())
     for line in report.lines:
         print(line)
     for failure in report.failures:
         print(f"FAILED: {failure}")
-    print(f"done by {report.operator} in {report.took:.2f}s")
+    verdict = "with failures" if report.failures else "everything verified in Vault"
+    print(f"done by {report.operator} in {report.took:.2f}s: {report.revoked} revoked, {verdict}")
     return 1 if report.failures else 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
+    if args.action is not None and args.agent is None:
+        raise ConfigError("--action goes with --agent", code="usage")
     control = _control(args)
-    if args.action and not args.agent:
-        raise ConfigError("--action goes with --agent")
-    if args.jti:
+    if args.jti is not None:
         return _finish(args, control.revoke_id(args.jti, args.reason))
-    if args.agent:
+    if args.agent is not None:
         return _finish(args, control.revoke_agent(args.agent, args.action, args.reason))
     return _finish(args, control.revoke_all(args.reason))
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    report = _control(args).kill(None if args.all else args.agent, args.reason, args.wait)
+    control = _control(args)
+    if args.all:
+        report = control.kill_all(args.reason, args.wait)
+    else:
+        report = control.kill(args.agent, args.reason, args.wait)
     code = _finish(args, report)
     if report.confirmed:
         print(
             f"kill switch in effect: confirmed by the sidecar(s) {report.took:.2f}s after the command"
         )
     elif report.confirmed is None:
-        print("kill switch set in Vault; no live sidecar heartbeat to confirm it")
+        print("kill switch in effect in Vault; no running sidecar to confirm it")
     return code
 
 
 def cmd_revive(args: argparse.Namespace) -> int:
-    return _finish(args, _control(args).revive(args.agent, args.reason))
+    wanted, other = (
+        ("secret_id_dir", "secret_id_file") if args.all else ("secret_id_file", "secret_id_dir")
+    )
+    if getattr(args, other) is not None:
+        raise ConfigError(
+            "--secret-id-file goes with --agent, --secret-id-dir with --all", code="usage"
+        )
+    if getattr(args, wanted) is None:
+        raise ConfigError(
+            "revive issues a fresh AppRole secret id (the kill destroyed the old ones): "
+            "say where the sidecar reads it with --secret-id-file (or --secret-id-dir with --all)",
+            code="usage",
+        )
+    control = _control(args)
+    if args.all:
+        report, secrets = control.revive_all(args.reason)
+        for agent, secret in secrets.items():
+            _write_private(args.secret_id_dir / f"{agent}.secret-id", secret)
+        report.say(f"fresh secret ids written to {args.secret_id_dir}/<agent>.secret-id (0600)")
+        return _finish(args, report)
+    report, secret = control.revive(args.agent, args.reason)
+    _write_private(args.secret_id_file, secret)
+    report.say(
+        f"fresh secret id written to {args.secret_id_file} (0600); the sidecar logs in with it"
+    )
+    return _finish(args, report)
 
 
 def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
@@ -157,13 +199,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(
-        f"{'agent':<28} {'killed':<7} {'heartbeat':>10} {'in flight':>9} {'vault creds':>11} {'key gen':>7}"
+        f"{'agent':<28} {'killed':<7} {'heartbeat':>10} {'in flight':>9} {'vault creds':>11} "
+        f"{'tokens':>6} {'key gen':>7}"
     )
     for r in rows:
         age = "none" if r["heartbeat_age"] is None else f"{r['heartbeat_age']}s ago"
         print(
             f"{r['agent']:<28} {'YES' if r['killed'] else 'no':<7} {age:>10} "
             f"{r['in_flight'] if r['in_flight'] is not None else '-':>9} {r['vault_credentials']:>11} "
+            f"{r['sidecar_tokens']:>6} "
             f"{r['signing_generation'] if r['signing_generation'] is not None else '-':>7}"
         )
     return 0

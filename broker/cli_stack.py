@@ -111,6 +111,11 @@ def register(
         action="store_true",
         help="check the token's status list at the issuer (no Vault token needed for that)",
     )
+    p.add_argument(
+        "--no-binding",
+        action="store_true",
+        help="accept the token without checking its input binding (no --inputs)",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = commands.add_parser(
@@ -275,6 +280,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except VerificationError as exc:
         print(f"refused: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
+    if inputs is None and claims.inputs_hash and not args.no_binding:
+        # A gateway that forgets --inputs must not read "valid" as "valid for this call".
+        print(
+            "refused: binding_unchecked: the token is bound to its call's inputs and no --inputs "
+            "were given; pass the call's real --inputs, or --no-binding to accept it unchecked",
+            file=sys.stderr,
+        )
+        return 1
+    if inputs is None:
+        print("warning: input binding not checked (--no-binding)", file=sys.stderr)
     print(json.dumps(dataclasses.asdict(claims), indent=2))
     return 0
 

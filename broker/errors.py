@@ -9,6 +9,7 @@
     │   ├── PayloadTooLarge                                                      (413)
     │   ├── RequestTimeout           the body did not arrive in time             (408)
     │   └── NotFound                                                             (404)
+    ├── ControlStateInvalid          a control document in Vault has a mistyped value (503)
     ├── BackendUnavailable           Vault/OpenBao unreachable, sealed or refusing (503)
     │   └── PermissionDenied         Vault refused the caller's token             (403)
     ├── AuditUnavailable             the audit trail cannot be written           (503)
@@ -74,6 +75,14 @@ class RequestTimeout(RequestError):
 class NotFound(RequestError):
     code = "not_found"
     http_status = 404
+
+
+class ControlStateInvalid(BrokerError):
+    """A control document holds a value of the wrong type (say the string ``"false"`` written
+    by hand where ``false`` belongs). Refused, never guessed: a sidecar reading it fails closed."""
+
+    code = "control_state_invalid"
+    http_status = 503
 
 
 class BackendUnavailable(BrokerError):

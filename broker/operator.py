@@ -30,9 +30,15 @@ def agent_id(value: str) -> str:
     command never acts on a spelling that no sidecar, kill flag or heartbeat uses."""
     from broker.manifest import AGENT_ID_PATTERN
 
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "empty_target: an empty agent id names no agent (is the variable unset?); "
+            "name the agent, or use --all for every agent"
+        )
     if not re.fullmatch(AGENT_ID_PATTERN, value):
         raise argparse.ArgumentTypeError(
-            f"{value[:64]!r} is not an agent id (lower-case letters, digits and '-')"
+            f"unknown_agent: {value[:64]!r} is not an agent id "
+            "(lower-case letters, digits and '-', spelled as in its manifest)"
         )
     return value
 

@@ -33,6 +33,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from broker.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
+from broker.credids import ID_PREFIX
 from broker.errors import BrokerError, ConfigError, PermissionDenied
 from broker.metrics import SidecarMetrics
 from broker.reasons import ReasonCode
@@ -42,6 +43,7 @@ from broker.vault.asyncapi import AsyncVault
 from broker.vault.jwks import publish_keys, publish_status
 from broker.vault.layout import PKI_MOUNT
 from broker.vault.pki import SignedCert, sign_csr
+from broker.vault.registry import login_recorder
 from broker.vault.session import VaultSession
 
 log = logging.getLogger("broker.runtime")
@@ -99,6 +101,7 @@ class Runtime:
         self._task: asyncio.Task[None] | None = None
         self._last_heartbeat = 0.0
         self._killed_seen_at: float | None = None
+        self._ack_due = False
         # Set when outstanding Vault credentials change, so runbooks see them on the next poll.
         self.dirty = False
         self._last_outstanding: dict[str, Any] = {}
@@ -106,9 +109,20 @@ class Runtime:
         self.on_change: Callable[[ControlState, ControlState], None] | None = None
         self.metrics: SidecarMetrics | None = None
         self._status_published: tuple[Any, ...] | None = None
+        # KV versions of the control documents last read; sent in the heartbeat so that a
+        # runbook command knows when this sidecar has seen what it wrote (no clocks compared).
+        self.control_versions: tuple[int, int, int] = (0, 0, 0)
+        # Every login token goes on the registry before it mints: ``broker kill`` revokes it
+        # (and with it all it minted) even after this process is gone.
+        self.session.on_login = login_recorder(agent, ID_PREFIX, vault.addr, clock)
 
     def control_age(self) -> float:
         return self._mono() - self.control_read_at
+
+    async def announce(self) -> None:
+        """A full heartbeat now: the sidecar is wired up, so its actions and outstanding
+        credentials can be listed (runbook commands check ``--action`` against them)."""
+        await self._heartbeat(self._clock(), self.outstanding())
 
     def available(self) -> bool:
         """Vault answered the last poll, recently enough: the condition for minting anything."""
@@ -307,7 +321,12 @@ class Runtime:
         ):
             await asyncio.to_thread(self._maintain, generation)
         since = now - self._last_heartbeat
-        if since >= HEARTBEAT_EVERY or self._killed_changed() or (self.dirty and since >= 1.0):
+        acknowledge, self._ack_due = self._ack_due, False
+        if acknowledge:
+            # A command waits for this: the outstanding set as of a read of its write.
+            outstanding = self.outstanding()
+        killed = self._killed_changed()
+        if since >= HEARTBEAT_EVERY or killed or acknowledge or (self.dirty and since >= 1.0):
             self.dirty = False
             await self._heartbeat(now, outstanding)
         if not self.vault_ok:
@@ -333,12 +352,17 @@ class Runtime:
 
     async def _read_control(self) -> None:
         old = self.control
-        docs = await asyncio.gather(
-            self._poller.kv_read(GLOBAL_PATH),
-            self._poller.kv_read(agent_path(self.agent)),
-            self._poller.kv_read(REVOKED_PATH),
+        read = await asyncio.gather(
+            self._poller.kv_read_versioned(GLOBAL_PATH),
+            self._poller.kv_read_versioned(agent_path(self.agent)),
+            self._poller.kv_read_versioned(REVOKED_PATH),
         )
-        self.control = new = ControlState.from_docs(self.agent, *docs)
+        self.control = new = ControlState.from_docs(self.agent, *(doc for doc, _ in read))
+        versions = (read[0][1], read[1][1], read[2][1])
+        if versions != self.control_versions:
+            self.control_versions = versions
+            self.dirty = True
+            self._ack_due = True
         changed = (old.killed, old.revoked_before) != (new.killed, new.revoked_before)
         if changed and self.on_change is not None:
             self.on_change(old, new)
@@ -358,6 +382,10 @@ class Runtime:
             "at": now,
             "pid": os.getpid(),
             "accessor": self.session.accessor,
+            "id_prefix": ID_PREFIX,
+            "control_seen": dict(
+                zip(("global", "agent", "revoked"), self.control_versions, strict=True)
+            ),
             "killed_seen_at": self._killed_seen_at,
             "signing_serial": repr(self.signer),
             "generation": self.signer.generation,
@@ -365,7 +393,7 @@ class Runtime:
         }
         # Lists go as one JSON string: Vault caps the number of strings in a request body
         # (1,000 by default), and a sidecar may hold thousands of credentials.
-        doc = {k: json.dumps(v) if isinstance(v, list) else v for k, v in doc.items()}
+        doc = {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in doc.items()}
         try:
             await self._poller.kv_write(f"heartbeat/{self.agent}", doc)
         except BrokerError as exc:

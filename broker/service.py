@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -26,6 +24,7 @@ from broker.approvalgate import ApprovalGate
 from broker.approvals import State, approved_by
 from broker.audit import iso_utc
 from broker.controlstate import ControlState
+from broker.credids import unique_id as _unique_id
 from broker.decision import ActionRequest, Decision, decide, raci_json
 from broker.errors import AuditUnavailable, BrokerError
 from broker.limits import UsageLedger
@@ -41,15 +40,6 @@ from broker.toolcalls import ToolCallLog
 log = logging.getLogger("broker.service")
 
 RETRY_AFTER_UNAVAILABLE = 2
-
-# Credential and request ids: unique, not secret. A random per-process prefix and a counter
-# cost a fraction of an os.urandom call per id, which showed in the mint profile.
-_ID_PREFIX = secrets.token_hex(8)
-_ID_COUNTER = itertools.count(1)
-
-
-def _unique_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 class AuditSink(Protocol):
@@ -155,6 +145,7 @@ class CredentialService:
         return {
             "in_flight": self.ledger.in_flight(now),
             "manifest_hash": self.manifest.content_hash,
+            "actions": sorted(self.manifest.actions),  # runbook commands check --action here
             "vault_credentials": [
                 {"credential_id": c, "kind": k, "vault_id": v, "action": a, "expires_at": e}
                 for c, (k, v, a, e) in self.vault_ids.items()

@@ -167,6 +167,7 @@ class Sidecar:
         self._snapshots = asyncio.create_task(self._write_snapshots(ledger), name="snapshots")
         self.runtime.outstanding = self.service.outstanding_summary
         self.runtime.on_change = self.service.control_changed
+        await self.runtime.announce()
         self.notifier = WebhookNotifier(
             self.config.webhooks,
             self.audit.append,

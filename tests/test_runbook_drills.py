@@ -21,10 +21,11 @@ from broker.settings import VaultSettings
 from broker.vault.bootstrap import bootstrap
 from broker.vault.control import VaultRevocations
 from broker.vault.database import DatabaseRole, configure_database, issue_credential
+from broker.vault.kv import kv_list, kv_read_versioned
 from broker.vault.pki import fetch_ca_pem
 from broker.vault.session import VaultSession
 from broker.verify import Verifier
-from tests.drills import operator_env, run_runbook
+from tests.drills import STRICT, operator_env, run_runbook
 from tests.harness import (
     Harness,
     root_client,
@@ -119,6 +120,10 @@ async def test_kill_switch_runbook_stops_everything_the_agent_holds(
     assert _can_login(postgres, minted["orders.read"])
     assert _token_alive(openbao, minted["payments.refund"])
     _verify(openbao, minted["tickets.read"]["token"])  # valid before the drill
+    settings = drill.sidecar.runtime.session.settings
+    assert settings.secret_id_file is not None
+    old_secret = tmp_path / "old-secret-id"
+    old_secret.write_text(settings.secret_id_file.read_text())
     env = operator_env(
         openbao.addr,
         security_operator(openbao),
@@ -135,6 +140,9 @@ async def test_kill_switch_runbook_stops_everything_the_agent_holds(
     with pytest.raises(VerificationError) as refused:
         _verify(openbao, minted["tickets.read"]["token"])
     assert refused.value.code == "token_revoked"
+    # The agent's machine login is gone too: its secret id no longer logs in.
+    with pytest.raises(BackendUnavailable, match="invalid role or secret ID"):
+        VaultSession(settings.model_copy(update={"secret_id_file": old_secret})).login()
     ops = [json.loads(line) for line in (tmp_path / "ops.jsonl").read_text().splitlines()]
     assert ops[-1]["operator"] == "sec-oncall@acme.example"
     assert ops[-1]["event"] == "kill"
@@ -143,12 +151,59 @@ async def test_kill_switch_runbook_stops_everything_the_agent_holds(
     assert any(r.get("type") == "control" and r.get("event") == "kill" for r in trail)
 
     env["REASON"] = "drill over: refund tool fixed"
+    env["SECRET_ID_FILE"] = str(settings.secret_id_file)
     await run_runbook("revive-an-agent.md", env)
-    for _ in range(50):
-        if not drill.sidecar.runtime.control.killed:
+    for _ in range(100):
+        if not drill.sidecar.runtime.control.killed and drill.sidecar.runtime.available():
             break
         await _tick()
-    assert (await drill.ask("tickets.read", {"id": "T-3"}))[0] == 200
+    again = await drill.ask("tickets.read", {"id": "T-3"})
+    assert again[0] == 200, (again[1], drill.sidecar.runtime.vault_problem)
+
+
+def _control_docs(openbao: DevServer) -> dict[str, Any]:
+    client = root_client(openbao)
+    paths = ["control/global", "control/revoked"]
+    paths += [f"control/agents/{a}" for a in kv_list(client, "control/agents/")]
+    return {path: kv_read_versioned(client, path) for path in paths}
+
+
+@pytest.mark.parametrize("flags", [STRICT, ()], ids=["set -u", "no set -u"])
+@pytest.mark.parametrize(
+    ("runbook", "unset"),
+    [
+        ("kill-switch.md", "AGENT"),
+        ("revoke-credentials.md", "CREDENTIAL_ID"),
+        ("revive-an-agent.md", "SECRET_ID_FILE"),
+    ],
+)
+async def test_an_unset_variable_stops_the_runbook_and_changes_nothing(
+    drill: Harness,
+    openbao: DevServer,
+    tmp_path: Path,
+    runbook: str,
+    unset: str,
+    flags: tuple[str, ...],
+) -> None:
+    """With a variable unset, the runbook stops at the first block that needs it (under
+    `set -u`, and even without it, by its own guard); control state is untouched."""
+    await _mint_all(drill)
+    variables = {
+        "AGENT": drill.sidecar.manifest.agent,
+        "REASON": "drill",
+        "CREDENTIAL_ID": "0" * 32,
+        "ACTION": "tickets.read",
+        "SECRET_ID_FILE": str(tmp_path / "secret-id"),
+    }
+    del variables[unset]
+    env = operator_env(
+        openbao.addr, security_operator(openbao), tmp_path / "ops.jsonl", **variables
+    )
+    before = _control_docs(openbao)
+    with pytest.raises(AssertionError, match=f"{unset}: set {unset}|{unset}: unbound variable"):
+        await run_runbook(runbook, env, flags=flags)
+    assert _control_docs(openbao) == before
+    assert (await drill.ask("tickets.read", {"id": "T-1"}))[0] == 200
 
 
 async def _tick() -> None:

@@ -350,9 +350,11 @@ def test_cli_reads_a_genuine_token_from_stdin_and_applies_the_allowlist(live: Li
     """A genuine token on stdin verifies; ``--agent`` naming another agent refuses it; a
     token with '==' appended is refused."""
     genuine = live.token(live.research, "llm-gateway", "llm.complete", ttl=120)
-    done = _cli(live, "--audience", "llm-gateway", stdin=genuine)
+    done = _cli(live, "--no-binding", "--audience", "llm-gateway", stdin=genuine)
     assert (done.returncode, live.research in done.stdout) == (0, True), done.stderr
-    done = _cli(live, "--audience", "llm-gateway", "--agent", live.support, stdin=genuine)
+    done = _cli(
+        live, "--no-binding", "--audience", "llm-gateway", "--agent", live.support, stdin=genuine
+    )
     assert (done.returncode, "agent_not_accepted" in done.stderr) == (1, True), done.stderr
-    done = _cli(live, "--audience", "llm-gateway", stdin=genuine + "==")
+    done = _cli(live, "--no-binding", "--audience", "llm-gateway", stdin=genuine + "==")
     assert (done.returncode, "token_malformed" in done.stderr) == (1, True), done.stderr

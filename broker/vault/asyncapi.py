@@ -70,6 +70,17 @@ class AsyncVault:
         doc = (found.get("data") or {}).get("data")
         return dict(doc) if isinstance(doc, dict) else None
 
+    async def kv_read_versioned(self, path: str) -> tuple[dict[str, Any] | None, int]:
+        """The document and its KV version (0 when never written)."""
+        try:
+            found = await self.get(f"{KV_MOUNT}/data/{path}", f"read of {KV_MOUNT}/{path}")
+        except NotFound:
+            return None, 0
+        data = found.get("data") or {}
+        doc = data.get("data")
+        version = int((data.get("metadata") or {}).get("version") or 0)
+        return (dict(doc) if isinstance(doc, dict) else None), version
+
     async def kv_write(self, path: str, doc: dict[str, Any]) -> None:
         await self.post(f"{KV_MOUNT}/data/{path}", {"data": doc}, f"write of {KV_MOUNT}/{path}")
 

@@ -106,6 +106,19 @@ class Bootstrap:
         self.client.sys.enable_auth_method(method_type=kind, path=path)
         self._note(f"auth method {kind} at {path}/", "created")
 
+    def login_lockout_off(self, path: str) -> None:
+        """No login lockout on the AppRole mount. Secret ids are 128-bit random, so lockout
+        stops no guessing; it only lets whoever holds a role id lock the real sidecar out
+        (five bad logins), and it kept a revived agent's fresh secret id from logging in."""
+        tune = self.client.read(f"sys/auth/{path}/tune") or {}
+        if (tune.get("data") or tune).get("user_lockout_disable") is True:
+            self._note(f"login lockout off on {path}/", "present")
+            return
+        self.client.write_data(
+            f"sys/auth/{path}/tune", data={"user_lockout_config": {"lockout_disable": True}}
+        )
+        self._note(f"login lockout off on {path}/", "created")
+
     def policy(self, name: str, hcl: str) -> None:
         try:
             current = self.client.sys.read_policy(name)["data"]["rules"]
@@ -179,6 +192,7 @@ def bootstrap(
         b.mount(PKI_MOUNT, "pki")
         b.mount(TRANSIT_MOUNT, "transit")
         b.auth(APPROLE_MOUNT, "approle")
+        b.login_lockout_off(APPROLE_MOUNT)
         b.pki_root()
         b.transit_key("audit-checkpoint")
         b.transit_key(STATUS_LIST_KEY, "ecdsa-p256")  # ES256: every gateway knows it

@@ -1,13 +1,18 @@
-"""Small KV v2 helpers on the broker's mount: read a document, write one, list keys.
+"""Small KV v2 helpers on the broker's mount: read a document, write one, list keys, and
+change one with check-and-set (``kv_update``), which every control-state write goes through.
 
 A missing document reads as ``None``; every other failure is translated."""
 
 from __future__ import annotations
 
+import secrets
+import time
+from collections.abc import Callable
 from typing import Any
 
 import hvac
 
+from broker.errors import BackendUnavailable
 from broker.vault._errors import translate_errors
 from broker.vault.layout import KV_MOUNT
 
@@ -37,3 +42,72 @@ def kv_list(client: hvac.Client, path: str, addr: str = "") -> list[str]:
         except hvac.exceptions.InvalidPath:
             return []
     return [str(k) for k in result["data"]["keys"]]
+
+
+def kv_read_versioned(
+    client: hvac.Client, path: str, addr: str = ""
+) -> tuple[dict[str, Any] | None, int]:
+    """The document and its current version (0 when the path was never written): the
+    version is what a check-and-set write must name."""
+    with translate_errors(f"read of {KV_MOUNT}/{path}", addr):
+        try:
+            result = client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=KV_MOUNT, raise_on_deleted_version=False
+            )
+        except hvac.exceptions.InvalidPath:
+            return None, 0
+    data = (result or {}).get("data") or {}
+    version = int((data.get("metadata") or {}).get("version") or 0)
+    doc = data.get("data")
+    return (dict(doc) if isinstance(doc, dict) else None), version
+
+
+def kv_write_cas(
+    client: hvac.Client, path: str, doc: dict[str, Any], cas: int, addr: str = ""
+) -> int | None:
+    """Write ``doc`` only if the current version is ``cas`` (0: only if absent). Returns the
+    new version, or None when another writer got there first."""
+    with translate_errors(f"write of {KV_MOUNT}/{path}", addr):
+        try:
+            result = client.secrets.kv.v2.create_or_update_secret(
+                path=path, secret=doc, cas=cas, mount_point=KV_MOUNT
+            )
+        except hvac.exceptions.InvalidRequest as exc:
+            if "check-and-set" in str(exc):
+                return None
+            raise
+    return int(((result or {}).get("data") or {}).get("version") or 0)
+
+
+Mutation = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def kv_update(
+    client: hvac.Client,
+    path: str,
+    mutate: Mutation,
+    addr: str = "",
+    *,
+    attempts: int = 50,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[dict[str, Any], int]:
+    """Read, change, write back with check-and-set, and start over when another writer
+    changed the document in between: no concurrent writer's change is ever lost.
+    ``mutate`` gets a copy of the current document and returns the new one."""
+    for attempt in range(attempts):
+        current, version = kv_read_versioned(client, path, addr)
+        new = mutate(dict(current or {}))
+        written = kv_write_cas(client, path, new, version, addr)
+        if written is not None:
+            return new, written
+        # Back off a little, at random, so that writers racing each other spread out.
+        sleep(0.002 * (1 + attempt % 8) * (1 + secrets.randbelow(1000) / 1000))
+    raise BackendUnavailable(
+        f"{KV_MOUNT}/{path}: {attempts} check-and-set writes in a row lost to other writers"
+    )
+
+
+def kv_delete(client: hvac.Client, path: str, addr: str = "") -> None:
+    """Delete every version and the metadata of ``path``."""
+    with translate_errors(f"delete of {KV_MOUNT}/{path}", addr):
+        client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point=KV_MOUNT)

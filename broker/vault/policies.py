@@ -67,6 +67,9 @@ def sidecar_policy_hcl(
         _rule(f"{KV_MOUNT}/metadata/control/*", "read", "list"),
         _rule(f"{KV_MOUNT}/data/heartbeat/{agent}", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/data/outstanding/{agent}", "create", "update", "read"),
+        # The login registry (broker.vault.registry): add an entry, never rewrite or delete one.
+        _rule(f"{KV_MOUNT}/data/sidecars/{agent}/*", "create"),
+        _rule(f"{KV_MOUNT}/data/id-prefixes/+/{agent}", "create"),
         _rule(f"{KV_MOUNT}/data/audit/{agent}/*", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/data/approvals/{agent}/*", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/metadata/approvals/{agent}/*", "read", "list"),
@@ -94,18 +97,35 @@ def security_operator_hcl() -> str:
         _rule(f"{KV_MOUNT}/metadata/control/*", "read", "list"),
         *(
             rule
-            for tree in ("heartbeat", "outstanding", "audit", "approvals", DECISIONS_DIR)
+            for tree in (
+                "heartbeat",
+                "outstanding",
+                "audit",
+                "approvals",
+                DECISIONS_DIR,
+                "id-prefixes",  # which agent a credential id's process served
+            )
             for rule in _readable(tree)
         ),
         *_readable("manifests"),
+        # A login entry goes once its token is revoked (found gone), so the registry holds
+        # only what a kill still has to reach; deleting a live one would only hide it from
+        # the operator's own later kill.
+        # (sidecars/: every login each agent's sidecars ever had, what a kill revokes.)
+        _rule(f"{KV_MOUNT}/data/sidecars/*", "read"),
+        _rule(f"{KV_MOUNT}/metadata/sidecars/*", "read", "list", "delete"),
         _rule("sys/leases/revoke", "update"),
         _rule("sys/leases/revoke/*", "update"),
         _rule("sys/leases/revoke-prefix/*", "update", "sudo"),
         _rule("sys/leases/lookup/*", "list", "sudo"),
+        _rule("sys/leases/lookup", "update"),  # a revocation is verified by looking the lease up
         _rule("auth/token/revoke-accessor", "update"),
         _rule("auth/token/lookup-accessor", "update"),
         _rule(f"auth/{APPROLE_MOUNT}/role/+/secret-id", "update", "list"),
         _rule(f"auth/{APPROLE_MOUNT}/role/+/secret-id-accessor/*", "update"),
+        # Whether an agent has a login at all (its role's settings; never its role id, which
+        # with a secret id would be a login: the role id is handed out at onboarding only).
+        _rule(f"auth/{APPROLE_MOUNT}/role/+", "read"),
         _rule("+/rotate-root/*", "update"),  # any database secrets engine mount
         _rule(f"{PKI_MOUNT}/revoke", "update"),
         _rule(f"{PKI_MOUNT}/ca/pem", "read"),

@@ -1,12 +1,15 @@
 """An authenticated connection to Vault/OpenBao for one identity.
 
 A sidecar logs in with AppRole (role id and secret id read from files, as Vault Agent
-does) or, in development, with a token. ``ensure_fresh`` renews the token when half its
+does) or, in development, with a token. Each AppRole login is handed to ``on_login`` before
+its token is used, so that it can be recorded where runbook commands find it. ``ensure_fresh`` renews the token when half its
 TTL is gone and logs in again when renewal is refused, so a long-running sidecar never
 holds an expired identity. The clock is injected."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +58,10 @@ class VaultSession:
         self._expires_at = 0.0
         self.accessor = ""
         self.policies: list[str] = []
+        # Called with a client holding a new AppRole login's token, before the sidecar uses it
+        # (``broker.runtime`` records the login in Vault: ``broker.vault.registry``).
+        self.on_login: Callable[[hvac.Client, dict[str, Any]], None] | None = None
+        self._refused = b""  # digest of the last secret id Vault refused
 
     def __repr__(self) -> str:
         return f"VaultSession(addr={self.addr!r}, accessor={self.accessor!r})"
@@ -76,10 +83,7 @@ class VaultSession:
             if s.role_id_file and s.secret_id_file:
                 role_id = _read_secret_file(s.role_id_file, "role id")
                 secret_id = _read_secret_file(s.secret_id_file, "secret id")
-                result = self.client.auth.approle.login(
-                    role_id=role_id, secret_id=secret_id, mount_point=APPROLE_MOUNT
-                )
-                self._note_auth(result["auth"])
+                self._approle_login(role_id, secret_id)
             elif s.token is not None:
                 self.client.token = s.token.get_secret_value()
                 self._note_auth(self.client.auth.token.lookup_self()["data"])
@@ -88,6 +92,40 @@ class VaultSession:
                     "no Vault credentials: set VAULT_TOKEN, or BROKER_ROLE_ID_FILE and "
                     "BROKER_SECRET_ID_FILE for AppRole"
                 )
+
+    def _approle_login(self, role_id: str, secret_id: str) -> None:
+        digest = hashlib.sha256(secret_id.encode()).digest()
+        if digest == self._refused:
+            # Vault locks a role out after a few failed logins (OpenBao's user lockout), which
+            # would outlast the fix: a refused secret id is not sent again until the file changes.
+            raise BackendUnavailable(
+                f"the secret id in {self.settings.secret_id_file} was refused by Vault (destroyed "
+                "by a kill or a rotation?); waiting for a new one (`broker revive`)"
+            )
+        try:
+            # A clean client: no stale token in the header of the login request.
+            result = make_client(self.addr, "").auth.approle.login(
+                role_id=role_id, secret_id=secret_id, mount_point=APPROLE_MOUNT, use_token=False
+            )
+        except hvac.exceptions.InvalidRequest:
+            self._refused = digest
+            raise
+        self._record(result["auth"])
+        self.client.token = result["auth"]["client_token"]
+        self._note_auth(result["auth"])
+
+    def _record(self, auth: dict[str, Any]) -> None:
+        """Hand a fresh login to ``on_login`` before the token is put to use; a login that
+        cannot be recorded is revoked and fails (nothing may mint with an unrecorded token)."""
+        if self.on_login is None:
+            return
+        fresh = make_client(self.addr, str(auth["client_token"]))
+        try:
+            self.on_login(fresh, auth)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                fresh.auth.token.revoke_self()
+            raise
 
     def _note_auth(self, auth: dict[str, Any]) -> None:
         ttl = int(auth.get("lease_duration") or auth.get("ttl") or 0)
