@@ -35,6 +35,15 @@ MANIFEST = Manifest.model_validate(
                     "urgent": {"type": "boolean", "one_of": [False], "required": False},
                 },
             },
+            "deploy.run": {
+                "accountable": "platform-lead@acme.example",
+                "credential": {"kind": "jwt", "audience": "deploy", "ttl": "60s"},
+                "inputs": {"env": {"type": "string"}},
+                "approval": {
+                    "when": {"env": {"matches": "prod-[a-z]+"}},
+                    "approvers": ["platform-lead@acme.example"],
+                },
+            },
         },
     }
 )
@@ -121,3 +130,19 @@ def test_one_of_does_not_confuse_booleans_and_integers() -> None:
     """True is not the listed integer 1: the type check refuses it before one_of is asked."""
     d = decide(send(priority=True), MANIFEST, EMPTY, NOW)
     assert (d.outcome, d.reason) == (Outcome.deny, ReasonCode.invalid_inputs)
+
+
+APPROVAL_MATCHES = [
+    pytest.param("prod-eu", Outcome.pending_approval, id="the whole value matches"),
+    pytest.param("prod-eu-1", Outcome.allow, id="trailing text: no match"),
+    pytest.param("prod-eu\n", Outcome.allow, id="trailing newline: no match"),
+    pytest.param("xprod-eu", Outcome.allow, id="leading text: no match"),
+    pytest.param("prod-", Outcome.allow, id="a prefix of the pattern: no match"),
+]
+
+
+@pytest.mark.parametrize(("env", "outcome"), APPROVAL_MATCHES)
+def test_matches_condition_needs_the_whole_value(env: str, outcome: Outcome) -> None:
+    """An approval condition ``matches`` holds only when the regex matches the whole value."""
+    request = ActionRequest(action="deploy.run", inputs={"env": env}, request_id="t")
+    assert decide(request, MANIFEST, EMPTY, NOW).outcome is outcome
