@@ -266,3 +266,14 @@ def test_plan_follows_the_manifest_asked_for() -> None:
     for _ in range(2):
         assert decide(refund(50), tight, EMPTY, NOW).outcome is Outcome.deny
         assert decide(refund(50), loose, EMPTY, NOW).outcome is Outcome.allow
+
+
+def test_pending_detail_names_every_approver() -> None:
+    """With several approvers, the pending detail names each of them, in manifest order."""
+    data = MANIFEST.model_dump()
+    data["actions"]["stripe.refund"]["approval"]["approvers"] = [
+        "finance-ops@acme.example",
+        "cfo@acme.example",
+    ]
+    d = decide(refund(120), Manifest.model_validate(data), EMPTY, NOW)
+    assert d.detail == "needs approval by finance-ops@acme.example, cfo@acme.example"

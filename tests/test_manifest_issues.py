@@ -115,6 +115,7 @@ EDGES = [
     pytest.param(_set(f"{R}/credential/ttl", 3600), id="ttl exactly at the cap"),
     pytest.param(_set("budgets/tool-calls/per", 1), id="a window of one second"),
     pytest.param(_set(WHEN, {"amount_usd": {"in": [100, 200.5]}}), id="a list operand"),
+    pytest.param(_set(WHEN, {"amount_usd": {"eq": 100}}), id="a number operand"),
     pytest.param(_set(WHEN, {"any": [{"amount_usd": {"gt": 1}}, {"ticket_id": {"eq": "CS-1"}}]}),
                  id="terms inside any"),
     pytest.param(_set(f"{R}/inputs/ticket_id/domain_in", ["acme.example"]), id="a domain"),

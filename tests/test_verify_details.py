@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.claims import ActionClaims
@@ -66,6 +67,12 @@ def _self_signed(world: World) -> str:
     return forge(rogue.header(), claims(NOW), rogue.sign)
 
 
+def _p256(world: World) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    other = Identity.certified(world.ca, AGENT, NOW - 60, NOW + 600, key=key)
+    return forge(other.header(), claims(NOW), other.sign)
+
+
 def _tampered(world: World) -> str:
     head, _body, sig = world.token().split(".")
     other = world.token(act="orders.delete").split(".")[1]
@@ -85,6 +92,8 @@ CASES: list[tuple[str, Build, str, str]] = [
      "untrusted_key", "x5c must hold exactly one certificate"),
     ("not base64", lambda w: w.token(w.agent.header(x5c=["!!" + x5c(w.agent.cert)])),
      "untrusted_key", "x5c certificate does not parse"),
+    ("P-256 certificate", _p256, "algorithm_refused",
+     "the signing certificate is not an Ed25519 key"),
     ("self-signed", _self_signed, "untrusted_key", "certificate is not issued by the broker CA"),
     ("expired certificate", lambda w: _other_cert(w, NOW - 600, NOW - 6), "certificate_expired",
      "the signing certificate is not valid now"),
