@@ -97,6 +97,7 @@ MONEY = [
     pytest.param(1949.99, 50.02, 2000.0, False, id="one cent over the limit"),
     pytest.param(1949.99, 50.0, 2000.0, True, id="one cent under the limit"),
     pytest.param(1949.99, 50.0100000001, 2000.0, False, id="a ten-billionth of a dollar over"),
+    pytest.param(5825754.53, 618.99, 5826373.52, True, id="exactly, where floats overshoot"),
     pytest.param(2000.0, 0.0, 2000.0, True, id="a free call on a spent budget"),
     pytest.param(0.0, 2000.0, 2000.0, True, id="one call worth the whole budget"),
     pytest.param(0.0, 2000.01, 2000.0, False, id="one call worth more than the budget"),
