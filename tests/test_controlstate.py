@@ -116,3 +116,12 @@ def test_verifier_refuses_a_token_of_a_revoked_action_and_accepts_the_others() -
     later = forge(agent.header(), claims(now + 1), agent.sign)
     verifier_later = Verifier([ca.pem], revocations=state, clock=lambda: float(now + 1))
     assert verifier_later.verify(later, audience=AUDIENCE).issued_at == now + 1
+
+
+def test_documents_decode_with_their_defaults() -> None:
+    """The agent, the signing generation, and a kill without a reason (empty, not "None")."""
+    globally = ControlState.from_docs(AGENT, {"killed_all": True, "signing_generation": 4}, None)
+    assert (globally.agent, globally.signing_generation) == (AGENT, 4)
+    assert (globally.killed, globally.kill_reason) == (True, "")
+    alone = ControlState.from_docs(AGENT, None, {"killed": True})
+    assert (alone.killed, alone.kill_reason) == (True, "")
