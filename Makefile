@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+MUTATE_STAMP := $(VENV)/.installed-mutate
+MUTATE_JOBS ?= 2
 
-.PHONY: run test lint typecheck unit clean chromium
+.PHONY: run test lint typecheck unit clean chromium mutate
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +19,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+$(MUTATE_STAMP): $(TEST_STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,mutate]'
 	touch $@
 
 run: $(STAMP)
@@ -41,5 +47,16 @@ chromium:
 test: lint typecheck chromium $(TEST_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Mutation testing of the pure core, the verifier and the usage accounting, against the fast
+# unit tests only ([tool.mutmut] in pyproject.toml). A fresh run every time; not part of
+# `make test`: it takes about half an hour on 2 busy cores. See README, "Mutation testing".
+mutate: $(MUTATE_STAMP)
+	rm -rf mutants
+	@start=$$(date +%s); $(BIN)/mutmut run --max-children $(MUTATE_JOBS); rc=$$?; \
+	  echo; echo "mutmut run: exit $$rc after $$(( $$(date +%s) - start )) s"; \
+	  echo "mutants by status:"; $(BIN)/mutmut results --all true | sed 's/^.*: //' | sort | uniq -c; \
+	  echo "surviving mutants (read one with: $(BIN)/mutmut show NAME):"; $(BIN)/mutmut results; \
+	  exit $$rc
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache mutants

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
@@ -337,7 +338,7 @@ def _rule_budgets(ctx: _Ctx) -> Verdict | None:
         amount = float(inputs[cost]) if isinstance(cost, str) else cost  # type: ignore[arg-type]
         ctx.charges[name] = amount
         used, budget = ctx.usage.budget_used(name, ctx.now), budgets[name]
-        if used + amount > budget.limit:
+        if _exceeds(used, amount, budget.limit):
             detail = (
                 f"{name}: {used:g} used + {amount:g} exceeds {budget.limit:g} per {budget.per}s"
             )
@@ -345,6 +346,15 @@ def _rule_budgets(ctx: _Ctx) -> Verdict | None:
                 ReasonCode.budget_exhausted, detail, window_end(ctx.now, budget.per) - ctx.now
             )
     return None
+
+
+def _exceeds(used: float, amount: float, limit: float) -> bool:
+    """``used + amount > limit``, in decimal where floats could tip it: 10.21 + 0.05 fits a
+    10.26 budget, though in floats it comes to 10.260000000000002."""
+    total = used + amount
+    if abs(total - limit) > 1e-9 * max(abs(limit), 1.0):
+        return total > limit  # far from the edge, where float rounding cannot matter
+    return Decimal(repr(used)) + Decimal(repr(amount)) > Decimal(repr(limit))
 
 
 def _rule_approval(ctx: _Ctx) -> Verdict | None:

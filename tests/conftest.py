@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from broker import decision
 from broker.devstack import DevServer, start_dev_server
 from tests.pgcluster import postgres  # noqa: F401 - re-exported fixture
 
@@ -19,3 +20,13 @@ def openbao() -> Iterator[DevServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_decision_plans() -> None:
+    """Every test compiles the plans it decides with. The compiled-plan cache would otherwise
+    carry plans over from earlier tests, so a later test would not run the compiler at all:
+    mutation testing (``make mutate``) picks the tests to run against a mutant by the code
+    each test ran, and would skip those tests for a mutant of the compiler."""
+    decision._PLANS.clear()
+    decision._LAST_PLAN[0] = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from hypothesis import strategies as st
@@ -150,3 +152,114 @@ def usages(draw: st.DrawFn) -> UsageSnapshot:
 
 
 now_values = st.floats(0, 4e9, allow_nan=False)
+
+
+# -- usage at the edge of a limit ----------------------------------------------------------
+#
+# The strategies above rarely draw a count exactly at a limit. These put the usage one unit
+# below, exactly at, or one unit above one chosen limit (one cent for money, one call for a
+# rate, one credential for concurrency) and leave every other limit far away, so the chosen
+# limit alone decides.
+
+EDGE_OFFSETS = (-1, 0, 1)
+BUDGET_EDGES = {"refunds-usd": "daily", "refunds-usd-hourly": "hourly", "tool-calls": "calls"}
+RATE_EDGES = {"agent": "agent_rate", "zendesk.get_ticket": "ticket_rate",
+              "stripe.refund": "refund_rate"}  # fmt: skip
+EDGE_KINDS = (*BUDGET_EDGES, *RATE_EDGES, "concurrency")
+LOOSE_LIMITS: dict[str, Any] = {
+    "daily": 10.0**7,
+    "hourly": 10.0**7,
+    "calls": 10**7,
+    "concurrency": 10**4,
+    "agent_rate": 10**5,
+    "ticket_rate": 10**5,
+    "refund_rate": 10**5,
+    "max_amount": 10.0**6,
+}
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One request with the usage of one limit at ``offset`` units from that limit.
+
+    For a budget, ``offset`` is (used + this call's cost) - limit: the call fits when
+    offset <= 0. For a rate or the concurrency cap, it is (calls or credentials held) - limit:
+    the call fits when offset < 0."""
+
+    kind: str
+    offset: int
+    limits: dict[str, Any]
+    request: ActionRequest
+    budgets: dict[str, list[float]]  # budget -> the charges already made, in order
+    rates: dict[str, int]
+    in_flight: int
+
+    @property
+    def fits(self) -> bool:
+        return self.offset <= 0 if self.kind in BUDGET_EDGES else self.offset < 0
+
+    def snapshot(self) -> UsageSnapshot:
+        used = {name: float(sum(map(Decimal, map(repr, c)))) for name, c in self.budgets.items()}
+        return UsageSnapshot(used, self.rates, self.in_flight)
+
+
+def _refund(amount: float | int) -> ActionRequest:
+    return ActionRequest(
+        action="stripe.refund", inputs={"ticket_id": "CS-1", "amount_usd": amount}, request_id="e"
+    )
+
+
+_ticket = ActionRequest(action="zendesk.get_ticket", inputs={"ticket_id": "CS-1"}, request_id="e")
+
+
+@st.composite
+def _split(draw: st.DrawFn, total: int) -> list[int]:
+    """``total`` as up to five non-negative parts, so usage is built from several charges."""
+    cuts = sorted(draw(st.lists(st.integers(0, total), max_size=4)))
+    return [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]
+
+
+@st.composite
+def _money_edge(draw: st.DrawFn, budget: str, offset: int) -> Edge:
+    limit = draw(st.integers(1, 10**7))  # cents
+    amount = draw(st.integers(0, limit - (offset < 0)))
+    parts = draw(_split(limit - amount + offset))
+    limits = {**LOOSE_LIMITS, BUDGET_EDGES[budget]: limit / 100}
+    charges = {budget: [p / 100 for p in parts]}
+    return Edge(budget, offset, limits, _refund(amount / 100), charges, {}, 0)
+
+
+@st.composite
+def _calls_edge(draw: st.DrawFn, offset: int) -> Edge:
+    limit = draw(st.integers(1, 300))
+    request = draw(st.sampled_from((_ticket, _refund(1))))
+    limits = {**LOOSE_LIMITS, "calls": limit}
+    used = [1.0] * (limit - 1 + offset)
+    return Edge("tool-calls", offset, limits, request, {"tool-calls": used}, {}, 0)
+
+
+@st.composite
+def _count_edge(draw: st.DrawFn, kind: str, offset: int) -> Edge:
+    limit = draw(st.integers(1, 300))
+    held = limit + offset
+    if kind == "concurrency":
+        request = draw(st.sampled_from((_ticket, _refund(1))))
+        return Edge(kind, offset, {**LOOSE_LIMITS, "concurrency": limit}, request, {}, {}, held)
+    if kind == "agent":
+        request = draw(st.sampled_from((_ticket, _refund(1))))
+    else:
+        request = _ticket if kind == "zendesk.get_ticket" else _refund(1)
+    limits = {**LOOSE_LIMITS, RATE_EDGES[kind]: limit}
+    return Edge(kind, offset, limits, request, {}, {kind: held}, 0)
+
+
+@st.composite
+def edges(draw: st.DrawFn, kinds: tuple[str, ...] = EDGE_KINDS) -> Edge:
+    """Usage one unit below, at, or one unit above one limit of ``refund_manifest``."""
+    kind = draw(st.sampled_from(kinds))
+    offset = draw(st.sampled_from(EDGE_OFFSETS))
+    if kind in ("refunds-usd", "refunds-usd-hourly"):
+        return draw(_money_edge(kind, offset))
+    if kind == "tool-calls":
+        return draw(_calls_edge(offset))
+    return draw(_count_edge(kind, offset))

@@ -142,3 +142,36 @@ def test_docs_are_generated_from_the_tables() -> None:
     text = constraints_markdown()
     for name in (*INPUT_CHECKS, *CONDITION_OPS):
         assert f"`{name}`" in text
+
+
+def test_constraints_tables_have_one_row_per_constraint_and_operator() -> None:
+    """Two tables, constraints then operators, separated by one blank line."""
+    lines = constraints_markdown().split("\n")
+    n = len(INPUT_CHECKS)
+    assert lines[:3] == [
+        "| constraint | applies to | meaning |",
+        "| --- | --- | --- |",
+        "| `min` | integer, number | smallest allowed value (inclusive) |",
+    ]
+    assert lines[2 + n : 2 + n + 3] == [
+        "",
+        "| operator | applies to | meaning |",
+        "| --- | --- | --- |",
+    ]
+    assert lines[2 + n + 3] == "| `eq` | boolean, integer, number, string | equals |"
+    assert len(lines) == 2 + n + 3 + len(CONDITION_OPS) + 1
+    assert lines[-1] == ""
+
+
+UNCLEAN = [
+    pytest.param("https:///no-host", id="URL without a host"),
+    pytest.param("jo@evil_x.acme.example", id="underscore in the host"),
+    pytest.param("jo@acme.example.", id="trailing dot"),
+    pytest.param("jo@-acme.example", id="leading hyphen"),
+]
+
+
+@pytest.mark.parametrize("value", UNCLEAN)
+def test_unclean_hosts_have_no_domain(value: str) -> None:
+    """Only plain ASCII host names have a domain; anything else fails closed (None)."""
+    assert domain_of(value) is None

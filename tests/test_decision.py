@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -227,10 +228,14 @@ def test_nothing_outside_the_manifest_is_ever_allowed(
     assert (d.outcome, d.reason) == (Outcome.deny, ReasonCode.unknown_action)
 
 
+def _dec(value: float) -> Decimal:
+    return Decimal(repr(float(value)))
+
+
 def _within_limits(d: Decision, usage: UsageSnapshot, limits: dict[str, Any]) -> bool:
     manifest = refund_manifest(limits)
-    budgets_ok = all(
-        usage.budget_used(b, NOW) + amount <= manifest.budgets[b].limit
+    budgets_ok = all(  # in decimal, as decide compares where floats could tip it
+        _dec(usage.budget_used(b, NOW)) + _dec(amount) <= _dec(manifest.budgets[b].limit)
         for b, amount in d.charges.items()
     )
     action_rate = limits["ticket_rate" if d.action == "zendesk.get_ticket" else "refund_rate"]
