@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from broker import decision
+from broker.devraft import RaftCluster, start_raft_cluster
 from broker.devstack import DevServer, start_dev_server
 from tests.pgcluster import postgres  # noqa: F401 - re-exported fixture
 
@@ -30,3 +31,13 @@ def _fresh_decision_plans() -> None:
     each test ran, and would skip those tests for a mutant of the compiler."""
     decision._PLANS.clear()
     decision._LAST_PLAN[0] = None
+
+
+@pytest.fixture(scope="session")
+def raft_cluster() -> Iterator[RaftCluster]:
+    """A real three-node OpenBao Raft cluster (not dev mode), started on first use."""
+    cluster = start_raft_cluster(3)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
