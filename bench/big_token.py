@@ -12,7 +12,7 @@ import argparse
 import statistics
 import time
 
-from broker.errors import VerificationError
+from broker.core.errors import VerificationError
 from broker.verify import Verifier
 from tests.tokenfactory import AGENT, AUDIENCE, FakeCA, Identity, claims, forge
 

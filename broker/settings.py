@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from broker.errors import ConfigError
+from broker.core.errors import ConfigError
 
 DEFAULT_MAX_BODY = 64 * 1024
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import jwt
 
-from broker.claims import StatusRef
-from broker.errors import VerificationError
-from broker.statuslist import STATUS_LIST_TYP, bit_at, decode_bits
+from broker.core.claims import StatusRef
+from broker.core.errors import VerificationError
+from broker.core.statuslist import STATUS_LIST_TYP, bit_at, decode_bits
 
 Fetch = Callable[[str], str]
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.audit import InMemorySigner
+from broker.audit.records import InMemorySigner
 
 __all__ = ["FakeClock", "InMemoryAuditSink", "InMemorySigner"]
 

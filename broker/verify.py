@@ -33,8 +33,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
-from broker.canonical import inputs_digest
-from broker.claims import (
+from broker.core.canonical import inputs_digest
+from broker.core.claims import (
     ALGORITHMS,
     DEFAULT_ISSUER,
     REQUIRED_CLAIMS,
@@ -42,9 +42,9 @@ from broker.claims import (
     ActionClaims,
     StatusRef,
 )
-from broker.errors import VerificationError
-from broker.jwk import key_matches
-from broker.manifest import AGENT_ID_PATTERN, MAX_CREDENTIAL_TTL_SECONDS
+from broker.core.errors import VerificationError
+from broker.core.jwk import key_matches
+from broker.core.manifest import AGENT_ID_PATTERN, MAX_CREDENTIAL_TTL_SECONDS
 
 MAX_LEEWAY = 30
 # A genuine token (a header with one certificate, the claims) is about 1.5 KB: 16 KiB leaves

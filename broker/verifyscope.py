@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from broker.errors import BrokerError, ManifestError, VerificationError
-from broker.manifest import JwtCredential, Manifest
+from broker.core.errors import BrokerError, ManifestError, VerificationError
+from broker.core.manifest import JwtCredential, Manifest
 from broker.verify import ActionScope
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ class PublishedScopes:
 
 def vault_fetch(client: Any, addr: str = "") -> Fetch:
     """A ``Fetch`` reading ``broker-kv/manifests/<agent>`` with a verifier's Vault client."""
+    from broker.sidecar.watcher import validate_published
     from broker.vault.manifests import read_manifest
-    from broker.watcher import validate_published
 
     def fetch(agent: str) -> Manifest | None:
         published = read_manifest(client, agent, addr=addr)

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from broker.claims import ActionClaims
 from broker.client import Credential
-from broker.devstack import DevServer
+from broker.core.claims import ActionClaims
+from broker.dev.devstack import DevServer
 from broker.vault.pki import fetch_ca_pem
 from broker.verify import Verifier
 from tests.harness import Harness, running_sidecar, unique_agent, write_manifest

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker import decision
-from broker.devraft import RaftCluster, start_raft_cluster
-from broker.devstack import DevServer, start_dev_server
+from broker.core import decision
+from broker.dev.devstack import DevServer, start_dev_server
+from broker.dev.raft import RaftCluster, start_raft_cluster
 from tests.pgcluster import postgres  # noqa: F401 - re-exported fixture
 
 

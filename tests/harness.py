@@ -20,12 +20,12 @@ import aiohttp
 import hvac
 import psycopg
 
-from broker.devstack import DevServer
-from broker.loader import load_manifest
-from broker.pgdev import PgCluster
+from broker.dev.devstack import DevServer
+from broker.dev.pgdev import PgCluster
+from broker.dev.stack import approle_files, grant_for
+from broker.scopes.loader import load_manifest
 from broker.settings import VaultSettings
-from broker.sidecar import Sidecar, SidecarConfig
-from broker.stack import approle_files, grant_for
+from broker.sidecar.main import Sidecar, SidecarConfig
 from broker.vault.bootstrap import bootstrap
 from broker.vault.database import DatabaseRole, configure_database
 from broker.vault.session import make_client

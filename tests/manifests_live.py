@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from broker.cli import main
-from broker.devstack import DevServer
-from broker.loader import load_manifest
-from broker.stack import grant_for
+from broker.dev.devstack import DevServer
+from broker.dev.stack import grant_for
+from broker.scopes.loader import load_manifest
 from broker.vault.bootstrap import bootstrap
 from broker.vault.layout import PLATFORM_EDITOR_POLICY, SECURITY_OPERATOR_POLICY
 from tests.harness import Harness, root_client, running_sidecar

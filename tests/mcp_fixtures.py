@@ -16,7 +16,7 @@ from typing import Any
 
 import mcp_types as types
 
-from broker.devstack import DevServer
+from broker.dev.devstack import DevServer
 from broker.mcpgw.config import GatewayConfig
 from broker.mcpgw.serve import serving_http
 from broker.vault.pki import fetch_ca_pem

@@ -16,7 +16,7 @@ from typing import Any
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 
-from broker.errors import VerificationError
+from broker.core.errors import VerificationError
 from broker.verify import Verifier
 
 

@@ -1,4 +1,4 @@
-"""The session's throwaway PostgreSQL 15 cluster (see ``broker.pgdev`` for how it runs).
+"""The session's throwaway PostgreSQL 15 cluster (see ``broker.dev.pgdev`` for how it runs).
 
 The fixture's superuser password is the cluster's own; tests that rotate a root credential
 through Vault must rotate a role they created, or every later test loses its superuser.
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.pgdev import PgCluster, start_cluster, stop_cluster
+from broker.dev.pgdev import PgCluster, start_cluster, stop_cluster
 
 __all__ = ["PgCluster", "postgres"]
 

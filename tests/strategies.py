@@ -8,9 +8,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from broker.decision import ActionRequest
-from broker.limits import UsageSnapshot
-from broker.manifest import Manifest
+from broker.core.decision import ActionRequest
+from broker.core.limits import UsageSnapshot
+from broker.core.manifest import Manifest
 
 LIMIT_NAMES = (
     "daily",

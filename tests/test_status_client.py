@@ -13,11 +13,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from broker.claims import StatusRef
-from broker.errors import VerificationError
-from broker.jwk import public_jwk, sign_raw
+from broker.core.claims import StatusRef
+from broker.core.errors import VerificationError
+from broker.core.jwk import public_jwk, sign_raw
+from broker.core.statuslist import encode_bits
 from broker.status_client import StatusListClient
-from broker.statuslist import encode_bits
 from tests.tokenfactory import b64url, segment
 
 ISSUER = "http://127.0.0.1:8400"

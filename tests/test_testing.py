@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.errors import AuditUnavailable
+from broker.core.errors import AuditUnavailable
 from broker.testing import FakeClock, InMemoryAuditSink
 
 

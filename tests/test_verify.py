@@ -28,12 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
-from broker.claims import ALGORITHM, DEFAULT_ISSUER, REQUIRED_CLAIMS, TOKEN_TYPE, ActionClaims
-from broker.controlstate import ControlState
-from broker.devstack import DevServer
-from broker.errors import VerificationError
-from broker.jwk import sign_raw
-from broker.signing import ActionTokenSigner
+from broker.core.claims import ALGORITHM, DEFAULT_ISSUER, REQUIRED_CLAIMS, TOKEN_TYPE, ActionClaims
+from broker.core.controlstate import ControlState
+from broker.core.errors import VerificationError
+from broker.core.jwk import sign_raw
+from broker.dev.devstack import DevServer
+from broker.sidecar.signing import ActionTokenSigner
 from broker.vault.bootstrap import AgentGrant, bootstrap
 from broker.vault.layout import CA_COMMON_NAME
 from broker.vault.pki import fetch_ca_pem, sign_csr

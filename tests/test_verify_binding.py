@@ -19,11 +19,11 @@ from typing import Any
 import hvac
 import pytest
 
-from broker.devstack import DevServer
-from broker.errors import BackendUnavailable, ManifestError, VerificationError
-from broker.loader import manifest_from_text
-from broker.manifest import Manifest
-from broker.signing import ActionTokenSigner
+from broker.core.errors import BackendUnavailable, ManifestError, VerificationError
+from broker.core.manifest import Manifest
+from broker.dev.devstack import DevServer
+from broker.scopes.loader import manifest_from_text
+from broker.sidecar.signing import ActionTokenSigner
 from broker.vault.bootstrap import AgentGrant, bootstrap
 from broker.vault.layout import VERIFIER_POLICY
 from broker.vault.manifests import PublishedManifest, write_manifest

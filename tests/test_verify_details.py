@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.claims import ActionClaims
-from broker.controlstate import ControlState
-from broker.errors import VerificationError
+from broker.core.claims import ActionClaims
+from broker.core.controlstate import ControlState
+from broker.core.errors import VerificationError
 from broker.verify import Verifier
 from tests.tokenfactory import (
     ACTION,

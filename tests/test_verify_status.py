@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.claims import StatusRef
-from broker.errors import VerificationError
-from broker.signing import ActionTokenSigner
+from broker.core.claims import StatusRef
+from broker.core.errors import VerificationError
+from broker.sidecar.signing import ActionTokenSigner
 from broker.verify import Verifier
 from tests.tokenfactory import AGENT, AUDIENCE, FakeCA
 

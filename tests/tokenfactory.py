@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from broker.canonical import inputs_digest
-from broker.claims import ALGORITHM, DEFAULT_ISSUER, TOKEN_TYPE, action_payload
+from broker.core.canonical import inputs_digest
+from broker.core.claims import ALGORITHM, DEFAULT_ISSUER, TOKEN_TYPE, action_payload
 from broker.vault.layout import CA_COMMON_NAME
 from broker.vault.pki import SignedCert
 

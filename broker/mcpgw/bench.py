@@ -21,8 +21,8 @@ from pathlib import Path
 
 from mcp import Client
 
-from broker.bench import BENCH_MANIFEST
 from broker.client import AsyncBrokerClient
+from broker.dev.bench import BENCH_MANIFEST
 
 Round = dict[str, list[float]]
 LABELS = {
@@ -96,7 +96,7 @@ def _gateway_config(upstream_url: str, path: Path) -> None:
 
 
 def run_bench(*, calls: int, rounds: int, warmup: int) -> int:
-    from broker.stack import up
+    from broker.dev.stack import up
 
     stack = up([BENCH_MANIFEST], vault=None, with_postgres=False)
     try:

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from broker.errors import ConfigError
+from broker.core.errors import ConfigError
 
 ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")]
 UpstreamName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]

@@ -35,7 +35,7 @@ from broker.client import (
     PendingApproval,
     RateLimited,
 )
-from broker.manifest import canonical_json
+from broker.core.manifest import canonical_json
 from broker.mcpgw.config import GatewayConfig, ToolRoute
 from broker.mcpgw.schema import tool_description, tool_input_schema
 from broker.mcpgw.upstream import UpstreamFailed, Upstreams

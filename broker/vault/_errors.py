@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import hvac.exceptions
 import requests
 
-from broker.errors import BackendUnavailable, BrokerError, NotFound, PermissionDenied
+from broker.core.errors import BackendUnavailable, BrokerError, NotFound, PermissionDenied
 
 
 @contextmanager

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import hvac
 
-from broker.approvals import Approval, ApprovalError, Decided, NotAnApprover, check_id
-from broker.errors import NotFound, PermissionDenied
+from broker.core.approvals import Approval, ApprovalError, Decided, NotAnApprover, check_id
+from broker.core.errors import NotFound, PermissionDenied
 from broker.vault._errors import translate_errors
 from broker.vault.kv import kv_list
 from broker.vault.layout import KV_MOUNT, decision_path

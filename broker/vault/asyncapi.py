@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from broker.errors import BackendUnavailable, NotFound, PermissionDenied
+from broker.core.errors import BackendUnavailable, NotFound, PermissionDenied
 from broker.vault.layout import KV_MOUNT
 
 

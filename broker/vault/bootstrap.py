@@ -12,7 +12,7 @@ from typing import Any
 
 import hvac
 
-from broker.errors import ConfigError
+from broker.core.errors import ConfigError
 from broker.vault._errors import translate_errors
 from broker.vault.layout import (
     APPROLE_MOUNT,

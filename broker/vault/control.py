@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from broker.claims import ActionClaims
-from broker.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
+from broker.core.claims import ActionClaims
+from broker.core.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
 from broker.settings import VaultSettings
 from broker.vault.kv import kv_read
 from broker.vault.session import make_client

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import hvac
 
-from broker.errors import BrokerError, ConfigError, NotFound
+from broker.core.errors import BrokerError, ConfigError, NotFound
 from broker.vault._errors import translate_errors
 
 PLUGIN = "postgresql-database-plugin"

@@ -14,9 +14,9 @@ from typing import Any
 
 import hvac
 
-from broker.controlstate import GLOBAL_PATH, agent_path
-from broker.errors import BackendUnavailable, NotFound
-from broker.jwk import merge_published, merge_status
+from broker.core.controlstate import GLOBAL_PATH, agent_path
+from broker.core.errors import BackendUnavailable, NotFound
+from broker.core.jwk import merge_published, merge_status
 from broker.vault._errors import translate_errors
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.layout import (

@@ -12,7 +12,7 @@ from typing import Any
 
 import hvac
 
-from broker.errors import BackendUnavailable
+from broker.core.errors import BackendUnavailable
 from broker.vault._errors import translate_errors
 from broker.vault.layout import KV_MOUNT
 

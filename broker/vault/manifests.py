@@ -6,7 +6,7 @@ editor) and who may read (the platform editor, and each agent's own sidecar for 
 manifest only); this module only shapes the documents and translates errors.
 
 A document is a claim, not a proof: readers re-validate the YAML and compare the content
-hash before trusting it (``broker.watcher``)."""
+hash before trusting it (``broker.sidecar.watcher``)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import hvac
 
-from broker.errors import BackendUnavailable
+from broker.core.errors import BackendUnavailable
 from broker.vault._errors import translate_errors
 from broker.vault.layout import PKI_MOUNT, pki_role
 

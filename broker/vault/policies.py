@@ -6,7 +6,7 @@ and may ask for a certificate in its own agent's exact name only; a security ope
 revoke, kill and rotate, and reads (never writes) approvals, decisions, audit heads and
 manifests; an approver may record a decision under its own Vault identity only; a platform
 editor may publish manifests and nothing else; a verifier reads the control state.
-``tests/test_vault_policies.py`` checks each against a live OpenBao, operation by operation."""
+``tests/vault/test_vault_policies.py`` checks each against a live OpenBao, operation by operation."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ rewritten or deleted by a sidecar, nor by whoever stole the agent's AppRole logi
 Every child token and database lease a sidecar mints is created with its login token, and
 Vault revokes them with it. So revoking every token in this registry reaches everything the
 agent ever minted that is still valid, whether the sidecar that minted it is running,
-restarted or gone. The id prefix ties a credential id (``broker.credids``) to its sidecar:
+restarted or gone. The id prefix ties a credential id (``broker.core.credids``) to its sidecar:
 ``id-prefixes/<prefix>/<agent>`` (create-only as well, and only under the sidecar's own agent
 name) finds it without reading every agent's entries."""
 
@@ -21,8 +21,8 @@ from typing import Any
 
 import hvac
 
-from broker.credids import PREFIX_LENGTH
-from broker.errors import ConfigError
+from broker.core.credids import PREFIX_LENGTH
+from broker.core.errors import ConfigError
 from broker.vault.kv import kv_delete, kv_list, kv_write_cas
 
 REGISTRY = "sidecars"

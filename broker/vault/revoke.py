@@ -13,7 +13,7 @@ from typing import Any
 
 import hvac
 
-from broker.errors import BackendUnavailable, NotFound
+from broker.core.errors import BackendUnavailable, NotFound
 from broker.vault._errors import translate_errors
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.layout import APPROLE_MOUNT, approle_role

@@ -19,12 +19,16 @@ from typing import Any
 import hvac
 import requests
 
-from broker.errors import BackendUnavailable, ConfigError
+from broker.core.errors import BackendUnavailable, ConfigError
 from broker.settings import VaultSettings
 from broker.vault._errors import translate_errors
 from broker.vault.layout import APPROLE_MOUNT
 
 Clock = Callable[[], float]
+
+
+# The client type other layers may name; only broker.vault imports hvac itself.
+VaultClient = hvac.Client
 
 
 def _read_secret_file(path: Path, what: str) -> str:
@@ -59,7 +63,7 @@ class VaultSession:
         self.accessor = ""
         self.policies: list[str] = []
         # Called with a client holding a new AppRole login's token, before the sidecar uses it
-        # (``broker.runtime`` records the login in Vault: ``broker.vault.registry``).
+        # (``broker.sidecar.runtime`` records the login in Vault: ``broker.vault.registry``).
         self.on_login: Callable[[hvac.Client, dict[str, Any]], None] | None = None
         self._refused = b""  # digest of the last secret id Vault refused
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import hvac
 
-from broker.errors import NotFound
+from broker.core.errors import NotFound
 from broker.settings import VaultSettings
 from broker.vault._errors import translate_errors
 from broker.vault.asyncapi import AsyncVault
@@ -33,7 +33,7 @@ class PublishedHead:
 
 
 class TransitCheckpointSigner:
-    """A ``broker.audit.CheckpointSigner`` backed by Vault. Each call is one HTTP round trip."""
+    """A ``broker.audit.records.CheckpointSigner`` backed by Vault. Each call is one HTTP round trip."""
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from typing import Any
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 
-from broker.errors import VerificationError
+from broker.core.errors import VerificationError
 from broker.vault.pki import fetch_ca_pem
 from broker.verify import Verifier
 

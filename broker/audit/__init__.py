@@ -1,0 +1,1 @@
+"""The audit trail: record format, durable log, replay and reports."""

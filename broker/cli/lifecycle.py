@@ -1,0 +1,329 @@
+"""``broker scopes publish|diff|replay|published|verify``: a manifest's way into production.
+
+A manifest reaches sidecars only through ``publish``, which validates it, runs its test
+cases (``tests/*.yaml`` beside it) and stores it in Vault with the operator's own token, so
+Vault's policies decide who may publish (the platform editor). Each publish (or refusal) is
+appended to the operator audit trail (``--audit-log`` or ``BROKER_OPERATOR_AUDIT``) with the
+publisher's identity, the policy version and the content hash. Exit codes: 0 fine,
+1 findings (failed tests, widening changes, a sidecar that did not switch), 2 errors.
+
+A manifest reference is a file, or ``vault:<agent>[@version]`` for a published version."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from broker.core.errors import ConfigError, ManifestError, PermissionDenied
+from broker.core.manifest import Manifest
+from broker.ops.operator import add_operator_options, operator_audit, operator_client
+
+HEARTBEAT_STALE = 30.0
+
+
+def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """Called by ``cli_scopes.register`` with the ``scopes`` sub-command group."""
+    p = sub.add_parser("publish", help="validate, test and publish manifests to Vault")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    _vault_options(p)
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("diff", help="what changed between two manifests; widening marked")
+    p.add_argument("old", metavar="OLD", help="file or vault:<agent>[@version]")
+    p.add_argument("new", metavar="NEW", help="file or vault:<agent>[@version]")
+    p.add_argument("--fail-on-widening", action="store_true", help="exit 1 if anything widens")
+    _vault_options(p)
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("replay", help="re-decide an audit trail under a candidate manifest")
+    p.add_argument("candidate", metavar="CANDIDATE", help="file or vault:<agent>[@version]")
+    p.add_argument("--audit", type=Path, required=True, action="append", help="trail file(s)")
+    p.add_argument("--since", help="only report requests of the last 7d, 12h, ...")
+    p.add_argument(
+        "--baseline",
+        help="the manifest the trail was recorded under (lets redacted inputs "
+        "whose declaration is unchanged be replayed), e.g. vault:<agent>",
+    )
+    p.add_argument(
+        "--allow-widening", action="store_true", help="report widening, but exit 0 (signed off)"
+    )
+    _vault_options(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("published", help="an agent's published manifest and its versions")
+    p.add_argument("agent")
+    p.add_argument("--yaml", action="store_true", help="print the stored YAML")
+    _vault_options(p)
+    p.set_defaults(func=cmd_published)
+
+    p = sub.add_parser("verify", help="is this file what is published, and what the sidecar runs?")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the sidecar")
+    _vault_options(p)
+    p.set_defaults(func=cmd_verify)
+
+
+def _vault_options(p: argparse.ArgumentParser) -> None:
+    add_operator_options(p)
+
+
+def _client(args: argparse.Namespace) -> tuple[Any, str]:
+    return operator_client(args)
+
+
+def _print_issues(exc: ManifestError) -> None:
+    print(f"invalid: {exc.detail}", file=sys.stderr)  # the detail lists every issue
+
+
+# -- publish -------------------------------------------------------------------------------
+
+
+def checked_manifest(path: Path) -> tuple[Manifest, str, int]:
+    """The manifest, its exact text, and how many of its test cases passed. Raises
+    ``ManifestError`` when it does not load, a case fails, or it has no cases."""
+    from broker.scopes.loader import load_manifest
+    from broker.scopes.scenarios import format_results
+
+    manifest = load_manifest(path)
+    results, issues = _cases_for(manifest, path.parent)
+    failed = [r for r in results if not r.passed]
+    if failed or issues:
+        lines = format_results(failed) + issues
+        raise ManifestError(f"{path}: {len(failed) + len(issues)} test case problem(s)", lines)
+    if not results:
+        raise ManifestError(
+            f"{path}: no test cases for {manifest.agent} in {path.parent / 'tests'}; "
+            "a manifest is published with its tests"
+        )
+    return manifest, path.read_text(encoding="utf-8"), len(results)
+
+
+def _cases_for(manifest: Manifest, scope_dir: Path) -> tuple[list[Any], list[str]]:
+    from broker.scopes.loader import load_model
+    from broker.scopes.scenarios import CaseFile, case_files, run_case
+
+    results, issues = [], []
+    for case_path in case_files(scope_dir):
+        spec, file_issues = load_model(case_path, CaseFile)
+        issues += file_issues
+        if spec is None:
+            continue
+        for case in spec.cases:
+            if (case.agent or spec.agent) == manifest.agent:
+                results.append(run_case(case_path, spec, case, {manifest.agent: manifest}))
+    return results, issues
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from broker.scopes.loader import expand_paths
+
+    files, missing = expand_paths(args.paths)
+    if missing:
+        raise ConfigError("; ".join(missing))
+    checked = []
+    for path in files:
+        try:
+            checked.append((path, *checked_manifest(path)))
+        except ManifestError as exc:
+            _print_issues(exc)
+            return 1
+    client, addr = _client(args)
+    for path, manifest, text, passed in checked:
+        _publish_one(args, (client, addr), path, (manifest, text, passed))
+    return 0
+
+
+def _publish_one(
+    args: argparse.Namespace,
+    vault: tuple[Any, str],
+    path: Path,
+    checked: tuple[Manifest, str, int],
+) -> None:
+    from broker.ops.control import whoami
+    from broker.scopes.diff import diff_manifests
+    from broker.sidecar.watcher import validate_published
+    from broker.vault.manifests import PublishedManifest, read_manifest, write_manifest
+
+    (client, addr), (manifest, text, passed) = vault, checked
+    operator = whoami(client, addr).identity
+    now = time.time()
+    body = {
+        "type": "manifest",
+        "event": "publish",
+        "operator": operator,
+        "at": round(now, 6),
+        "agent": manifest.agent,
+        "policy_version": manifest.policy_version,
+        "content_hash": manifest.content_hash,
+        "source": str(path),
+    }
+    try:
+        current = read_manifest(client, manifest.agent, addr=addr)
+        if current is not None and current.content_hash == manifest.content_hash:
+            print(f"unchanged  {manifest.agent}  version {current.version}  {current.content_hash}")
+            return
+        if current is not None:
+            try:
+                for change in diff_manifests(validate_published(current, manifest.agent), manifest):
+                    print(f"  {change}")
+            except ManifestError:
+                print(f"  (the current version {current.version} is invalid; replacing it)")
+        published = PublishedManifest(
+            manifest.agent, 0, text, manifest.content_hash, manifest.policy_version, operator, now
+        )
+        cas = current.version if current is not None else None
+        version = write_manifest(client, published, addr, cas=cas)
+    except PermissionDenied as exc:
+        operator_audit(args, {**body, "status": "refused", "detail": exc.detail})
+        raise
+    operator_audit(args, {**body, "status": "ok", "version": version, "tests_passed": passed})
+    print(
+        f"published  {manifest.agent}  version {version}  {manifest.policy_version}  "
+        f"{manifest.content_hash}  by {operator} ({passed} test cases passed)"
+    )
+
+
+def resolve(ref: str, args: argparse.Namespace) -> Manifest:
+    """A file, or ``vault:<agent>[@version]`` read with the operator's token."""
+    from broker.sidecar.watcher import VAULT_SOURCE
+
+    if not ref.startswith(VAULT_SOURCE):
+        from broker.scopes.loader import load_manifest
+
+        return load_manifest(ref)
+    from broker.sidecar.watcher import validate_published
+    from broker.vault.manifests import read_manifest
+
+    agent, _, version = ref[len(VAULT_SOURCE) :].partition("@")
+    if version and not version.isdigit():
+        raise ConfigError(f"{ref}: expected vault:<agent>[@<version number>]")
+    client, addr = _client(args)
+    published = read_manifest(client, agent, int(version) if version else None, addr)
+    if published is None:
+        raise ConfigError(f"{ref}: nothing is published there")
+    return validate_published(published, agent)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from broker.scopes.diff import diff_manifests, widening
+
+    try:
+        old, new = resolve(args.old, args), resolve(args.new, args)
+    except ManifestError as exc:
+        _print_issues(exc)
+        return 2
+    changes = diff_manifests(old, new)
+    for change in changes:
+        print(change)
+    wide = widening(changes)
+    print(f"{len(changes)} change(s), {len(wide)} widening")
+    return 1 if wide and args.fail_on_widening else 0
+
+
+# -- replay --------------------------------------------------------------------------------
+
+
+def audit_records(paths: list[Path]) -> Iterator[dict[str, Any]]:
+    """Records of the trail files in order; unreadable lines are skipped (verify them with
+    ``broker audit verify``: replay answers "what if", not "is this trail intact")."""
+    for path in paths:
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the audit trail {path}: {exc.strerror}") from exc
+        with handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    yield record
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from broker.audit.replay import replay
+    from broker.core.manifest import parse_duration
+
+    try:
+        since = time.time() - parse_duration(args.since) if args.since else None
+    except ValueError as exc:
+        raise ConfigError(f"--since {args.since!r}: {exc}") from exc
+    try:
+        candidate = resolve(args.candidate, args)
+        baseline = resolve(args.baseline, args) if args.baseline else None
+    except ManifestError as exc:
+        _print_issues(exc)
+        return 2
+    report = replay(audit_records(args.audit), candidate, since=since, baseline=baseline)
+    for line in report.lines():
+        print(line)
+    return 1 if report.widening and not args.allow_widening else 0
+
+
+# -- published / verify --------------------------------------------------------------------
+
+
+def cmd_published(args: argparse.Namespace) -> int:
+    from broker.audit.records import iso_utc
+    from broker.vault.manifests import manifest_versions, read_manifest
+
+    client, addr = _client(args)
+    current = read_manifest(client, args.agent, addr=addr)
+    if current is None:
+        print(f"{args.agent}: nothing published")
+        return 1
+    if args.yaml:
+        sys.stdout.write(current.yaml)
+        return 0
+    print(
+        f"{args.agent}  version {current.version}  {current.policy_version}  "
+        f"{current.content_hash}  by {current.published_by} "
+        f"at {iso_utc(current.published_at)}"
+    )
+    for version, created in manifest_versions(client, args.agent, addr).items():
+        print(f"  version {version}  {created}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from broker.scopes.loader import load_manifest
+    from broker.vault.kv import kv_read
+    from broker.vault.manifests import read_manifest
+
+    manifest = load_manifest(args.path)
+    client, addr = _client(args)
+    current = read_manifest(client, manifest.agent, addr=addr)
+    if current is None or current.content_hash != manifest.content_hash:
+        found = current.content_hash if current else "nothing"
+        print(
+            f"NOT PUBLISHED  {manifest.agent}: Vault holds {found}, the file is "
+            f"{manifest.content_hash}"
+        )
+        return 1
+    print(f"published  {manifest.agent}  version {current.version}  {current.content_hash}")
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            beat = kv_read(client, f"heartbeat/{manifest.agent}", addr) or {}
+        except PermissionDenied:
+            print("your token may not read sidecar heartbeats; nothing more to check")
+            return 0
+        if not beat or time.time() - float(beat.get("at", 0)) > HEARTBEAT_STALE:
+            print(f"no live sidecar heartbeat for {manifest.agent}; nothing more to check")
+            return 0
+        if beat.get("manifest_hash") == manifest.content_hash:
+            print(f"enforced   {manifest.agent}: the sidecar reports {manifest.content_hash}")
+            return 0
+        if time.monotonic() >= deadline:
+            print(
+                f"NOT ENFORCED  {manifest.agent}: the sidecar still reports "
+                f"{beat.get('manifest_hash')} after {args.wait:.0f}s"
+            )
+            return 1
+        time.sleep(0.5)

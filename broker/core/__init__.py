@@ -1,0 +1,3 @@
+"""The pure decision core: manifest models, constraints, decide, limits, reasons, claims.
+
+Nothing here reads a clock, file, socket or Vault."""

@@ -1,0 +1,1 @@
+"""The development stack (`broker up`) and the benchmarks."""

@@ -1,0 +1,1 @@
+"""`broker issuer`: OpenID/OAuth metadata, the JWKS and token status lists, from Vault."""

@@ -1,0 +1,1 @@
+"""Runbook operations: control state (revoke, kill, rotate) and operator identity."""

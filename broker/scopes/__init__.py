@@ -1,0 +1,1 @@
+"""The platform team's manifest tooling: load from files, diff, scenario tests."""

@@ -1,0 +1,1 @@
+"""The running sidecar: HTTP server, service, minting, signing, gates, metrics."""

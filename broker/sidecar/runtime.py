@@ -1,0 +1,416 @@
+"""A sidecar's long-lived connections and the loops that keep them current.
+
+``Runtime`` owns the Vault session, the in-memory signer and the control state. Its
+background loop polls the shared control state every ``poll_interval`` seconds (kill
+switches, revocations and key generations reach the sidecar within that time), renews the
+Vault token, replaces the signing certificate before it expires, and publishes a heartbeat.
+``vault_ok`` turns false the moment a poll fails, so minting fails closed within one poll
+interval plus the request timeout; it turns true again on the first good poll.
+
+Vault need not be there at start-up: the loop logs in with backoff, and until then nothing is
+minted and ``problems`` says why. Control state is fresh when its last read was *sent* less
+than ``STALE_AFTER`` ago on the monotonic clock (what Vault answered is at least that recent),
+however late the loop got round to the answer; a request that finds it stale asks for a poll
+now and waits for it briefly (``refresh_now``) before refusing with ``control_state_stale``.
+
+The poll's reads and the heartbeat run on the event loop through the pooled aiohttp client:
+through hvac in a worker thread, each read held the GIL for most of a millisecond at a
+stretch, and every poll showed as a stall of several milliseconds in the mint latencies.
+Renewal and certificate rotation, minutes apart, stay on hvac in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from broker.core.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
+from broker.core.credids import ID_PREFIX
+from broker.core.errors import BrokerError, ConfigError, PermissionDenied
+from broker.core.reasons import ReasonCode
+from broker.settings import VaultSettings, issuer_from_env
+from broker.sidecar.metrics import SidecarMetrics
+from broker.sidecar.signing import ActionTokenSigner, PublishedKey
+from broker.vault.asyncapi import AsyncVault
+from broker.vault.jwks import publish_keys, publish_status
+from broker.vault.layout import PKI_MOUNT
+from broker.vault.pki import SignedCert, sign_csr
+from broker.vault.registry import login_recorder
+from broker.vault.session import VaultSession
+
+log = logging.getLogger("broker.sidecar.runtime")
+
+HEARTBEAT_EVERY = 2.0  # and at most once a second sooner when the outstanding set changed
+# Control state read longer ago than this (monotonic) is stale: nothing is minted on it.
+# With the poll every 0.25 s and ``refresh_now``'s wait below, a stale sidecar refuses
+# within 2 s of Vault's last answer.
+STALE_AFTER = 1.25
+# How long a request waits for a poll it asked for when it found the state stale.
+FRESH_WAIT = 0.5
+# How often the published CA is read to check that the signing certificate still chains to
+# it (a CA replaced in Vault is noticed within this plus one poll, then the key re-certified).
+CA_CHECK_EVERY = 1.0
+# Login retries at start-up, or after the token was lost: from the poll interval, doubling.
+LOGIN_BACKOFF_MAX = 5.0
+
+
+class Runtime:
+    def __init__(
+        self,
+        agent: str,
+        vault: VaultSettings,
+        *,
+        poll_interval: float = 0.25,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.agent = agent
+        self.session = VaultSession(vault, clock=clock)
+        # Polls use their own short-timeout client so a hung Vault is noticed quickly.
+        self._poller = AsyncVault(vault.addr, lambda: self.session.token, timeout=1.0, pool=4)
+        self.signer = ActionTokenSigner(
+            agent, self._issue_cert, issuer=issuer_from_env(), publish=self._publish_keys
+        )
+        self.control = ControlState(agent=agent)
+        self.vault_ok = False
+        self.vault_problem = "not connected yet"
+        self.poll_interval = poll_interval
+        self.last_poll_ok = 0.0
+        self._mono = monotonic
+        self.control_read_at = -float("inf")  # monotonic: when the last good read was sent
+        self._polled: asyncio.Future[None] | None = None  # settled by the next good read
+        self._poll_now = asyncio.Event()
+        self.logged_in = False
+        self.stale_refusals = 0
+        self._cert: x509.Certificate | None = None  # the signing key's current certificate
+        self._ca_pem = ""
+        self._ca: x509.Certificate | None = None  # the CA Vault publishes, as last read
+        self._ca_checked_at = -float("inf")
+        self.ca_mismatch = False
+        self.recertified = 0  # keys certified again because the CA changed
+        self.outstanding: Callable[[], dict[str, Any]] = dict
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._last_heartbeat = 0.0
+        self._killed_seen_at: float | None = None
+        self._ack_due = False
+        # Set when outstanding Vault credentials change, so runbooks see them on the next poll.
+        self.dirty = False
+        self._last_outstanding: dict[str, Any] = {}
+        # Called on the event loop when the kill flag or a revocation time changes.
+        self.on_change: Callable[[ControlState, ControlState], None] | None = None
+        self.metrics: SidecarMetrics | None = None
+        self._status_published: tuple[Any, ...] | None = None
+        # KV versions of the control documents last read; sent in the heartbeat so that a
+        # runbook command knows when this sidecar has seen what it wrote (no clocks compared).
+        self.control_versions: tuple[int, int, int] = (0, 0, 0)
+        # Every login token goes on the registry before it mints: ``broker kill`` revokes it
+        # (and with it all it minted) even after this process is gone.
+        self.session.on_login = login_recorder(agent, ID_PREFIX, vault.addr, clock)
+
+    def control_age(self) -> float:
+        return self._mono() - self.control_read_at
+
+    async def announce(self) -> None:
+        """A full heartbeat now: the sidecar is wired up, so its actions and outstanding
+        credentials can be listed (runbook commands check ``--action`` against them)."""
+        await self._heartbeat(self._clock(), self.outstanding())
+
+    def available(self) -> bool:
+        """Vault answered the last poll, recently enough: the condition for minting anything."""
+        return self.vault_ok and self.control_age() < STALE_AFTER
+
+    def problems(self) -> dict[str, str]:
+        """Why this sidecar would refuse for a reason of its own, by component; {} when none."""
+        found: dict[str, str] = {}
+        if not self.vault_ok:
+            found["vault"] = self.vault_problem or "Vault has not answered yet"
+        elif self.control_age() >= STALE_AFTER:
+            found["control_state"] = self.stale_detail()
+        cert = self.certificate_problem()
+        if cert:
+            found["certificate"] = cert
+        return found
+
+    def mint_problem(self, kind: str | None) -> tuple[ReasonCode, str] | None:
+        """Why nothing of ``kind`` may be minted now, for a reason of the sidecar's own."""
+        if not self.vault_ok:
+            return ReasonCode.backend_unavailable, f"Vault is unavailable: {self.vault_problem}"
+        if not self.available():
+            return ReasonCode.control_state_stale, self.stale_detail()
+        if kind == "jwt" and (cert := self.certificate_problem()):
+            return ReasonCode.backend_unavailable, f"no action token can be signed: {cert}"
+        return None
+
+    def stale_detail(self) -> str:
+        age = self.control_age()
+        shown = f"{age:.2f} s old" if age != float("inf") else "never read"
+        return f"the control state is {shown} (bound {STALE_AFTER:g} s); nothing is minted on it"
+
+    def certificate_problem(self) -> str:
+        """'' while the signing key holds a certificate that is valid now."""
+        cert = self._cert
+        if cert is None:
+            return "no certified signing key yet"
+        if cert.not_valid_after_utc.timestamp() <= self._clock():
+            return "the signing certificate has expired"
+        if self.ca_mismatch:
+            return "the signing certificate does not chain to the CA Vault publishes"
+        return ""
+
+    def _chains(self) -> bool:
+        cert, ca = self._cert, self._ca
+        if cert is None or ca is None:
+            return True  # nothing to compare (no key is reported on its own)
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
+    async def _check_ca(self) -> None:
+        """Read the published CA (at most every CA_CHECK_EVERY s); a certificate that no
+        longer chains to it marks the key for certification before the next mint."""
+        if self._mono() - self._ca_checked_at < CA_CHECK_EVERY:
+            return
+        pem = await self._poller.get_text(f"{PKI_MOUNT}/ca/pem", "read of the broker CA")
+        self._ca_checked_at = self._mono()
+        if pem != self._ca_pem:
+            try:
+                self._ca = x509.load_pem_x509_certificate(pem.encode())
+            except ValueError:
+                self._ca = None  # no CA published (yet): nothing to compare against
+            self._ca_pem = pem
+        mismatch = not self._chains()
+        if mismatch and not self.ca_mismatch:
+            log.warning("the signing certificate no longer chains to the published CA")
+        self.ca_mismatch = mismatch
+
+    async def refresh_now(self, wait: float = FRESH_WAIT) -> None:
+        """Ask for a poll now and wait (bounded) for a good read: for a request that found the
+        state stale only because the loop was late (a paused process, CPU contention)."""
+        if self.available() or not self.vault_ok:
+            return
+        if self._polled is None or self._polled.done():
+            self._polled = asyncio.get_running_loop().create_future()
+        polled = self._polled
+        self._poll_now.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(polled), wait)
+        if not self.available():
+            self.stale_refusals += 1
+            log.warning("refusing to mint: %s", self.stale_detail())
+
+    def _issue_cert(self, csr_pem: str, ttl: str, alg: str) -> SignedCert:
+        signed = sign_csr(self.session.client, self.agent, csr_pem, ttl, self.session.addr, alg=alg)
+        self._cert = x509.load_pem_x509_certificate(signed.certificate_pem.encode())
+        return signed
+
+    def _publish_keys(self, keys: Sequence[PublishedKey]) -> None:
+        """In the rotation's worker thread: the public keys go to Vault before they sign."""
+        entries = [k.to_json() for k in keys]
+        publish_keys(self.session.client, self.agent, entries, self._clock(), self.session.addr)
+        self._publish_status()  # the new keys' status lists exist before a token names them
+
+    def _publish_status(self) -> None:
+        """In a worker thread: which of this sidecar's tokens are revoked, for the issuer."""
+        ledger = self.signer.status
+        if ledger is not None:
+            now = self._clock()
+            lists = ledger.snapshot(self.control, now)
+            publish_status(self.session.client, self.agent, lists, now, self.session.addr)
+
+    async def start(self) -> None:
+        """Start the loop. Vault need not answer yet: the loop logs in with backoff and
+        nothing is minted until it has. Missing credentials settings fail here, at once."""
+        self.session.check_credentials()
+        self._task = asyncio.create_task(self._loop(), name=f"runtime-{self.agent}")
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Until the first good poll (for start-up steps that need Vault)."""
+        async with asyncio.timeout(timeout):
+            while not self.available():
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._poller.close()
+
+    async def _loop(self) -> None:
+        backoff = self.poll_interval
+        while True:
+            try:
+                if not self.logged_in:
+                    await self._login()
+                await self._refresh(self._outstanding_if_due())
+                backoff = self.poll_interval
+            except BrokerError as exc:
+                self._mark_down(exc.detail)
+                if self.metrics is not None:
+                    self.metrics.vault_error("control_poll")
+            except Exception as exc:  # any failure must fail closed, not end the loop
+                log.exception("control poll failed")
+                self._mark_down(f"unexpected {type(exc).__name__}")
+            delay = self.poll_interval
+            if not self.logged_in:
+                delay, backoff = backoff, min(backoff * 2, LOGIN_BACKOFF_MAX)
+                log.warning(
+                    "not logged in to Vault (%s); retrying in %.2g s", self.vault_problem, delay
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poll_now.wait(), delay)
+            self._poll_now.clear()
+            if self.metrics is not None:
+                self.metrics.control_lag(self.control_age())
+
+    async def _login(self) -> None:
+        try:
+            await asyncio.to_thread(self.session.login)
+        except ConfigError as exc:  # an unreadable secret id file may be fixed in place
+            raise BrokerError(exc.detail) from exc
+        self.logged_in = True
+        log.info("logged in to Vault at %s", self.session.addr)
+
+    def _outstanding_if_due(self) -> dict[str, Any]:
+        """The outstanding set, rebuilt on the event loop only when a heartbeat may go out;
+        otherwise the last one (a kill confirmation needs no fresh list)."""
+        since = self._clock() - self._last_heartbeat
+        if self.dirty or since >= HEARTBEAT_EVERY - self.poll_interval:
+            self._last_outstanding = self.outstanding()
+        return self._last_outstanding
+
+    def _mark_down(self, why: str) -> None:
+        if self.vault_ok:
+            log.warning("Vault unavailable, refusing to mint: %s", why)
+        self.vault_ok = False
+        self.vault_problem = why
+
+    async def _refresh(self, outstanding: dict[str, Any]) -> None:
+        """One poll: control state, token freshness, signing key, heartbeat."""
+        sent = self._mono()
+        try:
+            await self._read_control()
+        except PermissionDenied:
+            # A revoked or expired sidecar token reads as permission denied: log in again.
+            self.logged_in = False
+            await self._login()
+            sent = self._mono()
+            await self._read_control()
+        revocations = _revocation_view(self.control)
+        if self.signer.status is not None and revocations != self._status_published:
+            await asyncio.to_thread(self._publish_status)
+            self._status_published = revocations
+        now = self._clock()
+        generation = self.control.signing_generation
+        await self._check_ca()
+        if (
+            self.session.renewal_due()
+            or self.signer.needs_rotation(now, generation)
+            or self.ca_mismatch
+        ):
+            await asyncio.to_thread(self._maintain, generation)
+        since = now - self._last_heartbeat
+        acknowledge, self._ack_due = self._ack_due, False
+        if acknowledge:
+            # A command waits for this: the outstanding set as of a read of its write.
+            outstanding = self.outstanding()
+        killed = self._killed_changed()
+        if since >= HEARTBEAT_EVERY or killed or acknowledge or (self.dirty and since >= 1.0):
+            self.dirty = False
+            await self._heartbeat(now, outstanding)
+        if not self.vault_ok:
+            log.info("Vault reachable at %s; minting resumes", self.session.addr)
+        self.vault_ok = True
+        self.vault_problem = ""
+        self.last_poll_ok = now
+        self.control_read_at = sent
+        if self._polled is not None and not self._polled.done():
+            self._polled.set_result(None)
+
+    def _maintain(self, generation: int) -> None:
+        """In a worker thread: renew the token, certify a new key when one is due."""
+        self.session.ensure_fresh()
+        if self.ca_mismatch or self.signer.needs_rotation(self._clock(), generation):
+            mismatch = self.ca_mismatch
+            # A key under a CA nobody trusts any more is replaced at once, not after PREPUBLISH.
+            self.signer.rotate(generation, None if mismatch else self._clock())
+            self.ca_mismatch = not self._chains()
+            if mismatch and not self.ca_mismatch:
+                self.recertified += 1
+                log.warning("signing key certified again under the published CA")
+
+    async def _read_control(self) -> None:
+        old = self.control
+        read = await asyncio.gather(
+            self._poller.kv_read_versioned(GLOBAL_PATH),
+            self._poller.kv_read_versioned(agent_path(self.agent)),
+            self._poller.kv_read_versioned(REVOKED_PATH),
+        )
+        self.control = new = ControlState.from_docs(self.agent, *(doc for doc, _ in read))
+        versions = (read[0][1], read[1][1], read[2][1])
+        if versions != self.control_versions:
+            self.control_versions = versions
+            self.dirty = True
+            self._ack_due = True
+        changed = (old.killed, old.revoked_before) != (new.killed, new.revoked_before)
+        if changed and self.on_change is not None:
+            self.on_change(old, new)
+
+    def _killed_changed(self) -> bool:
+        seen = self._killed_seen_at is not None
+        if self.control.killed and not seen:
+            self._killed_seen_at = self._clock()
+            return True
+        if not self.control.killed and seen:
+            self._killed_seen_at = None
+            return True
+        return False
+
+    async def _heartbeat(self, now: float, outstanding: dict[str, Any]) -> None:
+        doc = {
+            "at": now,
+            "pid": os.getpid(),
+            "accessor": self.session.accessor,
+            "id_prefix": ID_PREFIX,
+            "control_seen": dict(
+                zip(("global", "agent", "revoked"), self.control_versions, strict=True)
+            ),
+            "killed_seen_at": self._killed_seen_at,
+            "signing_serial": repr(self.signer),
+            "generation": self.signer.generation,
+            **outstanding,
+        }
+        # Lists go as one JSON string: Vault caps the number of strings in a request body
+        # (1,000 by default), and a sidecar may hold thousands of credentials.
+        doc = {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in doc.items()}
+        try:
+            await self._poller.kv_write(f"heartbeat/{self.agent}", doc)
+        except BrokerError as exc:
+            # Minting does not depend on the heartbeat; runbooks see a stale one and say so.
+            log.warning("heartbeat not written: %s", exc.detail)
+            if self.metrics is not None:
+                self.metrics.vault_error("heartbeat")
+            return
+        self._last_heartbeat = now
+
+
+def _revocation_view(control: ControlState) -> tuple[Any, ...]:
+    """What decides which tokens are revoked: a change means the status lists change."""
+    return (
+        control.killed,
+        control.revoked_before,
+        control.revoked_jtis,
+        frozenset(control.revoked_before_action.items()),
+        control.min_generation,
+    )

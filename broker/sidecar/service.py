@@ -1,0 +1,549 @@
+"""decide -> reserve -> mint -> audit -> answer, for one agent.
+
+Invariants:
+- A decision and its charge happen with no ``await`` between them, so budgets, rates and
+  concurrency are exact in one event loop; a failed mint gives the reservation back.
+- A credential leaves the sidecar only after its record is durable in the audit trail.
+  A JWT's record is written before it is even signed (its jti is chosen first); a Vault
+  token or lease whose record cannot be written is revoked in Vault before answering 503.
+- Vault unreachable, or the audit trail unwritable, means no credential (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from broker.audit.records import iso_utc
+from broker.audit.redaction import MAX_REFUSED_DETAIL, bound_inputs, clip, stored_inputs
+from broker.core.approvals import State, approved_by
+from broker.core.controlstate import ControlState
+from broker.core.credids import unique_id as _unique_id
+from broker.core.decision import ActionRequest, Decision, decide, raci_json
+from broker.core.errors import AuditUnavailable, BrokerError
+from broker.core.limits import UsageLedger
+from broker.core.manifest import JwtCredential, Manifest
+from broker.core.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
+from broker.core.toolcalls import ToolCallLog
+from broker.sidecar.api import scope_document
+from broker.sidecar.approvalgate import ApprovalGate
+from broker.sidecar.metrics import SidecarMetrics
+from broker.sidecar.minting import IssuedCredential, Minter, bounded
+from broker.sidecar.orphans import LateCredentials, revoke_in_vault
+from broker.sidecar.runtime import Runtime
+
+log = logging.getLogger("broker.sidecar.service")
+
+RETRY_AFTER_UNAVAILABLE = 2
+
+
+class AuditSink(Protocol):
+    async def append(self, body: Mapping[str, Any], *, owned: bool = False) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer for the HTTP layer: status, JSON body, extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _refusal(
+    decision: Decision, reason: ReasonCode, detail: str, retry_after: float | None
+) -> Reply:
+    body = {"outcome": Outcome.deny.value, "reason": reason.value, "detail": detail}
+    body["policy_version"] = decision.policy_version
+    status = REASON_HTTP_STATUS.get(reason, 403)
+    if retry_after is None and status in (429, 503):
+        retry_after = 1.0  # these refusals are temporary by nature: say when to come back
+    headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))} if retry_after else {}
+    return Reply(status, body, headers)
+
+
+class CredentialService:
+    def __init__(
+        self,
+        manifest: Manifest,
+        runtime: Runtime,
+        audit: AuditSink,
+        ledger: UsageLedger,
+        *,
+        redact_key: bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.manifest = manifest
+        self.runtime = runtime
+        self.minter = Minter(runtime.session, runtime.signer)
+        self.late = LateCredentials(runtime.session, audit, manifest.agent, clock)
+        self.audit = audit
+        self.ledger = ledger
+        self._redact_key = redact_key
+        self._clock = clock
+        # Outstanding Vault-backed credentials: credential id -> (kind, vault id, action, expiry).
+        self.vault_ids: dict[str, tuple[str, str, str, float]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.metrics: SidecarMetrics | None = None
+        # Manifests by content hash, so a record written after an await is redacted under
+        # the manifest that decided it even if a new version was switched in meanwhile.
+        self._manifests: dict[str, Manifest] = {manifest.content_hash: manifest}
+        # Set by the sidecar when the manifest comes from Vault: the watcher's state.
+        self.manifest_state: Callable[[], dict[str, Any]] | None = None
+        # Human approval gates (broker.sidecar.approvalgate) and each request's tool calls so far.
+        self.approvals = ApprovalGate(
+            lambda: self.manifest, runtime, audit, ledger, clock=clock, redact_key=redact_key
+        )
+        self.tool_calls = ToolCallLog()
+
+    @staticmethod
+    def new_request_id() -> str:
+        return "req_" + _unique_id()[-16:]
+
+    def scope(self) -> dict[str, Any]:
+        """What this agent may do, for its planner: actions, inputs, limits, approval gates."""
+        return scope_document(self.manifest, disabled=self.runtime.control.killed)
+
+    def control_changed(self, old: ControlState, new: ControlState) -> None:
+        """Runs on the event loop: a kill or mass revocation frees slots and goes on the record."""
+        if new.killed or new.revoked_before > old.revoked_before:
+            self.ledger.release_all()
+            self.vault_ids.clear()
+        event = (
+            "kill"
+            if new.killed and not old.killed
+            else "revive"
+            if old.killed and not new.killed
+            else "revoke"
+        )
+        body = {
+            "type": "control",
+            "event": event,
+            "timestamp": iso_utc(self._clock()),
+            "at": round(self._clock(), 6),
+            "agent_id": self.manifest.agent,
+            "reason": new.kill_reason,
+            "revoked_before": new.revoked_before,
+        }
+        self.approvals.announce_control(_CONTROL_EVENTS[event], body)
+        if self.metrics is not None and event != "revive":
+            self.metrics.revocation("agent" if event == "kill" else "all")
+        task = asyncio.get_running_loop().create_task(self.audit.append(body))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def outstanding_summary(self) -> dict[str, Any]:
+        """For the heartbeat: how many credentials are live, and which Vault ids back them."""
+        now = self._clock()
+        for cid in [c for c, v in self.vault_ids.items() if v[3] <= now]:
+            del self.vault_ids[cid]
+        return {
+            "in_flight": self.ledger.in_flight(now),
+            "manifest_hash": self.manifest.content_hash,
+            "actions": sorted(self.manifest.actions),  # runbook commands check --action here
+            "vault_credentials": [
+                {"credential_id": c, "kind": k, "vault_id": v, "action": a, "expires_at": e}
+                for c, (k, v, a, e) in self.vault_ids.items()
+            ],
+        }
+
+    def swap_manifest(self, new: Manifest) -> None:
+        """Enforce ``new`` from the next request on; synchronous, so atomic on the event loop."""
+        if len(self._manifests) >= 8:
+            self._manifests = {self.manifest.content_hash: self.manifest}
+        self._manifests[new.content_hash] = new
+        self.ledger.configure(new)
+        self.manifest = new
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready exactly when no reason of the sidecar's own would refuse a mint: the audit
+        trail, Vault, the control state's age and the signing certificate, each named."""
+        problems = self.runtime.problems()
+        failed = getattr(self.audit, "failed", "")
+        if failed:
+            problems["audit"] = failed
+        ready = not problems
+        return ready, {
+            "ready": ready,
+            "problems": problems,
+            "vault": problems.get("vault", "ok"),
+            "manifest": {
+                "agent": self.manifest.agent,
+                "hash": self.manifest.content_hash,
+                **(self.manifest_state() if self.manifest_state else {}),
+            },
+            "agent_disabled": self.runtime.control.killed,
+            "revoked_before": self.runtime.control.revoked_before,
+            "control_age_seconds": round(min(self.runtime.control_age(), 1e9), 3),
+        }
+
+    async def report_outcome(
+        self, credential_id: str, status: str, cost: Mapping[str, float]
+    ) -> bool:
+        """Free the slot and record the outcome; False for an unknown or released credential."""
+        if not self.ledger.release(credential_id):
+            return False
+        if self.metrics is not None:
+            held = self.vault_ids.get(credential_id)
+            self.metrics.outcome(held[2] if held else "other", status)
+        body = {
+            "type": "outcome",
+            "timestamp": iso_utc(self._clock()),
+            "agent_id": self.manifest.agent,
+            "credential_id": credential_id,
+            "status": status,
+            "cost": dict(cost),
+        }
+        await self.audit.append(body)
+        return True
+
+    async def request(self, req: ActionRequest) -> Reply:
+        failed = getattr(self.audit, "failed", "")
+        if failed:
+            # Nothing can be recorded, so nothing may be minted: refuse before touching Vault.
+            raise AuditUnavailable(failed)
+        if not self.runtime.available():
+            await self.runtime.refresh_now()  # stale only because the loop ran late?
+        now = self._clock()
+        decision = decide(
+            req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
+        )
+        if decision.outcome is Outcome.deny:
+            assert decision.reason is not None
+            await self._record(req, decision, now, status="blocked")
+            return _refusal(decision, decision.reason, decision.detail, decision.retry_after)
+        spec = decision.credential
+        problem = self.runtime.mint_problem(spec.kind if spec is not None else None)
+        if problem is not None:
+            return await self._unavailable(req, decision, now, problem[1], reason=problem[0])
+        if decision.outcome is Outcome.pending_approval:
+            return await self._pending(req, decision, now)
+        return await self._allow(req, decision, now)
+
+    async def _unavailable(
+        self,
+        req: ActionRequest,
+        decision: Decision,
+        now: float,
+        detail: str,
+        status: str = "blocked",
+        *,
+        extra: Mapping[str, Any] | None = None,
+        reason: ReasonCode = ReasonCode.backend_unavailable,
+    ) -> Reply:
+        """Fail closed: record the refusal, answer 503 (backend_unavailable unless told
+        otherwise) with Retry-After."""
+        await self._record(
+            req, decision, now, status=status, override=reason, detail=detail, extra=extra
+        )
+        return _refusal(decision, reason, detail, RETRY_AFTER_UNAVAILABLE)
+
+    async def _pending(self, req: ActionRequest, decision: Decision, now: float) -> Reply:
+        """Store the approval request in Vault (fail closed), record it, answer 202."""
+        try:
+            stored = self.approvals.open_for(req, decision, now)
+            approval = await bounded(stored, self.minter.deadline, "storing the approval")
+        except BrokerError as exc:
+            detail = f"the approval request could not be stored: {exc.detail}"
+            return await self._unavailable(req, decision, now, detail)
+        await self._record(
+            req,
+            decision,
+            now,
+            status="blocked",
+            detail=approval.message,
+            extra={"approval_id": approval.id},
+        )
+        self.approvals.announce_requested(approval)
+        return Reply(202, self.approvals.pending_body(approval))
+
+    async def redeem(
+        self, approval_id: str, wait: float = 0.0, inputs: Mapping[str, Any] | None = None
+    ) -> Reply:
+        """An approved request's credential, once: 202 while pending, 403 once denied,
+        expired or spent, or when ``inputs`` are not the approved ones."""
+        gate = self.approvals
+        async with gate.lock(approval_id):
+            fetched = gate.fetch(approval_id, wait)
+            approval = await bounded(fetched, wait + self.minter.deadline, "reading the approval")
+            req = gate.request_of(approval)
+            refusal = await gate.refusal(approval, None, inputs)
+            if refusal is None and approval.state_at(gate.clock()) is State.pending:
+                return Reply(202, gate.pending_body(approval))
+            if refusal is None and approval.state_at(gate.clock()) is State.approved:
+                problem = await gate.vouch(approval)
+                if problem is not None:
+                    refusal = ReasonCode.approval_denied, f"approval not honoured: {problem}"
+            if refusal is None and not self.runtime.available():
+                refusal = ReasonCode.backend_unavailable, "Vault is unavailable, nothing is minted"
+                if self.runtime.vault_ok:
+                    refusal = ReasonCode.control_state_stale, self.runtime.stale_detail()
+            if refusal is None:
+                approval = await gate.spend(approval)  # single use: spent before minting
+            now = self._clock()
+            decision = decide(
+                req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
+            )
+            extra = {"approval_id": approval.id}
+            if refusal is None and decision.outcome is Outcome.deny:
+                assert decision.reason is not None
+                refusal = decision.reason, decision.detail
+                await gate.reopen(approval, f"refused at redeem: {decision.reason}")
+            approver = approved_by(approval)
+            still_listed = decision.raci is not None and approver in decision.raci.approvers
+            if (
+                refusal is None
+                and decision.outcome is Outcome.pending_approval
+                and not still_listed
+            ):
+                # The manifest changed since the approval: only a current approver's word counts.
+                refusal = (
+                    ReasonCode.approval_denied,
+                    f"{approver} is no longer an approver of {req.action} under the manifest in force",
+                )
+            if refusal is not None:
+                denied = replace(
+                    decision,
+                    outcome=Outcome.deny,
+                    reason=refusal[0],
+                    approval_reason=None,
+                    detail=refusal[1],
+                )
+                await self._record(req, denied, now, status="blocked", extra=extra)
+                return _refusal(denied, refusal[0], refusal[1], decision.retry_after)
+            by = approved_by(approval)
+            granted = replace(
+                decision, outcome=Outcome.allow, reason=None, detail=f"approved by {by}"
+            )
+            reply = await self._allow(
+                req, granted, now, extra={**extra, "approved_by": by, "human_override": True}
+            )
+            if reply.status == 200:
+                await gate.redeemed(approval, reply.body["credential"]["credential_id"])
+            else:
+                await gate.reopen(approval, "the mint failed")
+            return reply
+
+    async def _allow(
+        self,
+        req: ActionRequest,
+        decision: Decision,
+        now: float,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Reply:
+        spec = decision.credential
+        assert spec is not None
+        credential_id = _unique_id()
+        expires_at = now + spec.ttl
+        self.ledger.charge(decision, credential_id, expires_at, now)
+        started = time.perf_counter()
+        try:
+            issued = await self._mint(req, decision, credential_id, now, extra)
+        except BrokerError as exc:
+            if self.metrics is not None:
+                self.metrics.vault_error(f"mint_{spec.kind}")
+            self.ledger.refund(decision, credential_id, now)
+            # The id Vault's metadata carries, so a late credential always matches a record.
+            extra = {**(extra or {}), "abandoned_credential_id": credential_id}
+            return await self._unavailable(req, decision, now, exc.detail, "error", extra=extra)
+        if self.metrics is not None:
+            self.metrics.mint_latency(spec.kind, time.perf_counter() - started)
+            self.metrics.credentials_issued(spec.kind)
+        return Reply(
+            200,
+            {
+                "outcome": Outcome.allow.value,
+                "credential": issued.to_json(),
+                "decision": _summary(decision),
+            },
+        )
+
+    async def _mint(
+        self,
+        req: ActionRequest,
+        decision: Decision,
+        credential_id: str,
+        now: float,
+        extra: Mapping[str, Any] | None = None,
+    ) -> IssuedCredential:
+        spec = decision.credential
+        assert spec is not None
+        if spec.kind == "jwt":
+            # The record goes first: the token does not exist until it is durable.
+            await self._record(
+                req,
+                decision,
+                now,
+                status="ok",
+                credential=(credential_id, spec.kind, spec.ttl),
+                extra=extra,
+            )
+            return self.minter.mint_jwt(
+                jti=credential_id, now=now, ttl=spec.ttl, claims=_jwt_claims(decision)
+            )
+        if spec.kind == "vault_token":
+            meta = {
+                "agent": decision.agent,
+                "action": decision.action,
+                "credential_id": credential_id,
+            }
+            call = self.minter.mint_vault_token(
+                now=now,
+                action=decision.action,
+                policies=list(spec.policies),
+                ttl=spec.ttl,
+                uses=spec.uses,
+                meta=meta,
+            )
+        else:
+            call = self.minter.mint_dynamic(now=now, mount=spec.mount, role=spec.role, ttl=spec.ttl)
+        on_late = self.late.handler(credential_id, decision.action)
+        issued = await self.minter.within_deadline(call, f"{spec.kind} mint", on_late)
+        try:
+            await self._record(
+                req,
+                decision,
+                now,
+                status="ok",
+                credential=(credential_id, spec.kind, issued.ttl),
+                vault_id=issued.credential_id,
+                extra=extra,
+            )
+        except AuditUnavailable:
+            with contextlib.suppress(BrokerError):
+                await asyncio.to_thread(revoke_in_vault, self.runtime.session, issued)
+            raise
+        self.runtime.dirty = True
+        self.vault_ids[credential_id] = (
+            spec.kind,
+            issued.credential_id,
+            decision.action,
+            issued.expires_at,
+        )
+        return IssuedCredential(
+            issued.kind,
+            credential_id,
+            issued.expires_at,
+            issued.ttl,
+            {**issued.secret, "vault_id": issued.credential_id},
+        )
+
+    async def _record(
+        self,
+        req: ActionRequest,
+        decision: Decision,
+        now: float,
+        *,
+        status: str,
+        override: ReasonCode | None = None,
+        detail: str | None = None,
+        credential: tuple[str, str, int] | None = None,
+        vault_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        reason = override or decision.reason
+        manifest = self._manifests.get(decision.manifest_hash, self.manifest)
+        action = manifest.actions.get(req.action)
+        fields = action.redact if action is not None else ()
+        outcome = Outcome.deny if override else decision.outcome
+        inputs, digest = self._stored_inputs(req, decision, fields)
+        clipped = None
+        if outcome is Outcome.deny:
+            inputs, clipped = bound_inputs(inputs)
+            detail = clip(detail or decision.detail, MAX_REFUSED_DETAIL)
+        body: dict[str, Any] = {
+            "type": "decision",
+            "timestamp": iso_utc(now),
+            "at": round(now, 6),
+            "agent_id": decision.agent,
+            "workflow": req.workflow,
+            "request_id": req.request_id,
+            "inputs": inputs,
+            "action": req.action,
+            "tool_calls": self.tool_calls.add(
+                req.workflow, req.request_id, _tool_call(req.action, status, decision, reason)
+            ),
+            "output": detail or decision.detail,
+            "policy_version": decision.policy_version,
+            "human_override": False,
+            "outcome": outcome.value,
+            "reason": reason.value if reason else None,
+            "approval_reason": decision.approval_reason,
+            "credential_id": credential[0] if credential else None,
+            "credential_kind": credential[1] if credential else None,
+            "ttl": credential[2] if credential else None,
+            "vault_id": vault_id,
+            "raci": raci_json(decision.raci) if decision.raci else {},
+            "manifest_hash": decision.manifest_hash,
+            "inputs_hash": digest,
+            "charges": dict(decision.charges),
+            **(extra or {}),
+        }
+        if clipped is not None:
+            body["inputs_clipped"] = clipped
+        started = time.perf_counter()
+        # Every value in ``body`` is fresh (tool_calls is a copy): the trail may own it.
+        await self.audit.append(body, owned=True)
+        if self.metrics is not None:
+            self.metrics.audit_append(time.perf_counter() - started)
+            self.metrics.decision(req.action, outcome.value, reason.value if reason else None)
+
+    def _stored_inputs(
+        self, req: ActionRequest, decision: Decision, fields: tuple[str, ...]
+    ) -> tuple[dict[str, Any], str]:
+        """The inputs as recorded and their hash: over the redacted form when any input is
+        redacted (a plain hash of the clear value would confirm a guess)."""
+        if any(name in req.inputs for name in fields):
+            inputs, digest = stored_inputs(
+                decision.agent, req.action, req.inputs, fields, self._redact_key
+            )
+        else:
+            inputs, digest = dict(req.inputs), decision.inputs_hash
+        return inputs, digest
+
+
+_CONTROL_EVENTS = {
+    "kill": "agent.killed",
+    "revive": "agent.revived",
+    "revoke": "credentials.revoked",
+}
+
+
+def _tool_call(
+    action: str, status: str, decision: Decision, reason: ReasonCode | None
+) -> dict[str, Any]:
+    call: dict[str, Any] = {"tool": action, "status": status}
+    if decision.outcome is Outcome.pending_approval and decision.approval_reason:
+        call["reason"] = decision.approval_reason
+    elif reason is not None:
+        call["reason"] = reason.value
+    return call
+
+
+def _jwt_claims(decision: Decision) -> dict[str, Any]:
+    spec = decision.credential
+    if not isinstance(spec, JwtCredential) or decision.raci is None:
+        raise TypeError("action-token claims need a jwt credential spec and a RACI")
+    return {
+        "audience": spec.audience,
+        "alg": spec.alg,
+        "action": decision.action,
+        "accountable": decision.raci.accountable,
+        "policy_version": decision.policy_version,
+        "inputs_hash": decision.inputs_hash,
+        "manifest_hash": decision.manifest_hash,
+    }
+
+
+def _summary(decision: Decision) -> dict[str, Any]:
+    return {
+        "action": decision.action,
+        "policy_version": decision.policy_version,
+        "manifest_hash": decision.manifest_hash,
+        "accountable": decision.raci.accountable if decision.raci else None,
+    }

@@ -1,0 +1,159 @@
+"""The HTML report in a real headless Chromium: the charts are drawn, with the report's numbers.
+
+Needs Debian's ``chromium`` at /usr/bin/chromium (``make test`` installs it on CI). Without it
+the test is skipped locally, but fails on CI (``CI`` set), where a silent skip would hide it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from broker.audit.report import Report, build_report, parse_since
+from broker.audit.report_html import render_html
+from tests.audit.test_report import NOW, trail_records
+
+CHROMIUM = Path("/usr/bin/chromium")
+TIMEOUT = 90
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing on CI: install Debian's chromium package")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    return CHROMIUM
+
+
+def run_chromium(binary: Path, profile: Path, *args: str) -> str:
+    """One headless run, bounded in time; its whole process group is gone afterwards."""
+    command = [
+        str(binary),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"chromium did not finish within {TIMEOUT}s")
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == 0, f"chromium exited {proc.returncode}"
+    return out
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group has already gone, as it should
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def report() -> Report:
+    return build_report(trail_records(), now=NOW, since=parse_since("7d"))
+
+
+@pytest.fixture(scope="module")
+def page(report: Report, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("html") / "report.html"
+    path.write_text(render_html(report), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def dom(chromium: Path, page: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    return run_chromium(chromium, profile, "--dump-dom", page.as_uri())
+
+
+def drawn_bars(dom: str, chart_id: str) -> list[tuple[str, int, float, float]]:
+    """(label, value, drawn width, drawn height) of each bar, as laid out by the browser."""
+    svg = re.search(rf'<svg [^>]*id="{chart_id}".*?</svg>', dom, re.S)
+    assert svg is not None, f"chart {chart_id} missing from the rendered DOM"
+    found = []
+    for rect in re.findall(r'<rect class="bar"[^>]*>', svg[0]):
+        attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', rect))
+        width, height = (float(x) for x in attrs["data-drawn"].split("x"))
+        found.append((attrs["data-label"], int(attrs["data-value"]), width, height))
+    return found
+
+
+def test_every_chart_is_drawn(dom: str) -> None:
+    """The page's script ran and saw every chart: a1 has three, a2 two (no credentials)."""
+    assert 'data-charts-drawn="5"' in dom
+
+
+def test_outcome_bars_match_the_report(dom: str, report: Report) -> None:
+    """Each agent's outcome chart has one drawn bar per outcome, valued as in the report."""
+    for n, agent in enumerate(report.agents):
+        bars = drawn_bars(dom, f"outcomes-{n}")
+        assert {label: value for label, value, _, _ in bars} == agent.total.throughput.by_outcome
+        assert all(w > 0 and h > 0 for _, _, w, h in bars)
+    allow, deny, pending = drawn_bars(dom, "outcomes-0")
+    assert (allow[1], deny[1], pending[1]) == (8, 3, 2)
+    # Heights are proportional to the values: 8 : 3 : 2.
+    assert allow[3] == pytest.approx(deny[3] * 8 / 3) == pytest.approx(pending[3] * 4)
+
+
+def test_refusal_bars_match_the_report(dom: str, report: Report) -> None:
+    """The refusal chart draws one bar per reason with the report's counts."""
+    bars = drawn_bars(dom, "refusals-0")
+    expected = report.agents[0].total.integrity.refusals_by_reason
+    assert (
+        {label: value for label, value, _, _ in bars}
+        == expected
+        == {
+            "budget_exhausted": 2,
+            "rate_limited": 1,
+        }
+    )
+    assert bars[0][3] == pytest.approx(2 * bars[1][3])
+
+
+def test_trust_bar_splits_auto_and_approved(dom: str) -> None:
+    """The trust bar is 7 auto to 1 approved, drawn 7 : 1 in width."""
+    (auto, a, auto_w, _), (approved, b, approved_w, _) = drawn_bars(dom, "trust-0")
+    assert (auto, a, approved, b) == ("auto", 7, "approved", 1)
+    assert auto_w == pytest.approx(7 * approved_w)
+
+
+def test_screenshot_is_a_real_picture(
+    chromium: Path, page: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A screenshot of the page is a PNG with enough detail to hold drawn charts."""
+    out = tmp_path_factory.mktemp("shot")
+    shot = out / "report.png"
+    run_chromium(
+        chromium,
+        out / "profile",
+        f"--screenshot={shot}",
+        "--window-size=1400,1200",
+        "--hide-scrollbars",
+        page.as_uri(),
+    )
+    data = shot.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    assert len(data) > 20_000, f"screenshot is only {len(data)} bytes"

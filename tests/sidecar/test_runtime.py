@@ -1,0 +1,76 @@
+"""The runtime's view of its own health, on injected clocks: when control state is stale,
+what /readyz names, and that a stale refusal is logged (no Vault needed: nothing polls)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pydantic import SecretStr
+
+from broker.core.errors import ConfigError
+from broker.settings import VaultSettings
+from broker.sidecar.runtime import STALE_AFTER, Runtime
+
+
+class Clock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def runtime(mono: Clock) -> Runtime:
+    settings = VaultSettings(addr="http://127.0.0.1:9", token=SecretStr("t"))
+    return Runtime("agent-x", settings, clock=Clock(1_700_000_000.0), monotonic=mono)
+
+
+@pytest.mark.parametrize(
+    ("vault_ok", "read_ago", "expected"),
+    [
+        (False, 0.0, {"vault"}),
+        (True, 0.0, set()),
+        (True, STALE_AFTER - 0.01, set()),
+        (True, STALE_AFTER, {"control_state"}),
+        (True, 30.0, {"control_state"}),
+    ],
+)
+def test_problems_name_vault_and_stale_control_state(
+    vault_ok: bool, read_ago: float, expected: set[str]
+) -> None:
+    """Staleness is the monotonic age of the last read sent; Vault down is named apart."""
+    mono = Clock()
+    rt = runtime(mono)
+    rt.vault_ok, rt.control_read_at = vault_ok, mono.now - read_ago
+    problems = rt.problems()
+    problems.pop("certificate")  # no key is certified in these tests
+    assert set(problems) == expected
+    assert rt.available() is (expected == set())
+
+
+def test_no_certificate_is_a_problem() -> None:
+    """Until a key is certified, readiness says so."""
+    rt = runtime(Clock())
+    assert rt.problems()["certificate"] == "no certified signing key yet"
+
+
+async def test_stale_state_waits_for_a_poll_then_refuses_with_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No poll answers within the wait: the refusal is counted and logged with the age."""
+    mono = Clock()
+    rt = runtime(mono)
+    rt.vault_ok, rt.control_read_at = True, mono.now - 5.0
+    with caplog.at_level(logging.WARNING, logger="broker.sidecar.runtime"):
+        await rt.refresh_now(wait=0.01)
+    assert rt.stale_refusals == 1
+    assert "control state is 5.00 s old" in caplog.text
+    assert "control state is 5.00 s old" in rt.stale_detail()
+
+
+def test_start_without_any_vault_credentials_fails_at_once() -> None:
+    """Missing credentials are a settings mistake: start-up refuses, it does not wait."""
+    rt = Runtime("agent-x", VaultSettings(addr="http://127.0.0.1:9"))
+    with pytest.raises(ConfigError, match="no Vault credentials"):
+        rt.session.check_credentials()
