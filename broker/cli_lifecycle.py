@@ -37,6 +37,7 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("old", metavar="OLD", help="file or vault:<agent>[@version]")
     p.add_argument("new", metavar="NEW", help="file or vault:<agent>[@version]")
     p.add_argument("--fail-on-widening", action="store_true", help="exit 1 if anything widens")
+    p.add_argument("--json", action="store_true", help="print the changes as JSON")
     _vault_options(p)
     p.set_defaults(func=cmd_diff)
 
@@ -58,6 +59,7 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("published", help="an agent's published manifest and its versions")
     p.add_argument("agent")
     p.add_argument("--yaml", action="store_true", help="print the stored YAML")
+    p.add_argument("--json", action="store_true", help="print the version and history as JSON")
     _vault_options(p)
     p.set_defaults(func=cmd_published)
 
@@ -218,9 +220,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
         _print_issues(exc)
         return 2
     changes = diff_manifests(old, new)
+    wide = widening(changes)
+    if args.json:
+        rows = [{"where": c.where, "what": c.what, "effect": str(c.effect)} for c in changes]
+        print(json.dumps({"changes": rows, "widening": len(wide)}, indent=2))
+        return 1 if wide and args.fail_on_widening else 0
     for change in changes:
         print(change)
-    wide = widening(changes)
     print(f"{len(changes)} change(s), {len(wide)} widening")
     return 1 if wide and args.fail_on_widening else 0
 
@@ -281,14 +287,32 @@ def cmd_published(args: argparse.Namespace) -> int:
     if args.yaml:
         sys.stdout.write(current.yaml)
         return 0
+    versions = manifest_versions(client, args.agent, addr)
+    if args.json:
+        print(json.dumps(_published_json(current, versions), indent=2))
+        return 0
     print(
         f"{args.agent}  version {current.version}  {current.policy_version}  "
         f"{current.content_hash}  by {current.published_by} "
         f"at {iso_utc(current.published_at)}"
     )
-    for version, created in manifest_versions(client, args.agent, addr).items():
+    for version, created in versions.items():
         print(f"  version {version}  {created}")
     return 0
+
+
+def _published_json(current: Any, versions: Any) -> dict[str, Any]:
+    from broker.audit import iso_utc
+
+    return {
+        "agent": current.agent,
+        "version": current.version,
+        "policy_version": current.policy_version,
+        "content_hash": current.content_hash,
+        "published_by": current.published_by,
+        "published_at": iso_utc(current.published_at),
+        "versions": {str(k): str(v) for k, v in versions.items()},
+    }
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -80,9 +80,9 @@ def test_verify_missing_file_is_an_error(
 def test_verify_with_unreachable_vault_fails_rather_than_half_checks(
     trail: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """With a Vault address configured but unreachable, verify exits 2 instead of passing."""
+    """With a Vault address configured but unreachable, verify exits 3 (backend unavailable)."""
     code = main(["audit", "verify", str(trail), "--vault-addr", "http://127.0.0.1:9"])
-    assert code == 2
+    assert code == 3
     assert "backend_unavailable" in capsys.readouterr().err
 
 

@@ -86,7 +86,7 @@ async def test_security_operator_may_not_publish(
     prepare_agent(openbao, path)
     code = await cli(monkeypatch, security_operator(openbao), "scopes", "publish", str(path),
                      "--vault-addr", openbao.addr, "--audit-log", str(audit))  # fmt: skip
-    assert code == 2
+    assert code == 1  # refused by Vault (PermissionDenied), not a usage error
     assert read_manifest(root_client(openbao), agent) is None
     (record,) = _audit(audit)
     assert (record["status"], record["operator"]) == ("refused", "sec@acme.example")
