@@ -30,6 +30,12 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     """Called by ``cli_scopes.register`` with the ``scopes`` sub-command group."""
     p = sub.add_parser("publish", help="validate, test and publish manifests to Vault")
     p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument(
+        "--approve-widening",
+        metavar="REASON",
+        help="publish even though the change widens what the agent may do; the reason is "
+        "recorded in the operator audit trail",
+    )
     _vault_options(p)
     p.set_defaults(func=cmd_publish)
 
@@ -134,10 +140,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except ManifestError as exc:
             _print_issues(exc)
             return 1
+    if args.approve_widening is not None and not args.approve_widening.strip():
+        raise ConfigError("--approve-widening needs a reason (who signed off, and why)")
     client, addr = _client(args)
+    refused = 0
     for path, manifest, text, passed in checked:
-        _publish_one(args, (client, addr), path, (manifest, text, passed))
-    return 0
+        refused += not _publish_one(args, (client, addr), path, (manifest, text, passed))
+    return 1 if refused else 0
 
 
 def _publish_one(
@@ -145,9 +154,10 @@ def _publish_one(
     vault: tuple[Any, str],
     path: Path,
     checked: tuple[Manifest, str, int],
-) -> None:
+) -> bool:
+    """Publish one manifest; False when it was refused as widening without a sign-off."""
     from broker.control import whoami
-    from broker.manifest_diff import diff_manifests
+    from broker.manifest_diff import diff_manifests, widening
     from broker.vault.manifests import PublishedManifest, read_manifest, write_manifest
     from broker.watcher import validate_published
 
@@ -168,13 +178,24 @@ def _publish_one(
         current = read_manifest(client, manifest.agent, addr=addr)
         if current is not None and current.content_hash == manifest.content_hash:
             print(f"unchanged  {manifest.agent}  version {current.version}  {current.content_hash}")
-            return
+            return True
+        wide: list[Any] = []
         if current is not None:
             try:
-                for change in diff_manifests(validate_published(current, manifest.agent), manifest):
+                changes = diff_manifests(validate_published(current, manifest.agent), manifest)
+                for change in changes:
                     print(f"  {change}")
+                wide = widening(changes)
             except ManifestError:
                 print(f"  (the current version {current.version} is invalid; replacing it)")
+        if wide and args.approve_widening is None:
+            detail = f"{len(wide)} widening change(s); publish with --approve-widening REASON"
+            operator_audit(args, {**body, "status": "refused", "detail": detail})
+            print(f"REFUSED    {manifest.agent}: {detail}")
+            return False
+        if wide:
+            body |= {"widening": [str(c).strip() for c in wide],
+                     "approved_widening": args.approve_widening}  # fmt: skip
         published = PublishedManifest(
             manifest.agent, 0, text, manifest.content_hash, manifest.policy_version, operator, now
         )
@@ -188,6 +209,7 @@ def _publish_one(
         f"published  {manifest.agent}  version {version}  {manifest.policy_version}  "
         f"{manifest.content_hash}  by {operator} ({passed} test cases passed)"
     )
+    return True
 
 
 def resolve(ref: str, args: argparse.Namespace) -> Manifest:
