@@ -53,8 +53,10 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--since", help="only report requests of the last 7d, 12h, ...")
     p.add_argument(
         "--baseline",
-        help="the manifest the trail was recorded under (lets redacted inputs "
-        "whose declaration is unchanged be replayed), e.g. vault:<agent>",
+        help="the manifest the trail was recorded under (lets redacted inputs whose "
+        "declaration is unchanged be replayed), e.g. vault:<agent>@3; default: every version "
+        "published in Vault (when VAULT_ADDR and VAULT_TOKEN are set) and the candidate, each "
+        "record compared with the one whose hash it carries",
     )
     p.add_argument(
         "--allow-widening", action="store_true", help="report widening, but exit 0 (signed off)"
@@ -284,14 +286,41 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError(f"--since {args.since!r}: {exc}") from exc
     try:
         candidate = resolve(args.candidate, args)
-        baseline = resolve(args.baseline, args) if args.baseline else None
+        baselines = [resolve(args.baseline, args)] if args.baseline else _published(args, candidate)
     except ManifestError as exc:
         _print_issues(exc)
         return 2
-    report = replay(audit_records(args.audit), candidate, since=since, baseline=baseline)
+    report = replay(audit_records(args.audit), candidate, since=since, baseline=baselines)
     for line in report.lines():
         print(line)
     return 1 if report.widening and not args.allow_widening else 0
+
+
+def _published(args: argparse.Namespace, candidate: Manifest) -> list[Manifest]:
+    """The default baselines: the candidate and, when Vault is configured, every version of
+    the agent's manifest published there (the records name the one that decided them)."""
+    from broker.settings import vault_from_env
+    from broker.vault.manifests import manifest_versions, read_manifest
+    from broker.watcher import validate_published
+
+    try:
+        token = vault_from_env(addr=args.vault_addr).token
+    except ConfigError:  # no Vault address: nothing published to read
+        token = None
+    if token is None:
+        print("baseline: the candidate only (no VAULT_TOKEN to read published versions)")
+        return [candidate]
+    client, addr = _client(args)
+    found = [candidate]
+    for version in manifest_versions(client, candidate.agent, addr):
+        published = read_manifest(client, candidate.agent, version, addr)
+        if published is not None:
+            try:
+                found.append(validate_published(published, candidate.agent))
+            except ManifestError:
+                continue  # an invalid version decided nothing: sidecars refused it
+    print(f"baseline: {len(found) - 1} published version(s) of {candidate.agent} in Vault")
+    return found
 
 
 # -- published / verify --------------------------------------------------------------------
