@@ -323,6 +323,25 @@ def _published(args: argparse.Namespace, candidate: Manifest) -> list[Manifest]:
     return found
 
 
+def not_enforced_reason(beat: dict[str, Any], agent: str, version: int) -> str:
+    """Why a live sidecar does not run the published version, from its heartbeat."""
+    source = str(beat.get("manifest_source") or "file")
+    if not source.startswith("vault:"):
+        return (
+            "the sidecar reads its manifest from a file, not from Vault; run it with "
+            f"--manifest vault:{agent} (broker up does) or edit its file and restart it"
+        )
+    refused = beat.get("manifest_refused")
+    if isinstance(refused, str):
+        refused = json.loads(refused)  # the heartbeat stores documents as JSON strings
+    if isinstance(refused, dict) and refused.get("version") == version:
+        return f"the sidecar refused version {version}: {refused.get('reason')}"
+    return (
+        f"the sidecar has not loaded version {version} yet; its manifest poll may be failing "
+        "(see `manifest.last_error` in its /readyz)"
+    )
+
+
 # -- published / verify --------------------------------------------------------------------
 
 
@@ -400,5 +419,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 f"NOT ENFORCED  {manifest.agent}: the sidecar still reports "
                 f"{beat.get('manifest_hash')} after {args.wait:.0f}s"
             )
+            print(f"  why: {not_enforced_reason(beat, manifest.agent, current.version)}")
             return 1
         time.sleep(0.5)

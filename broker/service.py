@@ -142,9 +142,13 @@ class CredentialService:
         now = self._clock()
         for cid in [c for c, v in self.vault_ids.items() if v[3] <= now]:
             del self.vault_ids[cid]
+        watched = self.manifest_state() if self.manifest_state else {}
         return {
             "in_flight": self.ledger.in_flight(now),
             "manifest_hash": self.manifest.content_hash,
+            # So `broker scopes verify` can say why a published version is not enforced.
+            "manifest_source": watched.get("source", "file"),
+            "manifest_refused": watched.get("refused"),
             "actions": sorted(self.manifest.actions),  # runbook commands check --action here
             "vault_credentials": [
                 {"credential_id": c, "kind": k, "vault_id": v, "action": a, "expires_at": e}

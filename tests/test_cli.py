@@ -249,3 +249,26 @@ def test_scopes_test_junit(tmp_path: Path) -> None:
     failures = root.findall("./testsuite/testcase/failure")
     assert len(failures) == 1
     assert root.find("./testsuite").get("failures") == "1"
+
+
+@pytest.mark.parametrize(
+    ("beat", "expected"),
+    [
+        ({"manifest_source": "file"}, "reads its manifest from a file"),
+        ({}, "reads its manifest from a file"),  # a sidecar older than the field
+        (
+            {"manifest_source": "vault:a", "manifest_refused": '{"version": 4, "reason": "bad"}'},
+            "refused version 4: bad",
+        ),
+        (
+            {"manifest_source": "vault:a", "manifest_refused": {"version": 3, "reason": "old"}},
+            "has not loaded version 4 yet",
+        ),
+        ({"manifest_source": "vault:a", "manifest_refused": None}, "has not loaded version 4"),
+    ],
+)
+def test_not_enforced_says_why(beat: dict[str, object], expected: str) -> None:
+    """``scopes verify`` names the cause of NOT ENFORCED from the sidecar's heartbeat."""
+    from broker.cli_lifecycle import not_enforced_reason
+
+    assert expected in not_enforced_reason(beat, "a", 4)
