@@ -163,6 +163,8 @@ class CredentialService:
         self._manifests[new.content_hash] = new
         self.ledger.configure(new)
         self.manifest = new
+        if self.metrics is not None:
+            self.metrics.manifest_changed(new.actions, new.budgets)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready exactly when no reason of the sidecar's own would refuse a mint: the audit
@@ -193,8 +195,7 @@ class CredentialService:
         if not self.ledger.release(credential_id):
             return False
         if self.metrics is not None:
-            held = self.vault_ids.get(credential_id)
-            self.metrics.outcome(held[2] if held else "other", status)
+            self.metrics.outcome(credential_id, status)
         body = {
             "type": "outcome",
             "timestamp": iso_utc(self._clock()),
@@ -357,7 +358,9 @@ class CredentialService:
             return await self._unavailable(req, decision, now, exc.detail, "error", extra=extra)
         if self.metrics is not None:
             self.metrics.mint_latency(spec.kind, time.perf_counter() - started)
-            self.metrics.credentials_issued(spec.kind)
+            self.metrics.credentials_issued(
+                spec.kind, action=req.action, credential_id=credential_id
+            )
         return Reply(
             200,
             {
