@@ -188,11 +188,8 @@ def _agent_in(path: Path) -> str:
 def run_trace(args: argparse.Namespace) -> int:
     named: list[Path] = args.file or _default_files()
     files = [f for path in named for f in (chain_files(path) if path.exists() else [path])]
-    found = 0
-    for record in _records(files):
-        if record.get("request_id") != args.request_id:
-            continue
-        found += 1
+    found = list(_traced(_records(files), args.request_id))
+    for record in found:
         print(_text(record) if args.format == "text" else json.dumps(record, sort_keys=True))
     if not found:
         print(
@@ -201,6 +198,21 @@ def run_trace(args: argparse.Namespace) -> int:
         )
         return EXIT_DAMAGED
     return EXIT_OK
+
+
+def _traced(records: Iterator[dict[str, Any]], request_id: str) -> Iterator[dict[str, Any]]:
+    """The request's own records, then those that name its credential or its approval: the
+    outcome the agent reported and a revocation carry only the credential id."""
+    credentials: set[str] = set()
+    approvals: set[str] = set()
+    for record in records:
+        cid, aid = record.get("credential_id"), record.get("approval_id")
+        if record.get("request_id") == request_id:
+            credentials |= {cid} if isinstance(cid, str) and cid else set()
+            approvals |= {aid} if isinstance(aid, str) and aid else set()
+            yield record
+        elif cid in credentials or aid in approvals:
+            yield record
 
 
 def _default_files() -> list[Path]:
@@ -223,7 +235,18 @@ def _records(files: list[Path]) -> Iterator[dict[str, Any]]:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-_TEXT_FIELDS = ("outcome", "reason", "credential_id", "ttl", "policy_version", "human_override")
+_TEXT_FIELDS = (
+    "event",
+    "outcome",
+    "status",
+    "reason",
+    "by",
+    "approval_id",
+    "credential_id",
+    "ttl",
+    "policy_version",
+    "human_override",
+)
 
 
 def _text(record: Mapping[str, Any]) -> str:

@@ -198,6 +198,14 @@ def cmd_rotate_backend_root(args: argparse.Namespace) -> int:
     return _finish(args, _control(args).rotate_backend_root(args.mount, args.connection))
 
 
+def heartbeat_age(seconds: float | None) -> str:
+    """How long ago the last heartbeat was; a clock a little ahead of ours reads "now", never
+    "-0.0s ago"."""
+    if seconds is None:
+        return "none"
+    return "now" if seconds < 0.05 else f"{seconds:.1f}s ago"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     rows = list(_control(args).status())
     if args.json:
@@ -208,7 +216,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{'tokens':>6} {'key gen':>7}"
     )
     for r in rows:
-        age = "none" if r["heartbeat_age"] is None else f"{r['heartbeat_age']}s ago"
+        age = heartbeat_age(r["heartbeat_age"])
         print(
             f"{r['agent']:<28} {'YES' if r['killed'] else 'no':<7} {age:>10} "
             f"{r['in_flight'] if r['in_flight'] is not None else '-':>9} {r['vault_credentials']:>11} "

@@ -272,3 +272,22 @@ def test_not_enforced_says_why(beat: dict[str, object], expected: str) -> None:
     from broker.cli_lifecycle import not_enforced_reason
 
     assert expected in not_enforced_reason(beat, "a", 4)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(None, "none"), (-0.04, "now"), (0.0, "now"), (3.25, "3.2s ago"), (61.0, "61.0s ago")],
+)
+def test_heartbeat_age_never_reads_minus_zero(seconds: float | None, shown: str) -> None:
+    """``broker status`` prints "now" for a heartbeat from a clock slightly ahead, not -0.0s."""
+    from broker.cli_control import heartbeat_age
+
+    assert heartbeat_age(seconds) == shown
+
+
+@pytest.mark.parametrize(("value", "shown"), [(None, "-"), ("", "-"), ("wf-1", "wf-1")])
+def test_absent_values_print_as_a_dash(value: str | None, shown: str) -> None:
+    """``approvals show`` prints an absent workflow as "-", never "None"."""
+    from broker.cli_approvals import shown as show
+
+    assert show(value) == shown
