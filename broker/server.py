@@ -175,7 +175,34 @@ async def get_openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a malformed header line, say) as an ERROR with
+    a traceback, though the client already got its 400 and nothing in the sidecar failed.
+    Such records become one WARNING line naming the kind of problem, without the header's
+    text: it may hold a token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = (
+                "malformed HTTP request answered with %s (%s)",
+                (
+                    exc.code,
+                    type(exc).__name__,
+                ),
+            )
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+MALFORMED_FILTER = MalformedRequestFilter()
+
+
 def build_app(service: CredentialService, *, max_body: int) -> web.Application:
+    logging.getLogger("aiohttp.server").addFilter(MALFORMED_FILTER)  # idempotent: one object
     # aiohttp's own limit is set above ours so that our check answers first, with our code.
     app = web.Application(middlewares=[errors_middleware], client_max_size=max_body + 1)
     app[SERVICE] = service
