@@ -43,7 +43,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(413, PayloadTooLarge.code, "request body is too large")
     except web.HTTPException as exc:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return _error(exc.status, code, exc.reason)
+        response = _error(exc.status, code, exc.reason)
+        if "Allow" in exc.headers:  # RFC 9110: a 405 names the methods the resource allows
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error(500, "internal_error", "the sidecar failed; the incident is logged")

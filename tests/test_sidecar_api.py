@@ -252,3 +252,22 @@ async def test_malformed_header_is_a_400_and_a_warning_without_traceback(
     assert all(r.levelno == logging.WARNING and not r.exc_info for r in aiohttp_records)
     assert "secret-value" not in caplog.text
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/v1/credentials", "POST"),
+        ("DELETE", "/v1/scope", "GET"),
+        ("PUT", "/healthz", "GET"),
+        ("GET", "/v1/credentials/abc/outcome", "POST"),
+    ],
+)
+async def test_method_not_allowed_names_the_allowed_methods(
+    openbao: DevServer, manifest_path: Path, tmp_path: Path, method: str, path: str, allowed: str
+) -> None:
+    """A wrong method is a JSON 405 with an ``Allow`` header (RFC 9110), as schemathesis checks."""
+    async with running_sidecar(openbao, manifest_path, tmp_path) as h:
+        status, body, headers = await h.raw(method, path)
+    assert (status, body["error"]) == (405, "method_not_allowed")
+    assert allowed in headers["Allow"]
