@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +60,9 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--allow-widening", action="store_true", help="report widening, but exit 0 (signed off)"
     )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     _vault_options(p)
-    p.set_defaults(func=cmd_replay)
+    p.set_defaults(func=_replay)
 
     p = sub.add_parser("published", help="an agent's published manifest and its versions")
     p.add_argument("agent")
@@ -76,6 +76,12 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the sidecar")
     _vault_options(p)
     p.set_defaults(func=cmd_verify)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from broker.cli_replay import cmd_replay
+
+    return cmd_replay(args)
 
 
 def _vault_options(p: argparse.ArgumentParser) -> None:
@@ -253,74 +259,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(change)
     print(f"{len(changes)} change(s), {len(wide)} widening")
     return 1 if wide and args.fail_on_widening else 0
-
-
-# -- replay --------------------------------------------------------------------------------
-
-
-def audit_records(paths: list[Path]) -> Iterator[dict[str, Any]]:
-    """Records of the trail files in order; unreadable lines are skipped (verify them with
-    ``broker audit verify``: replay answers "what if", not "is this trail intact")."""
-    for path in paths:
-        try:
-            handle = path.open("rb")
-        except OSError as exc:
-            raise ConfigError(f"cannot read the audit trail {path}: {exc.strerror}") from exc
-        with handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    yield record
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from broker.manifest import parse_duration
-    from broker.replay import replay
-
-    try:
-        since = time.time() - parse_duration(args.since) if args.since else None
-    except ValueError as exc:
-        raise ConfigError(f"--since {args.since!r}: {exc}") from exc
-    try:
-        candidate = resolve(args.candidate, args)
-        baselines = [resolve(args.baseline, args)] if args.baseline else _published(args, candidate)
-    except ManifestError as exc:
-        _print_issues(exc)
-        return 2
-    report = replay(audit_records(args.audit), candidate, since=since, baseline=baselines)
-    for line in report.lines():
-        print(line)
-    return 1 if report.widening and not args.allow_widening else 0
-
-
-def _published(args: argparse.Namespace, candidate: Manifest) -> list[Manifest]:
-    """The default baselines: the candidate and, when Vault is configured, every version of
-    the agent's manifest published there (the records name the one that decided them)."""
-    from broker.settings import vault_from_env
-    from broker.vault.manifests import manifest_versions, read_manifest
-    from broker.watcher import validate_published
-
-    try:
-        token = vault_from_env(addr=args.vault_addr).token
-    except ConfigError:  # no Vault address: nothing published to read
-        token = None
-    if token is None:
-        print("baseline: the candidate only (no VAULT_TOKEN to read published versions)")
-        return [candidate]
-    client, addr = _client(args)
-    found = [candidate]
-    for version in manifest_versions(client, candidate.agent, addr):
-        published = read_manifest(client, candidate.agent, version, addr)
-        if published is not None:
-            try:
-                found.append(validate_published(published, candidate.agent))
-            except ManifestError:
-                continue  # an invalid version decided nothing: sidecars refused it
-    print(f"baseline: {len(found) - 1} published version(s) of {candidate.agent} in Vault")
-    return found
 
 
 def not_enforced_reason(beat: dict[str, Any], agent: str, version: int) -> str:

@@ -95,6 +95,24 @@ class ReplayReport:
             key=lambda g: (not g[3][0].widens, g[0], show(g[1]), show(g[2])),
         )
 
+    def to_json(self) -> dict[str, Any]:
+        def row(r: Replayed) -> dict[str, Any]:
+            after = None if r.after is None else list(r.after)
+            return {"request_id": r.request_id, "at": iso_utc(r.at), "action": r.action,
+                    "before": list(r.before), "after": after, "widens": r.widens, "note": r.note}  # fmt: skip
+
+        return {
+            "candidate": {
+                "agent": self.candidate.agent,
+                "content_hash": self.candidate.content_hash,
+            },
+            "replayed": self.replayed,
+            "unchanged": self.unchanged,
+            "widening": len(self.widening),
+            "changed": [row(r) for r in self.changed],
+            "not_replayable": [row(r) for r in self.not_replayable],
+        }
+
     def lines(self) -> list[str]:
         c = self.candidate
         window = f" since {iso_utc(self.since)}" if self.since is not None else ""

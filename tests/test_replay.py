@@ -221,3 +221,19 @@ def test_cli_replay_defaults_to_the_recording_manifest(
     assert "baseline: the candidate only" in out
     assert "5 unchanged, 0 changed (0 widening), 1 not replayable" in out
     assert "r6-bad-ticket" in out
+
+
+def test_cli_replay_json(trail: Any, tmp_path: Path, capsys: Any) -> None:
+    """``scopes replay --json`` gives counts and each changed request with before and after."""
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("".join(json.dumps(r) + "\n" for r in trail[2]))
+    (tmp_path / "old.yaml").write_text(RECORDED)
+    (tmp_path / "new.yaml").write_text(CANDIDATE)
+    args = ["scopes", "replay", "--audit", str(audit), str(tmp_path / "new.yaml"), "--json"]
+    assert main([*args, "--baseline", str(tmp_path / "old.yaml")]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["replayed"], doc["unchanged"], doc["widening"]) == (6, 3, 1)
+    widening = [c for c in doc["changed"] if c["widens"]]
+    assert [(c["action"], c["before"], c["after"]) for c in widening] == [
+        ("crm.lookup", ["deny", "unknown_action"], ["allow", None])
+    ]
