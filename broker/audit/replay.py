@@ -16,8 +16,9 @@ redacted input, one of:
 - the candidate does not have the action, or does not declare the input (refused anyway);
 - the candidate declares it as a string with no constraint, and neither an approval
   condition nor a cost reads it;
-- a ``baseline`` manifest is given, the record was decided under it (same content hash), the
-  original decision got past the input checks, the input's declaration is the same in the
+- a baseline manifest is known for the record (the one whose content hash the record carries:
+  ``broker scopes replay`` finds every published version in Vault by default, or takes
+  ``--baseline``), the original decision got past the input checks, the input's declaration is the same in the
   baseline and the candidate, and neither an approval condition nor a cost reads it: the
   value passed those checks then, so it passes them now.
 Otherwise it is reported as "not replayable (redacted input X)", never guessed.
@@ -94,6 +95,24 @@ class ReplayReport:
             key=lambda g: (not g[3][0].widens, g[0], show(g[1]), show(g[2])),
         )
 
+    def to_json(self) -> dict[str, Any]:
+        def row(r: Replayed) -> dict[str, Any]:
+            after = None if r.after is None else list(r.after)
+            return {"request_id": r.request_id, "at": iso_utc(r.at), "action": r.action,
+                    "before": list(r.before), "after": after, "widens": r.widens, "note": r.note}  # fmt: skip
+
+        return {
+            "candidate": {
+                "agent": self.candidate.agent,
+                "content_hash": self.candidate.content_hash,
+            },
+            "replayed": self.replayed,
+            "unchanged": self.unchanged,
+            "widening": len(self.widening),
+            "changed": [row(r) for r in self.changed],
+            "not_replayable": [row(r) for r in self.not_replayable],
+        }
+
     def lines(self) -> list[str]:
         c = self.candidate
         window = f" since {iso_utc(self.since)}" if self.since is not None else ""
@@ -148,9 +167,11 @@ def replay(
     candidate: Manifest,
     *,
     since: float | None = None,
-    baseline: Manifest | None = None,
+    baseline: Manifest | Iterable[Manifest] | None = None,
 ) -> ReplayReport:
-    """Re-decide every recorded request of ``candidate.agent``; report those that change."""
+    """Re-decide every recorded request of ``candidate.agent``; report those that change.
+    ``baseline``: the manifest(s) the trail may have been recorded under; each record is
+    compared with the one whose content hash it carries."""
     report = ReplayReport(candidate, since)
     state = _Replay(candidate, baseline)
     for record in records:
@@ -173,9 +194,10 @@ def replay(
 
 
 class _Replay:
-    def __init__(self, candidate: Manifest, baseline: Manifest | None) -> None:
+    def __init__(self, candidate: Manifest, baseline: Manifest | Iterable[Manifest] | None) -> None:
         self.candidate = candidate
-        self.baseline = baseline
+        known = [baseline] if isinstance(baseline, Manifest) else list(baseline or ())
+        self.baselines = {m.content_hash: m for m in known if m.agent == candidate.agent}
         self.ledger = UsageLedger.for_manifest(candidate)
         self._relaxed: dict[tuple[str, tuple[str, ...]], Manifest] = {}
 
@@ -241,10 +263,9 @@ class _Replay:
         declared = spec.inputs[name]
         if declared.type == "string" and not declared.constraints():
             return "ok"
-        base = self.baseline
+        base = self.baselines.get(str(record.get("manifest_hash")))
         if (
             base is not None
-            and record.get("manifest_hash") == base.content_hash
             and before[1] not in _BEFORE_CONSTRAINTS
             and action in base.actions
             and base.actions[action].inputs.get(name) == declared

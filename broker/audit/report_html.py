@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from html import escape
 
 from broker.audit.report import AgentReport, Layers, Report
+from broker.audit.report_page import CSS as PAGE_CSS
+from broker.audit.report_page import short_id, summary_section
+from broker.audit.report_summary import Summary
 
 BAR_WIDTH, BAR_GAP, PLOT_HEIGHT, LABEL_SPACE = 56, 16, 160, 44
 TRUST_WIDTH, TRUST_HEIGHT = 480, 28
@@ -25,13 +28,17 @@ COLOURS = {
 DEFAULT_COLOUR = "#546e7a"
 
 _CSS = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; }
 .charts { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; }
 figure { margin: 0; } figcaption { font-weight: 600; margin-bottom: .3em; }
 svg text { font: 11px system-ui, sans-serif; fill: #333; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+table { border-collapse: collapse; margin: 1em 0; width: 100%; table-layout: fixed;
+  font-size: 12px; }
+th, td { border: 1px solid #ddd; padding: .25em .4em; text-align: right;
+  overflow-wrap: anywhere; }
+th { font-size: 11px; overflow-wrap: normal; hyphens: auto; }
+th:first-child, td:first-child { width: 14%; }
 th:first-child, td:first-child { text-align: left; }
 tr.total td { font-weight: 600; background: #f5f5f5; }
 .empty { color: #777; font-style: italic; }
@@ -44,6 +51,9 @@ document.querySelectorAll("svg.chart rect.bar").forEach(function (bar) {
   bar.setAttribute("data-drawn", box.width.toFixed(1) + "x" + box.height.toFixed(1));
 });
 document.body.setAttribute("data-charts-drawn", document.querySelectorAll("svg.chart").length);
+// The page must fit its window: a browser test compares these at 1280 px.
+document.body.setAttribute("data-scroll-width", document.documentElement.scrollWidth);
+document.body.setAttribute("data-client-width", document.documentElement.clientWidth);
 """
 
 
@@ -73,10 +83,15 @@ def bar_chart(kind: str, chart_id: str, agent: str, values: Mapping[str, int]) -
             f"<title>{escape(label)}: {value}</title></rect>",
             f'<text x="{x + BAR_WIDTH / 2}" y="{y - 3}" text-anchor="middle">{value}</text>',
             f'<text x="{x + BAR_WIDTH / 2}" y="{16 + PLOT_HEIGHT + 14}" '
-            f'text-anchor="middle">{escape(label[:14])}</text>',
+            f'text-anchor="middle">{escape(_fit(label))}</text>',
         ]
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _fit(label: str, room: int = 11) -> str:
+    """A bar label cut to its bar's width, so neighbours never overlap (full one on hover)."""
+    return label if len(label) <= room else label[: room - 1] + "…"
 
 
 def trust_bar(chart_id: str, agent: str, layers: Layers) -> str:
@@ -151,11 +166,27 @@ def _row(name: str, layers: Layers, css: str = "") -> str:
         _pct(tr.auto_share),
         _pct(tr.approved_share),
         _pct(tr.override_rate),
-        _pct(tr.audit_completeness),
-        ", ".join(tr.missing_outcome) or "-",
+        _completeness(tr.audit_completeness, len(tr.missing_outcome)),
     )
     body = "".join(f"<td>{escape(str(c))}</td>" for c in cells)
+    body += f"<td>{_missing(tr.missing_outcome)}</td>"
     return f'<tr class="{css}">{body}</tr>' if css else f"<tr>{body}</tr>"
+
+
+def _completeness(share: float | None, missing: int) -> str:
+    """ "no outcomes reported" rather than a 0% that reads as a failure of the broker."""
+    if share is None:
+        return "-"
+    if share == 0 and missing:
+        return "no outcomes reported"
+    return _pct(share)
+
+
+def _missing(ids: Sequence[str]) -> str:
+    if not ids:
+        return "-"
+    shown = ", ".join(short_id(i) for i in ids[:3])
+    return f"{len(ids)}: {shown}" + (", …" if len(ids) > 3 else "")
 
 
 def _agent_section(n: int, agent: AgentReport) -> str:
@@ -188,16 +219,17 @@ def _outcomes(layers: Layers) -> dict[str, int]:
     return {k: by[k] for k in (*order, *sorted(set(by) - set(order))) if k in by}
 
 
-def render_html(report: Report) -> str:
+def render_html(report: Report, summary: Summary | None = None) -> str:
     window = f"since {report.window_start}" if report.window_start else "all time"
+    first = summary_section(summary) if summary is not None else ""
     sections = "".join(_agent_section(n, a) for n, a in enumerate(report.agents))
     if not sections:
         sections = '<p class="empty">No decisions in the selected records.</p>'
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         "<title>Credential broker report</title>"
-        f"<style>{_CSS}</style></head><body>"
+        f"<style>{_CSS}{PAGE_CSS}</style></head><body>"
         "<h1>Credential broker report</h1>"
         f"<p>{report.records} records, {escape(window)}, generated {report.generated_at}.</p>"
-        f"{sections}<script>{_SCRIPT}</script></body></html>\n"
+        f"{first}<h2>Per agent and action</h2>{sections}<script>{_SCRIPT}</script></body></html>\n"
     )

@@ -114,6 +114,11 @@ def describe(a: Approval, now: float) -> dict[str, Any]:
     }
 
 
+def shown(value: object) -> str:
+    """A value for people: an absent one is "-", never Python's ``None``."""
+    return "-" if value is None or value == "" else str(value)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     approval, _ = _store(args).find(args.approval_id, args.agent)
     doc = describe(approval, time.time())
@@ -121,7 +126,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     for key in ("id", "state", "agent", "action", "workflow", "request_id", "reason", "message"):
-        print(f"{key:>15}: {doc[key]}")
+        print(f"{key:>15}: {shown(doc[key])}")
     print(f"{'inputs':>15}: {json.dumps(doc['inputs'], sort_keys=True)}")
     raci = doc["raci"]
     print(f"{'approvers':>15}: {', '.join(raci['approvers'])}")
@@ -131,7 +136,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"{'policy_version':>15}: {doc['policy_version']} ({doc['manifest_hash']})")
     print(f"{'requested':>15}: {doc['requested']}, deadline {doc['deadline'] or '-'}")
     for step in doc["history"]:
-        print(f"{'':>15}  {step['at']} {step['event']} by {step['by']} {step['reason']}")
+        print(
+            f"{'':>15}  {step['at']} {step['event']} by {shown(step['by'])} {shown(step['reason'])}"
+        )
     return EXIT_OK
 
 

@@ -1,7 +1,8 @@
 """``broker audit verify`` / ``broker audit trace`` and ``broker bench audit``.
 
 Verify is strict about Vault: when an address is configured (flag or environment) and Vault
-cannot be reached, it fails (exit 2) rather than pass a file it could only half check.
+cannot be reached, it fails (exit 3, backend unavailable) rather than pass a file it could
+only half check.
 Without Vault (``--offline``, or no address) it checks the chain alone and says so with its
 own exit code (3), never a plain "intact": a tail cut behind the last checkpoint, or records
 edited after it, cannot be told apart from an intact trail without the anchors in Vault.
@@ -27,9 +28,10 @@ from broker.audit.records import (
     signature_problem,
     verify_lines,
 )
+from broker.cli.exit import EXIT_FAILED as EXIT_DAMAGED
+from broker.cli.exit import EXIT_OK
+from broker.cli.exit import EXIT_UNAVAILABLE as EXIT_UNANCHORED  # anchors not consulted
 from broker.core.errors import ConfigError
-
-EXIT_OK, EXIT_DAMAGED, EXIT_UNANCHORED = 0, 1, 3
 
 
 def register(
@@ -45,6 +47,7 @@ def register(
     )
     verify.add_argument("--agent", help="whose published head to compare (default: from the file)")
     verify.add_argument("--offline", action="store_true", help="check the chain only; no Vault")
+    verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
     verify.set_defaults(func=run_verify)
 
     trace = sub.add_parser("trace", help="print every record of one request")
@@ -53,6 +56,9 @@ def register(
         "--file", action="append", type=Path, help="trail file(s); default BROKER_AUDIT_LOG"
     )
     trace.add_argument("--format", choices=("json", "text"), default="json")
+    trace.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="same as --format json"
+    )
     trace.set_defaults(func=run_trace)
 
     bench_audit = bench.add_parser("audit", help="durable appends per second, latency, fsyncs")
@@ -66,17 +72,27 @@ def register(
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    code, verdict, lines = _verify(args)
+    if args.json:
+        print(json.dumps({**verdict, "exit_code": code, "lines": lines}, indent=2))
+    else:
+        print("\n".join(lines))
+    return code
+
+
+def _verify(args: argparse.Namespace) -> tuple[int, dict[str, Any], list[str]]:
     path: Path = args.file
     keys: dict[int, bytes] | None = None
     head: tuple[int, str] | None = None
     note = "checkpoint signatures and Vault's published head NOT checked (offline)"
     env_addr = os.environ.get("VAULT_ADDR") or os.environ.get("BAO_ADDR")
+    base: dict[str, Any] = {"file": str(path)}
     if not args.offline and (args.vault_addr or env_addr):
         agent = args.agent or _agent_in(path)
         keys, head, problem = _from_vault(args.vault_addr, agent)
         if problem:
-            print(f"DAMAGED: {path}: the head published in Vault for {agent}: {problem}")
-            return EXIT_DAMAGED
+            line = f"DAMAGED: {path}: the head published in Vault for {agent}: {problem}"
+            return EXIT_DAMAGED, {**base, "verdict": "damaged", "problem": problem}, [line]
         note = "checkpoint signatures verified with Vault's transit key; " + (
             f"the file reaches Vault's published head for {agent} (seq {head[0]})"
             if head
@@ -84,25 +100,34 @@ def run_verify(args: argparse.Namespace) -> int:
         )
     files = chain_files(path) if path.exists() else [path]
     result = _verify_file(files, keys, head, args.agent or (_agent_in(path) if keys else None))
+    base |= {"records": result.count, "segments": len(files)}
     if not result.ok:
-        print(f"DAMAGED: {path}: first bad seq {result.first_bad_seq}: {result.problem}")
-        print(f"  records 1..{result.count} are intact")
-        return EXIT_DAMAGED
+        return (
+            EXIT_DAMAGED,
+            {**base, "verdict": "damaged", "first_bad_seq": result.first_bad_seq,
+             "problem": result.problem},
+            [f"DAMAGED: {path}: first bad seq {result.first_bad_seq}: {result.problem}",
+             f"  records 1..{result.count} are intact"],
+        )  # fmt: skip
     segments = f" in {len(files)} segments" if len(files) > 1 else ""
     described = _describe(result.last_checkpoint)
     anchored = head[0] if head else 0
     if keys is None:
-        print(f"chain intact, anchors NOT checked: {path}: {result.count} records{segments}")
-        print(f"  {described}")
-        print(
-            f"  {note}: a tail cut behind a checkpoint, or a trail rewritten with a consistent "
-            "chain, would pass this check"
-        )
-        return EXIT_UNANCHORED
-    print(f"intact: {path}: {result.count} records{segments}; {described}")
-    print(f"  {note}")
-    print(f"  {result.count - anchored} record(s) after the head anchored in Vault")
-    return EXIT_OK
+        return (
+            EXIT_UNANCHORED,
+            {**base, "verdict": "chain_intact_anchors_not_checked"},
+            [f"chain intact, anchors NOT checked: {path}: {result.count} records{segments}",
+             f"  {described}",
+             f"  {note}: a tail cut behind a checkpoint, or a trail rewritten with a consistent "
+             "chain, would pass this check"],
+        )  # fmt: skip
+    return (
+        EXIT_OK,
+        {**base, "verdict": "intact", "after_anchored_head": result.count - anchored},
+        [f"intact: {path}: {result.count} records{segments}; {described}",
+         f"  {note}",
+         f"  {result.count - anchored} record(s) after the head anchored in Vault"],
+    )  # fmt: skip
 
 
 def _from_vault(
@@ -163,11 +188,8 @@ def _agent_in(path: Path) -> str:
 def run_trace(args: argparse.Namespace) -> int:
     named: list[Path] = args.file or _default_files()
     files = [f for path in named for f in (chain_files(path) if path.exists() else [path])]
-    found = 0
-    for record in _records(files):
-        if record.get("request_id") != args.request_id:
-            continue
-        found += 1
+    found = list(_traced(_records(files), args.request_id))
+    for record in found:
         print(_text(record) if args.format == "text" else json.dumps(record, sort_keys=True))
     if not found:
         print(
@@ -176,6 +198,21 @@ def run_trace(args: argparse.Namespace) -> int:
         )
         return EXIT_DAMAGED
     return EXIT_OK
+
+
+def _traced(records: Iterator[dict[str, Any]], request_id: str) -> Iterator[dict[str, Any]]:
+    """The request's own records, then those that name its credential or its approval: the
+    outcome the agent reported and a revocation carry only the credential id."""
+    credentials: set[str] = set()
+    approvals: set[str] = set()
+    for record in records:
+        cid, aid = record.get("credential_id"), record.get("approval_id")
+        if record.get("request_id") == request_id:
+            credentials |= {cid} if isinstance(cid, str) and cid else set()
+            approvals |= {aid} if isinstance(aid, str) and aid else set()
+            yield record
+        elif cid in credentials or aid in approvals:
+            yield record
 
 
 def _default_files() -> list[Path]:
@@ -198,7 +235,18 @@ def _records(files: list[Path]) -> Iterator[dict[str, Any]]:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-_TEXT_FIELDS = ("outcome", "reason", "credential_id", "ttl", "policy_version", "human_override")
+_TEXT_FIELDS = (
+    "event",
+    "outcome",
+    "status",
+    "reason",
+    "by",
+    "approval_id",
+    "credential_id",
+    "ttl",
+    "policy_version",
+    "human_override",
+)
 
 
 def _text(record: Mapping[str, Any]) -> str:

@@ -80,12 +80,12 @@ def register(
     p = commands.add_parser(
         "status", help="agents, sidecar heartbeats, kill flags, outstanding credentials"
     )
-    p.add_argument("--json", action="store_true")
     _common(p, cmd_status)
 
 
 def _common(p: argparse.ArgumentParser, func: Any) -> None:
     add_operator_options(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=func)
 
 
@@ -100,6 +100,9 @@ def _finish(args: argparse.Namespace, report: Any) -> int:
     """Print what was proven; exit 1 when anything was not (the deadline passed, or Vault
     refused), so that a runbook under ``set -e`` stops there."""
     operator_audit(args, report.to_audit())
+    if getattr(args, "json", False):
+        print(json.dumps({**report.to_audit(), "lines": report.lines}, indent=2))
+        return 1 if report.failures else 0
     for line in report.lines:
         print(line)
     for failure in report.failures:
@@ -127,6 +130,8 @@ def cmd_kill(args: argparse.Namespace) -> int:
     else:
         report = control.kill(args.agent, args.reason, args.wait)
     code = _finish(args, report)
+    if args.json:
+        return code
     if report.confirmed:
         print(
             f"kill switch in effect: confirmed by the sidecar(s) {report.took:.2f}s after the command"
@@ -193,6 +198,14 @@ def cmd_rotate_backend_root(args: argparse.Namespace) -> int:
     return _finish(args, _control(args).rotate_backend_root(args.mount, args.connection))
 
 
+def heartbeat_age(seconds: float | None) -> str:
+    """How long ago the last heartbeat was; a clock a little ahead of ours reads "now", never
+    "-0.0s ago"."""
+    if seconds is None:
+        return "none"
+    return "now" if seconds < 0.05 else f"{seconds:.1f}s ago"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     rows = list(_control(args).status())
     if args.json:
@@ -203,7 +216,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{'tokens':>6} {'key gen':>7}"
     )
     for r in rows:
-        age = "none" if r["heartbeat_age"] is None else f"{r['heartbeat_age']}s ago"
+        age = heartbeat_age(r["heartbeat_age"])
         print(
             f"{r['agent']:<28} {'YES' if r['killed'] else 'no':<7} {age:>10} "
             f"{r['in_flight'] if r['in_flight'] is not None else '-':>9} {r['vault_credentials']:>11} "

@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,12 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     """Called by ``cli_scopes.register`` with the ``scopes`` sub-command group."""
     p = sub.add_parser("publish", help="validate, test and publish manifests to Vault")
     p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument(
+        "--approve-widening",
+        metavar="REASON",
+        help="publish even though the change widens what the agent may do; the reason is "
+        "recorded in the operator audit trail",
+    )
     _vault_options(p)
     p.set_defaults(func=cmd_publish)
 
@@ -37,6 +42,7 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("old", metavar="OLD", help="file or vault:<agent>[@version]")
     p.add_argument("new", metavar="NEW", help="file or vault:<agent>[@version]")
     p.add_argument("--fail-on-widening", action="store_true", help="exit 1 if anything widens")
+    p.add_argument("--json", action="store_true", help="print the changes as JSON")
     _vault_options(p)
     p.set_defaults(func=cmd_diff)
 
@@ -46,18 +52,22 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--since", help="only report requests of the last 7d, 12h, ...")
     p.add_argument(
         "--baseline",
-        help="the manifest the trail was recorded under (lets redacted inputs "
-        "whose declaration is unchanged be replayed), e.g. vault:<agent>",
+        help="the manifest the trail was recorded under (lets redacted inputs whose "
+        "declaration is unchanged be replayed), e.g. vault:<agent>@3; default: every version "
+        "published in Vault (when VAULT_ADDR and VAULT_TOKEN are set) and the candidate, each "
+        "record compared with the one whose hash it carries",
     )
     p.add_argument(
         "--allow-widening", action="store_true", help="report widening, but exit 0 (signed off)"
     )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     _vault_options(p)
-    p.set_defaults(func=cmd_replay)
+    p.set_defaults(func=_replay)
 
     p = sub.add_parser("published", help="an agent's published manifest and its versions")
     p.add_argument("agent")
     p.add_argument("--yaml", action="store_true", help="print the stored YAML")
+    p.add_argument("--json", action="store_true", help="print the version and history as JSON")
     _vault_options(p)
     p.set_defaults(func=cmd_published)
 
@@ -66,6 +76,12 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the sidecar")
     _vault_options(p)
     p.set_defaults(func=cmd_verify)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from broker.cli.replay import cmd_replay
+
+    return cmd_replay(args)
 
 
 def _vault_options(p: argparse.ArgumentParser) -> None:
@@ -132,10 +148,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except ManifestError as exc:
             _print_issues(exc)
             return 1
+    if args.approve_widening is not None and not args.approve_widening.strip():
+        raise ConfigError("--approve-widening needs a reason (who signed off, and why)")
     client, addr = _client(args)
+    refused = 0
     for path, manifest, text, passed in checked:
-        _publish_one(args, (client, addr), path, (manifest, text, passed))
-    return 0
+        refused += not _publish_one(args, (client, addr), path, (manifest, text, passed))
+    return 1 if refused else 0
 
 
 def _publish_one(
@@ -143,9 +162,10 @@ def _publish_one(
     vault: tuple[Any, str],
     path: Path,
     checked: tuple[Manifest, str, int],
-) -> None:
+) -> bool:
+    """Publish one manifest; False when it was refused as widening without a sign-off."""
     from broker.ops.control import whoami
-    from broker.scopes.diff import diff_manifests
+    from broker.scopes.diff import diff_manifests, widening
     from broker.sidecar.watcher import validate_published
     from broker.vault.manifests import PublishedManifest, read_manifest, write_manifest
 
@@ -166,13 +186,24 @@ def _publish_one(
         current = read_manifest(client, manifest.agent, addr=addr)
         if current is not None and current.content_hash == manifest.content_hash:
             print(f"unchanged  {manifest.agent}  version {current.version}  {current.content_hash}")
-            return
+            return True
+        wide: list[Any] = []
         if current is not None:
             try:
-                for change in diff_manifests(validate_published(current, manifest.agent), manifest):
+                changes = diff_manifests(validate_published(current, manifest.agent), manifest)
+                for change in changes:
                     print(f"  {change}")
+                wide = widening(changes)
             except ManifestError:
                 print(f"  (the current version {current.version} is invalid; replacing it)")
+        if wide and args.approve_widening is None:
+            detail = f"{len(wide)} widening change(s); publish with --approve-widening REASON"
+            operator_audit(args, {**body, "status": "refused", "detail": detail})
+            print(f"REFUSED    {manifest.agent}: {detail}")
+            return False
+        if wide:
+            body |= {"widening": [str(c).strip() for c in wide],
+                     "approved_widening": args.approve_widening}  # fmt: skip
         published = PublishedManifest(
             manifest.agent, 0, text, manifest.content_hash, manifest.policy_version, operator, now
         )
@@ -186,6 +217,7 @@ def _publish_one(
         f"published  {manifest.agent}  version {version}  {manifest.policy_version}  "
         f"{manifest.content_hash}  by {operator} ({passed} test cases passed)"
     )
+    return True
 
 
 def resolve(ref: str, args: argparse.Namespace) -> Manifest:
@@ -218,52 +250,34 @@ def cmd_diff(args: argparse.Namespace) -> int:
         _print_issues(exc)
         return 2
     changes = diff_manifests(old, new)
+    wide = widening(changes)
+    if args.json:
+        rows = [{"where": c.where, "what": c.what, "effect": str(c.effect)} for c in changes]
+        print(json.dumps({"changes": rows, "widening": len(wide)}, indent=2))
+        return 1 if wide and args.fail_on_widening else 0
     for change in changes:
         print(change)
-    wide = widening(changes)
     print(f"{len(changes)} change(s), {len(wide)} widening")
     return 1 if wide and args.fail_on_widening else 0
 
 
-# -- replay --------------------------------------------------------------------------------
-
-
-def audit_records(paths: list[Path]) -> Iterator[dict[str, Any]]:
-    """Records of the trail files in order; unreadable lines are skipped (verify them with
-    ``broker audit verify``: replay answers "what if", not "is this trail intact")."""
-    for path in paths:
-        try:
-            handle = path.open("rb")
-        except OSError as exc:
-            raise ConfigError(f"cannot read the audit trail {path}: {exc.strerror}") from exc
-        with handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    yield record
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from broker.audit.replay import replay
-    from broker.core.manifest import parse_duration
-
-    try:
-        since = time.time() - parse_duration(args.since) if args.since else None
-    except ValueError as exc:
-        raise ConfigError(f"--since {args.since!r}: {exc}") from exc
-    try:
-        candidate = resolve(args.candidate, args)
-        baseline = resolve(args.baseline, args) if args.baseline else None
-    except ManifestError as exc:
-        _print_issues(exc)
-        return 2
-    report = replay(audit_records(args.audit), candidate, since=since, baseline=baseline)
-    for line in report.lines():
-        print(line)
-    return 1 if report.widening and not args.allow_widening else 0
+def not_enforced_reason(beat: dict[str, Any], agent: str, version: int) -> str:
+    """Why a live sidecar does not run the published version, from its heartbeat."""
+    source = str(beat.get("manifest_source") or "file")
+    if not source.startswith("vault:"):
+        return (
+            "the sidecar reads its manifest from a file, not from Vault; run it with "
+            f"--manifest vault:{agent} (broker up does) or edit its file and restart it"
+        )
+    refused = beat.get("manifest_refused")
+    if isinstance(refused, str):
+        refused = json.loads(refused)  # the heartbeat stores documents as JSON strings
+    if isinstance(refused, dict) and refused.get("version") == version:
+        return f"the sidecar refused version {version}: {refused.get('reason')}"
+    return (
+        f"the sidecar has not loaded version {version} yet; its manifest poll may be failing "
+        "(see `manifest.last_error` in its /readyz)"
+    )
 
 
 # -- published / verify --------------------------------------------------------------------
@@ -281,14 +295,32 @@ def cmd_published(args: argparse.Namespace) -> int:
     if args.yaml:
         sys.stdout.write(current.yaml)
         return 0
+    versions = manifest_versions(client, args.agent, addr)
+    if args.json:
+        print(json.dumps(_published_json(current, versions), indent=2))
+        return 0
     print(
         f"{args.agent}  version {current.version}  {current.policy_version}  "
         f"{current.content_hash}  by {current.published_by} "
         f"at {iso_utc(current.published_at)}"
     )
-    for version, created in manifest_versions(client, args.agent, addr).items():
+    for version, created in versions.items():
         print(f"  version {version}  {created}")
     return 0
+
+
+def _published_json(current: Any, versions: Any) -> dict[str, Any]:
+    from broker.audit.records import iso_utc
+
+    return {
+        "agent": current.agent,
+        "version": current.version,
+        "policy_version": current.policy_version,
+        "content_hash": current.content_hash,
+        "published_by": current.published_by,
+        "published_at": iso_utc(current.published_at),
+        "versions": {str(k): str(v) for k, v in versions.items()},
+    }
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -325,5 +357,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 f"NOT ENFORCED  {manifest.agent}: the sidecar still reports "
                 f"{beat.get('manifest_hash')} after {args.wait:.0f}s"
             )
+            print(f"  why: {not_enforced_reason(beat, manifest.agent, current.version)}")
             return 1
         time.sleep(0.5)

@@ -29,10 +29,15 @@ def register(
 
     validate = sub.add_parser("validate", help="check manifests; list every problem")
     validate.add_argument("paths", nargs="*", default=[DEFAULT_SCOPES], metavar="PATH")
+    validate.add_argument("--json", action="store_true", help="print the verdict as JSON")
     validate.set_defaults(func=cmd_validate)
 
-    test = sub.add_parser("test", help="run the cases in PATH/tests/*.yaml")
+    test = sub.add_parser(
+        "test", help="run the cases in PATH/tests/*.yaml, a case file, or a manifest's cases"
+    )
     test.add_argument("paths", nargs="*", default=[DEFAULT_SCOPES], metavar="PATH")
+    test.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
+    test.add_argument("--json", action="store_true", help="print the results as JSON")
     test.set_defaults(func=cmd_test)
 
     explain = sub.add_parser("explain", help="show every rule evaluated for one request")
@@ -65,29 +70,70 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         manifests = load_manifests(args.paths)
     except ManifestError as exc:
-        _print_issues(exc)
+        if args.json:
+            print(json.dumps({"ok": False, "issues": exc.issues}, indent=2))
+        else:
+            _print_issues(exc)
         return 1
-    for m in manifests:
+    rows = [
+        {"agent": m.agent, "policy_version": m.policy_version, "content_hash": m.content_hash}
+        for m in manifests
+    ]
+    if args.json:
+        print(json.dumps({"ok": True, "manifests": rows}, indent=2))
+    for m in manifests if not args.json else ():
         print(f"ok  {m.agent}  {m.policy_version}  {m.content_hash}")
     return 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from broker.scopes.scenarios import format_results, run_directory
+    from broker.scopes.report import coverage, coverage_lines, junit_xml, results_json
+    from broker.scopes.scenarios import format_results
 
-    failed = passed = 0
+    results, issues, manifests = [], [], {}
     for raw in args.paths:
         try:
-            results, issues = run_directory(Path(raw))
+            found, found_issues, loaded = _run_cases(Path(raw))
         except ManifestError as exc:
             _print_issues(exc)
             return 1
-        for line in format_results(results) + issues:
+        results += found
+        issues += found_issues
+        manifests.update(loaded)
+    failed = sum(not r.passed for r in results) + len(issues)
+    passed = len(results) - sum(not r.passed for r in results)
+    if args.junit:
+        args.junit.write_text(junit_xml(results, issues), encoding="utf-8")
+    summary = coverage(results, manifests)
+    if args.json:
+        doc = {"passed": passed, "failed": failed, "cases": results_json(results, issues)}
+        print(json.dumps({**doc, "coverage": summary}, indent=2))
+    else:
+        for line in format_results(results) + issues + coverage_lines(summary):
             print(line)
-        passed += sum(r.passed for r in results)
-        failed += sum(not r.passed for r in results) + len(issues)
-    print(f"{passed} passed, {failed} failed")
+        print(f"{passed} passed, {failed} failed")
+    if not results and not issues:
+        print(f"no test case ran for {' '.join(args.paths)}", file=sys.stderr)
     return 1 if failed or not passed else 0
+
+
+def _run_cases(path: Path) -> tuple[list[Any], list[str], dict[str, Any]]:
+    """Cases for a scope directory (``PATH/tests/*.yaml``), one case file (in a ``tests``
+    directory beside its manifests), or one manifest file (the cases naming its agent)."""
+    from broker.cli.lifecycle import _cases_for
+    from broker.scopes.loader import load_manifest, load_manifests
+    from broker.scopes.scenarios import run_directory, run_file
+
+    if path.is_dir():
+        results, issues = run_directory(path)
+        return results, issues, {m.agent: m for m in load_manifests([path])}
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file or directory")
+    if path.parent.name == "tests":
+        manifests = {m.agent: m for m in load_manifests([path.parent.parent])}
+        return *run_file(path, manifests), manifests
+    manifest = load_manifest(path)
+    return *_cases_for(manifest, path.parent), {manifest.agent: manifest}
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

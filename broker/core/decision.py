@@ -308,7 +308,11 @@ def _rule_constraints(ctx: _Ctx) -> Verdict | None:
 def _rule_concurrency(ctx: _Ctx) -> Verdict | None:
     cap = ctx.plan.manifest.concurrency
     if cap is not None and (held := ctx.usage.in_flight(ctx.now)) >= cap:
-        return _deny(ReasonCode.concurrency_limit, f"{held} credentials in flight (cap {cap})")
+        return _deny(
+            ReasonCode.concurrency_limit,
+            f"{held} credentials in flight (cap {cap})",
+            ctx.usage.slot_frees_in(ctx.now),  # Retry-After: when the oldest slot frees
+        )
     return None
 
 

@@ -42,6 +42,8 @@ class UsageView(Protocol):
 
     def in_flight(self, now: float) -> int: ...
 
+    def slot_frees_in(self, now: float) -> float | None: ...
+
 
 class Chargeable(Protocol):
     """The parts of a ``Decision`` the ledger needs."""
@@ -114,6 +116,13 @@ class UsageLedger:
     def in_flight(self, now: float) -> int:
         self._expire(now)
         return len(self._in_flight)
+
+    def slot_frees_in(self, now: float) -> float | None:
+        """Seconds until the oldest credential in flight expires (an outcome may free a slot
+        sooner); None when nothing is in flight. Read only on a concurrency refusal."""
+        self._expire(now)
+        live = [at for at, cid in self._expiries if self._in_flight.get(cid) == at]
+        return max(min(live) - now, 0.0) if live else None
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -247,3 +256,6 @@ class UsageSnapshot:
 
     def in_flight(self, now: float) -> int:
         return self.in_flight_count
+
+    def slot_frees_in(self, now: float) -> float | None:
+        return None  # fixed figures: no credential has an expiry

@@ -276,14 +276,34 @@ def up(
         stack.issuer = start_issuer(client, stack.vault_addr, state)
         sidecar_vault = VaultSettings(addr=stack.vault_addr)
         for path, manifest in manifests_with_paths:
+            source = path
+            if stack.dev_server is not None:  # never publish into a Vault we did not start
+                stack.steps.append(publish_example(client, path, manifest, stack.vault_addr))
+                source = Path(f"vault:{manifest.agent}")
             files = approle_files(client, manifest.agent, state / "secrets")
-            start_sidecar(stack, path, manifest.agent, sidecar_vault, role_files=files)
+            start_sidecar(stack, source, manifest.agent, sidecar_vault, role_files=files)
         for sc in stack.sidecars:
             wait_ready(sc)
     except BaseException:
         stack.stop()
         raise
     return stack
+
+
+def publish_example(client: VaultClient, path: Path, manifest: Manifest, addr: str) -> Step:
+    """Publish a manifest file to the dev Vault, so its sidecar runs ``--manifest
+    vault:<agent>`` as in production and ``broker scopes publish`` changes what it enforces."""
+    from broker.vault.manifests import PublishedManifest, read_manifest, write_manifest
+
+    current = read_manifest(client, manifest.agent, addr=addr)
+    if current is not None and current.content_hash == manifest.content_hash:
+        return Step(f"manifest vault:{manifest.agent}", "present")
+    published = PublishedManifest(
+        manifest.agent, 0, path.read_text(encoding="utf-8"), manifest.content_hash,
+        manifest.policy_version, "broker up", time.time(),
+    )  # fmt: skip
+    write_manifest(client, published, addr, cas=current.version if current else 0)
+    return Step(f"manifest vault:{manifest.agent}", "created")
 
 
 def _load(paths: Sequence[Path]) -> list[tuple[Path, Manifest]]:

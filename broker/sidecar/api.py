@@ -126,6 +126,7 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json({"type": "object"}, "recorded"),
                         "400": _json(_error_schema(), "malformed request"),
                         "404": _json(_error_schema(), "no such credential"),
+                        "413": _json(_error_schema(), "body too large"),
                     },
                 }
             },
@@ -153,6 +154,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": _json(credential, "approved: the credential, single use"),
                         "202": _json(pending, "still pending human approval"),
+                        "400": _json(_error_schema(), "malformed body or wait parameter"),
                         "403": _json(
                             _refusal_schema(),
                             "approval_denied, approval_expired (also once redeemed), "
@@ -160,6 +162,7 @@ def openapi_document() -> dict[str, Any]:
                         ),
                         "404": _json(_error_schema(), "no such approval for this agent"),
                         "409": _json(_error_schema(), "the approval changed meanwhile; retry"),
+                        "413": _json(_error_schema(), "body too large"),
                     },
                 }
             },

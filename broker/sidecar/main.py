@@ -160,7 +160,7 @@ class Sidecar:
             self.manifest, self.runtime, self.audit, ledger, redact_key=_redact_key(self.config)
         )
         self.service.metrics = SidecarMetrics(
-            actions=self.manifest.actions, budgets=self.manifest.budgets
+            actions=self.manifest.actions, budgets=self.manifest.budgets, agent=self.manifest.agent
         )
         self.runtime.metrics = self.service.metrics
         self.service.approvals.metrics = self.service.metrics

@@ -4,7 +4,8 @@ Each ``SidecarMetrics`` owns its own ``CollectorRegistry``, never the process-wi
 several sidecars (``broker up``) and many tests can live in one process without colliding.
 
 Label values are bounded: ``outcome`` and ``reason`` are the enums in ``broker.core.reasons``,
-``action`` and ``budget`` are names from the manifest, ``kind`` and ``status`` come from short
+``agent`` is the sidecar's one agent, ``action`` and ``budget`` are names from the manifest
+(kept current when a new manifest version is switched in: ``manifest_changed``), ``kind`` and ``status`` come from short
 fixed sets. Anything else (an agent asking for an undeclared action, say) is folded into
 ``OTHER``, so a hostile or buggy caller cannot grow the series count without bound.
 """
@@ -20,6 +21,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -36,6 +38,9 @@ VAULT_OPERATIONS = frozenset(
 # Free-form label values (an operation or revocation kind not listed above) are accepted
 # up to this many distinct values per label, then folded into OTHER.
 FREE_LABEL_CAP = 16
+# Credentials remembered for their action until their outcome is reported; an agent that never
+# reports outcomes must not grow this without bound (the oldest are forgotten first).
+HELD_CAP = 65_536
 
 # 0.1 ms .. 1 s: a JWT is signed in well under a millisecond, a Vault round trip takes
 # milliseconds, and anything near a second is already an incident.
@@ -84,6 +89,11 @@ class _Labels:
         self._free: set[str] = set()
         self._cap = cap
 
+    def allow(self, names: Iterable[str]) -> None:
+        """Names a new manifest version declares. Old names stay: their series keep counting
+        credentials issued under the previous version."""
+        self._allowed |= set(names)
+
     def __call__(self, value: str | None) -> str:
         if value is None:
             return NO_REASON
@@ -98,11 +108,17 @@ class _Labels:
 class SidecarMetrics:
     """The counters, gauges and histograms one sidecar updates; ``render`` serves them."""
 
-    def __init__(self, *, actions: Iterable[str], budgets: Iterable[str]) -> None:
+    def __init__(
+        self, *, actions: Iterable[str], budgets: Iterable[str], agent: str = OTHER
+    ) -> None:
+        """``actions`` and ``budgets``: the manifest's names (its dicts will do)."""
         self._decision_children: dict[tuple[str, str, str | None], Any] = {}
         self._mint_children: dict[str, Any] = {}
-        """``actions`` and ``budgets``: the manifest's names (its dicts will do)."""
+        self._held: dict[str, str] = {}  # credential id -> action, until its outcome
+        self.agent = agent
         self.registry = CollectorRegistry(auto_describe=True)
+        # process_cpu_seconds_total, process_resident_memory_bytes, open fds, start time.
+        ProcessCollector(registry=self.registry)
         self._action = _Labels(actions)
         self._budget = _Labels(budgets)
         self._outcome = _Labels(o.value for o in Outcome)
@@ -114,18 +130,21 @@ class SidecarMetrics:
         r = self.registry
         self._decisions = Counter(
             "broker_decisions",
-            "Decisions by action, outcome and reason code",
-            ["action", "outcome", "reason"],
+            "Decisions by agent, action, outcome and reason code",
+            ["agent", "action", "outcome", "reason"],
             registry=r,
         )
         self._outcomes = Counter(
             "broker_outcomes",
-            "Outcomes reported by the agent, by action and status",
-            ["action", "status"],
+            "Outcomes reported by the agent, by agent, action and status",
+            ["agent", "action", "status"],
             registry=r,
         )
         self._issued = Counter(
-            "broker_credentials_issued", "Credentials issued, by kind", ["kind"], registry=r
+            "broker_credentials_issued",
+            "Credentials issued, by agent, action and kind",
+            ["agent", "action", "kind"],
+            registry=r,
         )
         self._mint = Histogram(
             "broker_mint_seconds",
@@ -173,6 +192,7 @@ class SidecarMetrics:
         child = self._decision_children.get(key)
         if child is None:
             child = self._decisions.labels(
+                agent=self.agent,
                 action=self._action(action),
                 outcome=self._outcome(outcome),
                 reason=self._reason(reason),
@@ -181,11 +201,29 @@ class SidecarMetrics:
                 self._decision_children[key] = child
         child.inc()
 
-    def outcome(self, action: str, status: str) -> None:
-        self._outcomes.labels(action=self._action(action), status=self._status(status)).inc()
+    def manifest_changed(self, actions: Iterable[str], budgets: Iterable[str]) -> None:
+        """A new manifest version is enforced: its actions and budgets get their own series."""
+        self._action.allow(actions)
+        self._budget.allow(budgets)
+        self._decision_children.clear()  # cached children may hold an action folded to OTHER
 
-    def credentials_issued(self, kind: str) -> None:
-        self._issued.labels(kind=self._kind(kind)).inc()
+    def outcome(self, credential_id: str, status: str) -> None:
+        """An outcome, counted under the action its credential was issued for."""
+        action = self._held.pop(credential_id, OTHER)
+        self._outcomes.labels(
+            agent=self.agent, action=self._action(action), status=self._status(status)
+        ).inc()
+
+    def credentials_issued(
+        self, kind: str, *, action: str = OTHER, credential_id: str = ""
+    ) -> None:
+        self._issued.labels(
+            agent=self.agent, action=self._action(action), kind=self._kind(kind)
+        ).inc()
+        if credential_id:
+            if len(self._held) >= HELD_CAP:
+                del self._held[next(iter(self._held))]
+            self._held[credential_id] = action
 
     def mint_latency(self, kind: str, seconds: float) -> None:
         child = self._mint_children.get(kind)

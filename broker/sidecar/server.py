@@ -43,7 +43,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(413, PayloadTooLarge.code, "request body is too large")
     except web.HTTPException as exc:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return _error(exc.status, code, exc.reason)
+        response = _error(exc.status, code, exc.reason)
+        if "Allow" in exc.headers:  # RFC 9110: a 405 names the methods the resource allows
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error(500, "internal_error", "the sidecar failed; the incident is logged")
@@ -175,7 +178,34 @@ async def get_openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a malformed header line, say) as an ERROR with
+    a traceback, though the client already got its 400 and nothing in the sidecar failed.
+    Such records become one WARNING line naming the kind of problem, without the header's
+    text: it may hold a token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = (
+                "malformed HTTP request answered with %s (%s)",
+                (
+                    exc.code,
+                    type(exc).__name__,
+                ),
+            )
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+MALFORMED_FILTER = MalformedRequestFilter()
+
+
 def build_app(service: CredentialService, *, max_body: int) -> web.Application:
+    logging.getLogger("aiohttp.server").addFilter(MALFORMED_FILTER)  # idempotent: one object
     # aiohttp's own limit is set above ours so that our check answers first, with our code.
     app = web.Application(middlewares=[errors_middleware], client_max_size=max_body + 1)
     app[SERVICE] = service

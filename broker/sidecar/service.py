@@ -142,9 +142,13 @@ class CredentialService:
         now = self._clock()
         for cid in [c for c, v in self.vault_ids.items() if v[3] <= now]:
             del self.vault_ids[cid]
+        watched = self.manifest_state() if self.manifest_state else {}
         return {
             "in_flight": self.ledger.in_flight(now),
             "manifest_hash": self.manifest.content_hash,
+            # So `broker scopes verify` can say why a published version is not enforced.
+            "manifest_source": watched.get("source", "file"),
+            "manifest_refused": watched.get("refused"),
             "actions": sorted(self.manifest.actions),  # runbook commands check --action here
             "vault_credentials": [
                 {"credential_id": c, "kind": k, "vault_id": v, "action": a, "expires_at": e}
@@ -159,6 +163,8 @@ class CredentialService:
         self._manifests[new.content_hash] = new
         self.ledger.configure(new)
         self.manifest = new
+        if self.metrics is not None:
+            self.metrics.manifest_changed(new.actions, new.budgets)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready exactly when no reason of the sidecar's own would refuse a mint: the audit
@@ -189,8 +195,7 @@ class CredentialService:
         if not self.ledger.release(credential_id):
             return False
         if self.metrics is not None:
-            held = self.vault_ids.get(credential_id)
-            self.metrics.outcome(held[2] if held else "other", status)
+            self.metrics.outcome(credential_id, status)
         body = {
             "type": "outcome",
             "timestamp": iso_utc(self._clock()),
@@ -353,7 +358,9 @@ class CredentialService:
             return await self._unavailable(req, decision, now, exc.detail, "error", extra=extra)
         if self.metrics is not None:
             self.metrics.mint_latency(spec.kind, time.perf_counter() - started)
-            self.metrics.credentials_issued(spec.kind)
+            self.metrics.credentials_issued(
+                spec.kind, action=req.action, credential_id=credential_id
+            )
         return Reply(
             200,
             {

@@ -194,3 +194,46 @@ def test_cli_replay_exits_non_zero_on_widening(trail: Any, tmp_path: Path, capsy
     assert "3 unchanged, 2 changed (1 widening), 1 not replayable" in out
     assert main([*args, "--allow-widening"]) == 0
     assert main(["scopes", "replay", "--audit", str(audit), str(tmp_path / "old.yaml")]) == 0
+
+
+def test_each_record_is_compared_with_the_manifest_that_decided_it(trail: Any) -> None:
+    """Several baselines: each record uses the one whose hash it carries, as one would."""
+    old, new, records = trail
+    assert _changes(replay(records, new, baseline=[new, old])) == _changes(
+        replay(records, new, baseline=old)
+    )
+    assert replay(records, new, baseline=[new]).not_replayable  # no record was decided by new
+
+
+def test_cli_replay_defaults_to_the_recording_manifest(
+    trail: Any, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``--baseline`` (and no Vault), replaying the trail under the very manifest that
+    recorded it changes nothing; only the request whose redacted input failed its check then
+    stays unreplayable (without the default, all five redacted requests were)."""
+    for name in ("VAULT_ADDR", "BAO_ADDR", "VAULT_TOKEN", "BAO_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("".join(json.dumps(r) + "\n" for r in trail[2]))
+    (tmp_path / "old.yaml").write_text(RECORDED)
+    assert main(["scopes", "replay", "--audit", str(audit), str(tmp_path / "old.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "baseline: the candidate only" in out
+    assert "5 unchanged, 0 changed (0 widening), 1 not replayable" in out
+    assert "r6-bad-ticket" in out
+
+
+def test_cli_replay_json(trail: Any, tmp_path: Path, capsys: Any) -> None:
+    """``scopes replay --json`` gives counts and each changed request with before and after."""
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("".join(json.dumps(r) + "\n" for r in trail[2]))
+    (tmp_path / "old.yaml").write_text(RECORDED)
+    (tmp_path / "new.yaml").write_text(CANDIDATE)
+    args = ["scopes", "replay", "--audit", str(audit), str(tmp_path / "new.yaml"), "--json"]
+    assert main([*args, "--baseline", str(tmp_path / "old.yaml")]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["replayed"], doc["unchanged"], doc["widening"]) == (6, 3, 1)
+    widening = [c for c in doc["changed"] if c["widens"]]
+    assert [(c["action"], c["before"], c["after"]) for c in widening] == [
+        ("crm.lookup", ["deny", "unknown_action"], ["allow", None])
+    ]

@@ -17,6 +17,7 @@ import pytest
 
 from broker.audit.report import Report, build_report, parse_since
 from broker.audit.report_html import render_html
+from broker.audit.report_summary import build_summary
 from tests.audit.test_report import NOW, trail_records
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -79,14 +80,18 @@ def report() -> Report:
 @pytest.fixture(scope="module")
 def page(report: Report, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("html") / "report.html"
-    path.write_text(render_html(report), encoding="utf-8")
+    summary = build_summary(
+        trail_records(), now=NOW, since=parse_since("7d"),
+        integrity=("chain intact (anchors not checked)", True),
+    )  # fmt: skip
+    path.write_text(render_html(report, summary), encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="module")
 def dom(chromium: Path, page: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     profile = tmp_path_factory.mktemp("chromium-profile")
-    return run_chromium(chromium, profile, "--dump-dom", page.as_uri())
+    return run_chromium(chromium, profile, "--window-size=1280,900", "--dump-dom", page.as_uri())
 
 
 def drawn_bars(dom: str, chart_id: str) -> list[tuple[str, int, float, float]]:
@@ -140,17 +145,49 @@ def test_trust_bar_splits_auto_and_approved(dom: str) -> None:
     assert auto_w == pytest.approx(7 * approved_w)
 
 
+def test_page_fits_1280_pixels(dom: str) -> None:
+    """At 1280 px wide nothing runs off the page: no horizontal overflow."""
+    body = re.search(r"<body[^>]*>", dom)
+    assert body is not None
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body[0]))
+    assert int(attrs["data-client-width"]) > 1200
+    assert int(attrs["data-scroll-width"]) <= int(attrs["data-client-width"])
+
+
+def _in_week(record: dict[str, object]) -> bool:
+    stamp = str(record.get("timestamp", ""))
+    return stamp >= "2027-01-08T08:00:00Z"  # NOW - 7 days
+
+
+def test_summary_figures_match_the_trail(dom: str) -> None:
+    """The figures the browser shows are the trail's, counted here straight from the records."""
+    shown = dict(re.findall(r'data-figure="([a-z]+)" data-value="([^"]*)"', dom))
+    week = [r for r in trail_records() if _in_week(r)]
+    decisions = [r for r in week if r["type"] == "decision"]
+    assert int(shown["decisions"]) == len(decisions) == 14
+    assert int(shown["credentials"]) == sum(bool(r.get("credential_id")) for r in decisions)
+    assert int(shown["refusals"]) == sum(r["outcome"] == "deny" for r in decisions)
+    assert int(shown["approvals"]) == sum(r["outcome"] == "pending_approval" for r in decisions)
+    controls = [r for r in week if r["type"] == "control"]
+    assert int(shown["kills"]) == sum(r["event"] == "kill" for r in controls) == 1
+    assert int(shown["revocations"]) == sum(r["event"] == "revoke" for r in controls) == 1
+    assert shown["integrity"] == "chain intact (anchors not checked)"
+    steps = re.findall(r'<rect class="step"[^>]*data-value="(\d+)"', dom)
+    assert sum(map(int, steps)) == len(decisions)
+
+
 def test_screenshot_is_a_real_picture(
     chromium: Path, page: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A screenshot of the page is a PNG with enough detail to hold drawn charts."""
+    """A screenshot of the page at 1280 px is a PNG with enough detail to hold drawn charts;
+    ``BROKER_REPORT_SCREENSHOT=path`` keeps it for a person to look at."""
     out = tmp_path_factory.mktemp("shot")
-    shot = out / "report.png"
+    shot = Path(os.environ.get("BROKER_REPORT_SCREENSHOT") or out / "report.png")
     run_chromium(
         chromium,
         out / "profile",
         f"--screenshot={shot}",
-        "--window-size=1400,1200",
+        "--window-size=1280,1600",
         "--hide-scrollbars",
         page.as_uri(),
     )

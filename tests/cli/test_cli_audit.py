@@ -80,9 +80,9 @@ def test_verify_missing_file_is_an_error(
 def test_verify_with_unreachable_vault_fails_rather_than_half_checks(
     trail: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """With a Vault address configured but unreachable, verify exits 2 instead of passing."""
+    """With a Vault address configured but unreachable, verify exits 3 (backend unavailable)."""
     code = main(["audit", "verify", str(trail), "--vault-addr", "http://127.0.0.1:9"])
-    assert code == 2
+    assert code == 3
     assert "backend_unavailable" in capsys.readouterr().err
 
 
@@ -169,3 +169,32 @@ def test_trace_finds_records_in_sealed_segments(
     assert "r0" not in path.read_text()
     assert main(["audit", "trace", "r0", "--file", str(path)]) == 0
     assert '"request_id": "r0"' in capsys.readouterr().out
+
+
+def test_trace_follows_the_credential_and_the_approval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """trace shows the approval steps with the approver and the outcome the agent reported,
+    which name only the approval or credential id; another request's records stay out."""
+    path = tmp_path / "audit.jsonl"
+    rows = [
+        {"type": "decision", "request_id": "r1", "outcome": "pending_approval", "approval_id": "a1"},
+        {"type": "approval", "event": "approved", "approval_id": "a1", "by": "finance-ops@x.example"},
+        {"type": "decision", "request_id": "r1", "outcome": "allow", "approval_id": "a1",
+         "credential_id": "c1"},
+        {"type": "decision", "request_id": "r2", "outcome": "allow", "credential_id": "c2"},
+        {"type": "outcome", "credential_id": "c1", "status": "ok"},
+        {"type": "outcome", "credential_id": "c2", "status": "ok"},
+    ]  # fmt: skip
+    with AuditLog(path, signer=InMemorySigner(), agent="a1", checkpoint_every=100) as log:
+        for row in rows:
+            log.append_sync({"agent_id": "a1", "timestamp": "2026-03-18T14:02:10Z", **row})
+    assert main(["audit", "trace", "r1", "--file", str(path), "--format", "text"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4
+    assert "event=approved" in out[1]
+    assert "by=finance-ops@x.example" in out[1]
+    assert "  outcome  a1  " in out[3]
+    assert "status=ok" in out[3]
+    assert "credential_id=c1" in out[3]
+    assert "c2" not in "\n".join(out)

@@ -178,3 +178,18 @@ def test_loose_limits_leave_every_edge_case_to_its_own_limit() -> None:
     """The strategies' far-away limits really are far: a plain refund is allowed under them."""
     d = decide(refund(1), refund_manifest(LOOSE_LIMITS), UsageSnapshot(), NOW)
     assert d.outcome is Outcome.allow
+
+
+def test_concurrency_refusal_says_when_the_oldest_slot_frees() -> None:
+    """Retry-After on a concurrency refusal is the time until the oldest credential in flight
+    expires (53 s here), not a token 1 s; a released credential no longer counts."""
+    manifest = refund_manifest({"concurrency": 2})
+    ledger = UsageLedger.for_manifest(manifest)
+    ledger.charge(Charge(), "old", NOW + 60, NOW)
+    ledger.charge(Charge(), "new", NOW + 90, NOW + 5)
+    refused = decide(ticket(), manifest, ledger, NOW + 7)
+    assert refused.reason is ReasonCode.concurrency_limit
+    assert refused.retry_after == pytest.approx(53.0)
+    ledger.release("old")
+    ledger.charge(Charge(), "newest", NOW + 100, NOW + 8)
+    assert decide(ticket(), manifest, ledger, NOW + 10).retry_after == pytest.approx(80.0)

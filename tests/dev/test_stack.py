@@ -90,6 +90,7 @@ def test_up_mints_through_openbao_and_sigterm_leaves_nothing_behind(tmp_path: Pa
             assert answer["outcome"] == "allow"
             assert answer["credential"]["kind"] == "jwt"
             _verify_at_issuer(output, answer["credential"]["token"])
+            _runs_from_vault(output, curl)
     finally:
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
@@ -97,6 +98,21 @@ def test_up_mints_through_openbao_and_sigterm_leaves_nothing_behind(tmp_path: Pa
     assert "stopped." in rest
     left = [p for p in family if _alive(p)]
     assert left == [], f"processes left behind: {left}"
+
+
+def _runs_from_vault(output: str, curl: str) -> None:
+    """The example manifests were published to the dev Vault and the sidecar enforces the
+    published version (``--manifest vault:<agent>``), so ``scopes publish`` changes it."""
+    assert "created  manifest vault:support-refund-agent" in output
+    sock = re.search(r"--unix-socket (\S+)", curl)
+    assert sock
+    ready = subprocess.run(
+        ["curl", "-s", "--unix-socket", sock[1], "http://sidecar/readyz"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    manifest = json.loads(ready.stdout)["manifest"]
+    assert manifest["source"] == "vault:support-refund-agent"
+    assert manifest["published_by"] == "broker up"
 
 
 def _verify_at_issuer(output: str, token: str) -> None:

@@ -393,7 +393,7 @@ async def test_a_hand_written_false_string_is_refused_and_revive_all_repairs_it(
     status, body, _ = await live.ask("tickets.read")
     assert status == 503, body
     assert "killed_all must be true or false" in live.sidecar.runtime.vault_problem
-    assert await broker("status") == 2
+    assert await broker("status") == 1  # a check failed: the control state is mistyped
     code = await broker(
         "revive", "--all", "--reason", "typed again", "--secret-id-dir", str(tmp_path / "ids")
     )

@@ -188,7 +188,7 @@ async def test_expire_by_the_clock(
     assert (status, body["reason"]) == (403, "approval_expired")
     assert stored.state.value == "expired"
     assert len(records(h.audit_path, type="approval", event="expired")) == 1
-    assert code == 2
+    assert code == 1  # refused by the approval lifecycle (exit-code table)
     assert records(operator_trail, event="refused")[0]["attempted"] == "approve"
 
 
@@ -206,7 +206,7 @@ async def test_wrong_approver_is_refused_and_audited(
         approval_id = await ask_pending(h)
         code = await operator(openbao, monkeypatch, intruder, "approve", approval_id)
         status, _ = await redeem(h, approval_id)
-    assert code == 2
+    assert code == 1  # not an approver: refused
     assert "not_an_approver" in capsys.readouterr().err
     assert status == 202
     [attempt] = records(operator_trail, event="refused")

@@ -166,3 +166,41 @@ async def test_vault_manifest_sidecar_started_with_vault_down_answers_503_then_s
         await sidecar.stop()
     assert waiting == (503, 503)
     assert minted == 200
+
+
+async def test_metrics_name_the_actions_of_a_reloaded_manifest(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent: str
+) -> None:
+    """An action added by a hot-reloaded version is counted under its own name in /metrics
+    (decision, credential issued, JWT outcome), labelled with the agent, not as ``other``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    await _published(openbao, tmp_path, monkeypatch, "v1", pay=False)
+    async with vault_sidecar(openbao, agent, tmp_path) as h:
+        assert (await h.ask("pay.out"))[0] == 403  # not declared yet: folded into other
+        wider = scope_dir(tmp_path, agent, "v2", pay=True)
+        assert await cli(monkeypatch, platform_editor(openbao), "scopes", "publish", str(wider),
+                         "--vault-addr", openbao.addr, "--approve-widening", "test") == 0  # fmt: skip
+        await wait_for(lambda: h.sidecar.watcher and h.sidecar.watcher.version == 2)
+        status, body, _ = await h.ask("pay.out")
+        assert status == 200
+        cid = body["credential"]["credential_id"]
+        assert (await h.raw("POST", f"/v1/credentials/{cid}/outcome", json={"status": "ok"}))[
+            0
+        ] == 200
+        async with h.http.get(f"{h.url}/metrics") as resp:
+            text = await resp.text()
+    found = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def count(name: str, **labels: str) -> float:
+        return found.get((name, frozenset({"agent": agent, **labels}.items())), 0.0)
+
+    decisions = "broker_decisions_total"
+    assert count(decisions, action="other", outcome="deny", reason="unknown_action") == 1
+    assert count(decisions, action="pay.out", outcome="allow", reason="none") == 1
+    assert count("broker_credentials_issued_total", action="pay.out", kind="jwt") == 1
+    assert count("broker_outcomes_total", action="pay.out", status="ok") == 1

@@ -30,8 +30,13 @@ def value(found: Samples, name: str, **labels: str) -> float:
     return found[(name, frozenset(labels.items()))]
 
 
+AGENT = "refund-bot"
+
+
 def new() -> SidecarMetrics:
-    return SidecarMetrics(actions=["stripe.refund", "db.read"], budgets={"usd": object()})
+    return SidecarMetrics(
+        actions=["stripe.refund", "db.read"], budgets={"usd": object()}, agent=AGENT
+    )
 
 
 def exercised() -> SidecarMetrics:
@@ -43,12 +48,12 @@ def exercised() -> SidecarMetrics:
     m.decision("db.read", "deny", "rate_limited")
     m.decision("db.read", "deny", "rate_limited")
     m.decision("stripe.refund", "pending_approval", None)
-    m.outcome("stripe.refund", "ok")
-    m.outcome("stripe.refund", "ok")
-    m.outcome("stripe.refund", "rolled_back")
-    m.credentials_issued("jwt")
-    m.credentials_issued("jwt")
-    m.credentials_issued("dynamic")
+    m.credentials_issued("jwt", action="stripe.refund", credential_id="c1")
+    m.credentials_issued("jwt", action="stripe.refund", credential_id="c2")
+    m.credentials_issued("dynamic", action="db.read", credential_id="c3")
+    m.outcome("c1", "ok")
+    m.outcome("c2", "ok")
+    m.outcome("c3", "rolled_back")
     for seconds in (0.0002, 0.0008, 0.003, 0.7):
         m.mint_latency("jwt", seconds)
     m.mint_latency("dynamic", 0.02)
@@ -71,19 +76,42 @@ def test_counters_have_exact_counts() -> None:
     """Decisions, outcomes, issues, revocations and Vault errors count exactly what was called."""
     s = samples(exercised())
     decisions = "broker_decisions_total"
-    assert value(s, decisions, action="stripe.refund", outcome="allow", reason="none") == 3
     assert (
-        value(s, decisions, action="stripe.refund", outcome="deny", reason="budget_exhausted") == 1
+        value(s, decisions, agent=AGENT, action="stripe.refund", outcome="allow", reason="none")
+        == 3
     )
-    assert value(s, decisions, action="db.read", outcome="deny", reason="rate_limited") == 2
     assert (
-        value(s, decisions, action="stripe.refund", outcome="pending_approval", reason="none") == 1
+        value(
+            s,
+            decisions,
+            agent=AGENT,
+            action="stripe.refund",
+            outcome="deny",
+            reason="budget_exhausted",
+        )
+        == 1
+    )
+    assert (
+        value(s, decisions, agent=AGENT, action="db.read", outcome="deny", reason="rate_limited")
+        == 2
+    )
+    assert (
+        value(
+            s,
+            decisions,
+            agent=AGENT,
+            action="stripe.refund",
+            outcome="pending_approval",
+            reason="none",
+        )
+        == 1
     )
     assert sum(v for (name, _), v in s.items() if name == decisions) == 7
-    assert value(s, "broker_outcomes_total", action="stripe.refund", status="ok") == 2
-    assert value(s, "broker_outcomes_total", action="stripe.refund", status="rolled_back") == 1
-    assert value(s, "broker_credentials_issued_total", kind="jwt") == 2
-    assert value(s, "broker_credentials_issued_total", kind="dynamic") == 1
+    outcomes, issued = "broker_outcomes_total", "broker_credentials_issued_total"
+    assert value(s, outcomes, agent=AGENT, action="stripe.refund", status="ok") == 2
+    assert value(s, outcomes, agent=AGENT, action="db.read", status="rolled_back") == 1
+    assert value(s, issued, agent=AGENT, action="stripe.refund", kind="jwt") == 2
+    assert value(s, issued, agent=AGENT, action="db.read", kind="dynamic") == 1
     assert value(s, "broker_revocations_total", kind="credential") == 2
     assert value(s, "broker_revocations_total", kind="agent") == 1
     assert value(s, "broker_vault_errors_total", operation="mint_dynamic") == 1
@@ -120,7 +148,8 @@ def test_every_documented_family_is_exported() -> None:
     """METRIC_NAMES is exactly what the exposition carries (histograms through their suffixes)."""
     exported = {n for n, _ in samples(exercised()) if not n.endswith("_created")}
     names = {re.sub(r"_(bucket|count|sum)$", "", n) for n in exported}
-    assert names == METRIC_NAMES
+    assert {n for n in names if n.startswith("broker_")} == METRIC_NAMES
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= names
 
 
 def test_registries_are_per_sidecar() -> None:
@@ -129,7 +158,7 @@ def test_registries_are_per_sidecar() -> None:
 
     a, b = new(), new()
     a.decision("db.read", "allow", None)
-    assert value(samples(a), "broker_decisions_total", action="db.read", outcome="allow", reason="none") == 1  # fmt: skip
+    assert value(samples(a), "broker_decisions_total", agent=AGENT, action="db.read", outcome="allow", reason="none") == 1  # fmt: skip
     assert not any(name == "broker_decisions_total" for name, _ in samples(b))
     assert REGISTRY.get_sample_value("broker_decisions_total") is None
 
@@ -145,8 +174,11 @@ def test_labels_stay_bounded() -> None:
     m.budget("eur", 1.0, 2.0)
     s = samples(m)
     decisions = "broker_decisions_total"
-    assert value(s, decisions, action=OTHER, outcome="deny", reason="unknown_action") == 50
-    assert value(s, decisions, action="db.read", outcome=OTHER, reason=OTHER) == 50
+    assert (
+        value(s, decisions, agent=AGENT, action=OTHER, outcome="deny", reason="unknown_action")
+        == 50
+    )
+    assert value(s, decisions, agent=AGENT, action="db.read", outcome=OTHER, reason=OTHER) == 50
     revocation_kinds = {dict(labels)["kind"] for n, labels in s if n == "broker_revocations_total"}
     assert len(revocation_kinds) == FREE_LABEL_CAP + 1
     assert value(s, "broker_revocations_total", kind=OTHER) == 50 - FREE_LABEL_CAP
@@ -202,3 +234,48 @@ def test_dashboard_queries_only_exported_metrics() -> None:
         "broker_control_lag_seconds",
     }
     assert wanted <= used
+
+
+def test_actions_of_a_reloaded_manifest_get_their_own_series() -> None:
+    """After ``manifest_changed`` a newly declared action is counted under its name, not
+    folded into ``other``; the old actions keep counting."""
+    m = new()
+    m.decision("crm.lookup", "allow", None)
+    m.manifest_changed(["stripe.refund", "db.read", "crm.lookup"], ["usd"])
+    m.decision("crm.lookup", "allow", None)
+    m.decision("db.read", "allow", None)
+    s = samples(m)
+    decisions = "broker_decisions_total"
+    assert value(s, decisions, agent=AGENT, action=OTHER, outcome="allow", reason="none") == 1
+    assert (
+        value(s, decisions, agent=AGENT, action="crm.lookup", outcome="allow", reason="none") == 1
+    )
+    assert value(s, decisions, agent=AGENT, action="db.read", outcome="allow", reason="none") == 1
+
+
+def test_outcome_counts_under_the_credentials_action() -> None:
+    """An outcome is labelled with the action its credential was issued for, whatever the
+    kind; an unknown credential id is ``other``."""
+    m = new()
+    m.credentials_issued("jwt", action="db.read", credential_id="j1")
+    m.outcome("j1", "ok")
+    m.outcome("never-issued", "ok")
+    m.outcome("j1", "ok")  # reported twice: the second is not attributed again
+    s = samples(m)
+    assert value(s, "broker_outcomes_total", agent=AGENT, action="db.read", status="ok") == 1
+    assert value(s, "broker_outcomes_total", agent=AGENT, action=OTHER, status="ok") == 2
+
+
+def test_remembered_credentials_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials whose outcome never comes are forgotten oldest first past the cap."""
+    import broker.sidecar.metrics
+
+    monkeypatch.setattr(broker.sidecar.metrics, "HELD_CAP", 3)
+    m = new()
+    for n in range(5):
+        m.credentials_issued("jwt", action="db.read", credential_id=f"c{n}")
+    m.outcome("c0", "ok")  # forgotten
+    m.outcome("c4", "ok")
+    s = samples(m)
+    assert value(s, "broker_outcomes_total", agent=AGENT, action=OTHER, status="ok") == 1
+    assert value(s, "broker_outcomes_total", agent=AGENT, action="db.read", status="ok") == 1

@@ -38,6 +38,11 @@ actions:
 """
 
 
+AGENT_LABELLED = frozenset(
+    {"broker_decisions_total", "broker_outcomes_total", "broker_credentials_issued_total"}
+)
+
+
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -73,6 +78,8 @@ async def test_known_mix_gives_exact_metrics_and_report(
         agent = h.sidecar.manifest.agent
 
     def count(name: str, **labels: str) -> float:
+        if name in AGENT_LABELLED:
+            labels = {"agent": agent, **labels}
         return metrics.get((name, frozenset(labels.items())), 0.0)
 
     assert count("broker_decisions_total", action="read.thing", outcome="allow", reason="none") == 3
@@ -98,9 +105,15 @@ async def test_known_mix_gives_exact_metrics_and_report(
         )
         == 1
     )
-    assert count("broker_credentials_issued_total", kind="jwt") == 4
+    assert count("broker_credentials_issued_total", action="read.thing", kind="jwt") == 3
+    assert count("broker_credentials_issued_total", action="pay.out", kind="jwt") == 1
     assert count("broker_mint_seconds_count", kind="jwt") == 4
-    assert count("broker_outcomes_total", action="other", status="ok") == 2
+    # JWT outcomes are counted under their action (they were all "other" before).
+    assert count("broker_outcomes_total", action="read.thing", status="ok") == 1
+    assert count("broker_outcomes_total", action="pay.out", status="ok") == 1
+    assert count("broker_outcomes_total", action="read.thing", status="error") == 1
+    assert count("broker_outcomes_total", action="other", status="ok") == 0
+    assert count("process_resident_memory_bytes") > 0
     assert count("broker_budget_used", budget="usd") == 70
     assert count("broker_budget_limit", budget="usd") == 100
     assert count("broker_approvals_pending") == 0

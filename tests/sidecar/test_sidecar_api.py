@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +227,47 @@ async def test_outcome_report_frees_the_concurrency_slot(
     assert done[0] == 200
     assert again[0] == 404
     assert after[0] == 200
+
+
+async def test_malformed_header_is_a_400_and_a_warning_without_traceback(
+    openbao: DevServer,
+    manifest_path: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client's malformed header line gets 400; the sidecar logs one WARNING naming the
+    problem's kind, no ERROR, no traceback, and not the header's text (it may hold a token)."""
+    from urllib.parse import urlsplit
+
+    async with running_sidecar(openbao, manifest_path, tmp_path) as h:
+        where = urlsplit(h.url)
+        reader, writer = await asyncio.open_connection(where.hostname, where.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization secret-value\r\n\r\n")
+        await writer.drain()
+        answer = await reader.read(64)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
+    aiohttp_records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert aiohttp_records
+    assert all(r.levelno == logging.WARNING and not r.exc_info for r in aiohttp_records)
+    assert "secret-value" not in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/v1/credentials", "POST"),
+        ("DELETE", "/v1/scope", "GET"),
+        ("PUT", "/healthz", "GET"),
+        ("GET", "/v1/credentials/abc/outcome", "POST"),
+    ],
+)
+async def test_method_not_allowed_names_the_allowed_methods(
+    openbao: DevServer, manifest_path: Path, tmp_path: Path, method: str, path: str, allowed: str
+) -> None:
+    """A wrong method is a JSON 405 with an ``Allow`` header (RFC 9110), as schemathesis checks."""
+    async with running_sidecar(openbao, manifest_path, tmp_path) as h:
+        status, body, headers = await h.raw(method, path)
+    assert (status, body["error"]) == (405, "method_not_allowed")
+    assert allowed in headers["Allow"]

@@ -86,7 +86,7 @@ async def test_security_operator_may_not_publish(
     prepare_agent(openbao, path)
     code = await cli(monkeypatch, security_operator(openbao), "scopes", "publish", str(path),
                      "--vault-addr", openbao.addr, "--audit-log", str(audit))  # fmt: skip
-    assert code == 2
+    assert code == 1  # refused by Vault (PermissionDenied), not a usage error
     assert read_manifest(root_client(openbao), agent) is None
     (record,) = _audit(audit)
     assert (record["status"], record["operator"]) == ("refused", "sec@acme.example")
@@ -144,3 +144,34 @@ async def test_diff_and_published_read_vault_versions(
     assert await cli(monkeypatch, editor, "scopes", "published", agent,
                      "--vault-addr", openbao.addr) == 0  # fmt: skip
     assert "version 1  v1" in capsys.readouterr().out
+
+
+async def test_publish_refuses_widening_without_a_named_sign_off(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A widening change is refused (exit 1, on the record, Vault untouched) unless
+    ``--approve-widening REASON`` names a reason, which the audit record then carries."""
+    agent, audit = unique_agent("wide"), tmp_path / "operator.jsonl"
+    narrow = scope_dir(tmp_path, agent, "v1", pay=False)
+    wide = scope_dir(tmp_path, agent, "v2", pay=True)
+    prepare_agent(openbao, wide)
+    editor = platform_editor(openbao)
+    common = ("--vault-addr", openbao.addr, "--audit-log", str(audit))
+    assert await cli(monkeypatch, editor, "scopes", "publish", str(narrow), *common) == 0
+    assert await cli(monkeypatch, editor, "scopes", "publish", str(wide), *common) == 1
+    stored = read_manifest(root_client(openbao), agent)
+    assert stored is not None
+    assert stored.policy_version == "v1"
+    assert await cli(monkeypatch, editor, "scopes", "publish", str(wide), *common,
+                     "--approve-widening", "CHG-42 signed off by risk") == 0  # fmt: skip
+    stored = read_manifest(root_client(openbao), agent)
+    assert stored is not None
+    assert stored.policy_version == "v2"
+    _, refused, approved = _audit(audit)
+    assert (refused["status"], refused["policy_version"]) == ("refused", "v2")
+    assert "widening" in str(refused["detail"])
+    assert (approved["status"], approved["approved_widening"]) == (
+        "ok",
+        "CHG-42 signed off by risk",
+    )
+    assert "pay.out: action added" in str(approved["widening"])
