@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from broker.cli_deploy import add_deploy_args, socket_access
 from broker.errors import ConfigError
 from broker.settings import DEFAULT_MAX_BODY, issuer_from_env, vault_from_env
 
@@ -71,6 +72,7 @@ def register(
         help="file holding the HMAC secret that signs every delivery (default "
         "BROKER_WEBHOOK_SECRET_FILE); required when webhooks are configured",
     )
+    add_deploy_args(p)
     p.set_defaults(func=cmd_sidecar)
 
     p = commands.add_parser("verify", help="verify an action token as a tool or gateway would")
@@ -219,6 +221,8 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         webhooks=webhooks,
         webhook_secret_file=secret_file,
+        socket_access=socket_access(args),
+        metrics_listen=args.metrics_listen,
     )
     asyncio.run(serve(config))
     return 0

@@ -26,7 +26,7 @@ from aiohttp import web
 from broker.auditlog import AuditLog
 from broker.errors import AuditUnavailable, ConfigError
 from broker.limits import UsageLedger
-from broker.listener import IDLE_TIMEOUT, MAX_CONNECTIONS, listen, waiting_app
+from broker.listener import IDLE_TIMEOUT, MAX_CONNECTIONS, SocketAccess, listen, waiting_app
 from broker.loader import load_manifest
 from broker.manifest import Manifest
 from broker.metrics import SidecarMetrics
@@ -65,6 +65,8 @@ class SidecarConfig:
     webhook_backoff: float = 0.5  # seconds before the first retry; doubles per retry
     idle_timeout: float = IDLE_TIMEOUT  # unfinished headers or an idle keep-alive: closed
     max_connections: int = MAX_CONNECTIONS
+    socket_access: SocketAccess | None = None  # group/mode/peer allowlist of a unix socket
+    metrics_listen: str | None = None  # a separate listener for /metrics and the probes only
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -187,7 +189,7 @@ class Sidecar:
         )
         await self._runner.setup()
         self.address, self._server = await listen(
-            self._runner, self.config.listen, self.config.max_connections
+            self._runner, self.config.listen, self.config.max_connections, self.config.socket_access
         )
         return self.address
 
@@ -211,7 +213,9 @@ class Sidecar:
         app = waiting_app(lambda: self.runtime.vault_problem or "not connected yet")
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        address, server = await listen(runner, self.config.listen, self.config.max_connections)
+        address, server = await listen(
+            runner, self.config.listen, self.config.max_connections, self.config.socket_access
+        )
         log.warning(
             "waiting for Vault before loading the manifest; meanwhile %s answers 503", address
         )

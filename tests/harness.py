@@ -125,7 +125,7 @@ async def running_sidecar(
             role_id_file=role_file,
             secret_id_file=secret_file,
         ),
-        listen="127.0.0.1:0",
+        listen=config.pop("listen", "127.0.0.1:0"),
         audit_path=config.pop("audit_path", tmp_path / "audit" / f"{agent}.jsonl"),
         poll_interval=config.pop("poll_interval", 0.1),
         **config,
