@@ -122,7 +122,11 @@ class Sidecar:
         self.address = ""
         # The audit checkpoints' own Vault connection, closed after the trail's last one.
         self._checkpoint_vault = AsyncVault(
-            config.vault.addr, lambda: self.runtime.session.token, timeout=10.0, pool=2
+            config.vault.addr,
+            lambda: self.runtime.session.token,
+            timeout=10.0,
+            pool=2,
+            tls=self.runtime.session.tls,
         )
 
     async def start(self) -> str:
