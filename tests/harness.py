@@ -124,6 +124,7 @@ async def running_sidecar(
             addr=config.pop("vault_addr", openbao.addr),
             role_id_file=role_file,
             secret_id_file=secret_file,
+            tls=config.pop("vault_tls", None),
         ),
         listen=config.pop("listen", "127.0.0.1:0"),
         audit_path=config.pop("audit_path", tmp_path / "audit" / f"{agent}.jsonl"),

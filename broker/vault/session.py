@@ -49,6 +49,9 @@ def make_client(
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     cert = (str(tls.client_cert), str(tls.client_key)) if tls.client_cert else None
+    # On the session too: hvac takes a given session's own ``verify`` (True by default) over
+    # its ``verify`` argument, which is how VAULT_CACERT used to be ignored.
+    session.verify, session.cert = _verify(tls), cert
     return hvac.Client(
         url=addr,
         token=token,
