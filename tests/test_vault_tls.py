@@ -154,3 +154,23 @@ def test_tls_settings_read_like_vaults_cli(tmp_path: Path) -> None:
     b.write_text("b")
     env = {"VAULT_CACERT": str(a), "BAO_CACERT": str(b), "BAO_NAMESPACE": "/team-a/"}
     assert tls_from_env(env, "https://v:8200") == VaultTLS(cacert=a, namespace="team-a")
+
+
+async def test_namespace_reaches_hvac_and_the_async_client(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """VAULT_NAMESPACE: both clients address the namespace, not the root (OpenBao namespaces)."""
+    root = make_client(openbao.addr, openbao.root_token, tls=VaultTLS())
+    ns = f"team-{tmp_path.name[-6:].replace('_', '-')}"
+    root.adapter.post(f"/v1/sys/namespaces/{ns}")
+    scoped = VaultTLS(namespace=ns)
+    inside = make_client(openbao.addr, openbao.root_token, tls=scoped)
+    inside.sys.enable_secrets_engine("kv", path="nskv", options={"version": "2"})
+    inside.secrets.kv.v2.create_or_update_secret("probe", {"where": ns}, mount_point="nskv")
+    assert "nskv/" not in root.sys.list_mounted_secrets_engines()["data"]
+    reader = AsyncVault(openbao.addr, lambda: openbao.root_token, tls=scoped)
+    try:
+        found = await reader.get("nskv/data/probe", "namespace read")
+    finally:
+        await reader.close()
+    assert found["data"]["data"] == {"where": ns}
