@@ -5,6 +5,7 @@ Kept apart from ``broker.cli_stack`` so the Kubernetes-facing options live in on
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from broker.listener import SocketAccess, parse_group, parse_socket_mode
 
@@ -40,4 +41,42 @@ def socket_access(args: argparse.Namespace) -> SocketAccess:
         mode=parse_socket_mode(args.socket_mode),
         allow_uids=frozenset(args.allow_peer_uid),
         allow_gids=frozenset(args.allow_peer_gid),
+    )
+
+
+def add_bootstrap_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--service-account",
+        action="append",
+        default=[],
+        metavar="AGENT=NAMESPACE/NAME",
+        help="let AGENT's sidecar log in with this Kubernetes service account (jwt auth; "
+        "repeatable); needs --jwks-url or --jwt-public-key",
+    )
+    p.add_argument("--jwks-url", help="the cluster's JWKS, e.g. https://API/openid/v1/jwks")
+    p.add_argument(
+        "--jwt-public-key", action="append", default=[], help="PEM file of a cluster signing key"
+    )
+    p.add_argument("--jwt-issuer", help="the tokens' iss (the cluster's service-account issuer)")
+    p.add_argument("--jwt-audience", default="vault", help="the projected token's audience")
+    p.add_argument("--jwt-mount", default="jwt", help="where the jwt auth method is mounted")
+
+
+def workload_steps(client: Any, args: argparse.Namespace, addr: str) -> list[Any]:
+    """Configure the service-account login when ``--service-account`` is given, else nothing."""
+    if not args.service_account:
+        return []
+    from pathlib import Path
+
+    from broker.vault.workload import WorkloadBinding, configure_workload_login
+
+    return configure_workload_login(
+        client,
+        [WorkloadBinding.parse(text) for text in args.service_account],
+        mount=args.jwt_mount,
+        jwks_url=args.jwks_url,
+        public_keys=[Path(p).read_text() for p in args.jwt_public_key],
+        issuer=args.jwt_issuer,
+        audience=args.jwt_audience,
+        addr=addr,
     )

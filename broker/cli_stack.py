@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from broker.cli_deploy import add_deploy_args, socket_access
+from broker.cli_deploy import add_bootstrap_args, add_deploy_args, socket_access, workload_steps
 from broker.errors import ConfigError
 from broker.settings import DEFAULT_MAX_BODY, issuer_from_env, vault_from_env
 
@@ -43,6 +43,7 @@ def register(
     p.add_argument(
         "--demo-policies", action="store_true", help="also create stand-ins for manifest policies"
     )
+    add_bootstrap_args(p)
     p.set_defaults(func=cmd_bootstrap)
 
     p = commands.add_parser("sidecar", help="serve one agent's credential requests")
@@ -201,6 +202,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     for step in bootstrap(
         client, [grant_for(m) for m in manifests], demo=args.demo_policies, addr=vault.addr
     ):
+        print(step)
+    for step in workload_steps(client, args, vault.addr):
         print(step)
     return 0
 
