@@ -31,6 +31,7 @@ from broker.loader import load_manifest
 from broker.manifest import Manifest
 from broker.metrics import SidecarMetrics
 from broker.notify import WebhookNotifier
+from broker.probes import ProbeListener
 from broker.runtime import Runtime
 from broker.server import build_app
 from broker.service import CredentialService
@@ -120,6 +121,16 @@ class Sidecar:
         self._snapshots: asyncio.Task[None] | None = None
         self._rotated = asyncio.Event()
         self.address = ""
+        self.metrics_url = ""
+        self.probes = (
+            ProbeListener(
+                config.metrics_listen,
+                lambda: self.service,
+                lambda: self.runtime.vault_problem or "not connected yet",
+            )
+            if config.metrics_listen
+            else None
+        )
         # The audit checkpoints' own Vault connection, closed after the trail's last one.
         self._checkpoint_vault = AsyncVault(
             config.vault.addr,
@@ -136,6 +147,8 @@ class Sidecar:
             concurrent.futures.ThreadPoolExecutor(VAULT_THREADS, thread_name_prefix="vault")
         )
         await self.runtime.start()
+        if self.probes is not None:
+            self.metrics_url = await self.probes.start()
         # Usually Vault answers at once and the sidecar listens ready; if it does not, the
         # sidecar listens anyway after the grace, refusing and saying why in /readyz.
         with contextlib.suppress(TimeoutError):
@@ -250,6 +263,8 @@ class Sidecar:
             self._server.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.probes is not None:
+            await self.probes.stop()
         if self.service is not None:
             await self.service.approvals.stop()
             await self.service.minter.vault.close()
