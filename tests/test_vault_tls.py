@@ -5,6 +5,7 @@ they fail saying which certificate and which variable, and the sidecar stays up,
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -174,3 +175,51 @@ async def test_namespace_reaches_hvac_and_the_async_client(
     finally:
         await reader.close()
     assert found["data"]["data"] == {"where": ns}
+
+
+def _up(bao: DevServer, state: Path, **env: str) -> subprocess.Popen[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    argv = [
+        sys.executable, "-m", "broker.cli", "up", "--vault-addr", bao.addr, "--no-postgres",
+        "--state-dir", str(state), str(SCOPES / "outreach-agent.yaml"),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        argv, cwd=REPO, env=clean | {"VAULT_TOKEN": bao.root_token, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_up_against_a_tls_vault_with_the_ca_mints(tls_bao: DevServer, tmp_path: Path) -> None:
+    """`broker up --vault-addr https://...` with VAULT_CACERT: bootstraps, and its sidecar mints."""
+    proc = _up(tls_bao, tmp_path, VAULT_CACERT=str(tls_bao.ca_cert))
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while not any("stops everything" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        body = '{"action": "email.send", "inputs": {"to": "ann@partner.example", "subject": "hi", "body": "hello"}}'
+        answer = subprocess.run(
+            ["curl", "-s", "--unix-socket", str(tmp_path / "outreach-agent.sock"),
+             "http://sidecar/v1/credentials", "-H", "content-type: application/json", "-d", body],
+            capture_output=True, text=True, check=True, timeout=30,
+        )  # fmt: skip
+        assert '"outcome":"allow"' in answer.stdout.replace(" ", ""), answer.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
+def test_up_against_a_tls_vault_without_the_ca_names_the_problem(
+    tls_bao: DevServer, tmp_path: Path
+) -> None:
+    """Without the CA, `broker up --vault-addr` exits non-zero naming the certificate and
+    the variable to set, with no traceback."""
+    proc = _up(tls_bao, tmp_path)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "certificate" in out, out
+    assert "VAULT_CACERT" in out, out
+    assert "Traceback" not in out
