@@ -61,7 +61,10 @@ async def test_redeem_needs_an_approver_listed_in_the_manifest_in_force(
     minted = records(h.audit_path, type="decision", outcome="allow")
     if expected == 403:
         assert (body["outcome"], body["reason"]) == ("deny", "approval_denied")
-        assert f"{APPROVER} is no longer an approver" in body["detail"]
+        assert (
+            f"{APPROVER} is not an approver of pay.out under the manifest in force"
+            in body["detail"]
+        )
         assert "credential" not in body
         assert minted == []
         [refusal] = records(h.audit_path, type="decision", reason="approval_denied")
