@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from broker.cli.deploy import add_bootstrap_args, add_deploy_args, socket_access, workload_steps
 from broker.core.errors import ConfigError
 from broker.settings import DEFAULT_MAX_BODY, issuer_from_env, vault_from_env
 
@@ -42,6 +43,7 @@ def register(
     p.add_argument(
         "--demo-policies", action="store_true", help="also create stand-ins for manifest policies"
     )
+    add_bootstrap_args(p)
     p.set_defaults(func=cmd_bootstrap)
 
     p = commands.add_parser("sidecar", help="serve one agent's credential requests")
@@ -71,6 +73,7 @@ def register(
         help="file holding the HMAC secret that signs every delivery (default "
         "BROKER_WEBHOOK_SECRET_FILE); required when webhooks are configured",
     )
+    add_deploy_args(p)
     p.set_defaults(func=cmd_sidecar)
 
     p = commands.add_parser("verify", help="verify an action token as a tool or gateway would")
@@ -200,6 +203,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         client, [grant_for(m) for m in manifests], demo=args.demo_policies, addr=vault.addr
     ):
         print(step)
+    for step in workload_steps(client, args, vault.addr):
+        print(step)
     return 0
 
 
@@ -219,6 +224,8 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         webhooks=webhooks,
         webhook_secret_file=secret_file,
+        socket_access=socket_access(args),
+        metrics_listen=args.metrics_listen,
     )
     asyncio.run(serve(config))
     return 0

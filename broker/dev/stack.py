@@ -147,7 +147,12 @@ def approle_files(client: VaultClient, agent: str, directory: Path) -> tuple[Pat
 
 
 def _demo_database(client: VaultClient, manifests: Sequence[Manifest], pg: PgCluster) -> list[Step]:
-    import psycopg  # only the dev stack needs a driver: it creates the demo table
+    try:
+        import psycopg  # only the dev stack needs a driver: it creates the demo table
+    except ImportError as exc:
+        raise ConfigError(
+            "the demo database needs psycopg: pip install 'agent-credential-broker[dev]'"
+        ) from exc
 
     with psycopg.connect(pg.superuser_dsn(DEMO_DB), autocommit=True) as conn:
         conn.execute(

@@ -30,9 +30,10 @@ from broker.core.limits import UsageLedger
 from broker.core.manifest import Manifest
 from broker.scopes.loader import load_manifest
 from broker.settings import DEFAULT_MAX_BODY, VaultSettings
-from broker.sidecar.listener import IDLE_TIMEOUT, MAX_CONNECTIONS, listen, waiting_app
+from broker.sidecar.listener import IDLE_TIMEOUT, MAX_CONNECTIONS, SocketAccess, listen, waiting_app
 from broker.sidecar.metrics import SidecarMetrics
 from broker.sidecar.notify import WebhookNotifier
+from broker.sidecar.probes import ProbeListener
 from broker.sidecar.runtime import Runtime
 from broker.sidecar.server import build_app
 from broker.sidecar.service import CredentialService
@@ -65,6 +66,8 @@ class SidecarConfig:
     webhook_backoff: float = 0.5  # seconds before the first retry; doubles per retry
     idle_timeout: float = IDLE_TIMEOUT  # unfinished headers or an idle keep-alive: closed
     max_connections: int = MAX_CONNECTIONS
+    socket_access: SocketAccess | None = None  # group/mode/peer allowlist of a unix socket
+    metrics_listen: str | None = None  # a separate listener for /metrics and the probes only
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,9 +121,23 @@ class Sidecar:
         self._snapshots: asyncio.Task[None] | None = None
         self._rotated = asyncio.Event()
         self.address = ""
+        self.metrics_url = ""
+        self.probes = (
+            ProbeListener(
+                config.metrics_listen,
+                lambda: self.service,
+                lambda: self.runtime.vault_problem or "not connected yet",
+            )
+            if config.metrics_listen
+            else None
+        )
         # The audit checkpoints' own Vault connection, closed after the trail's last one.
         self._checkpoint_vault = AsyncVault(
-            config.vault.addr, lambda: self.runtime.session.token, timeout=10.0, pool=2
+            config.vault.addr,
+            lambda: self.runtime.session.token,
+            timeout=10.0,
+            pool=2,
+            tls=self.runtime.session.tls,
         )
 
     async def start(self) -> str:
@@ -130,6 +147,8 @@ class Sidecar:
             concurrent.futures.ThreadPoolExecutor(VAULT_THREADS, thread_name_prefix="vault")
         )
         await self.runtime.start()
+        if self.probes is not None:
+            self.metrics_url = await self.probes.start()
         # Usually Vault answers at once and the sidecar listens ready; if it does not, the
         # sidecar listens anyway after the grace, refusing and saying why in /readyz.
         with contextlib.suppress(TimeoutError):
@@ -187,7 +206,7 @@ class Sidecar:
         )
         await self._runner.setup()
         self.address, self._server = await listen(
-            self._runner, self.config.listen, self.config.max_connections
+            self._runner, self.config.listen, self.config.max_connections, self.config.socket_access
         )
         return self.address
 
@@ -211,7 +230,9 @@ class Sidecar:
         app = waiting_app(lambda: self.runtime.vault_problem or "not connected yet")
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        address, server = await listen(runner, self.config.listen, self.config.max_connections)
+        address, server = await listen(
+            runner, self.config.listen, self.config.max_connections, self.config.socket_access
+        )
         log.warning(
             "waiting for Vault before loading the manifest; meanwhile %s answers 503", address
         )
@@ -242,6 +263,8 @@ class Sidecar:
             self._server.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.probes is not None:
+            await self.probes.stop()
         if self.service is not None:
             await self.service.approvals.stop()
             await self.service.minter.vault.close()

@@ -74,8 +74,10 @@ class Minter:
         self.deadline = deadline
         # Long timeouts on purpose: the deadline is enforced above the connection (see the
         # module docstring), and a late answer is what lets the sidecar revoke what it made.
-        self.vault = AsyncVault(session.addr, lambda: session.token, timeout=LATE_WINDOW)
-        self._dynamic_client = make_client(session.addr, timeout=LATE_WINDOW)
+        self.vault = AsyncVault(
+            session.addr, lambda: session.token, timeout=LATE_WINDOW, tls=session.tls
+        )
+        self._dynamic_client = make_client(session.addr, timeout=LATE_WINDOW, tls=session.tls)
         self._late: set[asyncio.Task[Any]] = set()
 
     async def within_deadline(

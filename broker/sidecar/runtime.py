@@ -75,7 +75,9 @@ class Runtime:
         self.agent = agent
         self.session = VaultSession(vault, clock=clock)
         # Polls use their own short-timeout client so a hung Vault is noticed quickly.
-        self._poller = AsyncVault(vault.addr, lambda: self.session.token, timeout=1.0, pool=4)
+        self._poller = AsyncVault(
+            vault.addr, lambda: self.session.token, timeout=1.0, pool=4, tls=self.session.tls
+        )
         self.signer = ActionTokenSigner(
             agent, self._issue_cert, issuer=issuer_from_env(), publish=self._publish_keys
         )

@@ -4,6 +4,7 @@ Messages name the operation and Vault's address, never a token or secret."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,7 +30,22 @@ def translate_errors(operation: str, addr: str = "") -> Iterator[None]:
     except hvac.exceptions.VaultError as exc:
         reason = "; ".join(str(e) for e in (exc.errors or [])) or type(exc).__name__
         raise BackendUnavailable(f"Vault{where} failed {operation}: {reason[:200]}") from exc
+    except requests.exceptions.SSLError as exc:
+        raise BackendUnavailable(tls_problem(str(exc), addr, operation)) from exc
     except requests.exceptions.RequestException as exc:
         raise BackendUnavailable(
             f"Vault is unreachable{where} ({operation}): {type(exc).__name__}"
         ) from exc
+
+
+_CERT_REASON = re.compile(r"certificate verify failed: ([^()'\"]+)|(hostname [^()'\"]+)")
+
+
+def tls_problem(text: str, addr: str, operation: str) -> str:
+    """A certificate failure said plainly, with the variable that fixes it."""
+    found = _CERT_REASON.search(text)
+    reason = next((g for g in found.groups() if g), "").strip() if found else "TLS handshake failed"
+    return (
+        f"Vault's TLS certificate at {addr} was not accepted ({operation}): {reason}; set "
+        "VAULT_CACERT (or BAO_CACERT) to the CA certificate that signed it"
+    )

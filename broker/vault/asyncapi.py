@@ -9,20 +9,51 @@ leaks past this module, and no token appears in a message."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
 from broker.core.errors import BackendUnavailable, NotFound, PermissionDenied
+from broker.settings import VaultTLS, tls_from_env
+from broker.vault._errors import tls_problem
 from broker.vault.layout import KV_MOUNT
+
+
+def ssl_context(tls: VaultTLS) -> ssl.SSLContext | bool:
+    """aiohttp's ``ssl``: the same trust as ``make_client`` gives hvac (``False``: unverified)."""
+    if tls.skip_verify:
+        return False
+    cafile = str(tls.cacert) if tls.cacert else None
+    capath = str(tls.capath) if tls.capath else None
+    ctx = ssl.create_default_context(cafile=cafile, capath=capath)
+    if tls.client_cert and tls.client_key:
+        ctx.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+    return ctx
+
+
+def _unreachable(exc: Exception, addr: str, operation: str) -> BackendUnavailable:
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return BackendUnavailable(tls_problem(str(exc), addr, operation))
+    return BackendUnavailable(f"Vault is unreachable at {addr} ({operation}): {type(exc).__name__}")
 
 
 class AsyncVault:
     def __init__(
-        self, addr: str, token: Callable[[], str], *, timeout: float = 5.0, pool: int = 64
+        self,
+        addr: str,
+        token: Callable[[], str],
+        *,
+        timeout: float = 5.0,
+        pool: int = 64,
+        tls: VaultTLS | None = None,
     ) -> None:
         self.addr = addr.rstrip("/")
+        self._tls = tls or tls_from_env(addr=addr)
+        self._headers = {"X-Vault-Request": "true"}
+        if self._tls.namespace:
+            self._headers["X-Vault-Namespace"] = self._tls.namespace
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._pool = pool
@@ -33,7 +64,9 @@ class AsyncVault:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._pool, limit_per_host=self._pool)
+            connector = aiohttp.TCPConnector(
+                limit=self._pool, limit_per_host=self._pool, ssl=ssl_context(self._tls)
+            )
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
@@ -51,12 +84,10 @@ class AsyncVault:
     async def get_text(self, path: str, operation: str) -> str:
         """A non-JSON answer (the CA's PEM), as text."""
         try:
-            async with self._http().get(f"{self.addr}/v1/{path}") as resp:
+            async with self._http().get(f"{self.addr}/v1/{path}", headers=self._headers) as resp:
                 text, status = await resp.text(), resp.status
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise BackendUnavailable(
-                f"Vault is unreachable at {self.addr} ({operation}): {type(exc).__name__}"
-            ) from exc
+            raise _unreachable(exc, self.addr, operation) from exc
         if status < 300:
             return text
         raise _error(status, None, operation, self.addr)
@@ -87,7 +118,7 @@ class AsyncVault:
     async def _call(
         self, method: str, path: str, body: dict[str, Any] | None, operation: str
     ) -> dict[str, Any]:
-        headers = {"X-Vault-Token": self._token(), "X-Vault-Request": "true"}
+        headers = {"X-Vault-Token": self._token(), **self._headers}
         try:
             async with self._http().request(
                 method, f"{self.addr}/v1/{path}", json=body, headers=headers
@@ -95,9 +126,7 @@ class AsyncVault:
                 doc = await resp.json(content_type=None) if resp.content_length != 0 else {}
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise BackendUnavailable(
-                f"Vault is unreachable at {self.addr} ({operation}): {type(exc).__name__}"
-            ) from exc
+            raise _unreachable(exc, self.addr, operation) from exc
         if status < 300:
             return doc if isinstance(doc, dict) else {}
         raise _error(status, doc, operation, self.addr)

@@ -19,7 +19,7 @@ class VaultRevocations:
 
     def __init__(self, vault: VaultSettings, clock: Callable[[], float] = time.monotonic) -> None:
         token = vault.token.get_secret_value() if vault.token else None
-        self._client = make_client(vault.addr, token, timeout=2.0)
+        self._client = make_client(vault.addr, token, timeout=2.0, tls=vault.tls)
         self._addr = vault.addr
         self._clock = clock
         self._cache: dict[str, tuple[float, ControlState]] = {}

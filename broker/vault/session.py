@@ -1,7 +1,8 @@
 """An authenticated connection to Vault/OpenBao for one identity.
 
 A sidecar logs in with AppRole (role id and secret id read from files, as Vault Agent
-does) or, in development, with a token. Each AppRole login is handed to ``on_login`` before
+does), with its pod's service-account token (Vault's jwt or kubernetes auth method, the
+token file re-read at every login), or, in development, with a token. Each AppRole login is handed to ``on_login`` before
 its token is used, so that it can be recorded where runbook commands find it. ``ensure_fresh`` renews the token when half its
 TTL is gone and logs in again when renewal is refused, so a long-running sidecar never
 holds an expired identity. The clock is injected."""
@@ -20,7 +21,7 @@ import hvac
 import requests
 
 from broker.core.errors import BackendUnavailable, ConfigError
-from broker.settings import VaultSettings
+from broker.settings import VaultSettings, VaultTLS, tls_from_env
 from broker.vault._errors import translate_errors
 from broker.vault.layout import APPROLE_MOUNT
 
@@ -41,12 +42,37 @@ def _read_secret_file(path: Path, what: str) -> str:
     return value
 
 
-def make_client(addr: str, token: str | None = None, timeout: float = 5.0) -> hvac.Client:
+def make_client(
+    addr: str, token: str | None = None, timeout: float = 5.0, tls: VaultTLS | None = None
+) -> hvac.Client:
+    """Every hvac client is built here, with TLS and namespace from ``tls`` (default: the
+    environment, as Vault's CLI reads it), so no command can forget ``VAULT_CACERT``."""
+    tls = tls or tls_from_env(addr=addr)
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    return hvac.Client(url=addr, token=token, timeout=timeout, session=session)
+    cert = (str(tls.client_cert), str(tls.client_key)) if tls.client_cert else None
+    # On the session too: hvac takes a given session's own ``verify`` (True by default) over
+    # its ``verify`` argument, which is how VAULT_CACERT used to be ignored.
+    session.verify, session.cert = _verify(tls), cert
+    return hvac.Client(
+        url=addr,
+        token=token,
+        timeout=timeout,
+        session=session,
+        verify=_verify(tls),
+        cert=cert,
+        namespace=tls.namespace,
+    )
+
+
+def _verify(tls: VaultTLS) -> bool | str:
+    """requests' ``verify``: explicit, so REQUESTS_CA_BUNDLE can neither help nor hurt."""
+    if tls.skip_verify:
+        return False
+    trust = tls.cacert or tls.capath
+    return str(trust) if trust else True
 
 
 class VaultSession:
@@ -55,7 +81,8 @@ class VaultSession:
     def __init__(self, settings: VaultSettings, clock: Clock = time.time) -> None:
         self.settings = settings
         self.addr = settings.addr
-        self.client = make_client(settings.addr)
+        self.tls = settings.tls or tls_from_env(addr=settings.addr)
+        self.client = make_client(settings.addr, tls=self.tls)
         self._clock = clock
         self._lock = threading.Lock()
         self._renew_at = 0.0
@@ -74,6 +101,8 @@ class VaultSession:
         """ConfigError now if no Vault credentials are configured at all (no network call):
         a settings mistake fails at start-up, while an absent Vault is waited for."""
         s = self.settings
+        if s.auth != "approle":
+            return  # settings.vault_from_env made sure the role and the token file are named
         if not (s.role_id_file and s.secret_id_file) and s.token is None:
             raise ConfigError(
                 "no Vault credentials: set VAULT_TOKEN, or BROKER_ROLE_ID_FILE and "
@@ -84,7 +113,9 @@ class VaultSession:
         """Authenticate from the settings: AppRole when configured, else the token."""
         with self._lock, translate_errors("login", self.addr):
             s = self.settings
-            if s.role_id_file and s.secret_id_file:
+            if s.auth != "approle":
+                self._jwt_login()
+            elif s.role_id_file and s.secret_id_file:
                 role_id = _read_secret_file(s.role_id_file, "role id")
                 secret_id = _read_secret_file(s.secret_id_file, "secret id")
                 self._approle_login(role_id, secret_id)
@@ -108,7 +139,7 @@ class VaultSession:
             )
         try:
             # A clean client: no stale token in the header of the login request.
-            result = make_client(self.addr, "").auth.approle.login(
+            result = make_client(self.addr, "", tls=self.tls).auth.approle.login(
                 role_id=role_id, secret_id=secret_id, mount_point=APPROLE_MOUNT, use_token=False
             )
         except hvac.exceptions.InvalidRequest:
@@ -118,12 +149,30 @@ class VaultSession:
         self.client.token = result["auth"]["client_token"]
         self._note_auth(result["auth"])
 
+    def _jwt_login(self) -> None:
+        """Workload identity: the projected service-account token, read afresh at every login
+        (the kubelet rotates the file), exchanged at Vault's jwt or kubernetes auth method."""
+        s = self.settings
+        assert s.jwt_file is not None
+        assert s.jwt_role is not None
+        jwt = _read_secret_file(s.jwt_file, "service-account token")
+        client = make_client(self.addr, "", tls=self.tls)
+        if s.auth == "kubernetes":
+            result = client.auth.kubernetes.login(
+                s.jwt_role, jwt, use_token=False, mount_point=s.jwt_mount
+            )
+        else:
+            result = client.auth.jwt.jwt_login(s.jwt_role, jwt, use_token=False, path=s.jwt_mount)
+        self._record(result["auth"])
+        self.client.token = result["auth"]["client_token"]
+        self._note_auth(result["auth"])
+
     def _record(self, auth: dict[str, Any]) -> None:
         """Hand a fresh login to ``on_login`` before the token is put to use; a login that
         cannot be recorded is revoked and fails (nothing may mint with an unrecorded token)."""
         if self.on_login is None:
             return
-        fresh = make_client(self.addr, str(auth["client_token"]))
+        fresh = make_client(self.addr, str(auth["client_token"]), tls=self.tls)
         try:
             self.on_login(fresh, auth)
         except BaseException:

@@ -12,13 +12,12 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import hvac
-
 from broker.core.errors import NotFound
 from broker.settings import VaultSettings
 from broker.vault._errors import translate_errors
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.layout import KV_MOUNT, TRANSIT_MOUNT, audit_key
+from broker.vault.session import make_client
 
 AUDIT_KEY = "audit-checkpoint"  # the shared key of old; each agent now has audit_key(agent)
 
@@ -54,7 +53,7 @@ class TransitCheckpointSigner:
         cls, settings: VaultSettings, *, agent: str, timeout: float = 10.0
     ) -> TransitCheckpointSigner:
         token = settings.token.get_secret_value() if settings.token else None
-        return cls(hvac.Client(url=settings.addr, token=token, timeout=timeout), agent=agent)
+        return cls(make_client(settings.addr, token, timeout, tls=settings.tls), agent=agent)
 
     def ensure_key(self) -> str:
         """Mount transit and KV v2 if absent and create the ed25519 key; "created" or "present"."""

