@@ -112,6 +112,27 @@ class DevServer:
         os.kill(self.pid, signal.SIGCONT)
 
 
+def spawn_bao(
+    args: list[str], home: Path, log_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``bao`` with ``args`` in its own session, logging to ``log_path``, with no
+    ``VAULT_*``/``BAO_*`` of ours in its environment and ``home`` as its HOME (the CLI writes
+    ``~/.vault-token`` in dev mode)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env["HOME"] = str(home)
+    env.update(extra_env or {})
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [str(bao_binary()), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=home,
+            start_new_session=True,
+        )
+
+
 def start_dev_server(
     port: int | None = None, log_path: Path | None = None, *, tls: bool = False
 ) -> DevServer:
@@ -121,29 +142,21 @@ def start_dev_server(
     addr = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     root_token = "root-" + secrets.token_hex(16)
     workdir = Path(tempfile.mkdtemp(prefix="broker-bao-"))
-    log = open(log_path or workdir / "bao.log", "ab")  # noqa: SIM115 - owned by the child process
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     if tls:
         (workdir / "tls").mkdir(mode=0o700)
-    env["HOME"] = str(workdir)  # the CLI writes ~/.vault-token in dev mode; keep it out of $HOME
-    env["BAO_DEV_ROOT_TOKEN_ID"] = root_token  # from the environment: argv is visible in `ps`
-    process = subprocess.Popen(
+    # The root token from the environment: argv is visible in `ps`.
+    process = spawn_bao(
         [
-            str(bao_binary()),
             "server",
             "-dev",
             f"-dev-listen-address=127.0.0.1:{port}",
             "-dev-no-store-token",
             *(["-dev-tls", f"-dev-tls-cert-dir={workdir / 'tls'}"] if tls else []),
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        cwd=workdir,
-        start_new_session=True,
+        workdir,
+        log_path or workdir / "bao.log",
+        {"BAO_DEV_ROOT_TOKEN_ID": root_token},
     )
-    log.close()
     ca = workdir / "tls" / "vault-ca.pem" if tls else None
     server = DevServer(addr, root_token, process, workdir, ca)
     try:

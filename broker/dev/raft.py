@@ -9,7 +9,6 @@ happens when the active node dies. Every process is stopped by its own process i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.core.errors import BackendUnavailable
-from broker.dev.devstack import bao_binary, free_port_pair
+from broker.dev.devstack import free_port_pair, spawn_bao
 
 CONFIG = """\
 storage "raft" {{
@@ -137,19 +136,7 @@ def _start_node(workdir: Path, index: int, leader: str | None) -> RaftNode:
             data=home / "data", node_id=node_id, joins=joins, port=port, cluster_port=port + 1
         )
     )
-    log = open(home / "bao.log", "ab")  # noqa: SIM115 - owned by the child process
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env["HOME"] = str(home)
-    process = subprocess.Popen(
-        [str(bao_binary()), "server", f"-config={config}"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        cwd=home,
-        start_new_session=True,
-    )
-    log.close()
+    process = spawn_bao(["server", f"-config={config}"], home, home / "bao.log")
     return RaftNode(node_id=node_id, addr=f"http://127.0.0.1:{port}", process=process)
 
 
