@@ -204,6 +204,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
+    import os
+
     from broker.sidecar import SidecarConfig, serve
 
     logging.basicConfig(
@@ -219,9 +221,17 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         webhooks=webhooks,
         webhook_secret_file=secret_file,
+        ledger=ledger_kind(os.environ.get("BROKER_LEDGER", "local")),
     )
     asyncio.run(serve(config))
     return 0
+
+
+def ledger_kind(value: str) -> str:
+    """``BROKER_LEDGER``: ``local`` (each sidecar its own usage) or ``vault`` (the fleet's)."""
+    if value not in {"local", "vault"}:
+        raise ConfigError(f"BROKER_LEDGER must be 'local' or 'vault', got {value[:40]!r}")
+    return value
 
 
 def _webhooks(args: argparse.Namespace) -> tuple[tuple[str, ...], Path | None]:

@@ -15,16 +15,18 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from broker.auditlog import AuditLog
-from broker.errors import AuditUnavailable, ConfigError
+from broker.errors import AuditUnavailable, BrokerError, ConfigError
+from broker.fleetledger import DEFAULT_LEASE_TTL, FleetLedger
 from broker.limits import UsageLedger
 from broker.listener import IDLE_TIMEOUT, MAX_CONNECTIONS, listen, waiting_app
 from broker.loader import load_manifest
@@ -37,6 +39,7 @@ from broker.service import CredentialService
 from broker.settings import DEFAULT_MAX_BODY, VaultSettings
 from broker.usagesnap import SNAPSHOT_EVERY, restore_ledger, snapshot_body
 from broker.vault.asyncapi import AsyncVault
+from broker.vault.ledgerstore import VaultLedgerStore
 from broker.vault.transit import LoopCheckpointSigner
 from broker.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, vault_fetch
 
@@ -65,6 +68,10 @@ class SidecarConfig:
     webhook_backoff: float = 0.5  # seconds before the first retry; doubles per retry
     idle_timeout: float = IDLE_TIMEOUT  # unfinished headers or an idle keep-alive: closed
     max_connections: int = MAX_CONNECTIONS
+    # "local": usage per sidecar (rebuilt from its own trail); "vault": budgets shared by every
+    # replica of the agent through leases on Vault (broker.fleetledger).
+    ledger: str = "local"
+    ledger_lease_ttl: float = DEFAULT_LEASE_TTL
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,6 +148,8 @@ class Sidecar:
                 await self._wait_listening()
             await self._load_from_vault(self._vault_agent)
         ledger = restore_ledger(self.manifest, self.config.audit_path)
+        if self.config.ledger == "vault":
+            ledger = self._fleet_ledger(ledger)
         self.audit = AuditLog(
             self.config.audit_path,
             signer=_checkpoint_signer(self.runtime, self._checkpoint_vault),
@@ -190,6 +199,20 @@ class Sidecar:
             self._runner, self.config.listen, self.config.max_connections
         )
         return self.address
+
+    def _fleet_ledger(self, local: UsageLedger) -> FleetLedger:
+        """Rates and slots as restored from this replica's trail; budgets from the fleet's."""
+        store = VaultLedgerStore(
+            lambda: self.runtime.session.client, self.manifest.agent, self.config.vault.addr
+        )
+        fleet = FleetLedger(
+            **{f.name: getattr(local, f.name) for f in fields(UsageLedger)},
+            store=store,
+            replica=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+            ttl=self.config.ledger_lease_ttl,
+        )
+        fleet.configure(self.manifest)
+        return fleet
 
     async def _write_snapshots(self, ledger: UsageLedger) -> None:
         """A usage snapshot now, then every SNAPSHOT_EVERY records and after each rotation,
@@ -242,6 +265,11 @@ class Sidecar:
             self._server.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.service is not None and isinstance(self.service.ledger, FleetLedger):
+            try:  # the unspent rest of this replica's slices is free for the others at once
+                await self.service.ledger.give_back()
+            except BrokerError as exc:
+                log.warning("leases not given back (they expire by themselves): %s", exc.detail)
         if self.service is not None:
             await self.service.approvals.stop()
             await self.service.minter.vault.close()

@@ -1,0 +1,182 @@
+"""One agent's budgets shared exactly by all its replicas (``BROKER_LEDGER=vault``).
+
+A replica takes a slice of each budget (a lease, ``broker.fleetdoc``) with one check-and-set
+write to Vault, then decides against its slice in-process: ``budget_used`` reads
+``limit - what is left of my slice``, so ``decide`` stays pure and a decision and its charge
+still happen with no ``await`` between them.
+
+Order of a mint: ``ensure`` (top up the slice if it cannot cover the call: one CAS write, or
+none) -> ``decide`` -> ``charge`` (local) -> ``commit`` (report spending: one CAS write that
+covers every charge made while the previous write was in flight) -> mint. The spending is in
+the document before any credential leaves, so when a replica dies its lease returns exactly
+``granted - spent`` to the fleet after the TTL. Rates and concurrency stay per replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from broker import fleetdoc
+from broker.decision import ActionRequest
+from broker.errors import BackendUnavailable, BrokerError
+from broker.fleetdoc import ZERO, Grant, dec
+from broker.limits import Chargeable, UsageLedger, window_start
+from broker.manifest import Manifest
+
+DEFAULT_LEASE_TTL = 30.0
+
+
+class LedgerStore(Protocol):
+    path: str
+    writes: int
+
+    def read(self) -> dict[str, Any] | None: ...
+
+    def update(
+        self, change: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]: ...
+
+
+class LedgerUnavailable(BackendUnavailable):
+    code = "ledger_unavailable"
+
+
+def request_costs(manifest: Manifest, req: ActionRequest) -> dict[str, Decimal]:
+    """What the call would charge each budget (0 where an input is missing: decide refuses)."""
+    action = manifest.actions.get(req.action)
+    if action is None:
+        return {}
+    out = {}
+    for name, value in action.cost.items():
+        amount = value
+        if isinstance(value, str):
+            raw = req.inputs.get(value.removeprefix("inputs."))
+            amount = raw if isinstance(raw, int | float) and not isinstance(raw, bool) else 0
+        out[name] = dec(amount)
+    return out
+
+
+@dataclass
+class FleetLedger(UsageLedger):
+    """A ``UsageLedger`` whose budgets are leases on the fleet document."""
+
+    store: LedgerStore | None = None
+    replica: str = ""
+    ttl: float = DEFAULT_LEASE_TTL
+    limits: dict[str, Decimal] = field(default_factory=dict)
+    _manifest: Manifest | None = None
+    _grants: dict[str, Grant] = field(default_factory=dict)
+    _spent: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _charged: int = 0  # charges made so far
+    _reported: int = 0  # charges covered by the last successful write
+
+    def configure(self, manifest: Manifest) -> None:
+        super().configure(manifest)
+        self._manifest = manifest
+        self.limits = {n: dec(b.limit) for n, b in manifest.budgets.items()}
+
+    # -- the view decide reads ---------------------------------------------------------------
+
+    def left(self, name: str, now: float) -> Decimal:
+        """What this replica may still spend of ``name`` now (0 without a live lease)."""
+        grant, per = self._grants.get(name), self.periods.get(name)
+        if grant is None or per is None or grant.window_start != window_start(now, per):
+            return ZERO
+        if now >= grant.expires - self.ttl / 3:  # margin for clock skew against the others
+            return ZERO
+        return max(grant.granted - self._spent_in(name, now), ZERO)
+
+    def budget_used(self, name: str, now: float) -> float:
+        limit = self.limits.get(name)
+        return 0.0 if limit is None else float(limit - self.left(name, now))
+
+    def _spent_in(self, name: str, now: float) -> Decimal:
+        window, amount = self._spent.get(name, (-1, ZERO))
+        per = self.periods.get(name)
+        return amount if per is not None and window == window_start(now, per) else ZERO
+
+    # -- charges -----------------------------------------------------------------------------
+
+    def charge(
+        self, decision: Chargeable, credential_id: str, expires_at: float, now: float
+    ) -> None:
+        super().charge(decision, credential_id, expires_at, now)
+        for name, amount in decision.charges.items():
+            self._spend(name, dec(amount), now)
+        self._charged += 1
+
+    def refund(self, decision: Chargeable, credential_id: str, now: float) -> None:
+        super().refund(decision, credential_id, now)
+        for name, amount in decision.charges.items():
+            self._spend(name, -dec(amount), now)
+
+    def _spend(self, name: str, amount: Decimal, now: float) -> None:
+        per = self.periods[name]
+        self._spent[name] = (window_start(now, per), max(self._spent_in(name, now) + amount, ZERO))
+
+    # -- the store ---------------------------------------------------------------------------
+
+    async def ensure(self, costs: Mapping[str, Decimal], now: float) -> None:
+        """Top up every slice that cannot cover ``costs``: one CAS write, or none at all."""
+        short = {n: c for n, c in costs.items() if c > 0 and self.left(n, now) < c}
+        if short:
+            async with self._lock:
+                if any(self.left(n, now) < c for n, c in short.items()):
+                    await self._write(short, now)
+
+    async def commit(self, now: float) -> None:
+        """Return once the spending of every charge made so far is in the document."""
+        target = self._charged
+        async with self._lock:
+            if self._reported < target:
+                await self._write({}, now)
+
+    async def _write(self, needs: Mapping[str, Decimal], now: float) -> None:
+        assert self.store is not None
+        assert self._manifest is not None
+        budgets, spent, covered = self._manifest.budgets, dict(self._spent), self._charged
+        path, replica, ttl = self.store.path, self.replica, self.ttl
+
+        def change(doc: dict[str, Any] | None) -> dict[str, Any]:
+            return fleetdoc.lease(
+                doc,
+                path,
+                budgets=budgets,
+                replica=replica,
+                spent=spent,
+                needs=needs,
+                now=now,
+                ttl=ttl,
+            )
+
+        try:
+            doc = await asyncio.to_thread(self.store.update, change)
+        except fleetdoc.LeaseLost:
+            self._grants.clear()
+            self._spent.clear()  # that spending is closed into ``used`` already
+            raise
+        except BrokerError as exc:
+            raise LedgerUnavailable(f"the fleet usage ledger: {exc.detail}") from exc
+        self._grants = fleetdoc.grants(doc, replica)
+        self._reported = max(self._reported, covered)
+
+    async def give_back(self) -> None:
+        """On shutdown: close this replica's leases, so their unspent rest is free at once."""
+        if self.store is None or not self._grants:
+            return
+        spent, path, replica = dict(self._spent), self.store.path, self.replica
+        async with self._lock:
+            await asyncio.to_thread(
+                self.store.update, lambda doc: fleetdoc.give_back(doc, path, replica, spent)
+            )
+            self._grants.clear()
+
+    def status(self, now: float) -> dict[str, Any]:
+        """Used, leased (per replica), free and window end per budget, from the document."""
+        assert self.store is not None
+        return fleetdoc.summary(self.store.read(), self.store.path, now)
