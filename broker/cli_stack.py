@@ -222,6 +222,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         webhooks=webhooks,
         webhook_secret_file=secret_file,
         ledger=ledger_kind(os.environ.get("BROKER_LEDGER", "local")),
+        ledger_lease_ttl=_lease_ttl(os.environ.get("BROKER_LEDGER_LEASE_TTL", "30")),
     )
     asyncio.run(serve(config))
     return 0
@@ -232,6 +233,17 @@ def ledger_kind(value: str) -> str:
     if value not in {"local", "vault"}:
         raise ConfigError(f"BROKER_LEDGER must be 'local' or 'vault', got {value[:40]!r}")
     return value
+
+
+def _lease_ttl(value: str) -> float:
+    """``BROKER_LEDGER_LEASE_TTL``: seconds a dead replica's slice stays held (1 to 3600)."""
+    try:
+        ttl = float(value)
+    except ValueError:
+        ttl = 0.0
+    if not 1 <= ttl <= 3600:
+        raise ConfigError(f"BROKER_LEDGER_LEASE_TTL must be 1 to 3600 seconds, got {value[:40]!r}")
+    return ttl
 
 
 def _webhooks(args: argparse.Namespace) -> tuple[tuple[str, ...], Path | None]:

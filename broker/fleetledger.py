@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from broker import fleetdoc
 from broker.decision import ActionRequest
-from broker.errors import BackendUnavailable, BrokerError
+from broker.errors import BackendUnavailable, BrokerError, LedgerInvalid
 from broker.fleetdoc import ZERO, Grant, dec
 from broker.limits import Chargeable, UsageLedger, window_start
 from broker.manifest import Manifest
@@ -160,6 +160,8 @@ class FleetLedger(UsageLedger):
             self._grants.clear()
             self._spent.clear()  # that spending is closed into ``used`` already
             raise
+        except LedgerInvalid:
+            raise  # its own stable code: a document to repair, not a store to wait for
         except BrokerError as exc:
             raise LedgerUnavailable(f"the fleet usage ledger: {exc.detail}") from exc
         self._grants = fleetdoc.grants(doc, replica)
