@@ -10,6 +10,7 @@ import pytest
 from broker import fleetdoc
 from broker.errors import LedgerInvalid
 from broker.fleetdoc import LeaseLost, grants, lease, slice_size, summary
+from broker.limits import window_start
 from broker.manifest import Budget
 
 PATH = "ledger/a"
@@ -20,7 +21,7 @@ TTL = 30.0
 
 
 def take(doc: Any, replica: str, need: float, spent: float = 0, now: float = NOW) -> Any:
-    window = fleetdoc.window_start(now, DAY.per)
+    window = window_start(now, DAY.per)
     return lease(
         doc,
         PATH,
@@ -81,7 +82,7 @@ def test_a_replica_reporting_after_its_lease_was_reclaimed_is_told() -> None:
 def test_give_back_frees_the_rest_at_once() -> None:
     """On shutdown a replica's unspent slice is free immediately; its spending stays used."""
     doc = take(None, "r1", need=1, spent=0)
-    window = fleetdoc.window_start(NOW, DAY.per)
+    window = window_start(NOW, DAY.per)
     back = fleetdoc.give_back(doc, PATH, "r1", {"usd": (window, Decimal(2))})
     assert Decimal(summary(back, PATH, NOW)["usd"]["used"]) == 2
     assert Decimal(summary(back, PATH, NOW)["usd"]["free"]) == 98
