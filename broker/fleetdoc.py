@@ -106,6 +106,10 @@ def slice_size(free: Decimal, need: Decimal, replicas: int) -> Decimal:
     """What to take: a share of what is free, so the others still find some, but never less
     than the call needs (near the cap this is a reservation for exactly one call)."""
     share = free / (2 * max(replicas, 1))
+    if share > need > 0:
+        # Whole calls only: fractions of a call left in several slices would add up to a
+        # call nobody can make (99 minted of 100).
+        share = need * (share // need)
     return min(free, max(need, share))
 
 
@@ -144,6 +148,8 @@ def lease(
             if free >= need - left:
                 grant = slice_size(free, need - left, len(entry["leases"]))
                 mine["granted"] = str(Decimal(mine["granted"]) + grant)
+            else:  # a rest too small for this call goes back: with others' rests it may fit
+                mine["granted"] = mine["spent"]
     return new
 
 

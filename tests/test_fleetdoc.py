@@ -46,7 +46,7 @@ def test_leases_never_add_up_past_the_limit() -> None:
 
 def test_slice_shrinks_near_the_cap_to_one_call() -> None:
     """Far from the cap a replica takes a share; near it, exactly what the call needs."""
-    assert slice_size(Decimal(100), Decimal(1), 4) == Decimal("12.5")
+    assert slice_size(Decimal(100), Decimal(1), 4) == Decimal(12)  # whole calls only
     assert slice_size(Decimal(3), Decimal(1), 4) == Decimal(1)
     assert slice_size(Decimal("0.5"), Decimal(1), 4) == Decimal("0.5")
 
@@ -56,6 +56,33 @@ def test_no_grant_when_free_cannot_cover_the_call() -> None:
     doc = take(None, "r1", need=99)
     doc = take(doc, "r2", need=5)
     assert grants(doc, "r2")["usd"].granted == 0
+
+
+def test_a_rest_too_small_for_the_call_goes_back() -> None:
+    """Two replicas each holding half a call: the first to fail returns its half, so the
+    second can make the call the halves add up to (no call stranded in fragments)."""
+    doc = take(None, "a", need=1)
+    window = window_start(NOW, DAY.per)
+    for name in ("a", "b"):
+        entry = doc["budgets"]["usd"]
+        entry["leases"][name] = {
+            "granted": "50.5" if name == "a" else "49.5",
+            "spent": "50" if name == "a" else "49",
+            "expires": NOW + TTL,
+        }
+    doc = take(doc, "a", need=1, spent=50)
+    assert grants(doc, "a")["usd"].granted == 50
+    doc = lease(
+        doc,
+        PATH,
+        budgets=BUDGETS,
+        replica="b",
+        spent={"usd": (window, Decimal(49))},
+        needs={"usd": Decimal(1)},
+        now=NOW,
+        ttl=TTL,
+    )
+    assert grants(doc, "b")["usd"].granted == 50
 
 
 def test_expired_lease_returns_its_unspent_rest_exactly() -> None:
