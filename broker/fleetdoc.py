@@ -2,7 +2,7 @@
 
 Document (``format`` 1), one per agent at ``ledger/<agent>`` in Vault's KV v2::
 
-    {"format": 1, "budgets": {name: {"window_start": int, "limit": "100", "used": "12",
+    {"format": 1, "budgets": {name: {"window_start": int, "per": 86400, "limit": "100", "used": "12",
         "leases": {replica: {"granted": "5", "spent": "2", "expires": 1700000000.0}}}}}
 
 ``used`` is what closed leases (given back or expired) spent; a live lease holds ``granted``
@@ -63,8 +63,9 @@ def validate(doc: Mapping[str, Any] | None, path: str) -> dict[str, Any]:
         where = f"{path}: budgets.{name}"
         if not isinstance(entry, dict) or not isinstance(entry.get("leases"), dict):
             raise LedgerInvalid(f"{where} must be an object with a leases object")
-        if not isinstance(entry.get("window_start"), int):
-            raise LedgerInvalid(f"{where}.window_start must be an integer")
+        for key in ("window_start", "per"):
+            if not isinstance(entry.get(key), int) or isinstance(entry.get(key), bool):
+                raise LedgerInvalid(f"{where}.{key} must be an integer")
         _amount(entry.get("used"), f"{where}.used")
         _amount(entry.get("limit"), f"{where}.limit")
         for replica, lease in entry["leases"].items():
@@ -86,6 +87,7 @@ def _entry(doc: dict[str, Any], name: str, budget: Budget, now: float) -> dict[s
         entry = {"window_start": start, "used": "0", "leases": {}}
         doc["budgets"][name] = entry
     entry["limit"] = str(dec(budget.limit))
+    entry["per"] = budget.per
     return entry
 
 
@@ -192,6 +194,7 @@ def summary(doc: Mapping[str, Any] | None, path: str, now: float) -> dict[str, A
         out[name] = {
             "limit": entry["limit"],
             "window_start": entry["window_start"],
+            "window_end": entry["window_start"] + entry["per"],
             "used": str(Decimal(entry["used"]) + reported),
             "leased": {
                 r: str(Decimal(x["granted"]) - Decimal(x["spent"])) for r, x in live.items()

@@ -9,12 +9,14 @@ import signal
 import time
 from collections import Counter
 from contextlib import AsyncExitStack
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from broker.control import Control
 from broker.devstack import DevServer
 from broker.fleetdoc import summary
 from broker.loader import load_manifest
@@ -22,6 +24,7 @@ from broker.stack import approle_files, grant_for
 from broker.vault.bootstrap import bootstrap
 from broker.vault.kv import kv_read, kv_write
 from broker.vault.ledgerstore import ledger_path
+from broker.vault.session import make_client
 from tests.harness import (
     Harness,
     forward,
@@ -31,6 +34,7 @@ from tests.harness import (
     unique_agent,
     write_manifest,
 )
+from tests.manifests_live import security_operator
 from tests.test_sidecar_crash import _ready, _start
 
 pytestmark = pytest.mark.integration
@@ -81,6 +85,14 @@ async def spread(sidecars: list[Harness], requests: int) -> Counter[tuple[int, s
         return status, body.get("reason") or body.get("outcome", "")
 
     return Counter(await asyncio.gather(*(one(i) for i in range(requests))))
+
+
+def operator_view(openbao: DevServer, manifest: Path) -> dict[str, Any]:
+    """What ``broker status`` shows a security operator of the agent's ``calls`` budget."""
+    control = Control(make_client(openbao.addr, security_operator(openbao)), openbao.addr)
+    ledger = control.ledger(load_manifest(manifest).agent, time.time())
+    assert ledger is not None
+    return dict(ledger["calls"])
 
 
 def allowed_in_trails(sidecars: list[Harness]) -> int:
@@ -152,7 +164,15 @@ async def test_nonsense_lease_document_is_refused_with_a_stable_code(
         (sidecar,) = await replicas(stack, openbao, manifest, tmp_path, 1)
         bad = {
             "format": 1,
-            "budgets": {"calls": {"window_start": 0, "used": "lots", "limit": "1", "leases": {}}},
+            "budgets": {
+                "calls": {
+                    "window_start": 0,
+                    "per": 86400,
+                    "used": "lots",
+                    "limit": "1",
+                    "leases": {},
+                }
+            },
         }
         kv_write(root_client(openbao), ledger_path(agent), bad)
         status, body, _ = await sidecar.ask("read.thing")
@@ -202,6 +222,15 @@ async def test_sigkilled_replica_slice_returns_and_a_fresh_replica_continues(
         before = await spread([fresh], limit)  # sequentially enough: the dead slice is held
         held_back = limit - 3 - before[(200, "allow")]
         assert held_back > 0, "the dead replica's slice was not held while its lease lived"
+        shown = operator_view(openbao, manifest)
+        assert (
+            Decimal(shown["used"])
+            + Decimal(shown["free"])
+            + sum(Decimal(v) for v in shown["leased"].values())
+            == limit
+        )
+        assert Decimal(shown["free"]) == 0
+        assert held_back in {int(Decimal(v)) for v in shown["leased"].values()}
         granted = 0
         while granted < held_back and time.monotonic() - killed_at < ttl + 10:
             status, _, _ = await fresh.ask("read.thing")

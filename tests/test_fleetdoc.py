@@ -132,16 +132,41 @@ def test_new_window_starts_empty() -> None:
         (
             {
                 "format": 1,
-                "budgets": {"usd": {"window_start": 0, "used": "x", "limit": "1", "leases": {}}},
+                "budgets": {
+                    "usd": {
+                        "window_start": 0,
+                        "per": 86400,
+                        "used": "x",
+                        "limit": "1",
+                        "leases": {},
+                    }
+                },
             },
             "budgets.usd.used",
         ),
         (
             {
                 "format": 1,
-                "budgets": {"usd": {"window_start": 0, "used": "-1", "limit": "1", "leases": {}}},
+                "budgets": {
+                    "usd": {
+                        "window_start": 0,
+                        "per": 86400,
+                        "used": "-1",
+                        "limit": "1",
+                        "leases": {},
+                    }
+                },
             },
             "budgets.usd.used",
+        ),
+        (
+            {
+                "format": 1,
+                "budgets": {
+                    "usd": {"window_start": 0, "per": "1d", "used": "0", "limit": "1", "leases": {}}
+                },
+            },
+            "budgets.usd.per",
         ),
         (
             {
@@ -158,6 +183,7 @@ def test_new_window_starts_empty() -> None:
                 "budgets": {
                     "usd": {
                         "window_start": 0,
+                        "per": 86400,
                         "used": "0",
                         "limit": "1",
                         "leases": {"r": {"granted": "1", "spent": "5", "expires": 1.0}},
@@ -172,6 +198,7 @@ def test_new_window_starts_empty() -> None:
                 "budgets": {
                     "usd": {
                         "window_start": 0,
+                        "per": 86400,
                         "used": "0",
                         "limit": "1",
                         "leases": {"r": {"granted": 1, "spent": "0", "expires": 1.0}},
@@ -188,3 +215,17 @@ def test_nonsense_documents_are_refused_naming_the_field(doc: Any, names: str) -
         take(doc, "r1", need=1)
     assert caught.value.code == "ledger_invalid"
     assert names in caught.value.detail
+
+
+def test_status_prints_used_leased_free_and_window_end(capsys: pytest.CaptureFixture[str]) -> None:
+    """`broker status` shows each budget's used, free, leases per replica and window end."""
+    from broker.cli_control import _print_ledger
+
+    doc = take(None, "r1", need=1)
+    doc = take(doc, "r1", need=0, spent=3)
+    _print_ledger(summary(doc, PATH, NOW))
+    _print_ledger({"error": "ledger_invalid", "detail": "ledger/a: budgets.usd.used ..."})
+    out = capsys.readouterr().out.splitlines()
+    end = window_start(NOW, DAY.per) + DAY.per
+    assert out[0] == f"  budget usd: used 3 of 100.0, free 50.0, leased r1 47, window ends {end}"
+    assert out[1] == "  ledger: ledger_invalid: ledger/a: budgets.usd.used ..."
