@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "broker.cli_approvals",
     "broker.cli_issuer",
     "broker.cli_mcp",
+    "broker.fleetbench",
 )
 
 
