@@ -71,6 +71,7 @@ class FleetLedger(UsageLedger):
     _manifest: Manifest | None = None
     _grants: dict[str, Grant] = field(default_factory=dict)
     _spent: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
+    _fleet_used: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _charged: int = 0  # charges made so far
     _reported: int = 0  # charges covered by the last successful write
@@ -94,6 +95,15 @@ class FleetLedger(UsageLedger):
     def budget_used(self, name: str, now: float) -> float:
         limit = self.limits.get(name)
         return 0.0 if limit is None else float(limit - self.left(name, now))
+
+    def reported_used(self, name: str, now: float) -> float:
+        """The fleet's usage as of this replica's last write (not ``limit - my slice``), so
+        metrics and the 80%/100% notifications speak of the whole fleet."""
+        window, used = self._fleet_used.get(name, (-1, ZERO))
+        per = self.periods.get(name)
+        if per is None or window != window_start(now, per):
+            return 0.0
+        return float(used)
 
     def _spent_in(self, name: str, now: float) -> Decimal:
         window, amount = self._spent.get(name, (-1, ZERO))
@@ -165,6 +175,10 @@ class FleetLedger(UsageLedger):
         except BrokerError as exc:
             raise LedgerUnavailable(f"the fleet usage ledger: {exc.detail}") from exc
         self._grants = fleetdoc.grants(doc, replica)
+        self._fleet_used = {
+            name: (b["window_start"], Decimal(b["used"]))
+            for name, b in fleetdoc.summary(doc, path, now).items()
+        }
         self._reported = max(self._reported, covered)
 
     async def give_back(self) -> None:

@@ -115,6 +115,11 @@ class UsageLedger:
         self._expire(now)
         return len(self._in_flight)
 
+    def reported_used(self, name: str, now: float) -> float:
+        """Usage for metrics and budget notifications (the fleet ledger's differs from what
+        ``decide`` reads)."""
+        return self.budget_used(name, now)
+
     # -- writes ------------------------------------------------------------------------------
 
     def charge(

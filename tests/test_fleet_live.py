@@ -117,6 +117,10 @@ async def test_four_replicas_mint_exactly_the_budget(
         assert counts[(200, "allow")] == 40, counts
         assert counts[(403, "budget_exhausted")] == 200, counts
         assert allowed_in_trails(sidecars) == 40
+        # Metrics and budget notifications speak of the fleet's usage, not of one slice.
+        seen = [h.sidecar.service.ledger.reported_used("calls", time.time()) for h in sidecars]  # type: ignore[union-attr]
+        assert max(seen) == 40.0
+        assert min(seen) > 0
     agent = load_manifest(manifest).agent
     doc = kv_read(root_client(openbao), ledger_path(agent))
     after = summary(doc, ledger_path(agent), time.time())["calls"]
