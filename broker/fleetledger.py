@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from broker import fleetdoc
+from broker.audit import iso_utc
 from broker.decision import ActionRequest
 from broker.errors import BackendUnavailable, BrokerError, LedgerInvalid
 from broker.fleetdoc import ZERO, Grant, dec
@@ -72,6 +73,8 @@ class FleetLedger(UsageLedger):
     _grants: dict[str, Grant] = field(default_factory=dict)
     _spent: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
     _fleet_used: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
+    # Called with a trail record for each slice granted (set by the sidecar: the audit trail).
+    on_event: Callable[[dict[str, Any]], None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _charged: int = 0  # charges made so far
     _reported: int = 0  # charges covered by the last successful write
@@ -174,23 +177,48 @@ class FleetLedger(UsageLedger):
             raise  # its own stable code: a document to repair, not a store to wait for
         except BrokerError as exc:
             raise LedgerUnavailable(f"the fleet usage ledger: {exc.detail}") from exc
-        self._grants = fleetdoc.grants(doc, replica)
+        before, self._grants = self._grants, fleetdoc.grants(doc, replica)
+        for name, grant in self._grants.items():
+            old = before.get(name)
+            if old is None or grant.granted > old.granted or grant.window_start != old.window_start:
+                self._announce("grant", name, grant, now)
         self._fleet_used = {
             name: (b["window_start"], Decimal(b["used"]))
             for name, b in fleetdoc.summary(doc, path, now).items()
         }
         self._reported = max(self._reported, covered)
 
-    async def give_back(self) -> None:
-        """On shutdown: close this replica's leases, so their unspent rest is free at once."""
+    async def give_back(self, now: float) -> list[dict[str, Any]]:
+        """On shutdown: close this replica's leases, so their unspent rest is free at once.
+        Returns the trail records of the returns (the caller appends them before closing)."""
         if self.store is None or not self._grants:
-            return
+            return []
         spent, path, replica = dict(self._spent), self.store.path, self.replica
         async with self._lock:
             await asyncio.to_thread(
                 self.store.update, lambda doc: fleetdoc.give_back(doc, path, replica, spent)
             )
-            self._grants.clear()
+            returned, self._grants = self._grants, {}
+        return [self._record("return", n, g, now) for n, g in returned.items()]
+
+    def _announce(self, event: str, name: str, grant: Grant, now: float) -> None:
+        if self.on_event is not None:
+            self.on_event(self._record(event, name, grant, now))
+
+    def _record(self, event: str, name: str, grant: Grant, now: float) -> dict[str, Any]:
+        return {
+            "type": "lease",
+            "event": event,
+            "timestamp": iso_utc(now),
+            "at": round(now, 6),
+            "agent_id": self._manifest.agent if self._manifest else "",
+            "replica": self.replica,
+            "budget": name,
+            "window_start": grant.window_start,
+            "granted": str(grant.granted),
+            "spent": str(max(grant.spent, self._spent_in(name, now))),
+            "expires": grant.expires,
+        }
 
     def status(self, now: float) -> dict[str, Any]:
         """Used, leased (per replica), free and window end per budget, from the document."""

@@ -168,6 +168,8 @@ class Sidecar:
         self.service = CredentialService(
             self.manifest, self.runtime, self.audit, ledger, redact_key=_redact_key(self.config)
         )
+        if isinstance(ledger, FleetLedger):
+            ledger.on_event = self._recorder(self.audit)
         self.service.metrics = SidecarMetrics(
             actions=self.manifest.actions, budgets=self.manifest.budgets
         )
@@ -199,6 +201,22 @@ class Sidecar:
             self._runner, self.config.listen, self.config.max_connections
         )
         return self.address
+
+    def _recorder(self, audit: AuditLog) -> Callable[[dict[str, Any]], None]:
+        """Lease grants go on the trail from the event loop, without holding up the mint."""
+        tasks: set[asyncio.Task[Any]] = set()
+
+        def record(body: dict[str, Any]) -> None:
+            task = asyncio.get_running_loop().create_task(audit.append(body, owned=True))
+            tasks.add(task)
+            task.add_done_callback(done)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("lease record not written: %s", task.exception())
+
+        return record
 
     def _fleet_ledger(self, local: UsageLedger) -> FleetLedger:
         """Rates and slots as restored from this replica's trail; budgets from the fleet's."""
@@ -267,7 +285,8 @@ class Sidecar:
             await self._runner.cleanup()
         if self.service is not None and isinstance(self.service.ledger, FleetLedger):
             try:  # the unspent rest of this replica's slices is free for the others at once
-                await self.service.ledger.give_back()
+                for body in await self.service.ledger.give_back(time.time()):
+                    await self.service.audit.append(body)
             except BrokerError as exc:
                 log.warning("leases not given back (they expire by themselves): %s", exc.detail)
         if self.service is not None:

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from broker.audit import verify_lines
 from broker.control import Control
 from broker.devstack import DevServer
 from broker.fleetdoc import summary
@@ -95,13 +96,12 @@ def operator_view(openbao: DevServer, manifest: Path) -> dict[str, Any]:
     return dict(ledger["calls"])
 
 
+def records(trail: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in trail.read_text().splitlines() if line.strip()]
+
+
 def allowed_in_trails(sidecars: list[Harness]) -> int:
-    lines = [
-        json.loads(line)
-        for h in sidecars
-        for line in h.audit_path.read_text().splitlines()
-        if line.strip()
-    ]
+    lines = [r for h in sidecars for r in records(h.audit_path)]
     return sum(1 for r in lines if r.get("type") == "decision" and r.get("outcome") == "allow")
 
 
@@ -121,6 +121,12 @@ async def test_four_replicas_mint_exactly_the_budget(
         seen = [h.sidecar.service.ledger.reported_used("calls", time.time()) for h in sidecars]  # type: ignore[union-attr]
         assert max(seen) == 40.0
         assert min(seen) > 0
+    for h in sidecars:  # each replica's trail shows its grants and, on stop, its return
+        events = [r["event"] for r in records(h.audit_path) if r.get("type") == "lease"]
+        assert events.count("grant") >= 1
+        assert events[-1] == "return"
+        assert events.count("return") == 1
+        assert verify_lines(h.audit_path.read_bytes().splitlines(keepends=True)).ok
     agent = load_manifest(manifest).agent
     doc = kv_read(root_client(openbao), ledger_path(agent))
     after = summary(doc, ledger_path(agent), time.time())["calls"]
