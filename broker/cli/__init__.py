@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "broker.cli.approvals",
     "broker.cli.issuer",
     "broker.cli.mcp",
+    "broker.dev.fleetbench",
     "broker.cli.completion",
 )
 

@@ -223,4 +223,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{r['sidecar_tokens']:>6} "
             f"{r['signing_generation'] if r['signing_generation'] is not None else '-':>7}"
         )
+        _print_ledger(r.get("ledger"))
     return 0
+
+
+def _print_ledger(ledger: dict[str, Any] | None) -> None:
+    """The fleet ledger under its agent: per budget used, leased out per replica, free."""
+    if not ledger:
+        return
+    if "error" in ledger:
+        print(f"  ledger: {ledger['error']}: {ledger['detail']}")
+        return
+    for name, b in sorted(ledger.items()):
+        leased = ", ".join(f"{r} {a}" for r, a in sorted(b["leased"].items())) or "none"
+        print(
+            f"  budget {name}: used {b['used']} of {b['limit']}, free {b['free']}, "
+            f"leased {leased}, window ends {b['window_end']}"
+        )

@@ -209,6 +209,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
+    import os
+
     from broker.sidecar.main import SidecarConfig, serve
 
     logging.basicConfig(
@@ -226,9 +228,29 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         webhook_secret_file=secret_file,
         socket_access=socket_access(args),
         metrics_listen=args.metrics_listen,
+        ledger=ledger_kind(os.environ.get("BROKER_LEDGER", "local")),
+        ledger_lease_ttl=_lease_ttl(os.environ.get("BROKER_LEDGER_LEASE_TTL", "30")),
     )
     asyncio.run(serve(config))
     return 0
+
+
+def ledger_kind(value: str) -> str:
+    """``BROKER_LEDGER``: ``local`` (each sidecar its own usage) or ``vault`` (the fleet's)."""
+    if value not in {"local", "vault"}:
+        raise ConfigError(f"BROKER_LEDGER must be 'local' or 'vault', got {value[:40]!r}")
+    return value
+
+
+def _lease_ttl(value: str) -> float:
+    """``BROKER_LEDGER_LEASE_TTL``: seconds a dead replica's slice stays held (1 to 3600)."""
+    try:
+        ttl = float(value)
+    except ValueError:
+        ttl = 0.0
+    if not 1 <= ttl <= 3600:
+        raise ConfigError(f"BROKER_LEDGER_LEASE_TTL must be 1 to 3600 seconds, got {value[:40]!r}")
+    return ttl
 
 
 def _webhooks(args: argparse.Namespace) -> tuple[tuple[str, ...], Path | None]:

@@ -10,6 +10,7 @@
     │   ├── RequestTimeout           the body did not arrive in time             (408)
     │   └── NotFound                                                             (404)
     ├── ControlStateInvalid          a control document in Vault has a mistyped value (503)
+    ├── LedgerInvalid                the fleet usage ledger document is nonsense   (503)
     ├── BackendUnavailable           Vault/OpenBao unreachable, sealed or refusing (503)
     │   └── PermissionDenied         Vault refused the caller's token             (403)
     ├── AuditUnavailable             the audit trail cannot be written           (503)
@@ -82,6 +83,14 @@ class ControlStateInvalid(BrokerError):
     by hand where ``false`` belongs). Refused, never guessed: a sidecar reading it fails closed."""
 
     code = "control_state_invalid"
+    http_status = 503
+
+
+class LedgerInvalid(BrokerError):
+    """The fleet's usage ledger document (``ledger/<agent>``) does not parse: edited by hand,
+    say. Refused, never reset: a reset would hand the whole budget out again."""
+
+    code = "ledger_invalid"
     http_status = 503
 
 

@@ -124,6 +124,11 @@ class UsageLedger:
         live = [at for at, cid in self._expiries if self._in_flight.get(cid) == at]
         return max(min(live) - now, 0.0) if live else None
 
+    def reported_used(self, name: str, now: float) -> float:
+        """Usage for metrics and budget notifications (the fleet ledger's differs from what
+        ``decide`` reads)."""
+        return self.budget_used(name, now)
+
     # -- writes ------------------------------------------------------------------------------
 
     def charge(

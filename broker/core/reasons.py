@@ -33,6 +33,7 @@ class ReasonCode(StrEnum):
     audit_unavailable = "audit_unavailable"
     credential_revoked = "credential_revoked"
     control_state_stale = "control_state_stale"
+    ledger_unavailable = "ledger_unavailable"
 
 
 _R = ReasonCode
@@ -53,6 +54,7 @@ REASON_HTTP_STATUS: Mapping[ReasonCode, int] = MappingProxyType(
         _R.audit_unavailable: 503,
         _R.credential_revoked: 403,
         _R.control_state_stale: 503,
+        _R.ledger_unavailable: 503,
     }
 )
 
@@ -73,6 +75,10 @@ REASON_DESCRIPTION: Mapping[ReasonCode, str] = MappingProxyType(
         _R.credential_revoked: "The credential or approval was revoked.",
         _R.control_state_stale: (
             "The sidecar's copy of the kill and revocation state is too old; nothing minted."
+        ),
+        _R.ledger_unavailable: (
+            "The fleet's shared usage ledger cannot be reached and this replica's slice is "
+            "spent; nothing minted."
         ),
     }
 )

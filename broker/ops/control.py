@@ -17,12 +17,14 @@ from typing import Any
 
 from broker.core.controlstate import GLOBAL_PATH, REVOKED_PATH, agent_path, flag, integer, times
 from broker.core.credids import prefix_of
-from broker.core.errors import BrokerError
+from broker.core.errors import BrokerError, LedgerInvalid
+from broker.core.fleetdoc import summary
 from broker.ops.controlbase import ActionReport, ControlBase, Operator, given, usage, whoami
 from broker.ops.sweep import Sweeper
 from broker.vault._errors import translate_errors
 from broker.vault.kv import kv_read
 from broker.vault.layout import APPROLE_MOUNT, approle_role
+from broker.vault.ledgerstore import ledger_path
 from broker.vault.registry import SidecarLogin, logins
 from broker.vault.revoke import (
     approle_exists,
@@ -373,7 +375,20 @@ class Control(ControlBase):
                 "vault_credentials": len(self.outstanding(agent, beat)),
                 "sidecar_tokens": len(logins(self.client, agent, self.addr)),
                 "signing_generation": beat.get("generation"),
+                "ledger": self.ledger(agent, now),
             }
+
+    def ledger(self, agent: str, now: float) -> dict[str, Any] | None:
+        """The fleet usage ledger per budget (``BROKER_LEDGER=vault``): used, leased per
+        replica, free; None when the agent's replicas keep local ledgers."""
+        path = ledger_path(agent)
+        doc = kv_read(self.client, path, self.addr)
+        if doc is None:
+            return None
+        try:
+            return summary(doc, path, now)
+        except LedgerInvalid as exc:
+            return {"error": exc.code, "detail": exc.detail}
 
 
 def _ids(cred: dict[str, Any]) -> tuple[str, str]:

@@ -447,7 +447,7 @@ class ApprovalGate:
         """Announce each budget's 80% and 100% crossings once per window."""
         now = self.clock()
         for name, budget in self.manifest.budgets.items():
-            used = self.ledger.budget_used(name, now)
+            used = self.ledger.reported_used(name, now)
             if self.metrics is not None:
                 self.metrics.budget(name, used, float(budget.limit))
             window = window_start(now, budget.per)

@@ -15,9 +15,10 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,12 @@ from aiohttp import web
 
 from broker.audit.log import AuditLog
 from broker.audit.usagesnap import SNAPSHOT_EVERY, restore_ledger, snapshot_body
-from broker.core.errors import AuditUnavailable, ConfigError
+from broker.core.errors import AuditUnavailable, BrokerError, ConfigError
 from broker.core.limits import UsageLedger
 from broker.core.manifest import Manifest
 from broker.scopes.loader import load_manifest
 from broker.settings import DEFAULT_MAX_BODY, VaultSettings
+from broker.sidecar.fleetledger import DEFAULT_LEASE_TTL, FleetLedger
 from broker.sidecar.listener import IDLE_TIMEOUT, MAX_CONNECTIONS, SocketAccess, listen, waiting_app
 from broker.sidecar.metrics import SidecarMetrics
 from broker.sidecar.notify import WebhookNotifier
@@ -39,6 +41,7 @@ from broker.sidecar.server import build_app
 from broker.sidecar.service import CredentialService
 from broker.sidecar.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, vault_fetch
 from broker.vault.asyncapi import AsyncVault
+from broker.vault.ledgerstore import VaultLedgerStore
 from broker.vault.transit import LoopCheckpointSigner
 
 log = logging.getLogger("broker.sidecar.main")
@@ -68,6 +71,10 @@ class SidecarConfig:
     max_connections: int = MAX_CONNECTIONS
     socket_access: SocketAccess | None = None  # group/mode/peer allowlist of a unix socket
     metrics_listen: str | None = None  # a separate listener for /metrics and the probes only
+    # "local": usage per sidecar (rebuilt from its own trail); "vault": budgets shared by every
+    # replica of the agent through leases on Vault (broker.sidecar.fleetledger).
+    ledger: str = "local"
+    ledger_lease_ttl: float = DEFAULT_LEASE_TTL
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -160,6 +167,8 @@ class Sidecar:
                 await self._wait_listening()
             await self._load_from_vault(self._vault_agent)
         ledger = restore_ledger(self.manifest, self.config.audit_path)
+        if self.config.ledger == "vault":
+            ledger = self._fleet_ledger(ledger)
         self.audit = AuditLog(
             self.config.audit_path,
             signer=_checkpoint_signer(self.runtime, self._checkpoint_vault),
@@ -178,6 +187,8 @@ class Sidecar:
         self.service = CredentialService(
             self.manifest, self.runtime, self.audit, ledger, redact_key=_redact_key(self.config)
         )
+        if isinstance(ledger, FleetLedger):
+            ledger.on_event = self._recorder(self.audit)
         self.service.metrics = SidecarMetrics(
             actions=self.manifest.actions, budgets=self.manifest.budgets, agent=self.manifest.agent
         )
@@ -209,6 +220,36 @@ class Sidecar:
             self._runner, self.config.listen, self.config.max_connections, self.config.socket_access
         )
         return self.address
+
+    def _recorder(self, audit: AuditLog) -> Callable[[dict[str, Any]], None]:
+        """Lease grants go on the trail from the event loop, without holding up the mint."""
+        tasks: set[asyncio.Task[Any]] = set()
+
+        def record(body: dict[str, Any]) -> None:
+            task = asyncio.get_running_loop().create_task(audit.append(body, owned=True))
+            tasks.add(task)
+            task.add_done_callback(done)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("lease record not written: %s", task.exception())
+
+        return record
+
+    def _fleet_ledger(self, local: UsageLedger) -> FleetLedger:
+        """Rates and slots as restored from this replica's trail; budgets from the fleet's."""
+        store = VaultLedgerStore(
+            lambda: self.runtime.session.client, self.manifest.agent, self.config.vault.addr
+        )
+        fleet = FleetLedger(
+            **{f.name: getattr(local, f.name) for f in fields(UsageLedger)},
+            store=store,
+            replica=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+            ttl=self.config.ledger_lease_ttl,
+        )
+        fleet.configure(self.manifest)
+        return fleet
 
     async def _write_snapshots(self, ledger: UsageLedger) -> None:
         """A usage snapshot now, then every SNAPSHOT_EVERY records and after each rotation,
@@ -265,6 +306,12 @@ class Sidecar:
             await self._runner.cleanup()
         if self.probes is not None:
             await self.probes.stop()
+        if self.service is not None and isinstance(self.service.ledger, FleetLedger):
+            try:  # the unspent rest of this replica's slices is free for the others at once
+                for body in await self.service.ledger.give_back(time.time()):
+                    await self.service.audit.append(body)
+            except BrokerError as exc:
+                log.warning("leases not given back (they expire by themselves): %s", exc.detail)
         if self.service is not None:
             await self.service.approvals.stop()
             await self.service.minter.vault.close()

@@ -26,12 +26,14 @@ from broker.core.controlstate import ControlState
 from broker.core.credids import unique_id as _unique_id
 from broker.core.decision import ActionRequest, Decision, decide, raci_json
 from broker.core.errors import AuditUnavailable, BrokerError
+from broker.core.fleetdoc import LeaseLost
 from broker.core.limits import UsageLedger
 from broker.core.manifest import JwtCredential, Manifest
 from broker.core.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
 from broker.core.toolcalls import ToolCallLog
 from broker.sidecar.api import scope_document
 from broker.sidecar.approvalgate import ApprovalGate
+from broker.sidecar.fleetledger import FleetLedger, request_costs
 from broker.sidecar.metrics import SidecarMetrics
 from broker.sidecar.minting import IssuedCredential, Minter, bounded
 from broker.sidecar.orphans import LateCredentials, revoke_in_vault
@@ -214,10 +216,16 @@ class CredentialService:
             raise AuditUnavailable(failed)
         if not self.runtime.available():
             await self.runtime.refresh_now()  # stale only because the loop ran late?
+        ledger_problem = await self._fleet_ensure(req)
         now = self._clock()
         decision = decide(
             req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
         )
+        if ledger_problem is not None and decision.reason is ReasonCode.budget_exhausted:
+            # The slice is spent and the fleet's store cannot be asked for more: money fails
+            # closed, and says it is temporary rather than "budget exhausted".
+            reason = ReasonCode.ledger_unavailable
+            return await self._unavailable(req, decision, now, ledger_problem, reason=reason)
         if decision.outcome is Outcome.deny:
             assert decision.reason is not None
             await self._record(req, decision, now, status="blocked")
@@ -229,6 +237,23 @@ class CredentialService:
         if decision.outcome is Outcome.pending_approval:
             return await self._pending(req, decision, now)
         return await self._allow(req, decision, now)
+
+    async def _fleet_ensure(self, req: ActionRequest) -> str | None:
+        """With a fleet ledger, top up the slices this call needs; the problem if it cannot."""
+        if not isinstance(self.ledger, FleetLedger):
+            return None
+        costs = request_costs(self.manifest, req)
+        for attempt in range(2):
+            try:
+                await self.ledger.ensure(costs, self._clock())
+            except LeaseLost as exc:  # reclaimed while silent: a fresh lease, once
+                if attempt:
+                    return f"{exc.code}: {exc.detail}"
+            except BrokerError as exc:
+                return f"{exc.code}: {exc.detail}"
+            else:
+                return None
+        return None
 
     async def _unavailable(
         self,
@@ -290,6 +315,7 @@ class CredentialService:
                     refusal = ReasonCode.control_state_stale, self.runtime.stale_detail()
             if refusal is None:
                 approval = await gate.spend(approval)  # single use: spent before minting
+                await self._fleet_ensure(req)  # no slice: decide refuses, the approval reopens
             now = self._clock()
             decision = decide(
                 req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
@@ -346,6 +372,14 @@ class CredentialService:
         credential_id = _unique_id()
         expires_at = now + spec.ttl
         self.ledger.charge(decision, credential_id, expires_at, now)
+        if isinstance(self.ledger, FleetLedger) and decision.charges:
+            try:  # the spending is in the fleet's document before the credential exists
+                await self.ledger.commit(self._clock())
+            except BrokerError as exc:
+                self.ledger.refund(decision, credential_id, now)
+                detail = f"{exc.code}: {exc.detail}"
+                reason = ReasonCode.ledger_unavailable
+                return await self._unavailable(req, decision, now, detail, reason=reason)
         started = time.perf_counter()
         try:
             issued = await self._mint(req, decision, credential_id, now, extra)

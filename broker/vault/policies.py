@@ -67,6 +67,8 @@ def sidecar_policy_hcl(
         _rule(f"{KV_MOUNT}/metadata/control/*", "read", "list"),
         _rule(f"{KV_MOUNT}/data/heartbeat/{agent}", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/data/outstanding/{agent}", "create", "update", "read"),
+        # The fleet usage ledger (broker.sidecar.fleetledger): this agent's document only.
+        _rule(f"{KV_MOUNT}/data/ledger/{agent}", "create", "update", "read"),
         # The login registry (broker.vault.registry): add an entry, never rewrite or delete one.
         _rule(f"{KV_MOUNT}/data/sidecars/{agent}/*", "create"),
         _rule(f"{KV_MOUNT}/data/id-prefixes/+/{agent}", "create"),
@@ -104,6 +106,7 @@ def security_operator_hcl() -> str:
                 "approvals",
                 DECISIONS_DIR,
                 "id-prefixes",  # which agent a credential id's process served
+                "ledger",  # the fleet usage ledgers, for broker status
             )
             for rule in _readable(tree)
         ),
