@@ -7,8 +7,10 @@ trail as a ``usage_snapshot`` record every ``SNAPSHOT_EVERY`` records, after eac
 rotation and at start-up. A restart loads the newest snapshot and replays only what follows.
 
 Replaying after a snapshot: a credential charged before the snapshot was taken may have its
-record written just after it (a Vault mint awaits Vault between the two); it is in the
-snapshot's in-flight set and is not charged twice. A charge refunded after the snapshot stays
+record written just after it (a Vault mint awaits Vault between the two); the snapshot names
+it (``unrecorded``) and it is not charged twice. The snapshot lists the credentials in flight
+only when a concurrency cap reads them: otherwise a busy minute's worth of credential ids made
+each snapshot megabytes long and stalled the writer behind it. A charge refunded after the snapshot stays
 counted until its window ends: the error is on the safe side (more spent, never less)."""
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def restore_ledger(manifest: Manifest, audit_path: Path) -> UsageLedger:
         ledger = UsageLedger.from_json(snapshot["ledger"])
         ledger.configure(manifest)
         held = set(snapshot["ledger"].get("in_flight", {}))
+        held.update(snapshot["ledger"].get("unrecorded", ()))
         return _replay(ledger, manifest.agent, [data[after:], *tail], held)
     return _replay(UsageLedger.for_manifest(manifest), manifest.agent, tail, set())
 

@@ -76,6 +76,13 @@ class UsageLedger:
     # (expiry, credential id), a heap: expiring slots costs O(log n), not a scan per charge.
     # Entries of released credentials stay until their expiry and are skipped then.
     _expiries: list[tuple[float, str]] = field(default_factory=list)
+    # Charged, but the credential's record is not yet on the trail: a snapshot taken now must
+    # name them, so that replaying their records after it does not charge them twice.
+    _unrecorded: set[str] = field(default_factory=set)
+    # Whether a concurrency cap reads the slots: only then must a snapshot carry every slot
+    # (without a cap they are only a count for ``broker status``, and a snapshot listing the
+    # credentials of a busy minute ran to megabytes, written every 5,000 records).
+    slots_capped: bool = True
 
     @classmethod
     def for_manifest(cls, manifest: Manifest) -> UsageLedger:
@@ -89,6 +96,7 @@ class UsageLedger:
         windows = [r.per for r in manifest.rate]
         windows += [r.per for a in manifest.actions.values() for r in a.rate]
         self.rate_horizon = max(windows, default=0)
+        self.slots_capped = manifest.concurrency is not None
 
     # -- reads (used by decide) --------------------------------------------------------------
 
@@ -143,6 +151,11 @@ class UsageLedger:
         self._expire(now)
         self._in_flight[credential_id] = expires_at
         heapq.heappush(self._expiries, (expires_at, credential_id))
+        self._unrecorded.add(credential_id)
+
+    def recorded(self, credential_id: str) -> None:
+        """The credential's record is durable: a snapshot no longer needs to name it."""
+        self._unrecorded.discard(credential_id)
 
     def refund(self, decision: Chargeable, credential_id: str, now: float) -> None:
         """Undo ``charge`` made at ``now`` when minting failed: nothing was issued."""
@@ -151,6 +164,7 @@ class UsageLedger:
         for key in (AGENT_RATE_KEY, decision.action):
             self._unlog_call(key, now)
         self._in_flight.pop(credential_id, None)
+        self._unrecorded.discard(credential_id)
 
     def release(self, credential_id: str) -> bool:
         """Free a credential's concurrency slot early; False if it was not in flight."""
@@ -204,6 +218,7 @@ class UsageLedger:
             expiry, credential_id = heapq.heappop(heap)
             if self._in_flight.get(credential_id) == expiry:
                 del self._in_flight[credential_id]
+            self._unrecorded.discard(credential_id)  # bounded even if a record never came
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -217,7 +232,8 @@ class UsageLedger:
                 n: {"window_start": s, "used": str(u)} for n, (s, u) in self._budgets.items()
             },
             "rates": {k: list(v) for k, v in self._rates.items()},
-            "in_flight": dict(self._in_flight),
+            "in_flight": dict(self._in_flight) if self.slots_capped else {},
+            "unrecorded": sorted(self._unrecorded),
         }
 
     @classmethod
@@ -229,6 +245,7 @@ class UsageLedger:
             ledger._budgets[name] = (int(entry["window_start"]), Decimal(entry["used"]))
         ledger._rates = {k: sorted(float(t) for t in v) for k, v in data["rates"].items()}
         ledger._in_flight = {k: float(v) for k, v in data["in_flight"].items()}
+        ledger._unrecorded = set(data.get("unrecorded", ()))  # absent in older snapshots
         ledger._expiries = [(v, k) for k, v in ledger._in_flight.items()]
         heapq.heapify(ledger._expiries)
         return ledger

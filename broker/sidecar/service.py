@@ -530,6 +530,8 @@ class CredentialService:
         started = time.perf_counter()
         # Every value in ``body`` is fresh (tool_calls is a copy): the trail may own it.
         await self.audit.append(body, owned=True)
+        if credential is not None:
+            self.ledger.recorded(credential[0])
         if self.metrics is not None:
             self.metrics.audit_append(time.perf_counter() - started)
             self.metrics.decision(req.action, outcome.value, reason.value if reason else None)

@@ -157,3 +157,35 @@ def test_snapshot_defaults_are_zero() -> None:
     snap = UsageSnapshot()
     assert (snap.budget_used("x", NOW), snap.rate_count("x", 60, NOW)) == (0.0, 0)
     assert snap.retry_after("x", 1, 60, NOW) == 0.0
+
+
+def _with_cap(cap: int | None) -> UsageLedger:
+    data = refund_manifest().model_dump()
+    data["concurrency"] = cap
+    return UsageLedger.for_manifest(Manifest.model_validate(data))
+
+
+@pytest.mark.parametrize(("cap", "listed"), [(None, 0), (5000, 1000)], ids=["no cap", "capped"])
+def test_a_snapshot_lists_the_slots_only_when_a_cap_reads_them(
+    cap: int | None, listed: int
+) -> None:
+    """1,000 recorded credentials in flight: without a concurrency cap the snapshot carries
+    none of their ids (a busy minute once made each snapshot megabytes long), with one all."""
+    led = _with_cap(cap)
+    for n in range(1000):
+        led.charge(Charge(), f"c{n}", NOW + 60, NOW)
+        led.recorded(f"c{n}")
+    snapshot = led.to_json()
+    assert (len(snapshot["in_flight"]), snapshot["unrecorded"]) == (listed, [])
+    assert led.in_flight(NOW) == 1000  # the count for ``broker status`` is kept either way
+
+
+def test_a_credential_is_unrecorded_from_its_charge_until_its_record_refund_or_expiry() -> None:
+    """The snapshot names exactly the credentials charged whose record is not yet written."""
+    led = _with_cap(None)
+    for cid in ("recorded", "refunded", "expires", "pending"):
+        led.charge(Charge(), cid, NOW + (10 if cid == "expires" else 60), NOW)
+    led.recorded("recorded")
+    led.refund(Charge(), "refunded", NOW)
+    assert led.in_flight(NOW + 20) == 2  # reading the count expires "expires"
+    assert led.to_json()["unrecorded"] == ["pending"]
