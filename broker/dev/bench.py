@@ -72,10 +72,8 @@ def register_bench(bench: argparse._SubParsersAction[Any]) -> None:
         "(reopened as the sidecar closes them)",
     )
     p.set_defaults(func=cmd_bench_mint)
-    from broker.dev.controlbench import register_control_bench
     from broker.dev.restartbench import register_restart_bench
 
-    register_control_bench(bench)
     register_restart_bench(bench)
 
 
