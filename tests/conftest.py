@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.core import decision
+from broker.core import plan
 from broker.dev.devstack import DevServer, start_dev_server
 from broker.dev.raft import RaftCluster, start_raft_cluster
 from tests.pgcluster import postgres  # noqa: F401 - re-exported fixture
@@ -29,8 +29,8 @@ def _fresh_decision_plans() -> None:
     carry plans over from earlier tests, so a later test would not run the compiler at all:
     mutation testing (``make mutate``) picks the tests to run against a mutant by the code
     each test ran, and would skip those tests for a mutant of the compiler."""
-    decision._PLANS.clear()
-    decision._LAST_PLAN[0] = None
+    plan._PLANS.clear()
+    plan._LAST_PLAN[0] = None
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,7 @@ def test_module_imports_only_layers_below_it(path: Path) -> None:
         ("core/decision.py", "aiohttp", "the pure core may not import aiohttp"),
         ("sidecar/service.py", "hvac", "only vault may import hvac"),
         ("sidecar/service.py", "broker.cli.control", "sidecar may not import broker.cli"),
-        ("client.py", "broker.core.errors", "client may not import broker.core"),
+        ("client/sync.py", "broker.core.errors", "client may not import broker.core"),
         ("audit/log.py", "broker.vault.session", "audit may not import broker.vault"),
     ],
 )

@@ -33,10 +33,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker.audit.checkpoints import TICK, Checkpoints, Superseded, Tick, signs_sealed_segment
 from broker.audit.file import (
     fsync_dir,
     open_locked,
@@ -46,19 +46,17 @@ from broker.audit.file import (
     unavailable,
     write_all,
 )
+from broker.audit.pending import Pending, fail_all, wake
 from broker.audit.records import (
     CHECKPOINT,
-    CHECKPOINT_WINDOW,
     RESERVED,
     CheckpointSigner,
     Record,
     canonical,
-    checkpoint_body,
-    checkpoint_message,
     iso_utc,
     seal,
 )
-from broker.core.errors import AuditUnavailable, BrokerError
+from broker.core.errors import AuditUnavailable
 
 __all__ = ["AuditLog"]
 
@@ -67,87 +65,11 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
-@dataclass
-class _Pending:
-    body: dict[str, Any]
-    future: concurrent.futures.Future[Record]
-    # For ``append``: the awaiting coroutine's future, settled once per batch per event loop
-    # (one wake-up of the loop for a whole group commit, not one per record).
-    waiter: asyncio.Future[Record] | None = None
-    # What the writer settled ``future`` with, kept here too: the event loop reads it
-    # without taking the future's lock (three locks per record showed in the mint profile).
-    outcome: tuple[Record | None, BaseException | None] | None = None
-
-    def succeed(self, record: Record) -> None:
-        self.outcome = (record, None)
-        self.future.set_result(record)
-
-    def fail(self, exc: BaseException) -> None:
-        self.outcome = (None, exc)
-        self.future.set_exception(exc)
-
-
-Settled = tuple[asyncio.Future[Record], Record | None, BaseException | None]
-
-
-def _settle(settled: list[Settled]) -> None:
-    for waiter, record, exc in settled:
-        if waiter.done():
-            continue
-        if exc is not None:
-            waiter.set_exception(exc)
-        else:
-            waiter.set_result(record)  # type: ignore[arg-type]  # set whenever exc is None
-
-
-def _follow(waiter: asyncio.Future[Record], done: concurrent.futures.Future[Record]) -> None:
-    if waiter.done():
-        return
-    if done.cancelled():
-        waiter.cancel()
-    elif (exc := done.exception()) is not None:
-        waiter.set_exception(exc)
-    else:
-        waiter.set_result(done.result())
-
-
-def _settle_later(
-    waiter: asyncio.Future[Record],
-) -> Callable[[concurrent.futures.Future[Record]], None]:
-    def callback(done: concurrent.futures.Future[Record]) -> None:
-        waiter.get_loop().call_soon_threadsafe(_follow, waiter, done)
-
-    return callback
-
-
-def _wake(batch: list[_Pending]) -> None:
-    """Settle the awaiting coroutines of a finished batch: one call per event loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[Settled]] = {}
-    for item in batch:
-        if item.waiter is None:
-            continue
-        if item.outcome is None:  # not settled by the writer (cancelled): follow the future
-            item.future.add_done_callback(_settle_later(item.waiter))
-            continue
-        by_loop.setdefault(item.waiter.get_loop(), []).append((item.waiter, *item.outcome))
-    for loop, settled in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
-            loop.call_soon_threadsafe(_settle, settled)
-
-
 _STOP = object()
 _TRANSIENT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
-_TICK = object()  # wakes the writer to consider a checkpoint
 
 
-@dataclass
-class _Tick:
-    """A tick whose sender waits until the writer has considered a checkpoint."""
-
-    done: threading.Event
-
-
-class AuditLog:
+class AuditLog(Checkpoints):
     """An append-only, hash-chained, fsync'ed audit file. Open it once per process."""
 
     def __init__(
@@ -203,7 +125,7 @@ class AuditLog:
         self._failed = ""
         self._closed = self._stopped = False
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Pending | object] = queue.SimpleQueue()
         self._latencies: deque[float] = deque(maxlen=latency_window)
         self._counters = {"appends": 0, "records": 0, "fsyncs": 0, "batches": 0}
         self._ckpt = {"ok": 0, "failed": 0}
@@ -259,7 +181,7 @@ class AuditLog:
             raise ValueError("only the log itself writes checkpoint records")
         # A snapshot, so a caller mutating its dict after append cannot change the record.
         snapshot: dict[str, Any] = dict(body) if owned else _json_copy(body)
-        pending = _Pending(snapshot, concurrent.futures.Future(), waiter)
+        pending = Pending(snapshot, concurrent.futures.Future(), waiter)
         with self._lock:
             if self._failed:
                 raise AuditUnavailable(self._failed)
@@ -279,7 +201,7 @@ class AuditLog:
             batch = [
                 i
                 for i in items
-                if isinstance(i, _Pending) and i.future.set_running_or_notify_cancel()
+                if isinstance(i, Pending) and i.future.set_running_or_notify_cancel()
             ]
             everyone = list(batch)  # _commit drops records it refuses from ``batch``
             try:
@@ -287,26 +209,26 @@ class AuditLog:
             except Exception as exc:  # a bug must fail closed, not leave appenders hanging
                 log.exception("audit writer failed")
                 self._fail(OSError(errno.EIO, f"internal error: {type(exc).__name__}"))
-                _fail_all(batch, self._failed)
+                fail_all(batch, self._failed)
                 written = []
             # Scheduled before the appenders wake, so a caller's wait_checkpoints() sees it.
             self._maybe_checkpoint()
             for pending, record in zip(batch, written, strict=False):
                 pending.succeed(record)
-            _wake(everyone)
+            wake(everyone)
             for tick in items:
-                if isinstance(tick, _Tick):
+                if isinstance(tick, Tick):
                     tick.done.set()
             if _STOP in items:
                 self._drain_after_stop()
                 return
 
-    def _take(self) -> list[_Pending | object]:
+    def _take(self) -> list[Pending | object]:
         """Everything queued (up to max_batch), waiting for at least one item or a second."""
         try:
             items = [self._queue.get(timeout=1.0)]
         except queue.Empty:
-            return [_TICK]  # an idle log still considers its interval checkpoint
+            return [TICK]  # an idle log still considers its interval checkpoint
         while len(items) < self._max_batch:
             try:
                 items.append(self._queue.get_nowait())
@@ -322,20 +244,20 @@ class AuditLog:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(item, _Pending) and item.future.set_running_or_notify_cancel():
-                _fail_all([item], f"audit trail {self.path} is closed")
-                _wake([item])
+            if isinstance(item, Pending) and item.future.set_running_or_notify_cancel():
+                fail_all([item], f"audit trail {self.path} is closed")
+                wake([item])
 
-    def _commit(self, batch: list[_Pending]) -> list[Record]:
+    def _commit(self, batch: list[Pending]) -> list[Record]:
         """Write and fsync the batch; the caller resolves the futures with what is returned."""
         if self._failed:
-            _fail_all(batch, self._failed)
+            fail_all(batch, self._failed)
             return []
         records, (seq, prev) = [], self._tip
-        sealed: list[_Pending] = []
+        sealed: list[Pending] = []
         for item in batch:
-            if _signs_sealed_segment(item.body, self.segment_first):
-                item.fail(_Superseded("the checkpoint signs a head in a sealed segment"))
+            if signs_sealed_segment(item.body, self.segment_first):
+                item.fail(Superseded("the checkpoint signs a head in a sealed segment"))
                 continue
             try:
                 record = seal(item.body, prev, seq + 1)
@@ -355,7 +277,7 @@ class AuditLog:
             self._check_identity()
         except OSError as exc:
             self._fail(exc)
-            _fail_all(batch, self._failed)
+            fail_all(batch, self._failed)
             return []
         self._tip = (seq, prev)
         self._good_bytes += sum(len(r.line) for r in records)
@@ -443,60 +365,6 @@ class AuditLog:
             failure, self._failed = self._failed, ""
         log.warning("audit trail %s is writable again (was: %s)", self.path, failure)
 
-    # --- checkpoints ----------------------------------------------------------------------
-
-    def maybe_checkpoint(self, timeout: float = 10.0) -> None:
-        """Have the writer consider a checkpoint now (the writer also does so after each batch
-        and about once a second when idle); returns once it has, not when it is signed."""
-        if self._stopped:
-            return
-        tick = _Tick(threading.Event())
-        self._queue.put(tick)
-        tick.done.wait(timeout)
-
-    def wait_checkpoints(self, timeout: float | None = None) -> None:
-        """Block until the checkpoint being signed, if any, is written and published."""
-        inflight = self._inflight
-        if inflight is not None:
-            concurrent.futures.wait([inflight], timeout=timeout)
-
-    def _maybe_checkpoint(self) -> None:
-        if self._signer is None or self._closed or self._failed or self._data == self._data_signed:
-            return
-        if self._inflight is not None and not self._inflight.done():
-            return
-        now = self._clock()
-        if now < self._not_before:
-            return
-        if self._data - self._data_signed >= self._every or now - self._signed_at >= self._interval:
-            head, data = self._tip, self._data
-            self._inflight = self._signing.submit(self._checkpoint, head, data)
-
-    def _checkpoint(self, head: tuple[int, str], data: int) -> None:
-        """Runs on the signing thread: sign, write the checkpoint record, publish the head."""
-        assert self._signer is not None
-        head_seq, head_hash = head
-        try:
-            message = checkpoint_message(head_seq, head_hash, self._agent)
-            signature, version = self._signer.sign(message)
-            when = iso_utc(self._clock())
-            body = checkpoint_body(head_seq, head_hash, signature, version, when, agent=self._agent)
-            if self._tip[0] - head_seq >= CHECKPOINT_WINDOW:
-                raise AuditUnavailable("the signed head fell too far behind; signing again later")
-            self._submit(body, internal=True).result()
-            self._signer.publish_head(self._agent, head_seq, head_hash, signature)
-        except _Superseded:
-            return  # a rotation overtook it; the new segment's head is signed next
-        except Exception as exc:  # whatever Vault did, appends go on and we retry later
-            detail = exc.detail if isinstance(exc, BrokerError) else type(exc).__name__
-            self._ckpt["failed"] += 1
-            self.last_checkpoint_error = detail
-            self._not_before = self._clock() + self._retry
-            log.warning("audit checkpoint at seq %d failed, will retry: %s", head_seq, detail)
-            return
-        self._ckpt["ok"] += 1
-        self._data_signed, self._signed_at = data, self._clock()
-
     # --- closing and stats ----------------------------------------------------------------
 
     def close(self, *, final_checkpoint: bool = True) -> None:
@@ -542,21 +410,6 @@ class AuditLog:
             "p50_ms": pct(0.50),
             "p99_ms": pct(0.99),
         }
-
-
-class _Superseded(AuditUnavailable):
-    """A checkpoint overtaken by a rotation: not a failure, nothing to retry later."""
-
-
-def _signs_sealed_segment(body: Mapping[str, Any], segment_first: int) -> bool:
-    # A checkpoint signed before a rotation would land in the new segment, signing a head
-    # the segment does not hold: refused, and the next checkpoint signs the new head.
-    return body.get("type") == CHECKPOINT and int(body.get("head_seq") or 0) < segment_first
-
-
-def _fail_all(batch: list[_Pending], reason: str) -> None:
-    for item in batch:
-        item.fail(AuditUnavailable(reason))
 
 
 def _json_copy(body: Mapping[str, Any]) -> dict[str, Any]:

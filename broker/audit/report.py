@@ -27,9 +27,32 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from broker.audit.reportmodel import (
+    ActionReport,
+    AgentReport,
+    Integrity,
+    Layers,
+    Report,
+    Throughput,
+    Trust,
+)
+
+__all__ = [
+    "UNKNOWN_AGENT",
+    "ActionReport",
+    "AgentReport",
+    "Integrity",
+    "Layers",
+    "Report",
+    "Throughput",
+    "Trust",
+    "build_report",
+    "parse_since",
+]
 
 SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -42,74 +65,6 @@ def parse_since(text: str) -> float:
     if match is None:
         raise ValueError(f"not a duration: {text!r} (expected e.g. 30m, 12h, 7d, 2w)")
     return float(match.group(1)) * SINCE_UNITS[match.group(2)]
-
-
-@dataclass(frozen=True)
-class Throughput:
-    decisions: int
-    by_outcome: dict[str, int]
-    credentials_issued: int
-    outcomes_reported: dict[str, int]
-    ok_outcomes: int
-    cost_total: dict[str, float]
-    cost_per_ok: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Integrity:
-    refusals: int
-    refusals_by_reason: dict[str, int]
-    errors: int
-    rollbacks: int
-    approvals: dict[str, int]
-    approval_denials: int
-    revocations: int
-    kills: int
-
-
-@dataclass(frozen=True)
-class Trust:
-    auto_executed: int
-    approved: int
-    auto_share: float | None
-    approved_share: float | None
-    overrides: int
-    override_rate: float | None
-    audit_complete: int
-    audit_completeness: float | None
-    missing_outcome: tuple[str, ...]
-    missing_decision: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Layers:
-    throughput: Throughput
-    integrity: Integrity
-    trust: Trust
-
-
-@dataclass(frozen=True)
-class ActionReport:
-    action: str
-    layers: Layers
-
-
-@dataclass(frozen=True)
-class AgentReport:
-    agent: str
-    total: Layers
-    actions: tuple[ActionReport, ...]
-
-
-@dataclass(frozen=True)
-class Report:
-    generated_at: str
-    window_start: str | None
-    records: int
-    agents: tuple[AgentReport, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --- accumulation ------------------------------------------------------------------------

@@ -136,8 +136,10 @@ def register(
     p.set_defaults(func=cmd_probe)
 
     from broker.dev.bench import register_bench
+    from broker.dev.controlbench import register_control_bench
 
     register_bench(bench)
+    register_control_bench(bench)
 
 
 class Stop(BaseException):

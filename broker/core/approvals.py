@@ -28,8 +28,9 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from broker.core.decision import Raci, inputs_hash
+from broker.core.decision import inputs_hash
 from broker.core.errors import BrokerError, NotFound
+from broker.core.plan import Raci
 from broker.core.reasons import ReasonCode
 
 APPROVAL_ID = re.compile(r"^apr_[0-9a-f]{20}$")

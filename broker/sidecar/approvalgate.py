@@ -13,6 +13,8 @@ Invariants:
   KV rewrite of the document, is audited as ``unverified``, never announced, never redeemed.
 - All Vault calls run in threads (hvac is synchronous); nothing here runs inside the
   decide-and-charge step of the service.
+
+Each step's audit record and notifications are worded in ``approvalnotes``.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ from broker.core.approvals import (
 )
 from broker.core.decision import ActionRequest, Decision
 from broker.core.errors import BrokerError, NotFound
-from broker.core.limits import UsageLedger, window_start
+from broker.core.limits import UsageLedger
 from broker.core.manifest import DEFAULT_APPROVAL_EXPIRY_SECONDS, Manifest
 from broker.core.reasons import ReasonCode
+from broker.sidecar.approvalnotes import ApprovalNotes, approval_message
 from broker.sidecar.metrics import SidecarMetrics
-from broker.sidecar.notify import BudgetAlarms, Notification, Notifier, NullNotifier
+from broker.sidecar.notify import BudgetAlarms, Notifier, NullNotifier
 from broker.sidecar.runtime import Runtime
 from broker.vault.approvals import ApprovalStore, read_decision
 
@@ -64,22 +67,12 @@ class AuditSink(Protocol):
     async def append(self, body: Mapping[str, Any]) -> Any: ...
 
 
-def approval_message(manifest: Manifest, action: str, decision: Decision) -> str:
-    """The record's human-readable ``output``: the manifest's message, else a template."""
-    found = manifest.actions.get(action)
-    spec = found.approval if found is not None else None
-    if spec is not None and spec.message:
-        return spec.message
-    who = ", ".join(decision.raci.approvers) if decision.raci else "an approver"
-    return f"{action} requires approval by {who} ({decision.approval_reason})."
-
-
 def _sealed(approval: Approval) -> Mapping[str, Any]:
     found = approval.extra.get(SEALED_INPUTS)
     return found if isinstance(found, Mapping) else {}
 
 
-class ApprovalGate:
+class ApprovalGate(ApprovalNotes):
     def __init__(
         self,
         manifest: Callable[[], Manifest],
@@ -225,10 +218,6 @@ class ApprovalGate:
         self.open.add(approval.id)
         self._noted[approval.id] = 0
         return approval
-
-    def announce_requested(self, approval: Approval) -> None:
-        who = tuple(dict.fromkeys((*approval.raci.approvers, *recipients(approval.raci))))
-        self._publish("approval.requested", approval, who, by=None, reason=approval.reason)
 
     def pending_body(self, approval: Approval) -> dict[str, Any]:
         deadline = approval.deadline or approval.created_at + approval.expires_in
@@ -384,78 +373,3 @@ class ApprovalGate:
                 by=step.by,
                 reason=step.reason,
             )
-
-    def _record(self, approval: Approval, step: Step, credential_id: str | None) -> dict[str, Any]:
-        return {
-            "type": "approval",
-            "event": EVENT_NAMES[step.event],
-            "timestamp": iso_utc(step.at),
-            "at": round(step.at, 6),
-            "agent_id": approval.agent,
-            "approval_id": approval.id,
-            "action": approval.action,
-            "workflow": approval.workflow,
-            "request_id": approval.request_id,
-            "inputs_hash": approval.inputs_hash,
-            "by": step.by,
-            "reason": step.reason,
-            "approval_reason": approval.reason,
-            "credential_id": credential_id,
-            "policy_version": approval.policy_version,
-            "manifest_hash": approval.manifest_hash,
-            "raci": {
-                "accountable": approval.raci.accountable,
-                "consulted": list(approval.raci.consulted),
-                "informed": list(approval.raci.informed),
-                "approvers": list(approval.raci.approvers),
-            },
-            # A human's approval turned the automatic outcome (blocked) into an allow.
-            "human_override": step.event is Event.approve,
-        }
-
-    def _publish(
-        self, event: str, approval: Approval, who: tuple[str, ...], *, by: str | None, reason: str
-    ) -> None:
-        data = {
-            "approval_id": approval.id,
-            "action": approval.action,
-            "request_id": approval.request_id,
-            "approval_reason": approval.reason,
-            "message": approval.message,
-            "policy_version": approval.policy_version,
-            "by": by,
-            "reason": reason,
-            "expires_at": iso_utc(approval.created_at + approval.expires_in),
-        }
-        self.notifier.publish(Notification(event, approval.agent, who, self.clock(), data))
-
-    # -- other notifications -----------------------------------------------------------------
-
-    def everyone(self) -> tuple[str, ...]:
-        """The agent's humans: owners, then every action's accountable, consulted, informed."""
-        m = self.manifest
-        names: list[str] = [m.system_owner, m.risk_owner]
-        for action in m.actions.values():
-            names += [action.accountable, *action.consulted, *action.informed]
-        return tuple(dict.fromkeys(names))
-
-    def announce_control(self, event: str, data: Mapping[str, Any]) -> None:
-        """Kill switch, revival or revocation, to every human named in the manifest."""
-        self.notifier.publish(Notification(event, self.agent, self.everyone(), self.clock(), data))
-
-    def check_budgets(self) -> None:
-        """Announce each budget's 80% and 100% crossings once per window."""
-        now = self.clock()
-        for name, budget in self.manifest.budgets.items():
-            used = self.ledger.reported_used(name, now)
-            if self.metrics is not None:
-                self.metrics.budget(name, used, float(budget.limit))
-            window = window_start(now, budget.per)
-            for event in self._budgets.crossings(name, window, used, budget.limit):
-                owners = [self.manifest.risk_owner]
-                for action in self.manifest.actions.values():
-                    if name in action.cost:
-                        owners += [action.accountable, *action.consulted, *action.informed]
-                data = {"budget": name, "used": used, "limit": budget.limit, "per": budget.per}
-                who = tuple(dict.fromkeys(owners))
-                self.notifier.publish(Notification(event, self.agent, who, now, data))

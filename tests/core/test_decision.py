@@ -15,7 +15,6 @@ from broker.core.decision import (
     RULES,
     ActionRequest,
     Decision,
-    compile_plan,
     decide,
     explain,
     inputs_hash,
@@ -175,11 +174,6 @@ def test_action_request_rejects_non_finite_numbers() -> None:
     for bad in (math.nan, math.inf):
         with pytest.raises(ValidationError):
             ActionRequest(action="a.b", inputs={"x": [bad]}, request_id="r")
-
-
-def test_plan_is_compiled_once_per_manifest_hash() -> None:
-    """Equal manifests share one compiled plan."""
-    assert compile_plan(refund_manifest()) is compile_plan(refund_manifest())
 
 
 def test_explain_lists_every_rule_then_the_decision() -> None:
