@@ -36,7 +36,9 @@ svg text { font: 11px system-ui, sans-serif; fill: #333; }
 table { border-collapse: collapse; margin: 1em 0; width: 100%; table-layout: fixed;
   font-size: 12px; }
 th, td { border: 1px solid #ddd; padding: .25em .4em; text-align: right;
-  overflow-wrap: anywhere; }
+  font-variant-numeric: tabular-nums; }
+td:first-child, td:last-child { overflow-wrap: anywhere; }
+.amount { white-space: nowrap; }
 th { font-size: 11px; overflow-wrap: normal; hyphens: auto; }
 th:first-child, td:first-child { width: 14%; }
 th:first-child, td:first-child { text-align: left; }
@@ -51,6 +53,10 @@ document.querySelectorAll("svg.chart rect.bar").forEach(function (bar) {
   bar.setAttribute("data-drawn", box.width.toFixed(1) + "x" + box.height.toFixed(1));
 });
 document.body.setAttribute("data-charts-drawn", document.querySelectorAll("svg.chart").length);
+// An amount laid out on more than one line was broken mid-number.
+document.querySelectorAll(".amount").forEach(function (amount) {
+  amount.setAttribute("data-lines", amount.getClientRects().length);
+});
 // The page must fit its window: a browser test compares these at 1280 px.
 document.body.setAttribute("data-scroll-width", document.documentElement.scrollWidth);
 document.body.setAttribute("data-client-width", document.documentElement.clientWidth);
@@ -127,8 +133,28 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
-def _money(values: Mapping[str, float]) -> str:
-    return " ".join(f"{k}={v:g}" for k, v in values.items()) or "-"
+class _Html(str):
+    """A cell already rendered as HTML (escaped inside)."""
+
+
+def amount(value: float) -> str:
+    """A figure for people: thousands grouped, two decimals at most (three significant
+    digits below one), no trailing zeros."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 1 or value == 0:
+        return f"{value:,.2f}".rstrip("0").rstrip(".")
+    return f"{value:.3g}"
+
+
+def _money(values: Mapping[str, float]) -> _Html:
+    """Each ``unit amount`` kept on one line; a cell with several wraps between them."""
+    return _Html(
+        " ".join(
+            f'<span class="amount">{escape(k)}&nbsp;{amount(v)}</span>' for k, v in values.items()
+        )
+        or "-"
+    )
 
 
 _COLUMNS = (
@@ -168,7 +194,7 @@ def _row(name: str, layers: Layers, css: str = "") -> str:
         _pct(tr.override_rate),
         _completeness(tr.audit_completeness, len(tr.missing_outcome)),
     )
-    body = "".join(f"<td>{escape(str(c))}</td>" for c in cells)
+    body = "".join(f"<td>{c if isinstance(c, _Html) else escape(str(c))}</td>" for c in cells)
     body += f"<td>{_missing(tr.missing_outcome)}</td>"
     return f'<tr class="{css}">{body}</tr>' if css else f"<tr>{body}</tr>"
 

@@ -23,6 +23,9 @@ CSS = """
 .figure .label { color: #555; } .figure .detail { color: #555; font-size: .9em; }
 .figure.bad { border-color: #c62828; background: #fdecea; }
 .figure.good { border-color: #2e7d32; }
+.figure.warn { border-color: #f9a825; background: #fff8e1; }
+table.budgets caption { text-align: left; font-weight: 600; }
+table.budgets td:nth-child(-n+3), table.budgets th:nth-child(-n+3) { text-align: left; }
 svg.series { width: 100%; height: auto; }
 abbr.id { text-decoration: underline dotted; cursor: help; }
 """
@@ -54,11 +57,48 @@ def _figure(name: str, label: str, value: object, detail: str = "", css: str = "
 
 
 def _budget_detail(s: Summary) -> str:
-    parts = []
-    for name, used in s.budget_used.items():
-        limit = s.budget_limits.get(name)
-        parts.append(f"{name} {used:g}" + (f" of {limit:g} per window" if limit else ""))
-    return "; ".join(parts) or "no budget charged"
+    return "; ".join(f"{name} {used:g}" for name, used in s.budget_used.items()) or (
+        "no budget charged"
+    )
+
+
+def _budget_figure(s: Summary) -> str:
+    """Without limits (no ``--scopes``): what was charged. With them: the fullest budget's
+    share of its limit in the current window, red from 100 %, amber from 80 %."""
+    if not s.budget_use:
+        return _figure("budget", "budget charged", len(s.budget_used), _budget_detail(s))
+    fullest = max(s.budget_use, key=lambda u: u.current_share)
+    share = fullest.current_share
+    css = "bad" if share >= 1 else ("warn" if share >= 0.8 else "")
+    detail = f"{fullest.agent} {fullest.budget}: {fullest.current:,.6g} of {fullest.limit:,.6g}"
+    return _figure("budget", "fullest budget, this window", f"{share:.0%}", detail, css)
+
+
+def _window(seconds: int) -> str:
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def budget_table(s: Summary) -> str:
+    """Each declared budget: charged in the current window against its limit, and the
+    busiest window of the report's range."""
+    if not s.budget_use:
+        return ""
+    rows = "".join(
+        f'<tr data-budget="{escape(u.agent)}/{escape(u.budget)}" data-current="{u.current:g}">'
+        f"<td>{escape(u.agent)}</td><td>{escape(u.budget)}</td><td>{_window(u.per)}</td>"
+        f'<td class="num">{u.current:,.6g} {escape(u.unit)}</td>'
+        f'<td class="num">{u.limit:,.6g}</td><td class="num">{u.current_share:.0%}</td>'
+        f'<td class="num">{u.peak:,.6g}</td><td>{(u.peak_window or "-")[:16]}</td></tr>'
+        for u in s.budget_use
+    )
+    return (
+        '<table class="budgets"><caption>Budgets against their limits</caption><tr>'
+        "<th>agent</th><th>budget</th><th>window</th><th>used now</th><th>limit</th>"
+        f"<th>share</th><th>peak</th><th>peak window</th></tr>{rows}</table>"
+    )
 
 
 def summary_section(s: Summary) -> str:
@@ -77,13 +117,13 @@ def summary_section(s: Summary) -> str:
                     f"{decided}; {waits}"),
             _figure("kills", "kill switches", s.kills, "", "bad" if s.kills else ""),
             _figure("revocations", "revocations", s.revocations),
-            _figure("budget", "budget charged", len(s.budget_used), _budget_detail(s)),
+            _budget_figure(s),
             _figure("integrity", "audit trail", s.integrity, "", verdict_css),
         )
     )  # fmt: skip
     return (
         '<section id="summary"><h2>Summary</h2>'
-        f'<div class="figures">{figures}</div>{series_chart(s)}</section>'
+        f'<div class="figures">{figures}</div>{budget_table(s)}{series_chart(s)}</section>'
     )
 
 

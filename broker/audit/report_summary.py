@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.audit.report import _HANDLERS, _iso, _text, _time, _windowed
+from broker.audit.report_budgets import BudgetLimit, BudgetUse, budget_use
 
 HOUR = 3600
 MAX_BUCKETS = 14 * 24  # beyond two weeks of hours, the series is drawn per day
@@ -32,14 +33,15 @@ class Summary:
     kills: int
     revocations: int
     budget_used: dict[str, float]
-    budget_limits: dict[str, float]
+    budget_use: tuple[BudgetUse, ...]  # against the manifests' limits (``--scopes``)
     bucket_seconds: int
     series: tuple[tuple[str, dict[str, int]], ...]  # (bucket start, outcome -> decisions)
     integrity: str = "not checked"
     integrity_ok: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        doc = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return doc | {"budget_use": [u.to_json() for u in self.budget_use]}
 
 
 @dataclass
@@ -62,7 +64,7 @@ def build_summary(
     now: float,
     since: float | None = None,
     agent: str | None = None,
-    limits: Mapping[str, float] | None = None,
+    budgets: Iterable[BudgetLimit] = (),
     integrity: tuple[str, bool | None] = ("not checked", None),
 ) -> Summary:
     rows = [r for r in records if isinstance(r, Mapping) and r.get("type") in _HANDLERS]
@@ -84,7 +86,7 @@ def build_summary(
         kills=acc.kills,
         revocations=acc.revocations,
         budget_used={k: round(v, 6) for k, v in sorted(acc.budget.items())},
-        budget_limits=dict(limits or {}),
+        budget_use=budget_use(rows, budgets, now=now, start=start),
         bucket_seconds=bucket,
         series=_series(acc.times, begin, now, bucket),
         integrity=integrity[0],

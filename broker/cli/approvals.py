@@ -48,12 +48,14 @@ def register(
     p.add_argument("approval_id")
     p.add_argument("--reason", default="")
     p.add_argument("--agent", type=agent_id, help="skip the search across agents")
+    p.add_argument("--json", action="store_true", help="print the decision recorded as JSON")
     _common(p, cmd_approve)
 
     p = sub.add_parser("deny", help="deny, saying why")
     p.add_argument("approval_id")
     p.add_argument("--reason", required=True)
     p.add_argument("--agent", type=agent_id, help="skip the search across agents")
+    p.add_argument("--json", action="store_true", help="print the decision recorded as JSON")
     _common(p, cmd_deny)
 
 
@@ -189,5 +191,10 @@ def _decide(args: argparse.Namespace, event: Event) -> int:
         raise
     name = "approved" if event is Event.approve else "denied"
     operator_audit(args, {**body, "event": name, "human_override": event is Event.approve})
+    if args.json:
+        keys = ("approval_id", "agent_id", "action", "request_id", "inputs_hash", "reason")
+        print(json.dumps({"decision": name, "by": operator, "at": body["timestamp"]}
+                         | {k: body[k] for k in keys}, indent=2))  # fmt: skip
+        return EXIT_OK
     print(f"{approval.id}: {name} by {operator} ({approval.agent} {approval.action})")
     return EXIT_OK

@@ -22,8 +22,6 @@ from broker.core.errors import ConfigError, ManifestError, PermissionDenied
 from broker.core.manifest import Manifest
 from broker.ops.operator import add_operator_options, operator_audit, operator_client
 
-HEARTBEAT_STALE = 30.0
-
 
 def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     """Called by ``cli_scopes.register`` with the ``scopes`` sub-command group."""
@@ -74,6 +72,7 @@ def add_scopes_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("verify", help="is this file what is published, and what the sidecar runs?")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the sidecar")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     _vault_options(p)
     p.set_defaults(func=cmd_verify)
 
@@ -324,39 +323,6 @@ def _published_json(current: Any, versions: Any) -> dict[str, Any]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from broker.scopes.loader import load_manifest
-    from broker.vault.kv import kv_read
-    from broker.vault.manifests import read_manifest
+    from broker.cli.scopes_verify import run_verify
 
-    manifest = load_manifest(args.path)
-    client, addr = _client(args)
-    current = read_manifest(client, manifest.agent, addr=addr)
-    if current is None or current.content_hash != manifest.content_hash:
-        found = current.content_hash if current else "nothing"
-        print(
-            f"NOT PUBLISHED  {manifest.agent}: Vault holds {found}, the file is "
-            f"{manifest.content_hash}"
-        )
-        return 1
-    print(f"published  {manifest.agent}  version {current.version}  {current.content_hash}")
-    deadline = time.monotonic() + args.wait
-    while True:
-        try:
-            beat = kv_read(client, f"heartbeat/{manifest.agent}", addr) or {}
-        except PermissionDenied:
-            print("your token may not read sidecar heartbeats; nothing more to check")
-            return 0
-        if not beat or time.time() - float(beat.get("at", 0)) > HEARTBEAT_STALE:
-            print(f"no live sidecar heartbeat for {manifest.agent}; nothing more to check")
-            return 0
-        if beat.get("manifest_hash") == manifest.content_hash:
-            print(f"enforced   {manifest.agent}: the sidecar reports {manifest.content_hash}")
-            return 0
-        if time.monotonic() >= deadline:
-            print(
-                f"NOT ENFORCED  {manifest.agent}: the sidecar still reports "
-                f"{beat.get('manifest_hash')} after {args.wait:.0f}s"
-            )
-            print(f"  why: {not_enforced_reason(beat, manifest.agent, current.version)}")
-            return 1
-        time.sleep(0.5)
+    return run_verify(args)

@@ -19,6 +19,7 @@ from typing import Any
 from broker.audit.file import chain_files
 from broker.audit.records import parse_line
 from broker.audit.report import Layers, Report, build_report, parse_since
+from broker.audit.report_budgets import BudgetLimit, BudgetUse, budget_use, limits_of
 
 EXIT_OK, EXIT_UNREADABLE = 0, 1
 ALL_ACTIONS = "(all)"
@@ -39,6 +40,9 @@ def register(
     report.add_argument("--agent", help="only this agent")
     report.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    report.add_argument(
+        "--scopes", type=Path, metavar="DIR", help="manifests: show budget use against their limits"
+    )
     report.set_defaults(func=run_report)
 
 
@@ -57,25 +61,50 @@ def run_report(args: argparse.Namespace, *, now: Callable[[], float] = time.time
         return EXIT_UNREADABLE
     at = now()
     report = build_report(records, now=at, since=args.since, agent=args.agent)
+    limits = _limits(args)
+    start = None if args.since is None else at - args.since
+    budgets = budget_use(records, limits, now=at, start=start)
     if args.html is not None:
         from broker.audit.report_html import render_html
         from broker.audit.report_summary import build_summary
 
         summary = build_summary(
-            records, now=at, since=args.since, agent=args.agent, integrity=integrity(args.files)
-        )
+            records, now=at, since=args.since, agent=args.agent, budgets=limits,
+            integrity=integrity(args.files),
+        )  # fmt: skip
         try:
             args.html.write_text(render_html(report, summary), encoding="utf-8")
         except OSError as exc:
             print(f"broker report: cannot write {args.html}: {exc.strerror}", file=sys.stderr)
             return EXIT_UNREADABLE
     if args.json:
-        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+        doc = report.to_json() | ({"budget_use": [u.to_json() for u in budgets]} if limits else {})
+        print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         print(render_text(report))
+        if limits:
+            print("\n".join(["", " BUDGETS (this window, of the limit)", *budget_lines(budgets)]))
         if args.html is not None:
             print(f"HTML report written to {args.html}")
     return EXIT_OK
+
+
+def _limits(args: argparse.Namespace) -> list[BudgetLimit]:
+    """The budgets declared by the manifests of ``--scopes`` (none without it)."""
+    if args.scopes is None:
+        return []
+    from broker.scopes.loader import load_manifests
+
+    return limits_of(load_manifests([args.scopes]), args.agent)
+
+
+def budget_lines(budgets: Sequence[BudgetUse]) -> list[str]:
+    rows = [
+        [f"{u.agent} {u.budget}", f"{u.current:g}", f"{u.limit:g}", f"{u.current_share:.0%}",
+         f"{u.peak:g}", u.unit]
+        for u in budgets
+    ]  # fmt: skip
+    return _table(("budget", "used now", "limit", "share", "peak", "unit"), rows)
 
 
 def trail_files(inputs: Sequence[Path]) -> Iterator[Path]:

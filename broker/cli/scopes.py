@@ -48,6 +48,7 @@ def register(
     explain.add_argument("--usage", default="{}", help='JSON: {"budgets": {}, "rate": {}, ...}')
     explain.add_argument("--now", type=float, default=None, help="epoch seconds (default: now)")
     explain.add_argument("--disabled", action="store_true", help="as if the agent were killed")
+    explain.add_argument("--json", action="store_true", help="print the rules and the decision")
     explain.set_defaults(func=cmd_explain)
 
     schema = sub.add_parser("schema", help="print the manifest JSON Schema")
@@ -158,10 +159,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
     now = time.time() if args.now is None else args.now
     snapshot = _snapshot(usage)
     *rules, final = explain(request, manifest, snapshot, now, agent_disabled=args.disabled)
+    if args.json:
+        print(json.dumps(explained_json(args.agent, args.action, rules, final), indent=2))
+        return 0
     for result in rules:
         print(f"{result.status:<8} {result.rule:<16} {result.detail}".rstrip())
     print(f"decision: {final.status}: {final.detail}")
     return 0
+
+
+def explained_json(agent: str, action: str, rules: list[Any], final: Any) -> dict[str, Any]:
+    """``scopes explain --json``: each rule in order, then the decision it came to."""
+    decision = final.decision
+    return {
+        "agent": agent,
+        "action": action,
+        "rules": [{"rule": r.rule, "status": r.status, "detail": r.detail} for r in rules],
+        "decision": {
+            "outcome": decision.outcome.value,
+            "reason": decision.reason.value if decision.reason else None,
+            "detail": decision.detail,
+        },
+    }
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -133,6 +133,7 @@ def register(
         choices=["/healthz", "/readyz"],
         help="/readyz (default): would it mint now; /healthz: is the process alive",
     )
+    p.add_argument("--json", action="store_true", help='print {"ok", "listen", "path"}')
     p.set_defaults(func=cmd_probe)
 
     from broker.dev.bench import register_bench
@@ -280,7 +281,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     kind, where = parse_listen(args.listen)
     ok = probe(str(where) if kind == "unix" else ("127.0.0.1", int(where)), args.path)
-    print("ok" if ok else f"not ok: {args.listen}{args.path}")
+    if args.json:
+        print(json.dumps({"ok": ok, "listen": args.listen, "path": args.path}))
+    else:
+        print("ok" if ok else f"not ok: {args.listen}{args.path}")
     return 0 if ok else 1
 
 

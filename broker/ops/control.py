@@ -211,6 +211,7 @@ class Control(ControlBase):
                     "its tokens are revoked below, so it can mint nothing"
                 )
         for agent, beat in beats.items():
+            self._workload_logins(report, agent, stopped=True)
             self._end_logins(report, agent)
             sweeper.logins(agent, lambda _: False, "kill switch")
             for seen in (beat, acked.get(agent, {})):
@@ -262,6 +263,7 @@ class Control(ControlBase):
         reason = given(reason, "--reason")
         report = self._report(f"revive --agent {agent}")
         secret = self._fresh_secret(report, agent)
+        self._workload_logins(report, agent, stopped=False)
         by = self.operator.identity
         now = self.clock()
         self._update(
@@ -290,8 +292,10 @@ class Control(ControlBase):
             doc = kv_read(self.client, agent_path(agent), self.addr) or {}
             if flag(doc, agent_path(agent), "killed"):
                 report.say(f"{agent}: stays killed (killed by name: `broker revive --agent`)")
-            elif approle_exists(self.client, agent, self.addr):
-                secrets[agent] = self._fresh_secret(report, agent)
+            else:
+                self._workload_logins(report, agent, stopped=False)
+                if approle_exists(self.client, agent, self.addr):
+                    secrets[agent] = self._fresh_secret(report, agent)
         report.say(f"fleet-wide kill lifted ({reason})")
         return self._done(report), secrets
 

@@ -193,3 +193,19 @@ class ControlBase:
     def _done(self, report: ActionReport) -> ActionReport:
         report.took = self.clock() - report.started
         return report
+
+    def _workload_logins(self, report: ActionReport, agent: str, *, stopped: bool) -> None:
+        """Stop (kill) or resume (revive) the agent's jwt/service-account logins: a kill that
+        only destroyed AppRole secret ids would leave a pod's projected token able to log in."""
+        from broker.core.errors import BrokerError
+        from broker.vault.workload import agent_jwt_roles, set_jwt_login
+
+        verb = "stopped" if stopped else "allowed again"
+        try:
+            for path in agent_jwt_roles(self.client, agent, self.addr):
+                if set_jwt_login(self.client, path, stopped=stopped, addr=self.addr):
+                    report.say(f"{agent}: jwt logins with {path} {verb} (verified)")
+                else:
+                    report.failures.append(f"{agent}: {path} did not read back {verb}")
+        except BrokerError as exc:
+            report.failures.append(f"{agent}: jwt logins not {verb}: {exc.detail}")

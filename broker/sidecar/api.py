@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from broker.core.manifest import Manifest
 from broker.core.reasons import REASON_DESCRIPTION, REASON_HTTP_STATUS
@@ -28,13 +28,24 @@ class CredentialRequest(BaseModel):
     request_id: Identifier | None = None
 
 
+def _a_number(value: Any) -> Any:
+    """Requests are validated in lax mode, which would read a JSON true as 1.0 and "12" as
+    12.0; the document says a cost is a number, so only a JSON number is one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("a cost must be a JSON number")
+    return value
+
+
+Cost = Annotated[float, BeforeValidator(_a_number)]
+
+
 class OutcomeReport(BaseModel):
     """``POST /v1/credentials/{id}/outcome``: what happened with a credential."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     status: Annotated[str, StringConstraints(pattern=r"^(ok|error|rolled_back)$")]
-    cost: dict[str, float] = Field(default_factory=dict)
+    cost: dict[str, Cost] = Field(default_factory=dict)
 
 
 def _error_schema() -> dict[str, Any]:
@@ -59,6 +70,17 @@ def _refusal_schema() -> dict[str, Any]:
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _links(operation: str, parameter: str, pointer: str) -> dict[str, Any]:
+    """An OpenAPI link: the id in this answer is the path parameter of the next call (what a
+    client does next, and what a stateful API fuzzer follows)."""
+    return {
+        operation: {
+            "operationId": operation,
+            "parameters": {parameter: f"$response.body#{pointer}"},
+        }
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -88,8 +110,14 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": _json(credential, "a credential, minted through Vault"),
-                        "202": _json(pending, "pending human approval"),
+                        "200": _json(credential, "a credential, minted through Vault")
+                        | {
+                            "links": _links(
+                                "ReportOutcome", "credential_id", "/credential/credential_id"
+                            )
+                        },
+                        "202": _json(pending, "pending human approval")
+                        | {"links": _links("RedeemApproval", "approval_id", "/approval_id")},
                         "400": _json(_error_schema(), "malformed request"),
                         "403": _json(_refusal_schema(), "refused, with a stable reason code"),
                         "413": _json(_error_schema(), "body too large"),
@@ -105,6 +133,7 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/credentials/{credential_id}/outcome": {
                 "post": {
+                    "operationId": "ReportOutcome",
                     "summary": "Report what happened with a credential; frees its concurrency slot",
                     "parameters": [
                         {
@@ -132,6 +161,7 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/approvals/{approval_id}/redeem": {
                 "post": {
+                    "operationId": "RedeemApproval",
                     "summary": "Redeem an approved request for its credential, once",
                     "description": (
                         'Body {} or {"inputs": {...}} (refused unless exactly the approved '

@@ -143,11 +143,13 @@ async def post_redeem(request: web.Request) -> web.Response:
     if inputs is not None and not isinstance(inputs, dict):
         raise RequestError("field 'inputs' must be an object", code="invalid_field")
     try:
-        wait = min(float(request.query.get("wait", "0")), MAX_WAIT)
+        wait = float(request.query.get("wait", "0"))
     except ValueError:
         wait = -1.0
-    if not wait >= 0:  # also refuses NaN
-        raise RequestError("wait must be a number of seconds >= 0", code="invalid_field")
+    if not 0 <= wait <= MAX_WAIT:  # also refuses NaN
+        raise RequestError(
+            f"wait must be a number of seconds from 0 to {MAX_WAIT:g}", code="invalid_field"
+        )
     service = request.app[SERVICE]
     return _render(await service.redeem(request.match_info["approval_id"], wait, inputs))
 

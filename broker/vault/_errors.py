@@ -41,8 +41,18 @@ def translate_errors(operation: str, addr: str = "") -> Iterator[None]:
 _CERT_REASON = re.compile(r"certificate verify failed: ([^()'\"]+)|(hostname [^()'\"]+)")
 
 
+# The server wanted a client certificate and got none (TLS 1.3 and 1.2 alerts).
+_CLIENT_CERT_WANTED = re.compile(r"alert certificate required|alert bad certificate", re.I)
+
+
 def tls_problem(text: str, addr: str, operation: str) -> str:
     """A certificate failure said plainly, with the variable that fixes it."""
+    if _CLIENT_CERT_WANTED.search(text):
+        return (
+            f"Vault at {addr} requires a client certificate and refused ours ({operation}); set "
+            "VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (or BAO_CLIENT_CERT/BAO_CLIENT_KEY) to a "
+            "certificate its listener trusts and its key"
+        )
     found = _CERT_REASON.search(text)
     reason = next((g for g in found.groups() if g), "").strip() if found else "TLS handshake failed"
     return (

@@ -34,7 +34,9 @@ def ssl_context(tls: VaultTLS) -> ssl.SSLContext | bool:
 
 
 def _unreachable(exc: Exception, addr: str, operation: str) -> BackendUnavailable:
-    if isinstance(exc, aiohttp.ClientSSLError):
+    # Under TLS 1.3 a refused client certificate arrives after the handshake, on the first
+    # read: an OSError caused by an SSLError, not a ClientSSLError.
+    if isinstance(exc, aiohttp.ClientSSLError) or isinstance(exc.__cause__, ssl.SSLError):
         return BackendUnavailable(tls_problem(str(exc), addr, operation))
     return BackendUnavailable(f"Vault is unreachable at {addr} ({operation}): {type(exc).__name__}")
 

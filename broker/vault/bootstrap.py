@@ -196,7 +196,7 @@ def bootstrap(
         b.pki_root()
         b.transit_key("audit-checkpoint")
         b.transit_key(STATUS_LIST_KEY, "ecdsa-p256")  # ES256: every gateway knows it
-        b.policy(SECURITY_OPERATOR_POLICY, security_operator_hcl())
+        b.policy(SECURITY_OPERATOR_POLICY, security_operator_hcl(jwt_mounts(client)))
         b.policy(PLATFORM_EDITOR_POLICY, platform_editor_hcl())
         b.policy(VERIFIER_POLICY, verifier_hcl())
         _approvers(b, {a for g in grants for a in g.approvers})
@@ -206,6 +206,12 @@ def bootstrap(
         if demo:
             _demo(b, client, _all_policies(grants))
     return b.steps
+
+
+def jwt_mounts(client: hvac.Client) -> list[str]:
+    """The jwt auth mounts (paths without the slash): the kill switch reaches their roles."""
+    methods = client.sys.list_auth_methods()["data"]
+    return [path.rstrip("/") for path, m in methods.items() if m.get("type") == "jwt"]
 
 
 def _agent(b: Bootstrap, grant: AgentGrant) -> None:

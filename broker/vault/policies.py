@@ -10,7 +10,7 @@ editor may publish manifests and nothing else; a verifier reads the control stat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from broker.vault.layout import (
     APPROLE_MOUNT,
@@ -88,7 +88,7 @@ def sidecar_policy_hcl(
     return "\n".join(rules)
 
 
-def security_operator_hcl() -> str:
+def security_operator_hcl(jwt_mounts: Sequence[str] = ()) -> str:
     """Revoke, kill, rotate: the runbook commands of the security team. KV writes reach the
     control documents only: approvals, approvers' decisions, published audit heads and
     manifests are read-only, so an operator can neither forge an approval nor cut a trail.
@@ -134,8 +134,22 @@ def security_operator_hcl() -> str:
         _rule(f"{PKI_MOUNT}/ca/pem", "read"),
         _rule(f"{TRANSIT_MOUNT}/keys/*", "read"),
         _rule(f"{TRANSIT_MOUNT}/keys/+/rotate", "update"),
+        # The kill switch stops workload (jwt) logins too: it finds the jwt mounts and adds an
+        # impossible bound claim to the agent's role; revive removes it.
+        _rule("sys/auth", "read"),
+        *(_jwt_kill_rule(mount) for mount in sorted(set(jwt_mounts))),
     ]
     return "\n".join(rules)
+
+
+def _jwt_kill_rule(mount: str) -> str:
+    """The agent roles of one jwt mount: read, and update of the bound claims only, so an
+    operator can stop or resume a login but never rebind it to another workload (a jwt role
+    has no sub-paths, so the glob reaches nothing else)."""
+    return (
+        f'path "auth/{mount}/role/broker-*" {{\n  capabilities = ["read", "update"]\n'
+        '  allowed_parameters = {\n    "role_type" = ["jwt"]\n    "bound_claims" = []\n  }\n}\n'
+    )
 
 
 def _readable(tree: str) -> list[str]:

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import hvac
 
 from broker.core.errors import ConfigError
 from broker.vault._errors import translate_errors
-from broker.vault.bootstrap import SIDECAR_TOKEN_MAX_TTL, SIDECAR_TOKEN_TTL, Bootstrap, Step
-from broker.vault.layout import approle_role, sidecar_policy
+from broker.vault.bootstrap import (
+    SIDECAR_TOKEN_MAX_TTL,
+    SIDECAR_TOKEN_TTL,
+    Bootstrap,
+    Step,
+    jwt_mounts,
+)
+from broker.vault.layout import SECURITY_OPERATOR_POLICY, approle_role, sidecar_policy
+from broker.vault.policies import security_operator_hcl
 
 DEFAULT_AUDIENCE = "vault"
 
@@ -74,6 +82,8 @@ def configure_workload_login(
         )
         for binding in bindings:
             _role(b, mount, binding, audience)
+        # The operator's kill switch must reach this mount's roles too.
+        b.policy(SECURITY_OPERATOR_POLICY, security_operator_hcl(jwt_mounts(client)))
     return b.steps
 
 
@@ -91,3 +101,36 @@ def _role(b: Bootstrap, mount: str, binding: WorkloadBinding, audience: str) -> 
         },
         f"jwt role {jwt_role_name(binding.agent)} (bound to {binding.subject}, aud {audience})",
     )
+
+
+# A claim no projected service-account token carries: while the role requires it, Vault
+# refuses every login with the role (the kill switch); removing it is the revive.
+KILL_CLAIM = "broker_killed"
+
+
+def agent_jwt_roles(client: hvac.Client, agent: str, addr: str = "") -> list[str]:
+    """The paths of the agent's roles on every jwt mount (``auth/<mount>/role/<role>``)."""
+    with translate_errors("jwt role lookup", addr):
+        paths = [f"auth/{m}/role/{jwt_role_name(agent)}" for m in jwt_mounts(client)]
+        return [path for path in paths if _read_role(client, path) is not None]
+
+
+def set_jwt_login(client: hvac.Client, path: str, *, stopped: bool, addr: str = "") -> bool:
+    """Add (``stopped``) or remove the kill claim on one role; True when Vault then reads
+    back the wanted state."""
+    with translate_errors("jwt role update", addr):
+        role = _read_role(client, path) or {}
+        claims = {k: v for k, v in (role.get("bound_claims") or {}).items() if k != KILL_CLAIM}
+        if stopped:
+            claims[KILL_CLAIM] = "yes"
+        client.write_data(path, data={"role_type": "jwt", "bound_claims": claims})
+        after = (_read_role(client, path) or {}).get("bound_claims") or {}
+    return (KILL_CLAIM in after) == stopped
+
+
+def _read_role(client: hvac.Client, path: str) -> dict[str, Any] | None:
+    try:
+        found = client.read(path)
+    except hvac.exceptions.InvalidPath:
+        return None
+    return None if found is None else dict(found["data"])

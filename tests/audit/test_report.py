@@ -312,7 +312,7 @@ def test_cli_html_has_the_numbers(
     assert bars(html, "trust-0") == {"auto": 7, "approved": 1}
     assert bars(html, "refusals-1") == {"agent_disabled": 1}
     assert "<td>87.5%</td>" in html
-    assert "<td>usd=11.25</td>" in html
+    assert '<td><span class="amount">usd&nbsp;11.25</span></td>' in html
 
 
 def bars(html: str, chart_id: str) -> dict[str, int]:

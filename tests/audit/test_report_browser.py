@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from broker.audit.report import Report, build_report, parse_since
+from broker.audit.report_budgets import BudgetLimit
 from broker.audit.report_html import render_html
 from broker.audit.report_summary import build_summary
 from tests.audit.test_report import NOW, trail_records
@@ -80,8 +81,10 @@ def report() -> Report:
 @pytest.fixture(scope="module")
 def page(report: Report, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("html") / "report.html"
+    budgets = [BudgetLimit("a1", "usd", 2000.0, 86_400, "usd"),
+               BudgetLimit("a1", "queries", 50.0, 3600, "queries")]  # fmt: skip
     summary = build_summary(
-        trail_records(), now=NOW, since=parse_since("7d"),
+        trail_records(), now=NOW, since=parse_since("7d"), budgets=budgets,
         integrity=("chain intact (anchors not checked)", True),
     )  # fmt: skip
     path.write_text(render_html(report, summary), encoding="utf-8")
@@ -152,6 +155,23 @@ def test_page_fits_1280_pixels(dom: str) -> None:
     attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body[0]))
     assert int(attrs["data-client-width"]) > 1200
     assert int(attrs["data-scroll-width"]) <= int(attrs["data-client-width"])
+
+
+def test_no_amount_is_broken_across_lines(dom: str) -> None:
+    """Every cost figure is laid out on one line (a mid-number break gives two line boxes),
+    and the figures are rounded for people (1.67, not 1.666667)."""
+    lines = re.findall(r'<span class="amount" data-lines="(\d+)">([^<]*)</span>', dom)
+    assert len(lines) >= 4
+    assert all(n == "1" for n, _ in lines), lines
+    assert ("1", "queries\xa01.67") in lines or ("1", "queries&nbsp;1.67") in lines, lines
+
+
+def test_budgets_are_shown_against_their_limits(dom: str) -> None:
+    """With the manifests' limits, the page has one row per budget: nothing charged today
+    (the trail's charges were yesterday), usd 140 at peak."""
+    rows = re.findall(r'<tr data-budget="([^"]+)" data-current="([^"]+)">', dom)
+    assert rows == [("a1/usd", "0"), ("a1/queries", "0")]
+    assert re.search(r'data-figure="budget" data-value="0%"', dom)
 
 
 def _in_week(record: dict[str, object]) -> bool:

@@ -3,8 +3,11 @@ security lead reads first, and decisions per hour by outcome."""
 
 from __future__ import annotations
 
+import pytest
+
 from broker.audit.report import parse_since
-from broker.audit.report_html import render_html
+from broker.audit.report_budgets import BudgetLimit
+from broker.audit.report_html import amount, render_html
 from broker.audit.report_page import short_id
 from broker.audit.report_summary import Summary, build_summary
 from tests.audit.test_report import NOW, trail_records, week_report
@@ -12,7 +15,7 @@ from tests.audit.test_report import NOW, trail_records, week_report
 
 def week() -> Summary:
     return build_summary(
-        trail_records(), now=NOW, since=parse_since("7d"), limits={"usd": 2000.0},
+        trail_records(), now=NOW, since=parse_since("7d"), budgets=[BudgetLimit("a1", "usd", 2000.0, 86_400, "usd")],
         integrity=("chain intact (anchors not checked)", True),
     )  # fmt: skip
 
@@ -70,3 +73,14 @@ def test_short_id_keeps_the_full_value_on_hover() -> None:
     full = "9f3a1c0e5b7d2a4f0000000000000042"
     assert short_id(full) == f'<abbr class="id" title="{full}">9f3a1c0e5b…</abbr>'
     assert short_id("c8") == "c8"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(1.666667, "1.67"), (11.25, "11.25"), (4.5, "4.5"), (3.0, "3"), (0.0, "0"),
+     (0.012345, "0.0123"), (1234.5678, "1,235"), (999.999, "1,000")],
+)  # fmt: skip
+def test_amounts_are_rounded_for_people(value: float, shown: str) -> None:
+    """Costs in the tables: two decimals at most, three significant digits below one,
+    thousands grouped, no trailing zeros."""
+    assert amount(value) == shown

@@ -187,6 +187,36 @@ async def test_bad_requests_get_stable_codes(
     assert "Traceback" not in body["detail"]
 
 
+BAD_FOLLOW_UPS: list[tuple[str, str, bytes, str]] = [
+    ("wait above 30", "/v1/approvals/apr_00000000000000000000/redeem?wait=31", b"{}", "invalid_field"),
+    ("wait negative", "/v1/approvals/apr_00000000000000000000/redeem?wait=-1", b"{}", "invalid_field"),
+    ("wait NaN", "/v1/approvals/apr_00000000000000000000/redeem?wait=nan", b"{}", "invalid_field"),
+    ("cost true", "/v1/credentials/c1/outcome", b'{"status": "ok", "cost": {"usd": true}}', "invalid_field"),
+    ("cost text", "/v1/credentials/c1/outcome", b'{"status": "ok", "cost": {"usd": "1"}}', "invalid_field"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "raw", "code"), BAD_FOLLOW_UPS, ids=[b[0] for b in BAD_FOLLOW_UPS]
+)
+async def test_bad_redeems_and_outcomes_are_400s(
+    openbao: DevServer,
+    manifest_path: Path,
+    tmp_path: Path,
+    name: str,
+    path: str,
+    raw: bytes,
+    code: str,
+) -> None:
+    """What the OpenAPI document declares invalid is refused (found by schemathesis): a wait
+    outside 0..30 s, a cost that is not a number (JSON true is not 1)."""
+    async with running_sidecar(openbao, manifest_path, tmp_path) as h:
+        got, body, _ = await h.raw(
+            "POST", path, data=raw, headers={"content-type": "application/json"}
+        )
+    assert (got, body["error"]) == (400, code), name
+
+
 async def test_scope_health_readiness_and_openapi(
     openbao: DevServer, manifest_path: Path, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import hvac
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -27,12 +28,13 @@ from broker.core.errors import BackendUnavailable, ConfigError
 from broker.dev.devstack import DevServer
 from broker.dev.stack import grant_for
 from broker.scopes.loader import load_manifest
-from broker.settings import VaultSettings, vault_from_env
+from broker.settings import VaultSettings, VaultTLS, vault_from_env
 from broker.sidecar.main import Sidecar, SidecarConfig
 from broker.vault.bootstrap import bootstrap
-from broker.vault.session import VaultSession
+from broker.vault.session import VaultSession, make_client
 from broker.vault.workload import WorkloadBinding, configure_workload_login, jwt_role_name
-from tests.harness import SCOPES, root_client
+from tests.harness import SCOPES, root_client, unique_agent, write_manifest
+from tests.ops.test_runbook_drills import security_operator
 
 pytestmark = pytest.mark.integration
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -241,3 +243,84 @@ def test_bootstrap_cli_binds_the_service_account(openbao: DevServer, tmp_path: P
     assert role["token_policies"] == [f"broker-sidecar-{AGENT}"]
     again = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     assert "present  jwt role" in again.stdout, again.stdout + again.stderr
+
+
+KILLABLE = """\
+agent: {agent}
+policy_version: kill-1
+system_owner: platform@acme.example
+risk_owner: security@acme.example
+actions:
+  tickets.read:
+    accountable: support-lead@acme.example
+    credential: {{kind: jwt, audience: tickets, ttl: 5m}}
+"""
+
+
+def test_kill_stops_the_service_account_login_and_revive_restores_it(
+    openbao: DevServer, cluster: Cluster, tmp_path: Path
+) -> None:
+    """`broker kill` run by a security operator makes Vault itself refuse the agent's
+    service-account login (the AppRole secret ids are not all a pod logs in with);
+    `broker revive` lets the same token log in again, and the role's binding is unchanged."""
+    agent = unique_agent("jwt-kill")
+    manifest = write_manifest(tmp_path, KILLABLE.format(agent=agent))
+    client = root_client(openbao)
+    bootstrap(client, [grant_for(load_manifest(manifest))], addr=openbao.addr)
+    binding = WorkloadBinding(agent, "agents", "kill-bot")
+    configure_workload_login(
+        client, [binding], mount="k8s-jwt", jwks_url=cluster.url, issuer=ISSUER
+    )
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(cluster.token(account="kill-bot"))
+    settings = vault_from_env(
+        {
+            "VAULT_ADDR": openbao.addr,
+            "BROKER_VAULT_AUTH": "jwt",
+            "BROKER_VAULT_ROLE": jwt_role_name(agent),
+            "BROKER_VAULT_JWT_FILE": str(token_file),
+            "BROKER_VAULT_AUTH_MOUNT": "k8s-jwt",
+        }
+    )
+    VaultSession(settings).login()  # logs in before the kill
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))},
+        "VAULT_ADDR": openbao.addr,
+        "VAULT_TOKEN": security_operator(openbao),
+    }
+
+    def broker(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "broker.cli", *argv, "--audit-log", str(tmp_path / "op.jsonl")],
+            capture_output=True, text=True, env=env, check=False, timeout=60,
+        )  # fmt: skip
+
+    killed = broker("kill", "--agent", agent, "--wait", "0")
+    assert killed.returncode == 0, killed.stdout + killed.stderr
+    assert "jwt logins with auth/k8s-jwt/role/" in killed.stdout, killed.stdout
+    with pytest.raises(BackendUnavailable):
+        VaultSession(settings).login()
+    revived = broker(
+        "revive", "--agent", agent, "--reason", "drill over",
+        "--secret-id-file", str(tmp_path / "secret-id"),
+    )  # fmt: skip
+    assert revived.returncode == 0, revived.stdout + revived.stderr
+    session = VaultSession(settings)
+    session.login()
+    assert session.client.auth.token.lookup_self()["data"]["meta"]["role"] == jwt_role_name(agent)
+    role = client.read(f"auth/k8s-jwt/role/{jwt_role_name(agent)}")["data"]
+    assert role["bound_subject"] == binding.subject
+    assert role["bound_claims"] in ({}, None)
+
+
+def test_an_operator_cannot_rebind_the_service_account_login(
+    openbao: DevServer, cluster: Cluster
+) -> None:
+    """The operator's policy lets it touch only the bound claims of an agent's jwt role: Vault
+    refuses it rebinding the role to another service account."""
+    operator = make_client(openbao.addr, security_operator(openbao), tls=VaultTLS())
+    with pytest.raises(hvac.exceptions.Forbidden):
+        operator.write_data(
+            f"auth/k8s-jwt/role/{jwt_role_name(AGENT)}",
+            data={"role_type": "jwt", "bound_subject": "system:serviceaccount:evil:bot"},
+        )
