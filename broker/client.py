@@ -13,7 +13,10 @@ aiohttp) only move bytes and cannot disagree about what a reply means::
     └── BadRequest                     code         any other 4xx: the request is wrong
 
 A credential's secret fields (token, password, lease id...) live in ``Credential.secret``,
-which is kept out of its repr so that logging a credential never logs the secret."""
+which is kept out of its repr so that logging a credential never logs the secret.
+
+Given a ``dpop`` key (``broker.dpop.DPoPKey``), every mint and redeem carries a DPoP proof,
+so jwt credentials come bound to that key (RFC 9449, ``token_type`` DPoP)."""
 
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Generic, TypeGuard, TypeVar
 
 import aiohttp
+
+from broker.dpop import DPoPKey
 
 __all__ = [
     "OUTCOME_STATUSES",
@@ -230,6 +235,7 @@ class _Call(Generic[T]):
     path: str
     body: Mapping[str, Any] | None
     parse: Callable[[dict[str, Any]], T]
+    mints: bool = False  # carries a DPoP proof when the client holds a key
 
 
 def _credential_call(
@@ -240,12 +246,14 @@ def _credential_call(
         body["workflow"] = workflow
     if request_id is not None:
         body["request_id"] = request_id
-    return _Call("POST", "/v1/credentials", body, _credential)
+    return _Call("POST", "/v1/credentials", body, _credential, mints=True)
 
 
 def _redeem_call(approval_id: str, inputs: Mapping[str, Any] | None) -> _Call[Credential]:
     body = {} if inputs is None else {"inputs": dict(inputs)}  # refused unless the approved ones
-    return _Call("POST", f"/v1/approvals/{_segment(approval_id)}/redeem", body, _credential)
+    return _Call(
+        "POST", f"/v1/approvals/{_segment(approval_id)}/redeem", body, _credential, mints=True
+    )
 
 
 def _scope_call() -> _Call[dict[str, Any]]:
@@ -307,6 +315,13 @@ class _Target:
         return f"http://{self._netloc}{self.prefix}{path}"
 
 
+def _proof_header(key: DPoPKey | None, target: _Target, call: _Call[Any]) -> dict[str, str]:
+    headers = {"Accept": "application/json"}
+    if key is not None and call.mints:
+        headers["DPoP"] = key.proof(call.method, target.url(call.path))
+    return headers
+
+
 # --- synchronous ----------------------------------------------------------------------
 
 
@@ -337,8 +352,10 @@ class BrokerClient:
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        dpop: DPoPKey | None = None,
     ) -> None:
         self._target = _Target.parse(target)
+        self._dpop = dpop
         self._timeout = timeout
         self._clock = clock
         self._sleep = sleep
@@ -398,7 +415,7 @@ class BrokerClient:
     def _run(self, call: _Call[T]) -> T:
         if self._closed:
             raise BrokerClientError("the client is closed")
-        headers = {"Accept": "application/json"}
+        headers = _proof_header(self._dpop, self._target, call)
         payload = None
         if call.body is not None:
             payload = json.dumps(call.body).encode()
@@ -432,8 +449,10 @@ class AsyncBrokerClient:
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        dpop: DPoPKey | None = None,
     ) -> None:
         self._target = _Target.parse(target)
+        self._dpop = dpop
         self._timeout = timeout
         self._clock = clock
         self._sleep = sleep
@@ -518,7 +537,10 @@ class AsyncBrokerClient:
         url = self._target.url(call.path)
         try:
             async with session.request(
-                call.method, url, json=call.body, headers={"Accept": "application/json"}
+                call.method,
+                url,
+                json=call.body,
+                headers=_proof_header(self._dpop, self._target, call),
             ) as resp:
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
                 data = await resp.read()

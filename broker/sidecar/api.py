@@ -61,6 +61,20 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_DPOP_HEADER = {
+    "name": "DPoP",
+    "in": "header",
+    "required": False,
+    "description": (
+        "An RFC 9449 proof (dpop+jwt, ES256 or EdDSA) for this POST and URL: a jwt credential "
+        "is then bound to the proof's key (cnf.jkt, token_type DPoP). A proof that does not "
+        "hold is a 400 with its dpop_* code; an action whose manifest says dpop: required "
+        "is refused without one (dpop_required)."
+    ),
+    "schema": {"type": "string"},
+}
+
+
 def openapi_document() -> dict[str, Any]:
     reasons = "\n".join(
         f"- `{r.value}` ({REASON_HTTP_STATUS[r]}): {REASON_DESCRIPTION[r]}"
@@ -79,6 +93,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/credentials": {
                 "post": {
                     "summary": "Ask for a credential for one action",
+                    "parameters": [_DPOP_HEADER],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -144,6 +159,7 @@ def openapi_document() -> dict[str, Any]:
                             "required": True,
                             "schema": {"type": "string", "pattern": "^apr_[0-9a-f]{20}$"},
                         },
+                        _DPOP_HEADER,
                         {
                             "name": "wait",
                             "in": "query",
