@@ -18,6 +18,8 @@ import base64
 import hashlib
 import heapq
 import json
+import re
+import string
 import threading
 import urllib.parse
 from collections.abc import Mapping
@@ -44,6 +46,8 @@ _THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"
 _KEY_FOR_ALG = {ES256: ("EC", "P-256"), EDDSA: ("OKP", "Ed25519")}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "k"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 
 
 class ProofError(ValueError):
@@ -88,8 +92,14 @@ def normalize_htu(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
-    path = urllib.parse.quote(urllib.parse.unquote(parts.path or "/"), safe="/:@!$&'()*+,;=")
+    path = _PERCENT.sub(_percent_normal, parts.path or "/")
     return f"{scheme}://{netloc}{path}"
+
+
+def _percent_normal(match: re.Match[str]) -> str:
+    """An encoded unreserved character decoded, any other encoding in upper case."""
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else match.group(0).upper()
 
 
 class ReplayCache:
