@@ -176,21 +176,10 @@ class Verifier:
         return claims
 
     def _check_binding(self, token: str, claims: ActionClaims, dpop: DPoPProof | None) -> None:
-        """A bound token needs a proof by its key for this request; an unbound one, none."""
-        if claims.key_thumbprint is None:
-            if dpop is not None:
-                raise _fail("token_not_bound", "a DPoP proof came with a token bound to no key")
-            return
-        if dpop is None:
-            raise _fail("dpop_required", "the token is bound to a key (cnf.jkt): send a DPoP proof")
-        request = ProofRequest(dpop.method, dpop.url, token, claims.key_thumbprint)
-        try:
-            check_proof(
-                dpop.proof, request, now=self._clock(), replay=self._replay,
-                max_age=self._dpop_max_age, leeway=self._leeway,
-            )  # fmt: skip
-        except ProofError as exc:
-            raise _fail(exc.code, exc.detail) from exc
+        check_binding(
+            token, claims.key_thumbprint, dpop, now=self._clock(), replay=self._replay,
+            max_age=self._dpop_max_age, leeway=self._leeway,
+        )  # fmt: skip
 
     def _check_status(self, claims: ActionClaims) -> None:
         """The token status list, for verifiers that have no Vault token (fails closed)."""
@@ -332,6 +321,32 @@ class Verifier:
                 )
         if lifetime > bound:
             raise _fail("lifetime_too_long", f"exp - iat is {lifetime} s, more than {bound} s")
+
+
+def check_binding(
+    token: str,
+    jkt: str | None,
+    dpop: DPoPProof | None,
+    *,
+    now: float,
+    replay: ReplayCache,
+    max_age: int = PROOF_MAX_AGE,
+    leeway: int = 5,
+) -> None:
+    """A token bound to key ``jkt`` (its ``cnf.jkt``) needs a proof by that key for this
+    request; an unbound one (``jkt`` None) needs none and takes none. For gateways that
+    verified the token by the issuer's JWKS (pyjwt's PyJWKClient, say) and check DPoP here."""
+    if jkt is None:
+        if dpop is not None:
+            raise _fail("token_not_bound", "a DPoP proof came with a token bound to no key")
+        return
+    if dpop is None:
+        raise _fail("dpop_required", "the token is bound to a key (cnf.jkt): send a DPoP proof")
+    request = ProofRequest(dpop.method, dpop.url, token, jkt)
+    try:
+        check_proof(dpop.proof, request, now=now, replay=replay, max_age=max_age, leeway=leeway)
+    except ProofError as exc:
+        raise _fail(exc.code, exc.detail) from exc
 
 
 def check_compact_form(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> None:
