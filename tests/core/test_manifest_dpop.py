@@ -26,7 +26,8 @@ def test_jwt_action_may_require_dpop() -> None:
     required = Manifest.model_validate(_with("zendesk.get_ticket", dpop="required"))
     plain = Manifest.model_validate(BASE)
     got = required.actions["zendesk.get_ticket"].credential
-    assert isinstance(got, JwtCredential) and got.dpop == "required"
+    assert isinstance(got, JwtCredential)
+    assert got.dpop == "required"
     assert plain.actions["zendesk.get_ticket"].credential.dpop == "optional"  # type: ignore[union-attr]
     assert required.content_hash != plain.content_hash
 

@@ -69,7 +69,8 @@ async def test_bound_token_verifies_only_with_its_holders_proof(
             cred = await client.credential("read.thing", {"id": "T-1"})
         records = _records(h)
     token = cred.token
-    assert token is not None and cred.secret["token_type"] == "DPoP"
+    assert token is not None
+    assert cred.secret["token_type"] == "DPoP"
     assert records[-1]["dpop_jkt"] == key.thumbprint
     gateway = Verifier([fetch_ca_pem(openbao.addr)])
     proof = key.proof("GET", TOOL, token)
