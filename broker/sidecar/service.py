@@ -26,7 +26,7 @@ from broker.core.controlstate import ControlState
 from broker.core.credids import unique_id as _unique_id
 from broker.core.decision import ActionRequest, Decision, decide, raci_json
 from broker.core.dpop import ProofError, ProofRequest, ReplayCache, check_proof
-from broker.core.errors import AuditUnavailable, BrokerError, RequestError
+from broker.core.errors import AuditUnavailable, BackendUnavailable, BrokerError, RequestError
 from broker.core.fleetdoc import LeaseLost
 from broker.core.limits import UsageLedger
 from broker.core.manifest import JwtCredential, Manifest
@@ -43,6 +43,9 @@ from broker.sidecar.runtime import Runtime
 log = logging.getLogger("broker.sidecar.service")
 
 RETRY_AFTER_UNAVAILABLE = 2
+# The agent makes its proof just before asking, on the sidecar's own clock: a short window
+# keeps the replay cache small (REPLAY_CACHE_SIZE / 15 s is over 6,000 proofs per second).
+MINT_PROOF_AGE = 10
 
 
 class AuditSink(Protocol):
@@ -216,8 +219,12 @@ class CredentialService:
         RequestError with the proof's ``dpop_*`` code when it does not hold."""
         request = ProofRequest(method, url)
         try:
-            return check_proof(proof, request, now=self._clock(), replay=self.dpop_replay)
+            return check_proof(
+                proof, request, now=self._clock(), replay=self.dpop_replay, max_age=MINT_PROOF_AGE
+            )
         except ProofError as exc:
+            if exc.code == "dpop_replay_cache_full":  # temporary: the ids age out in seconds
+                raise BackendUnavailable(exc.detail, code=exc.code) from exc
             raise RequestError(exc.detail, code=exc.code) from exc
 
     def _dpop_missing(self, action: str, jkt: str | None) -> str | None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.client import AsyncBrokerClient, BrokerClient, Denied
+from broker.core.dpop import ReplayCache
 from broker.core.errors import VerificationError
 from broker.dev.devstack import DevServer
 from broker.dpop import DPoPKey
@@ -117,6 +119,11 @@ async def test_manifest_requiring_dpop_refuses_a_mint_without_proof(
     assert claims.key_thumbprint == key.thumbprint
 
 
+def _late(key: DPoPKey) -> DPoPKey:
+    """Another key of the agent's kind, whose clock is 30 s behind (the sidecar allows 10 s)."""
+    return DPoPKey.generate(key.alg, clock=lambda: time.time() - 30)
+
+
 def _mint_proof_cases(key: DPoPKey, url: str) -> list[tuple[str, list[tuple[str, str]], str]]:
     proof = key.proof("POST", url)
     return [
@@ -126,6 +133,7 @@ def _mint_proof_cases(key: DPoPKey, url: str) -> list[tuple[str, list[tuple[str,
         ("two proofs", [("DPoP", key.proof("POST", url)), ("DPoP", key.proof("POST", url))],
          "dpop_malformed"),
         ("a bearer token as its proof", [("DPoP", "eyJhbGciOiJub25lIn0.e30.")], "dpop_wrong_type"),
+        ("a proof made 30 s ago", [("DPoP", _late(key).proof("POST", url))], "dpop_stale"),
     ]  # fmt: skip
 
 
@@ -168,3 +176,22 @@ async def test_sync_client_binds_its_tokens_over_a_unix_socket(
     assert (
         gateway.verify(cred.token, audience="payments", dpop=proof).key_thumbprint == key.thumbprint
     )
+
+
+async def test_full_replay_cache_is_a_temporary_503_not_a_forgotten_id(
+    openbao: DevServer, manifest_path: Path, tmp_path: Path
+) -> None:
+    """With room for one live proof id, the second proof is refused with 503 (retry later)
+    rather than an id dropped early; nothing is minted for it."""
+    key = DPoPKey.generate("ES256")
+    async with running_sidecar(openbao, manifest_path, tmp_path) as h:
+        assert h.sidecar.service is not None
+        h.sidecar.service.dpop_replay = ReplayCache(capacity=1)
+        url, body = f"{h.url}/v1/credentials", {"action": "read.thing", "inputs": {"id": "T-4"}}
+        statuses = []
+        for _ in range(2):
+            async with h.http.post(url, json=body, headers={"DPoP": key.proof("POST", url)}) as r:
+                statuses.append((r.status, (await r.json()).get("error")))
+        minted = [r for r in _records(h) if r["outcome"] == "allow"]
+    assert statuses == [(200, None), (503, "dpop_replay_cache_full")]
+    assert len(minted) == 1
