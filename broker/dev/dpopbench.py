@@ -1,5 +1,7 @@
 """``broker bench dpop``: what proof of possession (RFC 9449) costs, per mint and per verify,
-against the same work without it, measured in the same run.
+against the same work without it, measured in the same run: each round alternates the two
+settings in chunks, and both wall time and this process's CPU time are reported (on a
+shared machine the CPU figure is the steadier one).
 
 Mint: one sidecar on a throwaway OpenBao dev server, jwt mints through its HTTP socket,
 alternating rounds of plain mints and mints that carry a fresh DPoP proof (made by the
@@ -45,6 +47,7 @@ def register(commands: Any, bench: Any) -> None:
     b.add_argument("--rounds", type=int, default=5)
     b.add_argument("--mints", type=int, default=300, help="mints per round and setting")
     b.add_argument("--verifies", type=int, default=2000, help="verifies per round and setting")
+    b.add_argument("--chunks", type=int, default=4, help="alternations of the settings per round")
     b.add_argument("--concurrency", type=int, default=16)
     b.add_argument("--alg", choices=["ES256", "EdDSA"], default="ES256", help="the agent's key")
     b.set_defaults(func=cmd_bench_dpop)
@@ -78,8 +81,20 @@ async def _sidecar(server: Any, base: Path) -> AsyncIterator[Any]:
         await sidecar.stop()
 
 
-async def _mints(url: str, n: int, concurrency: int, key: DPoPKey | None) -> tuple[float, str]:
-    """Seconds for ``n`` mints (with a proof each when ``key``), and the last token."""
+Cost = tuple[float, float]  # (wall seconds, CPU seconds of this whole process)
+
+
+def _clocks() -> Cost:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(started: Cost) -> Cost:
+    now = _clocks()
+    return now[0] - started[0], now[1] - started[1]
+
+
+async def _mints(url: str, n: int, concurrency: int, key: DPoPKey | None) -> tuple[Cost, str]:
+    """Wall and CPU time for ``n`` mints (with a proof each when ``key``), and the last token."""
     queue, tokens = iter(range(n)), []
     body = {"action": "read.thing"}
     async with aiohttp.ClientSession() as http:
@@ -93,25 +108,74 @@ async def _mints(url: str, n: int, concurrency: int, key: DPoPKey | None) -> tup
                         raise RuntimeError(f"mint refused: {resp.status} {doc}")
                     tokens.append(doc["credential"]["token"])
 
-        started = time.perf_counter()
+        started = _clocks()
         await asyncio.gather(*(client() for _ in range(concurrency)))
-    return time.perf_counter() - started, tokens[-1]
+        took = _since(started)
+    return took, tokens[-1]
 
 
-def _timed(op: Callable[[int], object], n: int) -> float:
-    started = time.perf_counter()
+def _timed(op: Callable[[int], object], n: int) -> Cost:
+    started = _clocks()
     for i in range(n):
         op(i)
-    return time.perf_counter() - started
+    return _since(started)
 
 
-def _verify_round(ca: str, plain: str, bound: str, key: DPoPKey, n: int) -> tuple[float, float]:
-    """Seconds per verify, plain and bound (each with its own fresh proof)."""
-    proofs = [DPoPProof(key.proof("GET", TOOL, bound), "GET", TOOL) for _ in range(n)]
-    verifier = Verifier([ca])  # a fresh replay cache each round
-    without = _timed(lambda i: verifier.verify(plain, audience="things"), n)
-    with_dpop = _timed(lambda i: verifier.verify(bound, audience="things", dpop=proofs[i]), n)
-    return without / n, with_dpop / n
+class Tally:
+    """Per-operation cost of each setting in one round, summed over alternating chunks so that
+    both settings meet the same machine (this one is shared, and its speed drifts)."""
+
+    def __init__(self) -> None:
+        self.cost = {"plain": [0.0, 0.0], "dpop": [0.0, 0.0]}
+        self.count = {"plain": 0, "dpop": 0}
+
+    def add(self, setting: str, cost: Cost, n: int) -> None:
+        self.cost[setting][0] += cost[0]
+        self.cost[setting][1] += cost[1]
+        self.count[setting] += n
+
+    def per_op(self, setting: str) -> Cost:
+        wall, cpu = self.cost[setting]
+        return wall / self.count[setting], cpu / self.count[setting]
+
+
+def _order(i: int) -> tuple[str, str]:
+    return ("plain", "dpop") if i % 2 == 0 else ("dpop", "plain")
+
+
+async def _mint_round(
+    args: argparse.Namespace, url: str, key: DPoPKey
+) -> tuple[Tally, dict[str, str]]:
+    tally, tokens = Tally(), {}
+    for chunk in range(args.chunks):
+        for setting in _order(chunk):
+            n = args.mints // args.chunks
+            cost, tokens[setting] = await _mints(
+                url, n, args.concurrency, key if setting == "dpop" else None
+            )
+            tally.add(setting, cost, n)
+    return tally, tokens
+
+
+def _verify_round(args: argparse.Namespace, ca: str, tokens: dict[str, str], key: DPoPKey) -> Tally:
+    """Plain verifies of the plain token against verifies of the bound one, each with its own
+    proof (made before the clock starts)."""
+    tally, n = Tally(), args.verifies // args.chunks
+    verifier = Verifier([ca])  # one replay cache for the round, as a gateway has
+    plain, bound = tokens["plain"], tokens["dpop"]
+    for chunk in range(args.chunks):
+        proofs = [DPoPProof(key.proof("GET", TOOL, bound), "GET", TOOL) for _ in range(n)]
+        for setting in _order(chunk):
+            if setting == "plain":
+                cost = _timed(lambda i: verifier.verify(plain, audience="things"), n)
+            else:
+                cost = _timed(_presented(verifier, bound, proofs), n)
+            tally.add(setting, cost, n)
+    return tally
+
+
+def _presented(verifier: Verifier, token: str, proofs: list[DPoPProof]) -> Callable[[int], object]:
+    return lambda i: verifier.verify(token, audience="things", dpop=proofs[i])
 
 
 def _us(seconds: float) -> str:
@@ -122,46 +186,37 @@ async def _run(args: argparse.Namespace, server: Any, base: Path) -> None:
     from broker.vault.pki import fetch_ca_pem
 
     key = DPoPKey.generate(args.alg)
-    per_mint: dict[str, list[float]] = {"plain": [], "dpop": []}
-    per_verify: dict[str, list[float]] = {"plain": [], "dpop": []}
+    rounds: dict[str, list[Tally]] = {"mint": [], "verify": []}
     async with _sidecar(server, base) as sidecar:
         url = sidecar.address + "/v1/credentials"
         ca = fetch_ca_pem(server.addr)
-        await _mints(url, args.concurrency, args.concurrency, None)  # warm up
+        await _mints(url, args.concurrency, args.concurrency, key)  # warm up both paths
+        await _mints(url, args.concurrency, args.concurrency, None)
         for r in range(args.rounds):
-            order = ("plain", "dpop") if r % 2 == 0 else ("dpop", "plain")
-            tokens = {}
-            for setting in order:
-                took, tokens[setting] = await _mints(
-                    url, args.mints, args.concurrency, key if setting == "dpop" else None
-                )
-                per_mint[setting].append(took / args.mints)
-            plain, bound = _verify_round(ca, tokens["plain"], tokens["dpop"], key, args.verifies)
-            per_verify["plain"].append(plain)
-            per_verify["dpop"].append(bound)
+            mint, tokens = await _mint_round(args, url, key)
+            rounds["mint"].append(mint)
+            rounds["verify"].append(_verify_round(args, ca, tokens, key))
+            line = "; ".join(f"{what} {_pair(rounds[what][-1])}" for what in ("mint", "verify"))
+            print(f"round {r + 1}: {line}", flush=True)
+    proof_cost = _timed(lambda i: key.proof("GET", TOOL, "t"), args.verifies)
+    _summary(args, rounds, proof_cost[1] / args.verifies)
+
+
+def _pair(tally: Tally) -> str:
+    (pw, pc), (dw, dc) = tally.per_op("plain"), tally.per_op("dpop")
+    return f"plain {_us(pw)} ({_us(pc)} CPU), DPoP {_us(dw)} ({_us(dc)} CPU)"
+
+
+def _summary(args: argparse.Namespace, rounds: dict[str, list[Tally]], proof_cpu: float) -> None:
+    for what, tallies in rounds.items():
+        for index, label in ((0, "wall"), (1, "CPU")):
+            plain = statistics.median(t.per_op("plain")[index] for t in tallies)
+            dpop = statistics.median(t.per_op("dpop")[index] for t in tallies)
             print(
-                f"round {r + 1}: mint {_us(per_mint['plain'][-1])} plain, "
-                f"{_us(per_mint['dpop'][-1])} with DPoP; verify {_us(plain)} plain, "
-                f"{_us(bound)} with DPoP",
-                flush=True,
+                f"median {label} per {what} over {args.rounds} rounds: plain {_us(plain)}, "
+                f"with DPoP {_us(dpop)} (+{_us(dpop - plain)}, ratio {dpop / plain:.2f})"
             )
-    proof_cost = _timed(lambda i: key.proof("GET", TOOL, "t"), args.verifies) / args.verifies
-    _summary(args, per_mint, per_verify, proof_cost)
-
-
-def _summary(
-    args: argparse.Namespace,
-    mint: dict[str, list[float]],
-    verify: dict[str, list[float]],
-    proof_cost: float,
-) -> None:
-    for what, rounds in (("mint", mint), ("verify", verify)):
-        plain, dpop = statistics.median(rounds["plain"]), statistics.median(rounds["dpop"])
-        print(
-            f"median per {what} over {args.rounds} rounds: plain {_us(plain)}, with DPoP "
-            f"{_us(dpop)} (+{_us(dpop - plain)}, ratio {dpop / plain:.2f})"
-        )
-    print(f"making one {args.alg} proof (the agent's side): {_us(proof_cost)}")
+    print(f"making one {args.alg} proof (the agent's side): {_us(proof_cpu)} CPU")
 
 
 def cmd_bench_dpop(args: argparse.Namespace) -> int:

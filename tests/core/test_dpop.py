@@ -207,17 +207,3 @@ def test_thumbprint_matches_rfc_8037_example() -> None:
     """The Ed25519 thumbprint of RFC 8037 appendix A.3."""
     jwk = {"crv": "Ed25519", "kty": "OKP", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
     assert thumbprint(jwk) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
-
-
-def test_agent_key_repr_holds_no_key_material() -> None:
-    """The DPoP key's repr names its algorithm and thumbprint, never the private scalar."""
-    private = ec.generate_private_key(ec.SECP256R1())
-    text = repr(DPoPKey(private))
-    assert text.startswith("DPoPKey(ES256, jkt=")
-    assert str(private.private_numbers().private_value) not in text
-
-
-def test_proof_made_for_a_url_drops_its_query() -> None:
-    """The client's proof names the URL without query or fragment (RFC 9449 section 4.2)."""
-    proof = KEY.proof("post", URL + "?q=1#f")
-    assert _check(proof, access_token=None) == KEY.thumbprint
