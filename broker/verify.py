@@ -16,7 +16,12 @@ so one token has one spelling and a replay cache keyed on it cannot be dodged.
 An agent's certificate proves who signed, not what it may sign for. With ``manifests``, the
 token's action must be in its agent's manifest with a jwt credential for this very audience,
 and ``exp - iat`` at most that action's TTL; without, ``exp - iat`` is at most the broker-wide
-``MAX_LIFETIME``. ``accept_agents`` lets a gateway name the only agents it takes tokens from."""
+``MAX_LIFETIME``. ``accept_agents`` lets a gateway name the only agents it takes tokens from.
+
+A token bound to its holder's key (``cnf.jkt``, RFC 9449) is accepted only with a DPoP
+proof for this very request (``dpop=DPoPProof(header, method, url)``), checked by
+``broker.core.dpop`` against this verifier's replay cache; a proof with an unbound token is
+refused, and so is an unbound token for an action whose manifest requires DPoP."""
 
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from broker.core.claims import (
     ActionClaims,
     StatusRef,
 )
+from broker.core.dpop import PROOF_MAX_AGE, ProofError, ProofRequest, ReplayCache, check_proof
 from broker.core.errors import VerificationError
 from broker.core.jwk import key_matches
 from broker.core.manifest import AGENT_ID_PATTERN, MAX_CREDENTIAL_TTL_SECONDS
@@ -68,6 +74,16 @@ class ActionScope:
 
     audience: str
     ttl: int
+    dpop: bool = False  # tokens must be bound to a key (cnf.jkt) and come with a proof
+
+
+@dataclass(frozen=True)
+class DPoPProof:
+    """How a bound token was presented: the request's ``DPoP`` header, method and full URL."""
+
+    proof: str
+    method: str
+    url: str
 
 
 class ManifestView(Protocol):
@@ -101,6 +117,8 @@ class Verifier:
         max_token_bytes: int = MAX_TOKEN_BYTES,
         issuer: str = DEFAULT_ISSUER,
         status: StatusView | None = None,
+        replay: ReplayCache | None = None,
+        dpop_max_age: int = PROOF_MAX_AGE,
     ) -> None:
         if not 0 <= leeway <= MAX_LEEWAY:
             raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY} seconds")
@@ -115,6 +133,9 @@ class Verifier:
         self._clock = clock
         self._issuer = issuer
         self._status = status
+        # Every verifier remembers proof ids: without a cache a captured proof would replay.
+        self._replay = replay if replay is not None else ReplayCache()
+        self._dpop_max_age = dpop_max_age
 
     def verify(
         self,
@@ -123,6 +144,7 @@ class Verifier:
         audience: str,
         action: str | None = None,
         inputs: Mapping[str, Any] | None = None,
+        dpop: DPoPProof | None = None,
     ) -> ActionClaims:
         check_compact_form(token, self._max_bytes)
         header = self._header(token)
@@ -145,12 +167,19 @@ class Verifier:
             raise _fail(
                 "inputs_mismatch", "the call's inputs are not the inputs the token was minted for"
             )
+        self._check_binding(token, claims, dpop)
         reason = self._revocations.token_revoked(claims) if self._revocations else None
         if reason:
             raise _fail("token_revoked", reason)
         if self._status is not None:
             self._check_status(claims)
         return claims
+
+    def _check_binding(self, token: str, claims: ActionClaims, dpop: DPoPProof | None) -> None:
+        check_binding(
+            token, claims.key_thumbprint, dpop, now=self._clock(), replay=self._replay,
+            max_age=self._dpop_max_age, leeway=self._leeway,
+        )  # fmt: skip
 
     def _check_status(self, claims: ActionClaims) -> None:
         """The token status list, for verifiers that have no Vault token (fails closed)."""
@@ -285,8 +314,39 @@ class Verifier:
                     f"{scope.audience!r}, not {claims.audience!r}",
                 )
             bound = scope.ttl
+            if scope.dpop and "cnf" not in payload:
+                raise _fail(
+                    "token_not_bound",
+                    f"{claims.agent!r}'s manifest requires DPoP for {claims.action!r}",
+                )
         if lifetime > bound:
             raise _fail("lifetime_too_long", f"exp - iat is {lifetime} s, more than {bound} s")
+
+
+def check_binding(
+    token: str,
+    jkt: str | None,
+    dpop: DPoPProof | None,
+    *,
+    now: float,
+    replay: ReplayCache,
+    max_age: int = PROOF_MAX_AGE,
+    leeway: int = 5,
+) -> None:
+    """A token bound to key ``jkt`` (its ``cnf.jkt``) needs a proof by that key for this
+    request; an unbound one (``jkt`` None) needs none and takes none. For gateways that
+    verified the token by the issuer's JWKS (pyjwt's PyJWKClient, say) and check DPoP here."""
+    if jkt is None:
+        if dpop is not None:
+            raise _fail("token_not_bound", "a DPoP proof came with a token bound to no key")
+        return
+    if dpop is None:
+        raise _fail("dpop_required", "the token is bound to a key (cnf.jkt): send a DPoP proof")
+    request = ProofRequest(dpop.method, dpop.url, token, jkt)
+    try:
+        check_proof(dpop.proof, request, now=now, replay=replay, max_age=max_age, leeway=leeway)
+    except ProofError as exc:
+        raise _fail(exc.code, exc.detail) from exc
 
 
 def check_compact_form(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> None:

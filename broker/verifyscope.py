@@ -34,7 +34,8 @@ def scope_in(manifest: Manifest | None, action: str, missing: str) -> ActionScop
     spec = manifest.actions.get(action)
     if spec is None or not isinstance(spec.credential, JwtCredential):
         return None
-    return ActionScope(spec.credential.audience, int(spec.credential.ttl))
+    credential = spec.credential
+    return ActionScope(credential.audience, int(credential.ttl), credential.dpop == "required")
 
 
 class ManifestScopes:

@@ -47,17 +47,20 @@ def node_verifier() -> Path:
         if result.returncode != 0:
             pytest.fail(f"npm install failed ({result.returncode}):\n{result.stderr[-2000:]}")
         stamp.write_text(wanted)
-    shutil.copyfile(NODE_SRC / "verify.mjs", NODE_DIR / "verify.mjs")
+    for script in NODE_SRC.glob("*.mjs"):
+        shutil.copyfile(script, NODE_DIR / script.name)
     return NODE_DIR
 
 
-def run_node(issuer: str, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run_node(
+    issuer: str, cases: list[dict[str, Any]], script: str = "verify.mjs"
+) -> list[dict[str, Any]]:
     """Every case through jose in one Node process; one result per case, in order."""
     directory = node_verifier()
     node = shutil.which("node")
     assert node is not None, "node is not on PATH"
     result = subprocess.run(
-        [node, str(directory / "verify.mjs"), issuer],
+        [node, str(directory / script), issuer],
         input=json.dumps(cases), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -25,7 +25,8 @@ LAYERS = (
 )
 # The modules at the top of the package and what of the package each may import.
 TOP_LEVEL: dict[str, tuple[str, ...]] = {
-    "client": (),  # ships alone: the agents' client imports nothing else of the package
+    "client": ("dpop",),  # ships alone: the agents' client imports only its DPoP key
+    "dpop": (),  # the agent's DPoP key and proofs (RFC 9449), for the client
     "clientenv": ("client",),  # the client from BROKER_URL / BROKER_SOCKET
     "adapters": ("client", "clientenv"),  # framework adapters wrap the client only
     "verify": ("core",),  # gateways verify with the core's claims and nothing of the sidecar

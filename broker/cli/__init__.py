@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "broker.cli.issuer",
     "broker.cli.mcp",
     "broker.dev.fleetbench",
+    "broker.dev.dpopbench",
     "broker.cli.completion",
 )
 

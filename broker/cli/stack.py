@@ -76,6 +76,35 @@ def register(
     add_deploy_args(p)
     p.set_defaults(func=cmd_sidecar)
 
+    _register_verify(commands)
+
+    p = commands.add_parser(
+        "probe", help="exit 0 if a sidecar answers 200 (container health checks)"
+    )
+    p.add_argument(
+        "--listen", default="unix:/run/broker/sidecar.sock", help="unix:PATH or 127.0.0.1:PORT"
+    )
+    p.add_argument(
+        "--path",
+        default="/readyz",
+        choices=["/healthz", "/readyz"],
+        help="/readyz (default): would it mint now; /healthz: is the process alive",
+    )
+    p.add_argument("--json", action="store_true", help='print {"ok", "listen", "path"}')
+    p.set_defaults(func=cmd_probe)
+
+    from broker.dev.bench import register_bench
+    from broker.dev.controlbench import register_control_bench
+
+    register_bench(bench)
+    register_control_bench(bench)
+
+
+class Stop(BaseException):
+    """SIGTERM or SIGINT: unwind through every ``finally`` so nothing started is left behind."""
+
+
+def _register_verify(commands: argparse._SubParsersAction[Any]) -> None:
     p = commands.add_parser("verify", help="verify an action token as a tool or gateway would")
     p.add_argument(
         "token",
@@ -119,32 +148,16 @@ def register(
         action="store_true",
         help="accept the token without checking its input binding (no --inputs)",
     )
+    p.add_argument(
+        "--dpop-file",
+        type=Path,
+        help="the request's DPoP proof (RFC 9449), for a token bound to a key; with --method "
+        "and --url. One run checks one presentation: replays are caught by a long-lived "
+        "verifier (broker.verify), not across runs of this command",
+    )
+    p.add_argument("--method", help="the request's HTTP method, for --dpop-file")
+    p.add_argument("--url", help="the request's full URL, for --dpop-file")
     p.set_defaults(func=cmd_verify)
-
-    p = commands.add_parser(
-        "probe", help="exit 0 if a sidecar answers 200 (container health checks)"
-    )
-    p.add_argument(
-        "--listen", default="unix:/run/broker/sidecar.sock", help="unix:PATH or 127.0.0.1:PORT"
-    )
-    p.add_argument(
-        "--path",
-        default="/readyz",
-        choices=["/healthz", "/readyz"],
-        help="/readyz (default): would it mint now; /healthz: is the process alive",
-    )
-    p.add_argument("--json", action="store_true", help='print {"ok", "listen", "path"}')
-    p.set_defaults(func=cmd_probe)
-
-    from broker.dev.bench import register_bench
-    from broker.dev.controlbench import register_control_bench
-
-    register_bench(bench)
-    register_control_bench(bench)
-
-
-class Stop(BaseException):
-    """SIGTERM or SIGINT: unwind through every ``finally`` so nothing started is left behind."""
 
 
 def _raise_stop(signum: int, frame: Any) -> None:
@@ -311,7 +324,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         status=status,
     )
     try:
-        claims = verifier.verify(token, audience=args.audience, action=args.action, inputs=inputs)
+        claims = verifier.verify(
+            token, audience=args.audience, action=args.action, inputs=inputs, dpop=_dpop_arg(args)
+        )
     except VerificationError as exc:
         print(f"refused: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
@@ -327,6 +342,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print("warning: input binding not checked (--no-binding)", file=sys.stderr)
     print(json.dumps(dataclasses.asdict(claims), indent=2))
     return 0
+
+
+def _dpop_arg(args: argparse.Namespace) -> Any:
+    """The DPoP presentation from --dpop-file, --method and --url (all three, or none)."""
+    from broker.verify import DPoPProof
+
+    given = [args.dpop_file, args.method, args.url]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ConfigError("--dpop-file, --method and --url go together")
+    try:
+        proof = args.dpop_file.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"--dpop-file {args.dpop_file}: {exc.strerror}") from exc
+    return DPoPProof(proof, args.method, args.url)
 
 
 def _read_token(args: argparse.Namespace) -> str:

@@ -19,12 +19,14 @@ from broker.client.contract import (
     _credential_call,
     _interpret,
     _outcome_call,
+    _proof_header,
     _redeem_call,
     _scope_call,
     _Target,
 )
 from broker.client.credential import Credential
 from broker.client.errors import BrokerClientError, BrokerUnavailable, PendingApproval
+from broker.dpop import DPoPKey
 
 __all__ = ["AsyncBrokerClient"]
 
@@ -39,8 +41,10 @@ class AsyncBrokerClient:
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        dpop: DPoPKey | None = None,
     ) -> None:
         self._target = _Target.parse(target)
+        self._dpop = dpop
         self._timeout = timeout
         self._clock = clock
         self._sleep = sleep
@@ -125,7 +129,10 @@ class AsyncBrokerClient:
         url = self._target.url(call.path)
         try:
             async with session.request(
-                call.method, url, json=call.body, headers={"Accept": "application/json"}
+                call.method,
+                url,
+                json=call.body,
+                headers=_proof_header(self._dpop, self._target, call),
             ) as resp:
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
                 data = await resp.read()

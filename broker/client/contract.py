@@ -22,6 +22,7 @@ from broker.client.errors import (
     PendingApproval,
     RateLimited,
 )
+from broker.dpop import DPoPKey
 
 OUTCOME_STATUSES = frozenset({"ok", "error", "rolled_back"})
 DEFAULT_TIMEOUT = 10.0
@@ -86,6 +87,7 @@ class _Call(Generic[T]):
     path: str
     body: Mapping[str, Any] | None
     parse: Callable[[dict[str, Any]], T]
+    mints: bool = False  # carries a DPoP proof when the client holds a key
 
 
 def _credential_call(
@@ -96,12 +98,14 @@ def _credential_call(
         body["workflow"] = workflow
     if request_id is not None:
         body["request_id"] = request_id
-    return _Call("POST", "/v1/credentials", body, _credential)
+    return _Call("POST", "/v1/credentials", body, _credential, mints=True)
 
 
 def _redeem_call(approval_id: str, inputs: Mapping[str, Any] | None) -> _Call[Credential]:
     body = {} if inputs is None else {"inputs": dict(inputs)}  # refused unless the approved ones
-    return _Call("POST", f"/v1/approvals/{_segment(approval_id)}/redeem", body, _credential)
+    return _Call(
+        "POST", f"/v1/approvals/{_segment(approval_id)}/redeem", body, _credential, mints=True
+    )
 
 
 def _scope_call() -> _Call[dict[str, Any]]:
@@ -161,3 +165,10 @@ class _Target:
 
     def url(self, path: str) -> str:
         return f"http://{self._netloc}{self.prefix}{path}"
+
+
+def _proof_header(key: DPoPKey | None, target: _Target, call: _Call[Any]) -> dict[str, str]:
+    headers = {"Accept": "application/json"}
+    if key is not None and call.mints:
+        headers["DPoP"] = key.proof(call.method, target.url(call.path))
+    return headers

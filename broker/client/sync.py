@@ -18,12 +18,14 @@ from broker.client.contract import (
     _credential_call,
     _interpret,
     _outcome_call,
+    _proof_header,
     _redeem_call,
     _scope_call,
     _Target,
 )
 from broker.client.credential import Credential
 from broker.client.errors import BrokerClientError, BrokerUnavailable, PendingApproval
+from broker.dpop import DPoPKey
 
 __all__ = ["BrokerClient"]
 
@@ -55,8 +57,10 @@ class BrokerClient:
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        dpop: DPoPKey | None = None,
     ) -> None:
         self._target = _Target.parse(target)
+        self._dpop = dpop
         self._timeout = timeout
         self._clock = clock
         self._sleep = sleep
@@ -116,7 +120,7 @@ class BrokerClient:
     def _run(self, call: _Call[T]) -> T:
         if self._closed:
             raise BrokerClientError("the client is closed")
-        headers = {"Accept": "application/json"}
+        headers = _proof_header(self._dpop, self._target, call)
         payload = None
         if call.body is not None:
             payload = json.dumps(call.body).encode()

@@ -6,7 +6,8 @@ Tokens follow the JWT access-token profile of RFC 9068: header ``typ: at+jwt``; 
 and ``jti``. Ours follow as private claims: ``action``, ``acc`` (the accountable human),
 ``pv`` (policy version), ``mh`` (manifest hash), ``ibh`` (the input binding, see
 ``broker.core.canonical``), ``gen`` (signing-key generation) and, when the issuer publishes a
-status list, ``status`` (draft-ietf-oauth-status-list). The action is not called ``act``:
+status list, ``status`` (draft-ietf-oauth-status-list). A token bound to its holder's key
+carries ``cnf: {"jkt": thumbprint}`` (RFC 9449, see ``broker.core.dpop``). The action is not called ``act``:
 RFC 8693 reserves ``act`` for the actor of a delegated token."""
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class ActionClaims:
     jti: str
     generation: int
     status: StatusRef | None = None
+    key_thumbprint: str | None = None  # cnf.jkt: the token is usable only with a DPoP proof
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> ActionClaims:
@@ -70,7 +72,15 @@ class ActionClaims:
             jti=str(payload["jti"]),
             generation=_integer(payload["gen"]),
             status=StatusRef.from_claim(payload["status"]) if "status" in payload else None,
+            key_thumbprint=_jkt(payload["cnf"]) if "cnf" in payload else None,
         )
+
+
+def _jkt(cnf: Any) -> str:
+    jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
+    if not isinstance(jkt, str) or not jkt:
+        raise ValueError("cnf must hold jkt, a key thumbprint")
+    return jkt
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,7 @@ def action_payload(
     jti: str,
     generation: int,
     status: StatusRef | None = None,
+    jkt: str | None = None,
 ) -> dict[str, Any]:
     payload = {
         "iss": issuer,
@@ -131,4 +142,6 @@ def action_payload(
     }
     if status is not None:
         payload["status"] = status.to_claim()
+    if jkt is not None:
+        payload["cnf"] = {"jkt": jkt}
     return payload

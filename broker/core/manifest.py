@@ -171,6 +171,11 @@ class JwtCredential(_Frozen):
         default="EdDSA",
         description="signing algorithm: EdDSA, or ES256 for gateways that know no EdDSA",
     )
+    dpop: Literal["optional", "required"] = Field(
+        default="optional",
+        description="required: mint only for a request with a DPoP proof (RFC 9449), so the "
+        "token is bound to the agent's key; optional: bound when a proof comes",
+    )
 
 
 def _no_root(policies: tuple[str, ...]) -> tuple[str, ...]:

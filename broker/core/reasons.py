@@ -34,6 +34,7 @@ class ReasonCode(StrEnum):
     credential_revoked = "credential_revoked"
     control_state_stale = "control_state_stale"
     ledger_unavailable = "ledger_unavailable"
+    dpop_required = "dpop_required"
 
 
 _R = ReasonCode
@@ -55,6 +56,7 @@ REASON_HTTP_STATUS: Mapping[ReasonCode, int] = MappingProxyType(
         _R.credential_revoked: 403,
         _R.control_state_stale: 503,
         _R.ledger_unavailable: 503,
+        _R.dpop_required: 403,
     }
 )
 
@@ -79,6 +81,10 @@ REASON_DESCRIPTION: Mapping[ReasonCode, str] = MappingProxyType(
         _R.ledger_unavailable: (
             "The fleet's shared usage ledger cannot be reached and this replica's slice is "
             "spent; nothing minted."
+        ),
+        _R.dpop_required: (
+            "The action's manifest requires a DPoP proof (RFC 9449) with the request, so that "
+            "the token is bound to the agent's key; none came."
         ),
     }
 )

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from broker.core.claims import ALGORITHMS
+from broker.core.dpop import PROOF_ALGORITHMS
 from broker.core.jwk import key_matches, public_jwk, published_until
 
 JWKS_MAX_AGE = 30  # seconds a gateway may cache the JWKS; below signing.PREPUBLISH
@@ -117,6 +118,8 @@ def metadata(issuer: str) -> dict[str, Any]:
         "id_token_signing_alg_values_supported": list(ALGORITHMS),
         "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "access_token_signing_alg_values_supported": list(ALGORITHMS),
+        # RFC 9449 section 5.1: the proofs that bind tokens to their holders' keys.
+        "dpop_signing_alg_values_supported": list(PROOF_ALGORITHMS),
         "grant_types_supported": [],
         "scopes_supported": [],
     }

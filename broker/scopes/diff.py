@@ -187,6 +187,9 @@ def _credential(where: str, a: Action, b: Action) -> Iterator[Change]:
         yield from _limit(
             f"{where}.uses", x["uses"], y["uses"], higher_widens=True, none_widens=True
         )
+    if "dpop" in x and x["dpop"] != y["dpop"]:  # an unbound token is usable by whoever copies it
+        effect = Effect.widens if y["dpop"] == "optional" else Effect.narrows
+        yield Change(f"{where}.dpop", f"{x['dpop']} -> {y['dpop']}", effect)
     for name in ("audience", "mount", "role"):
         if x.get(name) != y.get(name):
             yield Change(f"{where}.{name}", f"{x[name]} -> {y[name]}", Effect.widens)

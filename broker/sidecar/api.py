@@ -83,6 +83,20 @@ def _links(operation: str, parameter: str, pointer: str) -> dict[str, Any]:
     }
 
 
+_DPOP_HEADER = {
+    "name": "DPoP",
+    "in": "header",
+    "required": False,
+    "description": (
+        "An RFC 9449 proof (dpop+jwt, ES256 or EdDSA) for this POST and URL: a jwt credential "
+        "is then bound to the proof's key (cnf.jkt, token_type DPoP). A proof that does not "
+        "hold is a 400 with its dpop_* code; an action whose manifest says dpop: required "
+        "is refused without one (dpop_required)."
+    ),
+    "schema": {"type": "string"},
+}
+
+
 def openapi_document() -> dict[str, Any]:
     reasons = "\n".join(
         f"- `{r.value}` ({REASON_HTTP_STATUS[r]}): {REASON_DESCRIPTION[r]}"
@@ -101,6 +115,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/credentials": {
                 "post": {
                     "summary": "Ask for a credential for one action",
+                    "parameters": [_DPOP_HEADER],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -174,6 +189,7 @@ def openapi_document() -> dict[str, Any]:
                             "required": True,
                             "schema": {"type": "string", "pattern": "^apr_[0-9a-f]{20}$"},
                         },
+                        _DPOP_HEADER,
                         {
                             "name": "wait",
                             "in": "query",

@@ -124,7 +124,8 @@ class Minter:
             credential_id=minted.jti,
             expires_at=minted.expires_at,
             ttl=minted.expires_at - int(now),
-            secret={"token": minted.token, "token_type": "Bearer"},
+            # RFC 9449 section 5: a key-bound token is of type DPoP, not Bearer.
+            secret={"token": minted.token, "token_type": "DPoP" if "jkt" in claims else "Bearer"},
         )
 
     async def mint_vault_token(

@@ -121,7 +121,7 @@ async def post_credentials(request: web.Request) -> web.Response:
         )
     except ValidationError as exc:  # the core's own checks (finite numbers) are the last word
         raise _validation_error(exc) from exc
-    return _render(await request.app[SERVICE].request(req))
+    return _render(await request.app[SERVICE].request(req, _proof_key(request)))
 
 
 async def post_outcome(request: web.Request) -> web.Response:
@@ -151,7 +151,18 @@ async def post_redeem(request: web.Request) -> web.Response:
             f"wait must be a number of seconds from 0 to {MAX_WAIT:g}", code="invalid_field"
         )
     service = request.app[SERVICE]
-    return _render(await service.redeem(request.match_info["approval_id"], wait, inputs))
+    jkt = _proof_key(request)
+    return _render(await service.redeem(request.match_info["approval_id"], wait, inputs, jkt))
+
+
+def _proof_key(request: web.Request) -> str | None:
+    """The key of the request's DPoP proof (RFC 9449), checked, or None without a proof."""
+    proofs = request.headers.getall("DPoP", [])
+    if len(proofs) > 1:
+        raise RequestError("a request carries at most one DPoP proof", code="dpop_malformed")
+    if not proofs:
+        return None
+    return request.app[SERVICE].proof_key(proofs[0], request.method, str(request.url))
 
 
 async def get_scope(request: web.Request) -> web.Response:

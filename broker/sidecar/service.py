@@ -25,7 +25,8 @@ from broker.core.approvals import State, approved_by
 from broker.core.controlstate import ControlState
 from broker.core.credids import unique_id as _unique_id
 from broker.core.decision import ActionRequest, Decision, decide, raci_json
-from broker.core.errors import AuditUnavailable, BrokerError
+from broker.core.dpop import ProofError, ProofRequest, ReplayCache, check_proof
+from broker.core.errors import AuditUnavailable, BackendUnavailable, BrokerError, RequestError
 from broker.core.fleetdoc import LeaseLost
 from broker.core.limits import UsageLedger
 from broker.core.manifest import JwtCredential, Manifest
@@ -42,6 +43,9 @@ from broker.sidecar.runtime import Runtime
 log = logging.getLogger("broker.sidecar.service")
 
 RETRY_AFTER_UNAVAILABLE = 2
+# The agent makes its proof just before asking, on the sidecar's own clock: a short window
+# keeps the replay cache small (REPLAY_CACHE_SIZE / 15 s is over 6,000 proofs per second).
+MINT_PROOF_AGE = 10
 
 
 class AuditSink(Protocol):
@@ -102,6 +106,7 @@ class CredentialService:
             lambda: self.manifest, runtime, audit, ledger, clock=clock, redact_key=redact_key
         )
         self.tool_calls = ToolCallLog()
+        self.dpop_replay = ReplayCache()
 
     @staticmethod
     def new_request_id() -> str:
@@ -209,7 +214,29 @@ class CredentialService:
         await self.audit.append(body)
         return True
 
-    async def request(self, req: ActionRequest) -> Reply:
+    def proof_key(self, proof: str, method: str, url: str) -> str:
+        """The thumbprint of the key whose DPoP proof came with this request (RFC 9449);
+        RequestError with the proof's ``dpop_*`` code when it does not hold."""
+        request = ProofRequest(method, url)
+        try:
+            return check_proof(
+                proof, request, now=self._clock(), replay=self.dpop_replay, max_age=MINT_PROOF_AGE
+            )
+        except ProofError as exc:
+            if exc.code == "dpop_replay_cache_full":  # temporary: the ids age out in seconds
+                raise BackendUnavailable(exc.detail, code=exc.code) from exc
+            raise RequestError(exc.detail, code=exc.code) from exc
+
+    def _dpop_missing(self, action: str, jkt: str | None) -> str | None:
+        spec = self.manifest.actions.get(action)
+        credential = spec.credential if spec is not None else None
+        if jkt is None and isinstance(credential, JwtCredential) and credential.dpop == "required":
+            return f"{action} requires a DPoP proof with the request, to bind its token to a key"
+        return None
+
+    async def request(self, req: ActionRequest, jkt: str | None = None) -> Reply:
+        """Decide and answer; ``jkt`` binds a jwt credential to the key of the request's
+        DPoP proof (already checked by ``proof_key``)."""
         failed = getattr(self.audit, "failed", "")
         if failed:
             # Nothing can be recorded, so nothing may be minted: refuse before touching Vault.
@@ -230,13 +257,20 @@ class CredentialService:
             assert decision.reason is not None
             await self._record(req, decision, now, status="blocked")
             return _refusal(decision, decision.reason, decision.detail, decision.retry_after)
+        missing = self._dpop_missing(req.action, jkt)
+        if missing is not None:
+            reason = ReasonCode.dpop_required
+            await self._record(
+                req, decision, now, status="blocked", override=reason, detail=missing
+            )
+            return _refusal(decision, reason, missing, None)
         spec = decision.credential
         problem = self.runtime.mint_problem(spec.kind if spec is not None else None)
         if problem is not None:
             return await self._unavailable(req, decision, now, problem[1], reason=problem[0])
         if decision.outcome is Outcome.pending_approval:
             return await self._pending(req, decision, now)
-        return await self._allow(req, decision, now)
+        return await self._allow(req, decision, now, jkt=jkt)
 
     async def _fleet_ensure(self, req: ActionRequest) -> str | None:
         """With a fleet ledger, top up the slices this call needs; the problem if it cannot."""
@@ -293,7 +327,11 @@ class CredentialService:
         return Reply(202, self.approvals.pending_body(approval))
 
     async def redeem(
-        self, approval_id: str, wait: float = 0.0, inputs: Mapping[str, Any] | None = None
+        self,
+        approval_id: str,
+        wait: float = 0.0,
+        inputs: Mapping[str, Any] | None = None,
+        jkt: str | None = None,
     ) -> Reply:
         """An approved request's credential, once: 202 while pending, 403 once denied,
         expired or spent, or when ``inputs`` are not the approved ones."""
@@ -305,6 +343,9 @@ class CredentialService:
             refusal = await gate.refusal(approval, None, inputs)
             if refusal is None and approval.state_at(gate.clock()) is State.pending:
                 return Reply(202, gate.pending_body(approval))
+            missing = self._dpop_missing(req.action, jkt)
+            if refusal is None and missing is not None:  # before spending: it stays redeemable
+                refusal = ReasonCode.dpop_required, missing
             if refusal is None and approval.state_at(gate.clock()) is State.approved:
                 problem = await gate.vouch(approval)
                 if problem is not None:
@@ -352,7 +393,11 @@ class CredentialService:
                 decision, outcome=Outcome.allow, reason=None, detail=f"approved by {by}"
             )
             reply = await self._allow(
-                req, granted, now, extra={**extra, "approved_by": by, "human_override": True}
+                req,
+                granted,
+                now,
+                extra={**extra, "approved_by": by, "human_override": True},
+                jkt=jkt,
             )
             if reply.status == 200:
                 await gate.redeemed(approval, reply.body["credential"]["credential_id"])
@@ -366,6 +411,8 @@ class CredentialService:
         decision: Decision,
         now: float,
         extra: Mapping[str, Any] | None = None,
+        *,
+        jkt: str | None = None,
     ) -> Reply:
         spec = decision.credential
         assert spec is not None
@@ -382,7 +429,7 @@ class CredentialService:
                 return await self._unavailable(req, decision, now, detail, reason=reason)
         started = time.perf_counter()
         try:
-            issued = await self._mint(req, decision, credential_id, now, extra)
+            issued = await self._mint(req, decision, credential_id, now, extra, jkt=jkt)
         except BrokerError as exc:
             if self.metrics is not None:
                 self.metrics.vault_error(f"mint_{spec.kind}")
@@ -411,10 +458,16 @@ class CredentialService:
         credential_id: str,
         now: float,
         extra: Mapping[str, Any] | None = None,
+        *,
+        jkt: str | None = None,
     ) -> IssuedCredential:
         spec = decision.credential
         assert spec is not None
         if spec.kind == "jwt":
+            claims = _jwt_claims(decision)
+            if jkt is not None:  # bound to the agent's key: the record names the key too
+                claims["jkt"] = jkt
+                extra = {**(extra or {}), "dpop_jkt": jkt}
             # The record goes first: the token does not exist until it is durable.
             await self._record(
                 req,
@@ -424,9 +477,7 @@ class CredentialService:
                 credential=(credential_id, spec.kind, spec.ttl),
                 extra=extra,
             )
-            return self.minter.mint_jwt(
-                jti=credential_id, now=now, ttl=spec.ttl, claims=_jwt_claims(decision)
-            )
+            return self.minter.mint_jwt(jti=credential_id, now=now, ttl=spec.ttl, claims=claims)
         if spec.kind == "vault_token":
             meta = {
                 "agent": decision.agent,
