@@ -6,7 +6,8 @@ Tokens follow the JWT access-token profile of RFC 9068: header ``typ: at+jwt``; 
 and ``jti``. Ours follow as private claims: ``action``, ``acc`` (the accountable human),
 ``pv`` (policy version), ``mh`` (manifest hash), ``ibh`` (the input binding, see
 ``broker.core.canonical``), ``gen`` (signing-key generation) and, when the issuer publishes a
-status list, ``status`` (draft-ietf-oauth-status-list). The action is not called ``act``:
+status list, ``status`` (draft-ietf-oauth-status-list). A token minted from a delegated grant
+carries RFC 8693's ``act`` (``broker.core.delegation``): the sub-agents acting for ``sub``. The action is not called ``act``:
 RFC 8693 reserves ``act`` for the actor of a delegated token."""
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from broker.core.delegation import Actor, actors_of
 
 DEFAULT_ISSUER = "urn:agent-credential-broker"  # when no issuer URL is configured
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JWT "typ" (RFC 9068), not a secret
@@ -53,6 +56,7 @@ class ActionClaims:
     jti: str
     generation: int
     status: StatusRef | None = None
+    actors: tuple[Actor, ...] = ()  # from ``act``: the delegation chain, root's grant first
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> ActionClaims:
@@ -70,6 +74,7 @@ class ActionClaims:
             jti=str(payload["jti"]),
             generation=_integer(payload["gen"]),
             status=StatusRef.from_claim(payload["status"]) if "status" in payload else None,
+            actors=actors_of(payload.get("act")),
         )
 
 
@@ -112,6 +117,7 @@ def action_payload(
     jti: str,
     generation: int,
     status: StatusRef | None = None,
+    actor: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     payload = {
         "iss": issuer,
@@ -131,4 +137,6 @@ def action_payload(
     }
     if status is not None:
         payload["status"] = status.to_claim()
+    if actor is not None:
+        payload["act"] = dict(actor)
     return payload
