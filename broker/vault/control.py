@@ -17,7 +17,7 @@ from broker.settings import VaultSettings
 from broker.vault.kv import kv_read
 from broker.vault.session import make_client
 
-CACHE_SECONDS = 1.0
+CACHE_SECONDS = 0.5  # revocation reaches a gateway within a second, reads included
 
 
 class VaultRevocations:
