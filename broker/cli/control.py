@@ -224,7 +224,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{r['signing_generation'] if r['signing_generation'] is not None else '-':>7}"
         )
         _print_ledger(r.get("ledger"))
+        _print_delegations(r["agent"], r.get("delegations") or [])
     return 0
+
+
+def _print_delegations(agent: str, grants: list[dict[str, Any]]) -> None:
+    """Each live grant under its agent, with the chain from the agent down to its holder."""
+    for g in grants:
+        chain = " > ".join([agent, *(str(a.get("sub")) for a in g.get("chain") or [])])
+        budgets = ", ".join(f"{n} {a:g}" for n, a in sorted((g.get("budgets") or {}).items()))
+        state = "REVOKED" if g.get("revoked") else "live"
+        print(
+            f"  grant {g.get('grant_id')} ({state}, depth {g.get('depth')}): {chain}; "
+            f"actions {', '.join(g.get('actions') or [])}; budgets {budgets or 'none'}; "
+            f"expires {int(g['expires_at'])}"
+        )
 
 
 def _print_ledger(ledger: dict[str, Any] | None) -> None:

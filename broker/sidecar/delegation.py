@@ -125,6 +125,8 @@ class DelegationDesk:
         try:
             if isinstance(ledger, FleetLedger) and grant.carved:
                 await ledger.commit(self.clock())  # the carve is in the fleet's document first
+            if self.store is not None:  # in Vault, for `broker status`, before it exists
+                await asyncio.to_thread(self.store.record, grant.id, _describe(grant), now)
             await self.service.audit.append(self._record("grant", grant, now, request_id))
         except BrokerError:
             ledger.uncarve(grant.carved, now)

@@ -299,14 +299,7 @@ async def test_killing_the_parent_agent_kills_the_childs_tokens_within_a_second(
         assert status == 200, issued
         verifier = gateway(openbao)
         verifier.verify(issued["access_token"], audience="tickets")
-        operator = root_client(openbao).auth.token.create(
-            policies=["broker-security-operator"], meta={"operator": "sec@acme.example"}, ttl="1h"
-        )["auth"]["client_token"]
-        monkeypatch.setenv("VAULT_ADDR", openbao.addr)
-        monkeypatch.setenv("VAULT_TOKEN", operator)
-        monkeypatch.setenv("BROKER_OPERATOR_AUDIT", str(tmp_path / "ops.jsonl"))
-        for name in ("BAO_ADDR", "BAO_TOKEN"):
-            monkeypatch.delenv(name, raising=False)
+        operator_env(openbao, tmp_path, monkeypatch)
         args = ["kill", "--agent", h.sidecar.manifest.agent, "--reason", "incident"]
         assert await asyncio.to_thread(main, args) == 0
         took, code = await _refused_within(verifier, issued["access_token"], "tickets", 1.0)
@@ -316,3 +309,81 @@ async def test_killing_the_parent_agent_kills_the_childs_tokens_within_a_second(
         status, answer = await exchange(h, granted["grant"], "tickets.read", {"ticket_id": "CS-1"})
         # A kill revokes everything the agent holds: its grants too.
         assert (status, answer["reason"]) == (400, "grant_revoked"), answer
+
+
+def operator_env(openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    operator = root_client(openbao).auth.token.create(
+        policies=["broker-security-operator"], meta={"operator": "sec@acme.example"}, ttl="1h"
+    )["auth"]["client_token"]
+    monkeypatch.setenv("VAULT_ADDR", openbao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", operator)
+    monkeypatch.setenv("BROKER_OPERATOR_AUDIT", str(tmp_path / "ops.jsonl"))
+    for name in ("BAO_ADDR", "BAO_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+async def test_status_and_audit_trace_show_the_chain(
+    openbao: DevServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`broker status` lists the live grants with their chains (a revoked one marked);
+    `broker audit trace` of a delegated request shows the grants that allowed it."""
+    async with sidecar(openbao, tmp_path) as h:
+        agent = h.sidecar.manifest.agent
+        status, top = await delegate(h, NARROW)
+        below = {"sub_agent": "ticket-reader", "actions": {"tickets.read": {}}, "ttl": "1m"}
+        status, sub = await delegate(h, {**below, "parent_grant": top["grant"]})
+        assert status == 201, sub
+        form = {
+            "grant_type": EXCHANGE_GRANT_TYPE,
+            "subject_token": sub["grant"],
+            "subject_token_type": GRANT_TOKEN_TYPE,
+            "scope": "tickets.read",
+            "inputs": json.dumps({"ticket_id": "CS-9"}),
+            "request_id": "req-delegated-1",
+        }
+        assert (await h.raw("POST", "/v1/token", data=form))[0] == 200
+        assert (await h.raw("POST", f"/v1/delegations/{sub['grant_id']}/revoke"))[0] == 200
+
+        operator_env(openbao, tmp_path, monkeypatch)
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, ["status", "--json"]) == 0
+        [row] = [r for r in json.loads(capsys.readouterr().out) if r["agent"] == agent]
+        shown = [
+            (g["grant_id"], [a["sub"] for a in g["chain"]], g["revoked"])
+            for g in row["delegations"]
+        ]
+        assert shown == [
+            (top["grant_id"], ["refund-helper"], False),
+            (sub["grant_id"], ["refund-helper", "ticket-reader"], True),
+        ]
+        assert await asyncio.to_thread(main, ["status"]) == 0
+        assert f"{agent} > refund-helper > ticket-reader" in capsys.readouterr().out
+
+        trace = [
+            "audit",
+            "trace",
+            "req-delegated-1",
+            "--file",
+            str(h.audit_path),
+            "--format",
+            "text",
+        ]
+        assert await asyncio.to_thread(main, trace) == 0
+        lines = capsys.readouterr().out.splitlines()
+        # How each grant came to be, the delegated request, and the grant's revocation.
+        kinds = [
+            (line.split()[2], next(w for w in line.split() if "=" in w and "chain" not in w))
+            for line in lines
+        ]
+        assert kinds == [
+            ("delegation", "event=grant"),
+            ("delegation", "event=grant"),
+            ("decision", "tools[tickets.read=ok]"),
+            ("delegation", "event=revoke"),
+        ]
+        assert all(f"chain={agent} > refund-helper" in line for line in lines)
+        assert f"chain={agent} > refund-helper > ticket-reader" in lines[2]
+        assert "grant_id=" + top["grant_id"] in lines[0]
