@@ -18,9 +18,13 @@ from pydantic import SecretStr
 from broker.cli import main
 from broker.core.delegation import EXCHANGE_GRANT_TYPE, GRANT_TOKEN_TYPE, Actor
 from broker.core.errors import VerificationError
+from broker.core.fleetdoc import summary
 from broker.dev.devstack import DevServer
 from broker.settings import VaultSettings
+from broker.sidecar.tokenexchange import DESK
 from broker.vault.control import VaultRevocations
+from broker.vault.kv import kv_read
+from broker.vault.ledgerstore import ledger_path
 from broker.vault.pki import fetch_ca_pem
 from broker.verify import Verifier
 from tests.harness import Harness, root_client, running_sidecar, unique_agent, write_manifest
@@ -60,9 +64,9 @@ NARROW: dict[str, Any] = {
 }
 
 
-def sidecar(openbao: DevServer, tmp_path: Path) -> Any:
+def sidecar(openbao: DevServer, tmp_path: Path, **config: Any) -> Any:
     manifest = write_manifest(tmp_path, MANIFEST.format(agent=unique_agent("deleg")))
-    return running_sidecar(openbao, manifest, tmp_path)
+    return running_sidecar(openbao, manifest, tmp_path, **config)
 
 
 async def delegate(h: Harness, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -197,13 +201,14 @@ async def test_a_widening_grant_is_refused_with_the_rule(
         assert status == 201  # what was left is still there, exactly
 
 
+@pytest.mark.parametrize("ledger", ["local", "vault"])
 async def test_the_childs_spending_is_charged_to_the_parents_budget_exactly(
-    openbao: DevServer, tmp_path: Path
+    openbao: DevServer, tmp_path: Path, ledger: str
 ) -> None:
     """Budget 100, 30 carved for the child, both spending 5 at a time concurrently: the parent
-    gets exactly 70, the child exactly 30, never more than 100 in all; revoking the grant
-    gives back only what the child did not spend."""
-    async with sidecar(openbao, tmp_path) as h:
+    gets exactly 70, the child exactly 30, never more than 100 in all (with the sidecar's own
+    ledger and with the fleet's in Vault); revoking the spent grant gives nothing back."""
+    async with sidecar(openbao, tmp_path, ledger=ledger) as h:
         status, granted = await delegate(h, NARROW)
         assert status == 201, granted
 
@@ -225,6 +230,10 @@ async def test_the_childs_spending_is_charged_to_the_parents_budget_exactly(
         assert listing["grants"][0]["spent"] == {"refunds-usd": 30.0}
         assert (await h.raw("POST", f"/v1/delegations/{granted['grant_id']}/revoke"))[0] == 200
         assert (await h.ask("payments.refund", {"amount_usd": 1}))[0] == 403  # nothing came back
+        if ledger == "vault":  # the fleet's document agrees: 100 used, the carve included
+            path = ledger_path(h.sidecar.manifest.agent)
+            doc = kv_read(root_client(openbao), path)
+            assert summary(doc, path, time.time())["refunds-usd"]["used"] == "100.0"
 
 
 async def test_an_ended_grant_gives_back_what_it_did_not_spend(
@@ -387,3 +396,131 @@ async def test_status_and_audit_trace_show_the_chain(
         assert all(f"chain={agent} > refund-helper" in line for line in lines)
         assert f"chain={agent} > refund-helper > ticket-reader" in lines[2]
         assert "grant_id=" + top["grant_id"] in lines[0]
+
+
+async def test_an_expired_grant_gives_back_what_it_did_not_spend(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """The child spends 10 of 30; once the grant has expired the 20 are the parent's again,
+    and the grant is refused."""
+    async with sidecar(openbao, tmp_path) as h:
+        status, granted = await delegate(h, {**NARROW, "ttl": "1m"})
+        assert status == 201
+        for _ in range(2):
+            status, _ = await exchange(h, granted["grant"], "payments.refund", {"amount_usd": 5})
+            assert status == 200
+        desk = h.sidecar._runner.app[DESK]  # type: ignore[union-attr]
+        desk.clock = lambda: time.time() + 61  # the grant's minute has passed
+        status, listing, _ = await h.raw("GET", "/v1/delegations")
+        assert listing["grants"] == []
+        [ended] = records(h, type="delegation", event="expire")
+        assert ended["budgets"] == {"refunds-usd": 10.0}  # what it spent, in the end
+        for amount in (50, 40):
+            assert (await h.ask("payments.refund", {"amount_usd": amount}))[0] == 200
+        assert (await h.ask("payments.refund", {"amount_usd": 1}))[0] == 403
+        status, answer = await exchange(h, granted["grant"], "payments.refund", {"amount_usd": 1})
+        assert (status, answer["reason"]) == (400, "grant_invalid")
+
+
+async def test_a_restarted_sidecar_refuses_old_grants_and_charges_only_real_spending(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """Grants live in the sidecar's memory: after a restart the old grant is refused, the
+    carve is not held any more, and what the child really spent is still charged."""
+    manifest = write_manifest(tmp_path, MANIFEST.format(agent=unique_agent("deleg")))
+    async with running_sidecar(openbao, manifest, tmp_path) as h:
+        status, granted = await delegate(h, NARROW)
+        for _ in range(2):
+            status, _ = await exchange(h, granted["grant"], "payments.refund", {"amount_usd": 5})
+            assert status == 200
+    async with running_sidecar(openbao, manifest, tmp_path) as h:
+        status, answer = await exchange(h, granted["grant"], "payments.refund", {"amount_usd": 1})
+        assert (status, answer["reason"]) == (400, "grant_invalid")
+        for amount in (50, 40):
+            assert (await h.ask("payments.refund", {"amount_usd": amount}))[0] == 200
+        assert (await h.ask("payments.refund", {"amount_usd": 1}))[0] == 403
+
+
+def _form(**changes: str | None) -> dict[str, str]:
+    form = {
+        "grant_type": EXCHANGE_GRANT_TYPE,
+        "subject_token": "GRANT",
+        "subject_token_type": GRANT_TOKEN_TYPE,
+        "scope": "payments.refund",
+        "inputs": json.dumps({"amount_usd": 5}),
+        **changes,
+    }
+    return {k: v for k, v in form.items() if v is not None}
+
+
+BAD_EXCHANGES = [
+    pytest.param(
+        _form(grant_type="client_credentials"),
+        "unsupported_grant_type",
+        "unsupported_grant_type",
+        id="another grant type",
+    ),
+    pytest.param(
+        _form(subject_token=None), "invalid_request", "missing_field", id="no subject token"
+    ),
+    pytest.param(
+        _form(subject_token_type="urn:ietf:params:oauth:token-type:jwt"),
+        "invalid_request",
+        "invalid_field",
+        id="another subject token type",
+    ),
+    pytest.param(
+        _form(subject_token="WRONG-SECRET"),
+        "invalid_grant",
+        "grant_invalid",
+        id="the grant id with a wrong secret",
+    ),
+    pytest.param(
+        _form(subject_token="dg_000000000000000000000000.x"),
+        "invalid_grant",
+        "grant_invalid",
+        id="an unknown grant",
+    ),
+    pytest.param(
+        _form(actor_token="x"), "invalid_request", "unknown_field", id="an unknown parameter"
+    ),
+    pytest.param(
+        _form(scope="tickets.write"),
+        "invalid_scope",
+        "unknown_action",
+        id="an action outside the grant",
+    ),
+    pytest.param(
+        _form(inputs="{not json"), "invalid_request", "invalid_inputs", id="inputs not JSON"
+    ),
+    pytest.param(
+        _form(inputs="[1]"), "invalid_request", "invalid_inputs", id="inputs not an object"
+    ),
+    pytest.param(
+        _form(audience="tickets"), "invalid_target", "invalid_target", id="another audience"
+    ),
+]
+
+
+@pytest.mark.parametrize(("form", "error", "reason"), BAD_EXCHANGES)
+async def test_a_bad_exchange_is_refused_and_changes_nothing(
+    openbao: DevServer, tmp_path: Path, form: dict[str, str], error: str, reason: str
+) -> None:
+    """Each malformed or unauthorised exchange is a 400 with the RFC 6749 error and our
+    reason, and nothing of the grant is spent."""
+    async with sidecar(openbao, tmp_path) as h:
+        status, granted = await delegate(h, NARROW)
+        token = granted["grant"]
+        subject = form.get("subject_token", "")
+        subject = {"GRANT": token, "WRONG-SECRET": granted["grant_id"] + ".wrong"}.get(
+            subject, subject
+        )
+        if "subject_token" in form:
+            form = {**form, "subject_token": subject}
+        status, answer, _ = await h.raw("POST", "/v1/token", data=form)
+        assert (status, answer["error"], answer["reason"]) == (400, error, reason), answer
+        assert "GRANT" not in json.dumps(answer)
+        assert token not in json.dumps(answer)
+        _, listing, _ = await h.raw("GET", "/v1/delegations")
+        assert listing["grants"][0]["spent"] == {"refunds-usd": 0.0}
+        assert (await exchange(h, token, "payments.refund", {"amount_usd": 5}))[0] == 200
