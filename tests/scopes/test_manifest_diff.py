@@ -145,9 +145,9 @@ def test_approver_removed_narrows() -> None:
 @pytest.mark.parametrize(
     ("after", "where", "effect"),
     [
-        ({"max_depth": 3, "max_ttl": "1h"}, "delegation.max_depth", Effect.widens),
-        ({"max_depth": 2, "max_ttl": "2h"}, "delegation.max_ttl", Effect.widens),
-        ({"max_depth": 1, "max_ttl": "1h"}, "delegation.max_depth", Effect.narrows),
+        ({"max_depth": 3, "max_ttl": "30m"}, "delegation.max_depth", Effect.widens),
+        ({"max_depth": 2, "max_ttl": "1h"}, "delegation.max_ttl", Effect.widens),
+        ({"max_depth": 1, "max_ttl": "30m"}, "delegation.max_depth", Effect.narrows),
         (None, "delegation", Effect.narrows),
     ],
 )
@@ -155,7 +155,7 @@ def test_delegation_limits_are_judged(
     after: dict[str, Any] | None, where: str, effect: Effect
 ) -> None:
     """Deeper or longer delegation widens; shallower, or none at all, narrows."""
-    before = {**copy.deepcopy(BASE), "delegation": {"max_depth": 2, "max_ttl": "1h"}}
+    before = {**copy.deepcopy(BASE), "delegation": {"max_depth": 2, "max_ttl": "30m"}}
     changed = {**copy.deepcopy(BASE), **({"delegation": after} if after else {})}
     [change] = diff_manifests(Manifest.model_validate(before), Manifest.model_validate(changed))
     assert (change.where, change.effect) == (where, effect)
