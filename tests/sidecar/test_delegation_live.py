@@ -28,6 +28,7 @@ from broker.vault.ledgerstore import ledger_path
 from broker.vault.pki import fetch_ca_pem
 from broker.verify import Verifier
 from tests.harness import Harness, root_client, running_sidecar, unique_agent, write_manifest
+from tests.sidecar.test_sidecar_faults import _fill, small_disk  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -524,3 +525,33 @@ async def test_a_bad_exchange_is_refused_and_changes_nothing(
         _, listing, _ = await h.raw("GET", "/v1/delegations")
         assert listing["grants"][0]["spent"] == {"refunds-usd": 0.0}
         assert (await exchange(h, token, "payments.refund", {"amount_usd": 5}))[0] == 200
+
+
+async def test_nothing_is_granted_or_minted_that_is_not_first_recorded(
+    openbao: DevServer,
+    tmp_path: Path,
+    small_disk: Path,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The audit disk fills: a grant and an exchange are both refused 503 audit_unavailable,
+    nothing is carved or spent; once space is back, both work and the budget is exact."""
+    manifest = write_manifest(tmp_path, MANIFEST.format(agent=unique_agent("deleg")))
+    trail = small_disk / "audit.jsonl"
+    async with running_sidecar(openbao, manifest, tmp_path, audit_path=trail) as h:
+        status, granted = await delegate(h, NARROW)
+        assert status == 201
+        filler = _fill(small_disk)
+        for _ in range(50):  # the trail's last page may still have room for a few records
+            if (await h.ask("tickets.read", {"ticket_id": "CS-1"}))[0] != 200:
+                break
+        refused_grant = await delegate(h, {**NARROW, "budgets": {"refunds-usd": 10}})
+        refused_token = await exchange(h, granted["grant"], "payments.refund", {"amount_usd": 5})
+        filler.unlink()
+        for _ in range(100):
+            if (await h.raw("GET", "/readyz"))[0] == 200:
+                break
+            await asyncio.sleep(0.1)
+        _, listing, _ = await h.raw("GET", "/v1/delegations")
+        assert [g["spent"] for g in listing["grants"]] == [{"refunds-usd": 0.0}]
+        assert (await delegate(h, {**NARROW, "budgets": {"refunds-usd": 70}}))[0] == 201
+    assert (refused_grant[0], refused_grant[1]["error"]) == (503, "audit_unavailable")
+    assert (refused_token[0], refused_token[1]["error"]) == (503, "audit_unavailable")
