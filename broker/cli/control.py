@@ -25,6 +25,7 @@ def register(
     who.add_argument("--jti", help="a credential id, JWT id, token accessor or lease id")
     who.add_argument("--agent", type=agent_id)
     who.add_argument("--all", action="store_true", help="every credential of every agent")
+    who.add_argument("--grant", help="a delegated grant (dg_...) and every grant below it")
     p.add_argument("--action", help="with --agent: only this action's credentials")
     p.add_argument("--reason", default="revoked by runbook")
     _common(p, cmd_revoke)
@@ -118,6 +119,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     control = _control(args)
     if args.jti is not None:
         return _finish(args, control.revoke_id(args.jti, args.reason))
+    if args.grant is not None:
+        from broker.ops.grants import revoke_grant
+
+        return _finish(args, revoke_grant(control, args.grant, args.reason))
     if args.agent is not None:
         return _finish(args, control.revoke_agent(args.agent, args.action, args.reason))
     return _finish(args, control.revoke_all(args.reason))

@@ -4,7 +4,7 @@ Two documents in the broker's KV mount: ``control/global`` (``killed_all``,
 ``revoked_before``, ``signing_generation``, ``min_generation``) and one per agent,
 ``control/agents/<agent>`` (``killed``, ``reason``, ``by``, ``at``, ``revoked_before``,
 ``revoked_before_action``), and ``control/revoked`` (``jtis``: credential id to expiry, for
-single-token revocation). Revoked delegated grants live in ``delegations/<agent>`` (``revoked``:
+single-token revocation; ``grants``: delegated grant id to expiry, ``broker revoke --grant``). Revoked delegated grants live in ``delegations/<agent>`` (``revoked``:
 grant id to expiry), written by the agent's own sidecar (``broker.sidecar.delegation``). Every sidecar polls them; one runbook command writes them, with
 check-and-set, so it reaches every sidecar and loses no other command's write. Missing
 documents mean "nothing revoked".
@@ -116,9 +116,11 @@ class ControlState:
             revoked_before_action=times(a, ap, "revoked_before_action"),
             signing_generation=integer(g, gp, "signing_generation", 1),
             min_generation=integer(g, gp, "min_generation", 0),
+            # The agent's own revocations, and security's (``broker revoke --grant``).
             revoked_grants=frozenset(
                 times(delegations_doc or {}, delegations_path(agent), "revoked")
-            ),
+            )
+            | frozenset(times(revoked_doc or {}, REVOKED_PATH, "grants")),
         )
 
     def token_revoked(self, claims: ActionClaims) -> str | None:

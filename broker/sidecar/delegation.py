@@ -88,7 +88,11 @@ class DelegationDesk:
         grant = self.grants.get(grant_id)
         if grant is None or not hmac.compare_digest(grant.secret_digest, _digest(secret)):
             return GrantRefusal(_R.grant_invalid, "subject_token", "not a grant of this sidecar")
-        if any(self.grants[a.grant].revoked for a in grant.chain if a.grant in self.grants):
+        revoked = self.service.runtime.control.revoked_grants  # security's, from Vault
+        if any(
+            a.grant in revoked or (a.grant in self.grants and self.grants[a.grant].revoked)
+            for a in grant.chain
+        ):
             why = f"grant {grant.id} or one above it was revoked"
             return GrantRefusal(_R.grant_revoked, "subject_token", why)
         if grant.issued_at <= self.service.runtime.control.revoked_before:

@@ -85,6 +85,14 @@ def test_revoked_grants_are_read_from_the_agents_delegations_document() -> None:
         ControlState.from_docs(AGENT, None, None, None, {"revoked": {ROOT_GRANT: "later"}})
 
 
+def test_securitys_grant_revocations_are_read_from_control_revoked() -> None:
+    """``broker revoke --grant`` writes control/revoked ``grants``; both sources count."""
+    state = ControlState.from_docs(
+        AGENT, None, None, {"grants": {ROOT_GRANT: 2000.0}}, {"revoked": {CHILD_GRANT: 2000.0}}
+    )
+    assert state.revoked_grants == {ROOT_GRANT, CHILD_GRANT}
+
+
 def test_the_verifier_refuses_a_delegated_token_once_its_parent_grant_is_revoked() -> None:
     """End to end through the verifier: accepted with its chain, refused after revocation."""
     now = int(time.time())

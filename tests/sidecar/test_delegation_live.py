@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import hvac
 import jwt
 import pytest
 from pydantic import SecretStr
 
 from broker.cli import main
+from broker.core.controlstate import REVOKED_PATH, delegations_path
 from broker.core.delegation import EXCHANGE_GRANT_TYPE, GRANT_TOKEN_TYPE, Actor
 from broker.core.errors import VerificationError
 from broker.core.fleetdoc import summary
@@ -24,6 +26,7 @@ from broker.settings import VaultSettings
 from broker.sidecar.tokenexchange import DESK
 from broker.vault.control import VaultRevocations
 from broker.vault.kv import kv_read
+from broker.vault.layout import KV_MOUNT
 from broker.vault.ledgerstore import ledger_path
 from broker.vault.pki import fetch_ca_pem
 from broker.verify import Verifier
@@ -555,3 +558,67 @@ async def test_nothing_is_granted_or_minted_that_is_not_first_recorded(
         assert (await delegate(h, {**NARROW, "budgets": {"refunds-usd": 70}}))[0] == 201
     assert (refused_grant[0], refused_grant[1]["error"]) == (503, "audit_unavailable")
     assert (refused_token[0], refused_token[1]["error"]) == (503, "audit_unavailable")
+
+
+async def test_security_revokes_a_grant_that_the_agent_cannot_bring_back(
+    openbao: DevServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`broker revoke --grant`: the grant's tokens (and those of the grant below it) are
+    refused by a gateway within a second and by the sidecar, and the agent's own Vault
+    identity cannot write the document that holds the revocation."""
+    async with sidecar(openbao, tmp_path) as h:
+        status, top = await delegate(h, NARROW)
+        below = {"sub_agent": "ticket-reader", "actions": {"tickets.read": {}}, "ttl": "1m"}
+        status, sub = await delegate(h, {**below, "parent_grant": top["grant"]})
+        status, issued = await exchange(h, sub["grant"], "tickets.read", {"ticket_id": "CS-1"})
+        assert status == 200, issued
+        verifier = gateway(openbao)
+        verifier.verify(issued["access_token"], audience="tickets")
+        operator_env(openbao, tmp_path, monkeypatch)
+        capsys.readouterr()
+        args = ["revoke", "--grant", top["grant_id"], "--reason", "helper misbehaved"]
+        assert await asyncio.to_thread(main, args) == 0
+        assert f"{h.sidecar.manifest.agent} > refund-helper" in capsys.readouterr().out
+        took, code = await _refused_within(verifier, issued["access_token"], "tickets", 1.0)
+        assert code == "token_revoked"
+        assert took < 1.0, took
+        for _ in range(50):  # the sidecar's next poll (0.1 s here)
+            status, answer = await exchange(h, sub["grant"], "tickets.read", {"ticket_id": "CS-1"})
+            if status != 200:
+                break
+            await asyncio.sleep(0.05)
+        assert (status, answer["reason"]) == (400, "grant_revoked")
+
+        agent_vault = hvac.Client(url=openbao.addr, token=h.sidecar.runtime.session.token)
+        own = delegations_path(h.sidecar.manifest.agent)
+        kv = agent_vault.secrets.kv.v2
+        kv.create_or_update_secret(path=own, secret={"revoked": {}}, mount_point=KV_MOUNT)
+        with pytest.raises(hvac.exceptions.Forbidden):  # its own document, yes; this one, no
+            kv.create_or_update_secret(
+                path=REVOKED_PATH, secret={"grants": {}}, mount_point=KV_MOUNT
+            )
+        took, code = await _refused_within(verifier, issued["access_token"], "tickets", 1.0)
+        assert code == "token_revoked"  # still refused after the agent wiped its own document
+
+
+@pytest.mark.parametrize(
+    "grant_id",
+    [pytest.param("dg_" + "0" * 24, id="no such grant"), pytest.param("nope", id="not a grant id")],
+)
+async def test_revoking_an_unknown_grant_is_an_error_that_changes_nothing(
+    openbao: DevServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    grant_id: str,
+) -> None:
+    """An unknown or malformed grant id: a usage error naming it, and no revocation written."""
+    operator_env(openbao, tmp_path, monkeypatch)
+    before = kv_read(root_client(openbao), "control/revoked")
+    code = await asyncio.to_thread(main, ["revoke", "--grant", grant_id])
+    assert code != 0
+    assert grant_id in capsys.readouterr().err
+    assert kv_read(root_client(openbao), "control/revoked") == before
