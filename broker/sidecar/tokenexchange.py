@@ -10,14 +10,16 @@ RFC 8693's (``access_token``, ``issued_token_type``, ``token_type``, ``expires_i
 ``act`` chain; errors are RFC 6749's ``error`` and ``error_description`` with our stable
 ``reason`` beside them.
 
-The request is decided by the same ``decide`` as any other, against the grant's scope and the
-grant's own ledger; it is recorded (with the chain) before the token is signed; the token
+The request is decided by the same ``decide`` as any other, against the grant's scope, with
+budgets from the grant's own ledger (its carve) and rates and concurrency from the agent's
+(``SharedUsage``: a sub-agent's calls count against the agent's allowance); it is recorded (with the chain) before the token is signed; the token
 speaks for the root agent (``sub``) and names the sub-agents in ``act``."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from aiohttp import web
@@ -35,6 +37,7 @@ from broker.core.delegation import (
     actor_claim,
 )
 from broker.core.errors import BrokerError, PayloadTooLarge, RequestError
+from broker.core.limits import UsageLedger
 from broker.core.manifest import JwtCredential
 from broker.core.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
 from broker.sidecar.delegation import DelegationDesk
@@ -105,9 +108,9 @@ class TokenExchange:
         return await self._decided(req, grant, now)
 
     async def _decided(self, req: ActionRequest, grant: Grant, now: float) -> Reply:
-        ledger = self.desk.ledgers[grant.id]
+        usage = SharedUsage(self.desk.ledgers[grant.id], self.service.ledger)
         killed = self.service.runtime.control.killed
-        decision = decide(req, grant.scope, ledger, now, agent_disabled=killed)
+        decision = decide(req, grant.scope, usage, now, agent_disabled=killed)
         extra = {"delegation": _delegation(grant)}
         if decision.outcome is Outcome.pending_approval:
             detail = "a delegated grant cannot wait for a human approval; the parent must ask"
@@ -149,8 +152,10 @@ class TokenExchange:
         # A token never outlives the grant it was minted from.
         ttl = max(1, min(spec.ttl, int(grant.expires_at - now)))
         credential_id = unique_id()
-        ledger = self.desk.ledgers[grant.id]
+        ledger, agent = self.desk.ledgers[grant.id], self.service.ledger
         ledger.charge(decision, credential_id, now + ttl, now)
+        calls_only = _Calls(decision.action)
+        agent.charge(calls_only, credential_id, now + ttl, now)  # the agent's rates and slots
         try:  # the record goes first: the token does not exist until it is durable
             await self.service._record(
                 req, decision, now, status="ok", credential=(credential_id, "jwt", ttl), extra=extra
@@ -161,6 +166,7 @@ class TokenExchange:
             )
         except (BrokerError, RuntimeError):
             ledger.refund(decision, credential_id, now)
+            agent.refund(calls_only, credential_id, now)
             raise
         return Reply(
             200,
@@ -174,6 +180,39 @@ class TokenExchange:
                 "act": claims["actor"],
             },
         )
+
+
+@dataclass(frozen=True)
+class _Calls:
+    """A charge of no budget: one call on the agent's rate logs and one concurrency slot."""
+
+    action: str
+    charges: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SharedUsage:
+    """What ``decide`` reads for a delegated call: budgets from the grant's own ledger (its
+    carve), rates and concurrency from the agent's, which counts the calls of the agent and of
+    all its sub-agents together, so a grant never adds calls to the agent's allowance."""
+
+    grant: UsageLedger
+    agent: UsageLedger
+
+    def budget_used(self, name: str, now: float) -> float:
+        return self.grant.budget_used(name, now)
+
+    def rate_count(self, key: str, per: float, now: float) -> int:
+        return self.agent.rate_count(key, per, now)
+
+    def retry_after(self, key: str, limit: int, per: float, now: float) -> float:
+        return self.agent.retry_after(key, limit, per, now)
+
+    def in_flight(self, now: float) -> int:
+        return self.agent.in_flight(now)
+
+    def slot_frees_in(self, now: float) -> float | None:
+        return self.agent.slot_frees_in(now)
 
 
 def _form_problem(form: dict[str, str]) -> Reply | None:

@@ -622,3 +622,31 @@ async def test_revoking_an_unknown_grant_is_an_error_that_changes_nothing(
     assert code != 0
     assert grant_id in capsys.readouterr().err
     assert kv_read(root_client(openbao), "control/revoked") == before
+
+
+async def test_a_sub_agents_calls_count_against_the_agents_rate_and_concurrency(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """Concurrency 2 and 3 ticket reads a minute for the agent: with one credential of its own
+    live, its sub-agent gets one slot, not two; calls of both count in one rate window."""
+    text = MANIFEST.replace("actions:\n", "concurrency: 2\nactions:\n", 1).replace(
+        "ttl: 5m}}\n", "ttl: 5m}}\n    rate: {{limit: 3, per: 1m}}\n", 1
+    )
+    manifest = write_manifest(tmp_path, text.format(agent=unique_agent("deleg")))
+    async with running_sidecar(openbao, manifest, tmp_path) as h:
+        status, granted = await delegate(h, NARROW)
+        assert status == 201, granted
+        status, own, _ = await h.ask("tickets.read", {"ticket_id": "CS-1"})
+        assert status == 200
+        status, first = await exchange(h, granted["grant"], "tickets.read", {"ticket_id": "CS-2"})
+        assert status == 200
+        status, full = await exchange(h, granted["grant"], "tickets.read", {"ticket_id": "CS-3"})
+        assert (status, full["reason"]) == (429, "concurrency_limit"), full
+        for done in (own["credential"]["credential_id"], first["credential_id"]):
+            reported = await h.raw("POST", f"/v1/credentials/{done}/outcome", json={"status": "ok"})
+            assert reported[0] == 200  # the sub-agent's slot is the agent's, freed the same way
+        status, _ = await exchange(h, granted["grant"], "tickets.read", {"ticket_id": "CS-3"})
+        assert status == 200
+        # Three calls allowed in this minute (one of the agent's, two of its sub-agent's).
+        status, limited, _ = await h.ask("tickets.read", {"ticket_id": "CS-4"})
+        assert (status, limited["reason"]) == (429, "rate_limited"), limited
