@@ -188,7 +188,8 @@ def _agent_in(path: Path) -> str:
 def run_trace(args: argparse.Namespace) -> int:
     named: list[Path] = args.file or _default_files()
     files = [f for path in named for f in (chain_files(path) if path.exists() else [path])]
-    found = list(_traced(_records(files), args.request_id))
+    every = list(_records(files))
+    found = _with_grants(every, list(_traced(iter(every), args.request_id)))
     for record in found:
         print(_text(record) if args.format == "text" else json.dumps(record, sort_keys=True))
     if not found:
@@ -213,6 +214,28 @@ def _traced(records: Iterator[dict[str, Any]], request_id: str) -> Iterator[dict
             yield record
         elif cid in credentials or aid in approvals:
             yield record
+
+
+def _chain(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The delegation chain a record names (a grant's own, or the grant a credential came from)."""
+    delegation = record.get("delegation")
+    chain = record.get("chain") or (
+        delegation.get("chain") if isinstance(delegation, dict) else None
+    )
+    return [a for a in chain or [] if isinstance(a, dict)]
+
+
+def _with_grants(every: list[dict[str, Any]], found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The traced records and, before them, how every grant in their chains came to be (and
+    ended): a delegated credential is read with the grants that allowed it."""
+    grants = {a.get("grant") for record in found for a in _chain(record)}
+    seen = {id(r) for r in found}
+    extra = [
+        r
+        for r in every
+        if r.get("type") == "delegation" and r.get("grant_id") in grants and id(r) not in seen
+    ]
+    return sorted([*extra, *found], key=lambda r: int(r.get("seq") or 0))
 
 
 def _default_files() -> list[Path]:
@@ -244,6 +267,8 @@ _TEXT_FIELDS = (
     "approval_id",
     "credential_id",
     "ttl",
+    "grant_id",
+    "rule",
     "policy_version",
     "human_override",
 )
@@ -263,6 +288,9 @@ def _text(record: Mapping[str, Any]) -> str:
     ]
     if tools:
         parts.append(f"tools[{tools}]")
+    if chain := _chain(record):
+        subs = [str(record.get("agent_id", "-")), *(str(a.get("sub")) for a in chain)]
+        parts.append("chain=" + " > ".join(subs))
     parts += [f"{name}={record[name]}" for name in _TEXT_FIELDS if record.get(name) is not None]
     return "  ".join(parts)
 

@@ -25,6 +25,7 @@ def register(
     who.add_argument("--jti", help="a credential id, JWT id, token accessor or lease id")
     who.add_argument("--agent", type=agent_id)
     who.add_argument("--all", action="store_true", help="every credential of every agent")
+    who.add_argument("--grant", help="a delegated grant (dg_...) and every grant below it")
     p.add_argument("--action", help="with --agent: only this action's credentials")
     p.add_argument("--reason", default="revoked by runbook")
     _common(p, cmd_revoke)
@@ -118,6 +119,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     control = _control(args)
     if args.jti is not None:
         return _finish(args, control.revoke_id(args.jti, args.reason))
+    if args.grant is not None:
+        from broker.ops.grants import revoke_grant
+
+        return _finish(args, revoke_grant(control, args.grant, args.reason))
     if args.agent is not None:
         return _finish(args, control.revoke_agent(args.agent, args.action, args.reason))
     return _finish(args, control.revoke_all(args.reason))
@@ -224,7 +229,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{r['signing_generation'] if r['signing_generation'] is not None else '-':>7}"
         )
         _print_ledger(r.get("ledger"))
+        _print_delegations(r["agent"], r.get("delegations") or [])
     return 0
+
+
+def _print_delegations(agent: str, grants: list[dict[str, Any]]) -> None:
+    """Each live grant under its agent, with the chain from the agent down to its holder."""
+    for g in grants:
+        chain = " > ".join([agent, *(str(a.get("sub")) for a in g.get("chain") or [])])
+        budgets = ", ".join(f"{n} {a:g}" for n, a in sorted((g.get("budgets") or {}).items()))
+        state = "REVOKED" if g.get("revoked") else "live"
+        print(
+            f"  grant {g.get('grant_id')} ({state}, depth {g.get('depth')}): {chain}; "
+            f"actions {', '.join(g.get('actions') or [])}; budgets {budgets or 'none'}; "
+            f"expires {int(g['expires_at'])}"
+        )
 
 
 def _print_ledger(ledger: dict[str, Any] | None) -> None:

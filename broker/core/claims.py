@@ -7,7 +7,9 @@ and ``jti``. Ours follow as private claims: ``action``, ``acc`` (the accountable
 ``pv`` (policy version), ``mh`` (manifest hash), ``ibh`` (the input binding, see
 ``broker.core.canonical``), ``gen`` (signing-key generation) and, when the issuer publishes a
 status list, ``status`` (draft-ietf-oauth-status-list). A token bound to its holder's key
-carries ``cnf: {"jkt": thumbprint}`` (RFC 9449, see ``broker.core.dpop``). The action is not called ``act``:
+carries ``cnf: {"jkt": thumbprint}`` (RFC 9449, see ``broker.core.dpop``). A token minted from
+a delegated grant carries RFC 8693's ``act`` (``broker.core.delegation``): the sub-agents
+acting for ``sub``. The action is not called ``act``:
 RFC 8693 reserves ``act`` for the actor of a delegated token."""
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from broker.core.delegation import Actor, actors_of
 
 DEFAULT_ISSUER = "urn:agent-credential-broker"  # when no issuer URL is configured
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JWT "typ" (RFC 9068), not a secret
@@ -55,6 +59,7 @@ class ActionClaims:
     generation: int
     status: StatusRef | None = None
     key_thumbprint: str | None = None  # cnf.jkt: the token is usable only with a DPoP proof
+    actors: tuple[Actor, ...] = ()  # from ``act``: the delegation chain, root's grant first
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> ActionClaims:
@@ -73,6 +78,7 @@ class ActionClaims:
             generation=_integer(payload["gen"]),
             status=StatusRef.from_claim(payload["status"]) if "status" in payload else None,
             key_thumbprint=_jkt(payload["cnf"]) if "cnf" in payload else None,
+            actors=actors_of(payload.get("act")),
         )
 
 
@@ -123,6 +129,7 @@ def action_payload(
     generation: int,
     status: StatusRef | None = None,
     jkt: str | None = None,
+    actor: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     payload = {
         "iss": issuer,
@@ -144,4 +151,6 @@ def action_payload(
         payload["status"] = status.to_claim()
     if jkt is not None:
         payload["cnf"] = {"jkt": jkt}
+    if actor is not None:
+        payload["act"] = dict(actor)
     return payload

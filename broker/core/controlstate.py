@@ -4,7 +4,8 @@ Two documents in the broker's KV mount: ``control/global`` (``killed_all``,
 ``revoked_before``, ``signing_generation``, ``min_generation``) and one per agent,
 ``control/agents/<agent>`` (``killed``, ``reason``, ``by``, ``at``, ``revoked_before``,
 ``revoked_before_action``), and ``control/revoked`` (``jtis``: credential id to expiry, for
-single-token revocation). Every sidecar polls them; one runbook command writes them, with
+single-token revocation; ``grants``: delegated grant id to expiry, ``broker revoke --grant``). Revoked delegated grants live in ``delegations/<agent>`` (``revoked``:
+grant id to expiry), written by the agent's own sidecar (``broker.sidecar.delegation``). Every sidecar polls them; one runbook command writes them, with
 check-and-set, so it reaches every sidecar and loses no other command's write. Missing
 documents mean "nothing revoked".
 
@@ -23,6 +24,7 @@ from broker.core.errors import ControlStateInvalid
 
 GLOBAL_PATH = "control/global"
 REVOKED_PATH = "control/revoked"  # {"jtis": {credential id: expiry}}, shared by all agents
+DELEGATIONS_DIR = "delegations"
 FIX_HINT = "write control state with `broker kill`, `broker revive` or `broker revoke`"
 
 
@@ -30,6 +32,10 @@ def agent_path(agent: str) -> str:
     """Agent ids are lower case; a name in any other case finds the same document, so a
     kill or revocation cannot be stepped around by changing the case of a name."""
     return f"control/agents/{agent.lower()}"
+
+
+def delegations_path(agent: str) -> str:
+    return f"{DELEGATIONS_DIR}/{agent.lower()}"
 
 
 def _bad(path: str, key: str, expected: str, found: Any) -> ControlStateInvalid:
@@ -85,6 +91,7 @@ class ControlState:
     revoked_before_action: Mapping[str, float] = field(default_factory=dict)
     signing_generation: int = 1
     min_generation: int = 0
+    revoked_grants: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
     def from_docs(
@@ -93,6 +100,7 @@ class ControlState:
         global_doc: Mapping[str, Any] | None,
         agent_doc: Mapping[str, Any] | None,
         revoked_doc: Mapping[str, Any] | None = None,
+        delegations_doc: Mapping[str, Any] | None = None,
     ) -> ControlState:
         """Raises ``ControlStateInvalid`` for a mistyped value (the reader fails closed)."""
         g, gp = global_doc or {}, GLOBAL_PATH
@@ -108,6 +116,11 @@ class ControlState:
             revoked_before_action=times(a, ap, "revoked_before_action"),
             signing_generation=integer(g, gp, "signing_generation", 1),
             min_generation=integer(g, gp, "min_generation", 0),
+            # The agent's own revocations, and security's (``broker revoke --grant``).
+            revoked_grants=frozenset(
+                times(delegations_doc or {}, delegations_path(agent), "revoked")
+            )
+            | frozenset(times(revoked_doc or {}, REVOKED_PATH, "grants")),
         )
 
     def token_revoked(self, claims: ActionClaims) -> str | None:
@@ -116,10 +129,15 @@ class ControlState:
             return f"agent {claims.agent} is disabled"
         if claims.jti in self.revoked_jtis:
             return f"token {claims.jti} was revoked"
+        if revoked := [a for a in claims.actors if a.grant in self.revoked_grants]:
+            return f"delegated grant {revoked[0].grant} (to {revoked[0].sub}) was revoked"
         if claims.issued_at <= self.revoked_before:
             return f"tokens of {claims.agent} issued before {int(self.revoked_before)} were revoked"
         if claims.issued_at <= self.revoked_before_action.get(claims.action, 0.0):
             return f"tokens of {claims.agent} for {claims.action} issued before then were revoked"
+        return self._generation_revoked(claims)
+
+    def _generation_revoked(self, claims: ActionClaims) -> str | None:
         if claims.generation < self.min_generation:
             return f"signing key generation {claims.generation} was revoked"
         return None

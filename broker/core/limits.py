@@ -166,6 +166,17 @@ class UsageLedger:
         self._in_flight.pop(credential_id, None)
         self._unrecorded.discard(credential_id)
 
+    def carve(self, amounts: Mapping[str, float], now: float) -> None:
+        """Reserve budget for a delegated grant: spent as far as everyone else can tell, with
+        no call on the rate logs and no concurrency slot."""
+        for name, amount in amounts.items():
+            self._add_budget(name, amount, now)
+
+    def uncarve(self, amounts: Mapping[str, float], now: float) -> None:
+        """Give back what a grant did not spend (within the window it was carved in)."""
+        for name, amount in amounts.items():
+            self._sub_budget(name, amount, now)
+
     def release(self, credential_id: str) -> bool:
         """Free a credential's concurrency slot early; False if it was not in flight."""
         return self._in_flight.pop(credential_id, None) is not None

@@ -362,6 +362,14 @@ def _term_problems(
                 yield path, f"{value!r} is not of input '{name}' type {spec.type}"
 
 
+class DelegationPolicy(_Frozen):
+    """Whether and how far this agent may hand part of its scope to sub-agents
+    (``broker.scopes.delegation``). Without it, the agent grants nothing."""
+
+    max_depth: Annotated[int, Strict()] = Field(ge=1, le=8, description="grants below grants")
+    max_ttl: Ttl = Field(description="the longest a grant of this agent's own may live")
+
+
 class Manifest(_Frozen):
     """One agent's scope manifest. ``content_hash`` identifies exactly this content."""
 
@@ -375,6 +383,7 @@ class Manifest(_Frozen):
     )
     rate: RateSpec = ()
     actions: dict[ActionName, Action] = Field(default_factory=dict)
+    delegation: DelegationPolicy | None = None
 
     _content_hash: str = PrivateAttr(default="")
 
@@ -393,7 +402,10 @@ class Manifest(_Frozen):
         ]
         if problems:
             raise Problems(problems)
-        digest = hashlib.sha256(canonical_json(self.model_dump(mode="json"))).hexdigest()
+        dumped = self.model_dump(mode="json")
+        if dumped["delegation"] is None:
+            del dumped["delegation"]  # manifests without it keep the hash they always had
+        digest = hashlib.sha256(canonical_json(dumped)).hexdigest()
         self._content_hash = f"sha256:{digest}"
         return self
 
@@ -414,6 +426,7 @@ __all__ = [
     "Approval",
     "Budget",
     "CredentialSpec",
+    "DelegationPolicy",
     "DynamicCredential",
     "InputSpec",
     "JwtCredential",

@@ -22,6 +22,7 @@ from broker.core.fleetdoc import summary
 from broker.ops.controlbase import ActionReport, ControlBase, Operator, given, usage, whoami
 from broker.ops.sweep import Sweeper
 from broker.vault._errors import translate_errors
+from broker.vault.delegations import grants_of
 from broker.vault.kv import kv_read
 from broker.vault.layout import APPROLE_MOUNT, approle_role
 from broker.vault.ledgerstore import ledger_path
@@ -380,6 +381,7 @@ class Control(ControlBase):
                 "sidecar_tokens": len(logins(self.client, agent, self.addr)),
                 "signing_generation": beat.get("generation"),
                 "ledger": self.ledger(agent, now),
+                "delegations": grants_of(self.client, agent, now, self.addr),
             }
 
     def ledger(self, agent: str, now: float) -> dict[str, Any] | None:

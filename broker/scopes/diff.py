@@ -44,6 +44,7 @@ def diff_manifests(old: Manifest, new: Manifest) -> list[Change]:
     )
     changes += _rates("rate", old.rate, new.rate)
     changes += _actions(old.actions, new.actions)
+    changes += _delegation(old, new)
     order = {Effect.widens: 0, Effect.narrows: 1, Effect.neutral: 2}
     return sorted(changes, key=lambda c: order[c.effect])
 
@@ -315,6 +316,24 @@ def _condition(where: str, old: dict[str, Any], new: dict[str, Any]) -> Iterator
     yield Change(
         where, f"condition {old} -> {new} (review: fewer calls may need approval)", Effect.widens
     )
+
+
+def _delegation(old: Manifest, new: Manifest) -> Iterator[Change]:
+    a, b = old.delegation, new.delegation
+    if a is None or b is None:
+        if a != b:
+            added = b is not None
+            what = "delegation allowed (sub-agent grants)" if added else "delegation removed"
+            yield Change("delegation", what, _effect(added))
+        return
+    for name in ("max_depth", "max_ttl"):
+        yield from _limit(
+            f"delegation.{name}",
+            getattr(a, name),
+            getattr(b, name),
+            higher_widens=True,
+            none_widens=True,
+        )
 
 
 def widening(changes: list[Change]) -> list[Change]:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from broker.core.manifest import Manifest
 from broker.core.reasons import REASON_DESCRIPTION, REASON_HTTP_STATUS
+from broker.sidecar.delegationdoc import delegation_paths, delegation_schemas
 
 JsonScalar = str | int | float | bool | None
 Identifier = Annotated[
@@ -233,11 +234,13 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            **delegation_paths(),
         },
         "components": {
             "schemas": {
                 "CredentialRequest": CredentialRequest.model_json_schema(),
                 "OutcomeReport": OutcomeReport.model_json_schema(),
+                **delegation_schemas(),
             }
         },
     }

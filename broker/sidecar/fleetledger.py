@@ -128,6 +128,18 @@ class FleetLedger(UsageLedger):
         for name, amount in decision.charges.items():
             self._spend(name, -dec(amount), now)
 
+    def carve(self, amounts: Mapping[str, float], now: float) -> None:
+        """A delegated grant's reservation is spending of this replica's slice (``commit``
+        puts it in the fleet's document); ``uncarve`` gives back what the grant did not use."""
+        for name, amount in amounts.items():
+            self._spend(name, dec(amount), now)
+        self._charged += 1
+
+    def uncarve(self, amounts: Mapping[str, float], now: float) -> None:
+        for name, amount in amounts.items():
+            self._spend(name, -dec(amount), now)
+        self._charged += 1
+
     def _spend(self, name: str, amount: Decimal, now: float) -> None:
         per = self.periods[name]
         self._spent[name] = (window_start(now, per), max(self._spent_in(name, now) + amount, ZERO))

@@ -16,7 +16,7 @@ from pydantic import JsonValue, ValidationError
 
 from broker.core.decision import ActionRequest
 from broker.core.errors import BrokerError, NotFound, PayloadTooLarge, RequestError, RequestTimeout
-from broker.sidecar import authzen
+from broker.sidecar import authzen, tokenexchange
 from broker.sidecar.api import CredentialRequest, OutcomeReport, openapi_document
 from broker.sidecar.approvalgate import MAX_WAIT
 from broker.sidecar.service import CredentialService, Reply
@@ -232,4 +232,6 @@ def build_app(service: CredentialService, *, max_body: int) -> web.Application:
     app.router.add_get("/openapi.json", get_openapi)
     app.router.add_get("/metrics", get_metrics)
     authzen.add_routes(app, SERVICE, MAX_BODY)  # OpenID AuthZEN 1.0 access evaluation
+    # Delegated grants and RFC 8693 token exchange for sub-agents.
+    tokenexchange.add_routes(app, tokenexchange.desk_for(service), max_body)
     return app

@@ -6,12 +6,18 @@ import time
 from collections.abc import Callable
 
 from broker.core.claims import ActionClaims
-from broker.core.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
+from broker.core.controlstate import (
+    GLOBAL_PATH,
+    REVOKED_PATH,
+    ControlState,
+    agent_path,
+    delegations_path,
+)
 from broker.settings import VaultSettings
 from broker.vault.kv import kv_read
 from broker.vault.session import make_client
 
-CACHE_SECONDS = 1.0
+CACHE_SECONDS = 0.5  # revocation reaches a gateway within a second, reads included
 
 
 class VaultRevocations:
@@ -35,6 +41,7 @@ class VaultRevocations:
             kv_read(self._client, GLOBAL_PATH, self._addr),
             kv_read(self._client, agent_path(agent), self._addr),
             kv_read(self._client, REVOKED_PATH, self._addr),
+            kv_read(self._client, delegations_path(agent), self._addr),
         )
         self._cache[agent] = (now, state)
         return state

@@ -69,6 +69,8 @@ def sidecar_policy_hcl(
         _rule(f"{KV_MOUNT}/data/outstanding/{agent}", "create", "update", "read"),
         # The fleet usage ledger (broker.sidecar.fleetledger): this agent's document only.
         _rule(f"{KV_MOUNT}/data/ledger/{agent}", "create", "update", "read"),
+        # Its delegated grants' revocations (broker.sidecar.delegation): its own document only.
+        _rule(f"{KV_MOUNT}/data/delegations/{agent}", "create", "update", "read"),
         # The login registry (broker.vault.registry): add an entry, never rewrite or delete one.
         _rule(f"{KV_MOUNT}/data/sidecars/{agent}/*", "create"),
         _rule(f"{KV_MOUNT}/data/id-prefixes/+/{agent}", "create"),
@@ -107,6 +109,7 @@ def security_operator_hcl(jwt_mounts: Sequence[str] = ()) -> str:
                 DECISIONS_DIR,
                 "id-prefixes",  # which agent a credential id's process served
                 "ledger",  # the fleet usage ledgers, for broker status
+                "delegations",  # delegated grants revoked by their agents
             )
             for rule in _readable(tree)
         ),
@@ -179,6 +182,7 @@ def verifier_hcl() -> str:
     rules = [
         _rule(f"{KV_MOUNT}/data/control/*", "read"),
         _rule(f"{KV_MOUNT}/data/manifests/*", "read"),
+        _rule(f"{KV_MOUNT}/data/delegations/*", "read"),  # revoked delegated grants
         _rule(f"{KV_MOUNT}/data/{ISSUER_KEYS_DIR}/*", "read"),
         _rule(f"{KV_MOUNT}/metadata/{ISSUER_KEYS_DIR}", "list"),
         _rule(f"{KV_MOUNT}/metadata/{ISSUER_KEYS_DIR}/*", "list"),

@@ -50,6 +50,8 @@ CASES: list[tuple[str, Edit, str, str, Effect]] = [
     ("budget limit lowered", _set("budgets", "refunds-usd", "limit", value=1000),
      "budgets.refunds-usd.limit", "lowered 2000 -> 1000", Effect.narrows),
     ("concurrency cap removed", _drop("concurrency"), "concurrency", "removed (4)", Effect.widens),
+    ("delegation allowed", _set("delegation", value={"max_depth": 2, "max_ttl": "1h"}),
+     "delegation", "delegation allowed", Effect.widens),
     ("agent rate limit raised", _set("rate", value={"limit": 900, "per": "1m"}),
      "rate", "per 60s limit raised 600 -> 900", Effect.widens),
     ("action rate limit dropped", _drop(*REFUND, "rate"),
@@ -138,3 +140,22 @@ def test_approver_removed_narrows() -> None:
     assert [(c.where, c.what, c.effect) for c in changes] == [
         ("actions.stripe.refund.approval.approvers", "cfo@acme.example removed", Effect.narrows)
     ]
+
+
+@pytest.mark.parametrize(
+    ("after", "where", "effect"),
+    [
+        ({"max_depth": 3, "max_ttl": "30m"}, "delegation.max_depth", Effect.widens),
+        ({"max_depth": 2, "max_ttl": "1h"}, "delegation.max_ttl", Effect.widens),
+        ({"max_depth": 1, "max_ttl": "30m"}, "delegation.max_depth", Effect.narrows),
+        (None, "delegation", Effect.narrows),
+    ],
+)
+def test_delegation_limits_are_judged(
+    after: dict[str, Any] | None, where: str, effect: Effect
+) -> None:
+    """Deeper or longer delegation widens; shallower, or none at all, narrows."""
+    before = {**copy.deepcopy(BASE), "delegation": {"max_depth": 2, "max_ttl": "30m"}}
+    changed = {**copy.deepcopy(BASE), **({"delegation": after} if after else {})}
+    [change] = diff_manifests(Manifest.model_validate(before), Manifest.model_validate(changed))
+    assert (change.where, change.effect) == (where, effect)
