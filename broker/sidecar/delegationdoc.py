@@ -108,4 +108,8 @@ def delegation_paths() -> dict[str, Any]:
 
 
 def delegation_schemas() -> dict[str, Any]:
-    return {"GrantRequest": GrantRequest.model_json_schema()}
+    """GrantRequest and the models it nests, each a component: a nested model's ``$defs`` ref
+    would point at the document's root, where nothing resolves it."""
+    schema = GrantRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    nested = schema.pop("$defs", {})
+    return {"GrantRequest": schema, **nested}

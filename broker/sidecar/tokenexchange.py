@@ -237,6 +237,20 @@ def _form_problem(form: dict[str, str]) -> Reply | None:
     return None
 
 
+_NOT_FORM = "the body must be application/x-www-form-urlencoded (RFC 6749 3.2)"
+
+
+def _repeated(posted: Mapping[str, Any]) -> Reply | None:
+    """RFC 6749 3.2: no parameter twice, in the endpoint's own error shape."""
+    names = [name for name, _ in posted.items()]  # a MultiDict: one pair per value
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if not twice:
+        return None
+    return _oauth_error(
+        400, "invalid_request", f"parameter {twice[0]!r} is repeated", "invalid_body"
+    )
+
+
 # -- routes --------------------------------------------------------------------------------
 
 DESK: web.AppKey[DelegationDesk] = web.AppKey("delegations", DelegationDesk)
@@ -295,14 +309,16 @@ def add_routes(app: web.Application, desk: DelegationDesk, max_body: int) -> Non
 
     async def token(request: web.Request) -> web.Response:
         await _bounded_read(request, max_body)
+        if request.content_type != "application/x-www-form-urlencoded":  # no file parts
+            return _render(_oauth_error(400, "invalid_request", _NOT_FORM, "invalid_body"))
         try:
             posted = await request.post()
-        except ValueError as exc:
-            raise RequestError("the body must be form-encoded", code="invalid_body") from exc
-        form = {k: v for k, v in posted.items() if isinstance(v, str)}
-        if len(form) != len(posted):
-            raise RequestError("file parts are not accepted", code="invalid_body")
-        return _render(await exchange.exchange(form))
+        except ValueError:
+            return _render(_oauth_error(400, "invalid_request", _NOT_FORM, "invalid_body"))
+        problem = _repeated(posted)
+        if problem is not None:
+            return _render(problem)
+        return _render(await exchange.exchange({k: str(v) for k, v in posted.items()}))
 
     app.router.add_post("/v1/delegations", create)
     app.router.add_get("/v1/delegations", listing)

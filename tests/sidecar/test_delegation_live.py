@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import hvac
 import jwt
 import pytest
@@ -528,6 +529,49 @@ async def test_a_bad_exchange_is_refused_and_changes_nothing(
         _, listing, _ = await h.raw("GET", "/v1/delegations")
         assert listing["grants"][0]["spent"] == {"refunds-usd": 0.0}
         assert (await exchange(h, token, "payments.refund", {"amount_usd": 5}))[0] == 200
+
+
+def _multipart_with_a_file() -> aiohttp.FormData:
+    data = aiohttp.FormData()
+    data.add_field("grant_type", EXCHANGE_GRANT_TYPE)
+    data.add_field("subject_token", b"GRANT", filename="grant.txt")
+    return data
+
+
+RAW_EXCHANGES = [
+    pytest.param(
+        b"grant_type=" + EXCHANGE_GRANT_TYPE.encode() + b"&grant_type=client_credentials&scope=x",
+        "parameter 'grant_type' is repeated",
+        id="a parameter twice (RFC 6749 3.2)",
+    ),
+    pytest.param(
+        _multipart_with_a_file,
+        "the body must be application/x-www-form-urlencoded (RFC 6749 3.2)",
+        id="multipart with a file part",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "detail"), RAW_EXCHANGES)
+async def test_a_malformed_token_request_answers_in_the_endpoints_error_shape(
+    openbao: DevServer, tmp_path: Path, body: Any, detail: str
+) -> None:
+    """A repeated parameter or a multipart body: 400 with error, error_description and reason, as
+    the served document says every 400 of this endpoint is (schemathesis found it answered
+    the generic shape, and called a repeated parameter a file part)."""
+    async with sidecar(openbao, tmp_path) as h:
+        kw: dict[str, Any] = (
+            {"data": body()}
+            if callable(body)
+            else {"data": body, "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
+        )
+        status, answer, _ = await h.raw("POST", "/v1/token", **kw)
+    assert status == 400
+    assert answer == {
+        "error": "invalid_request",
+        "error_description": detail,
+        "reason": "invalid_body",
+    }
 
 
 async def test_nothing_is_granted_or_minted_that_is_not_first_recorded(
