@@ -49,7 +49,7 @@ test: lint typecheck chromium $(TEST_STAMP)
 
 # Mutation testing of the pure core, the verifier and the usage accounting, against the fast
 # unit tests only ([tool.mutmut] in pyproject.toml). A fresh run every time; not part of
-# `make test`: it takes about half an hour on 2 busy cores. See README, "Mutation testing".
+# `make test`: about 4 min on 2 quiet cores, 20-30 min on 2 busy ones. See README, "Mutation testing".
 mutate: $(MUTATE_STAMP)
 	rm -rf mutants
 	@start=$$(date +%s); $(BIN)/mutmut run --max-children $(MUTATE_JOBS); rc=$$?; \

@@ -249,8 +249,9 @@ class Verifier:
                 algorithms=[alg],  # one of ALGORITHMS, checked in _header
                 audience=audience,
                 issuer=self._issuer,
-                leeway=self._leeway,
-                # Times are checked against the injected clock in _check_times, not pyjwt's.
+                # Times (and the leeway) are checked against the injected clock in
+                # _check_times, never by pyjwt, which would read the real clock; so pyjwt
+                # never raises ExpiredSignatureError or ImmatureSignatureError here.
                 options={
                     "require": list(REQUIRED_CLAIMS),
                     "verify_exp": False,
@@ -259,12 +260,8 @@ class Verifier:
                     "strict_aud": True,
                 },
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise _fail("token_expired", "token has expired") from exc
         except jwt.InvalidAudienceError as exc:
             raise _fail("wrong_audience", f"token is not for audience {audience!r}") from exc
-        except jwt.ImmatureSignatureError as exc:
-            raise _fail("token_not_yet_valid", "token is not valid yet") from exc
         except jwt.InvalidSignatureError as exc:
             raise _fail("bad_signature", "signature does not verify") from exc
         except jwt.PyJWTError as exc:

@@ -62,6 +62,12 @@ TYPE_CASES = [
     ("integer", 1, True),
     ("integer", 1.0, False),
     ("integer", False, False),
+    ("integer", 2**53 - 1, True),
+    ("integer", -(2**53 - 1), True),
+    ("integer", 2**53, False),
+    ("integer", -(2**53), False),
+    ("number", 2**53 - 1, True),
+    ("number", -(2**53), False),
     ("boolean", True, True),
     ("boolean", 1, False),
     ("string", "x", True),
@@ -71,7 +77,8 @@ TYPE_CASES = [
 
 @pytest.mark.parametrize(("type_name", "value", "ok"), TYPE_CASES)
 def test_input_types_are_strict(type_name: str, value: object, ok: bool) -> None:
-    """Bools are never numbers, floats never integers, NaN never a number."""
+    """Bools are never numbers, floats never integers, NaN never a number; integers are exact
+    up to 2**53 - 1 either way (I-JSON), and one beyond is refused."""
     assert INPUT_TYPES[type_name].check(value) is ok
 
 

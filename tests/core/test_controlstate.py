@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from broker.core.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
+from broker.core.controlstate import (
+    FIX_HINT,
+    GLOBAL_PATH,
+    REVOKED_PATH,
+    ControlState,
+    agent_path,
+)
 from broker.core.credids import ID_PREFIX, prefix_of, unique_id
 from broker.core.errors import ControlStateInvalid
 
@@ -52,6 +58,39 @@ def test_a_mistyped_value_is_refused_naming_document_and_field(
     assert message in refused.value.detail
     assert "broker revive" in refused.value.detail
     assert refused.value.code == "control_state_invalid"
+
+
+AGENT_DOC = f"control/agents/{AGENT}"
+LONG = list(range(40))  # a repr of 150 characters, shown cut to its first 60
+# Every field in the document it is read from, each error written out in full.
+EXACT: list[tuple[str, dict[str, Any], str, str]] = [
+    ("global", {"killed_all": 1}, GLOBAL_PATH, "killed_all must be true or false (a JSON boolean), found 1"),
+    ("global", {"killed_all": LONG}, GLOBAL_PATH,
+     f"killed_all must be true or false (a JSON boolean), found {repr(LONG)[:60]}"),
+    ("global", {"killed_all": True, "reason": 7}, GLOBAL_PATH, "reason must be a string, found 7"),
+    ("agent", {"reason": ["INC-1"]}, AGENT_DOC, "reason must be a string, found ['INC-1']"),
+    ("global", {"revoked_before": "soon"}, GLOBAL_PATH,
+     "revoked_before must be a number, found the string 'soon'"),
+    ("agent", {"revoked_before": None}, AGENT_DOC, "revoked_before must be a number, found None"),
+    ("agent", {"revoked_before_action": ["a.b"]}, AGENT_DOC,
+     "revoked_before_action must be a map of names to numbers, found ['a.b']"),
+    ("global", {"signing_generation": 2.0}, GLOBAL_PATH,
+     "signing_generation must be an integer, found 2.0"),
+    ("global", {"min_generation": "1"}, GLOBAL_PATH,
+     "min_generation must be an integer, found the string '1'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("where", "doc", "path", "message"), EXACT, ids=[f"{w} {m}" for w, _, _, m in EXACT]
+)
+def test_each_field_error_in_full(where: str, doc: dict[str, Any], path: str, message: str) -> None:
+    """The whole error: the document the field was read from, the field, the type expected,
+    the value found (a string marked as one, anything else as its repr cut to 60 characters)
+    and the commands that write control state correctly."""
+    with pytest.raises(ControlStateInvalid) as refused:
+        ControlState.from_docs(AGENT, *_docs(where, doc))
+    assert refused.value.detail == f"control state {path}: {message} ({FIX_HINT})"
 
 
 def test_the_string_false_is_never_read_as_true() -> None:

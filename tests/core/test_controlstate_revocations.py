@@ -125,3 +125,11 @@ def test_documents_decode_with_their_defaults() -> None:
     assert (globally.killed, globally.kill_reason) == (True, "")
     alone = ControlState.from_docs(AGENT, None, {"killed": True})
     assert (alone.killed, alone.kill_reason) == (True, "")
+
+
+@pytest.mark.parametrize("issued_at", [1, 2, NOW])
+def test_an_action_never_revoked_refuses_no_token(issued_at: int) -> None:
+    """Without a per-action entry for its action, no token is refused for its action, however
+    early it was issued (only the agent-wide bound, 0 when unset, refuses ``iat`` 0)."""
+    state = ControlState(AGENT, revoked_before_action={OTHER_ACTION: NOW + 10.0})
+    assert state.token_revoked(token_claims(issued_at=issued_at)) is None

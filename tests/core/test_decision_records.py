@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from broker.core import decision
 from broker.core.decision import ActionRequest, decide, explain, inputs_hash
 from broker.core.limits import UsageSnapshot
 from broker.core.manifest import Manifest
@@ -133,6 +134,8 @@ DETAILS = [
      "input 'ticket_id' must be a string", None),
     ("missing inputs", req("stripe.refund"), EMPTY, False,
      "missing inputs: amount_usd, ticket_id", None),
+    ("no canonical form", req("zendesk.get_ticket", ticket_id="CS-1\ud800"), EMPTY, False,
+     "inputs have no RFC 8785 canonical form", None),
     ("constraint", refund(600), EMPTY, False, "input 'amount_usd' must be <= 500.0 (max)", None),
     ("concurrency", req("zendesk.get_ticket", **TICKET), UsageSnapshot(in_flight_count=4), False,
      "4 credentials in flight (cap 4)", None),
@@ -161,6 +164,34 @@ def test_refusal_details(
     """Each rule's refusal says exactly what was wrong, and when to retry where that helps."""
     d = decide(request_, MANIFEST, usage, NOW, agent_disabled=disabled)
     assert (d.outcome, d.detail, d.retry_after) == (Outcome.deny, detail, retry_after)
+
+
+EARLY = [
+    pytest.param(refund(5), True, id="agent disabled"),
+    pytest.param(req("stripe.payout", amount_usd=5), False, id="unknown action"),
+    pytest.param(req("zendesk.get_ticket", ticket_id="CS-1", to="x"), False, id="undeclared"),
+    pytest.param(req("stripe.refund", ticket_id="CS-1"), False, id="missing input"),
+]
+
+
+@pytest.mark.parametrize(("request_", "disabled"), EARLY)
+def test_refusals_before_the_inputs_rule_carry_the_inputs_hash(
+    request_: ActionRequest, disabled: bool
+) -> None:
+    """A call refused before its inputs are checked is still recorded with the hash of the
+    inputs it asked with, for this agent and the action it named."""
+    d = decide(request_, MANIFEST, EMPTY, NOW, agent_disabled=disabled)
+    assert d.outcome is Outcome.deny
+    assert d.inputs_hash == inputs_hash(MANIFEST.agent, request_.action, request_.inputs)
+
+
+def test_inputs_without_a_canonical_form_are_recorded_as_unbindable() -> None:
+    """Inputs that have no RFC 8785 form cannot be hashed: the refusal says so, whether the
+    inputs rule or an earlier one refused them."""
+    lone = req("zendesk.get_ticket", ticket_id="CS-1\ud800")
+    for disabled in (False, True):
+        d = decide(lone, MANIFEST, EMPTY, NOW, agent_disabled=disabled)
+        assert (d.outcome, d.inputs_hash) == (Outcome.deny, decision.UNBINDABLE)
 
 
 def test_explain_trace_of_a_refusal_in_full() -> None:

@@ -189,3 +189,26 @@ def test_a_credential_is_unrecorded_from_its_charge_until_its_record_refund_or_e
     led.refund(Charge(), "refunded", NOW)
     assert led.in_flight(NOW + 20) == 2  # reading the count expires "expires"
     assert led.to_json()["unrecorded"] == ["pending"]
+
+
+def test_slot_frees_in_nothing_in_flight_and_under_a_second() -> None:
+    """With nothing in flight there is no slot to wait for; a credential expiring in half a
+    second frees its slot in half a second, not a whole one."""
+    led = ledger()
+    assert led.slot_frees_in(NOW) is None
+    led.charge(Charge(), "a", NOW + 0.5, NOW)
+    led.charge(Charge(), "b", NOW + 30, NOW)
+    assert led.slot_frees_in(NOW) == 0.5
+    assert led.slot_frees_in(NOW + 0.5) == 29.5  # "a" has expired: "b" is the oldest left
+
+
+def test_reported_used_is_the_budget_used_in_the_window() -> None:
+    """What metrics and notifications report is the ledger's own count for that budget and
+    that instant: this day's total, zero once the day has rolled over."""
+    led = ledger()
+    led.charge(Charge(charges={USD: 7.5, "tool-calls": 1.0}), "a", NOW + 30, NOW - 10)
+    assert led.reported_used(USD, NOW - 1) == 7.5
+    assert led.reported_used("tool-calls", NOW - 1) == 1.0
+    assert led.reported_used(USD, NOW) == 0.0
+    led.charge(Charge(charges={USD: 2.0}), "b", NOW + 30, NOW + 5)
+    assert led.reported_used(USD, NOW + 6) == 2.0

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from broker.core.manifest import Manifest
+from broker.core.manifest import Manifest, Problems
 from broker.scopes.loader import load_model_text
 from tests.core.test_manifest import R, _drop, _set, mutated
 
@@ -136,3 +136,12 @@ def test_several_problems_of_one_model_are_listed_with_their_paths() -> None:
         f"cost.refunds-usd: 'inputs.amount_usd' {NO_REFUND}; "
         f"cost.refunds-usd-hourly: 'inputs.amount_usd' {NO_REFUND}"
     ) in str(info.value)
+
+
+def test_a_problem_of_the_model_itself_is_placed_here() -> None:
+    """A problem with an empty path (the failing model as a whole) reads "(here)", the others
+    their dotted path; the issues are kept as given."""
+    issues = [((), "expected a mapping"), (("any", "0"), "unknown operator")]
+    problems = Problems(issues)
+    assert str(problems) == "(here): expected a mapping; any.0: unknown operator"
+    assert problems.issues == issues
