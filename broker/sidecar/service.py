@@ -42,6 +42,12 @@ from broker.sidecar.runtime import Runtime
 log = logging.getLogger("broker.sidecar.service")
 
 RETRY_AFTER_UNAVAILABLE = 2
+# Refusals that, with the fleet's ledger unreachable, mean "cannot ask for more", not "spent".
+_SHARED_LIMITS = (
+    ReasonCode.budget_exhausted,
+    ReasonCode.rate_limited,
+    ReasonCode.concurrency_limit,
+)
 
 
 class AuditSink(Protocol):
@@ -221,7 +227,7 @@ class CredentialService:
         decision = decide(
             req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
         )
-        if ledger_problem is not None and decision.reason is ReasonCode.budget_exhausted:
+        if ledger_problem is not None and decision.reason in _SHARED_LIMITS:
             # The slice is spent and the fleet's store cannot be asked for more: money fails
             # closed, and says it is temporary rather than "budget exhausted".
             reason = ReasonCode.ledger_unavailable
@@ -372,7 +378,7 @@ class CredentialService:
         credential_id = _unique_id()
         expires_at = now + spec.ttl
         self.ledger.charge(decision, credential_id, expires_at, now)
-        if isinstance(self.ledger, FleetLedger) and decision.charges:
+        if isinstance(self.ledger, FleetLedger) and self.ledger.must_commit(decision):
             try:  # the spending is in the fleet's document before the credential exists
                 await self.ledger.commit(self._clock())
             except BrokerError as exc:

@@ -20,12 +20,21 @@ NOW = 1_700_000_000.0
 TTL = 30.0
 
 
-def take(doc: Any, replica: str, need: float, spent: float = 0, now: float = NOW) -> Any:
+def take(
+    doc: Any,
+    replica: str,
+    need: float,
+    spent: float = 0,
+    now: float = NOW,
+    budgets: dict[str, Budget] = BUDGETS,
+    held: frozenset[str] | None = None,
+) -> Any:
     window = window_start(now, DAY.per)
     return lease(
         doc,
         PATH,
-        budgets=BUDGETS,
+        budgets=budgets,
+        held=held or frozenset(),
         replica=replica,
         spent={"usd": (window, Decimal(repr(spent)))},
         needs={"usd": Decimal(repr(need))} if need else {},
@@ -103,7 +112,7 @@ def test_a_replica_reporting_after_its_lease_was_reclaimed_is_told() -> None:
     doc = take(None, "slow", need=1)
     doc = take(doc, "other", need=1, now=NOW + TTL + 1)
     with pytest.raises(LeaseLost):
-        take(doc, "slow", need=0, spent=1, now=NOW + TTL + 2)
+        take(doc, "slow", need=0, spent=1, now=NOW + TTL + 2, held=frozenset({"usd"}))
 
 
 def test_give_back_frees_the_rest_at_once() -> None:
@@ -229,3 +238,84 @@ def test_status_prints_used_leased_free_and_window_end(capsys: pytest.CaptureFix
     end = window_start(NOW, DAY.per) + DAY.per
     assert out[0] == f"  budget usd: used 3 of 100.0, free 50.0, leased r1 47, window ends {end}"
     assert out[1] == "  ledger: ledger_invalid: ledger/a: budgets.usd.used ..."
+
+
+def test_an_exact_budget_is_reserved_per_call() -> None:
+    """A budget marked exact never hands out a slice ahead: each grant is what the call needs."""
+    exact = {"usd": Budget(limit=100, per=86400, exact=True)}
+    doc = take(None, "r1", need=2, budgets=exact)
+    assert grants(doc, "r1")["usd"].granted == 2
+    assert grants(take(None, "r1", need=2), "r1")["usd"].granted > 2  # not exact: a slice
+
+
+def test_spending_made_on_a_local_share_is_counted_when_reported() -> None:
+    """Spending beyond the grant (made while the store was away) raises granted, never lost."""
+    doc = take(None, "r1", need=0, spent=7)
+    entry = doc["budgets"]["usd"]["leases"]["r1"]
+    assert (entry["granted"], entry["spent"]) == ("7", "7")
+
+
+def ask(doc: Any, replica: str, in_use: int, need: int, now: float = NOW) -> Any:
+    return lease(
+        doc,
+        PATH,
+        budgets={},
+        replica=replica,
+        spent={},
+        needs={},
+        now=now,
+        ttl=TTL,
+        slots=fleetdoc.SlotAsk(limit=5, in_use=in_use, need=need, hold=60.0),
+    )
+
+
+def test_slots_never_add_up_past_the_cap() -> None:
+    """Whatever four replicas ask, granted and held slots never exceed the cap."""
+    doc = None
+    for i in range(40):
+        doc = ask(doc, f"r{i % 4}", in_use=min(i // 4, 1), need=1)
+        slots = doc["slots"]
+        taken = sum(x["granted"] for x in slots["leases"].values())
+        assert taken + sum(h[0] for h in slots["held"]) <= 5
+
+
+def test_a_dead_replicas_slots_are_held_until_its_credentials_expire() -> None:
+    """An expired slot lease keeps its slots until expiry + hold, then they are free again."""
+    doc = ask(None, "dead", in_use=0, need=1)
+    granted = fleetdoc.slot_grant(doc, "dead")[0]
+    assert granted >= 1
+    doc = ask(doc, "live", in_use=0, need=0, now=NOW + TTL + 1)
+    assert fleetdoc.slots_free(doc["slots"]) == 5 - granted
+    doc = ask(doc, "live", in_use=0, need=0, now=NOW + TTL + 61)
+    assert fleetdoc.slots_free(doc["slots"]) == 5
+
+
+def test_a_full_cap_gives_the_spare_slots_back() -> None:
+    """A replica asking a slot when none is free keeps only the slots in use."""
+    doc = ask(None, "r1", in_use=0, need=5)
+    doc = ask(doc, "r2", in_use=0, need=1)
+    assert fleetdoc.slot_grant(doc, "r2")[0] == 0
+    doc = ask(doc, "r1", in_use=2, need=5)  # r1 cannot get 5 more: keeps its 2 in use
+    assert fleetdoc.slot_grant(doc, "r1")[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("slots", "field"),
+    [
+        ({"limit": -1, "leases": {}, "held": []}, "slots.limit"),
+        ({"limit": 4, "leases": {}, "held": "x"}, "slots.held"),
+        ({"limit": 4, "leases": {}, "held": [[1]]}, "slots.held.0"),
+        (
+            {"limit": 4, "leases": {"r": {"granted": "2", "expires": 1, "hold": 1}}, "held": []},
+            "slots.leases.r.granted",
+        ),
+        (
+            {"limit": 4, "leases": {"r": {"granted": 2, "expires": "soon", "hold": 1}}, "held": []},
+            "slots.leases.r.expires",
+        ),
+    ],
+)
+def test_nonsense_slots_are_refused_naming_the_field(slots: Any, field: str) -> None:
+    """A slots section edited into nonsense: LedgerInvalid naming the field, never a reset."""
+    with pytest.raises(LedgerInvalid, match=field.replace(".", r"\.")):
+        fleetdoc.validate({"format": 1, "budgets": {}, "slots": slots}, PATH)
