@@ -278,6 +278,7 @@ class FleetLedger(UsageLedger):
         self._fleet_used = {
             name: (b["window_start"], Decimal(b["used"]))
             for name, b in fleetdoc.summary(doc, path, now).items()
+            if "window_start" in b
         }
         self._reported = max(self._reported, covered)
 

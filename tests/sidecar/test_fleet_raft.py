@@ -11,9 +11,22 @@ import pytest
 
 from broker.dev.devstack import DevServer
 from broker.dev.raft import RaftCluster
+from tests.harness import unique_agent, write_manifest
 from tests.sidecar.test_fleet_live import allowed_in_trails, fleet_manifest, replicas, spread
 
 pytestmark = pytest.mark.integration
+
+LIMITED = """\
+agent: {agent}
+policy_version: fleet-limits-1
+system_owner: platform@acme.example
+risk_owner: risk@acme.example
+{limits}
+actions:
+  read.thing:
+    accountable: owner@acme.example
+    credential: {{kind: jwt, audience: things, ttl: 60s}}
+"""
 
 
 @dataclass(frozen=True)
@@ -37,3 +50,27 @@ async def test_four_replicas_on_raft_mint_exactly_the_budget(
         assert counts[(200, "allow")] == 100, counts
         assert counts[(403, "budget_exhausted")] == 300, counts
         assert allowed_in_trails(sidecars) == 100
+
+
+@pytest.mark.parametrize(
+    ("limits", "cap", "reason"),
+    [
+        ("concurrency: 5", 5, "concurrency_limit"),
+        ("rate: {limit: 30, per: 1d}", 30, "rate_limited"),
+    ],
+)
+async def test_four_replicas_on_raft_hold_a_concurrency_cap_and_a_rate_limit(
+    raft_cluster: RaftCluster, tmp_path: Path, limits: str, cap: int, reason: str
+) -> None:
+    """4 replicas, 200 concurrent requests: a concurrency cap of 5 (60 s credentials) admits
+    exactly 5, and a rate limit of 30 per (aligned) day exactly 30: the declared tolerance
+    inside one window is zero; every other request is refused with the limit's reason."""
+    node = _ActiveNode(raft_cluster.active().addr, raft_cluster.root_token)
+    text = LIMITED.format(agent=unique_agent("fleetlim"), limits=limits)
+    manifest = write_manifest(tmp_path, text)
+    async with AsyncExitStack() as stack:
+        sidecars = await replicas(stack, cast(DevServer, node), manifest, tmp_path, 4)
+        counts = await spread(sidecars, 200)
+        assert counts[(200, "allow")] == cap, counts
+        assert counts[(429, reason)] == 200 - cap, counts
+        assert allowed_in_trails(sidecars) == cap
