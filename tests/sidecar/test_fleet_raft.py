@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,3 +75,26 @@ async def test_four_replicas_on_raft_hold_a_concurrency_cap_and_a_rate_limit(
         assert counts[(200, "allow")] == cap, counts
         assert counts[(429, reason)] == 200 - cap, counts
         assert allowed_in_trails(sidecars) == cap
+
+
+async def test_released_slots_are_reused_across_replicas_never_above_the_cap(
+    raft_cluster: RaftCluster, tmp_path: Path
+) -> None:
+    """Three rounds of 100 concurrent requests over 4 replicas, every credential reported done
+    between rounds: each round admits exactly the cap of 5, so never more than 5 live at once."""
+    node = _ActiveNode(raft_cluster.active().addr, raft_cluster.root_token)
+    text = LIMITED.format(agent=unique_agent("fleetslot"), limits="concurrency: 5")
+    manifest = write_manifest(tmp_path, text)
+    async with AsyncExitStack() as stack:
+        sidecars = await replicas(stack, cast(DevServer, node), manifest, tmp_path, 4)
+
+        async def one(i: int) -> tuple[int, str | None]:
+            status, body, _ = await sidecars[i % 4].ask("read.thing")
+            return i % 4, body["credential"]["credential_id"] if status == 200 else None
+
+        for _ in range(3):
+            minted = [(r, c) for r, c in await asyncio.gather(*map(one, range(100))) if c]
+            assert len(minted) == 5, minted
+            for r, cid in minted:
+                path = f"/v1/credentials/{cid}/outcome"
+                assert (await sidecars[r].raw("POST", path, json={"status": "ok"}))[0] == 200
