@@ -172,14 +172,19 @@ def lease(
     ttl: float,
     held: frozenset[str] = frozenset(),
     slots: SlotAsk | None = None,
+    closed: Mapping[str, tuple[int, Decimal]] | None = None,
 ) -> dict[str, Any]:
     """The document after ``replica`` reports ``spent`` (per budget: window, amount), renews
     its leases and tops up those whose slice cannot cover ``needs``. ``held``: the budgets this
-    replica had a lease on (gone now means reclaimed: ``LeaseLost``)."""
+    replica had a lease on (gone now means reclaimed: ``LeaseLost``). ``closed``: spending made
+    outside any lease (a rate limit's local share), added to ``used`` as it is."""
     new = validate(doc, path)
     for name, budget in budgets.items():
         entry = _entry(new, name, budget, now)
         reclaim(entry, now)
+        window, extra = (closed or {}).get(name, (-1, ZERO))
+        if window == entry["window_start"]:
+            entry["used"] = str(Decimal(entry["used"]) + extra)
         mine = entry["leases"].get(replica)
         window, amount = spent.get(name, (entry["window_start"], ZERO))
         current = window == entry["window_start"]

@@ -83,6 +83,8 @@ class FleetLedger(UsageLedger):
     _replicas: int = 0  # live replicas seen at the last write (0: never reached the store)
     _down: bool = False  # the last write failed: fallback rates run on their local share
     _grants: dict[str, Grant] = field(default_factory=dict)
+    # Calls made on a local share (window, count) per rate, not yet closed into the document.
+    _unreported: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
     _spent: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
     _fleet_used: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
     # Called with a trail record for each slice granted (set by the sidecar: the audit trail).
@@ -171,14 +173,26 @@ class FleetLedger(UsageLedger):
         self, decision: Chargeable, credential_id: str, expires_at: float, now: float
     ) -> None:
         super().charge(decision, credential_id, expires_at, now)
-        for name, amount in self._taken(decision).items():
-            self._spend(name, amount, now)
+        self._account(decision, Decimal(1), now)
         self._charged += 1
 
     def refund(self, decision: Chargeable, credential_id: str, now: float) -> None:
         super().refund(decision, credential_id, now)
+        self._account(decision, Decimal(-1), now)
+
+    def _account(self, decision: Chargeable, sign: Decimal, now: float) -> None:
         for name, amount in self._taken(decision).items():
-            self._spend(name, -amount, now)
+            if self._on_share(name, now):  # outside any lease: closed into used on next write
+                window, old = self._unreported.get(name, (-1, ZERO))
+                start = window_start(now, self._shared[name].per)
+                old = old if window == start else ZERO
+                self._unreported[name] = (start, max(old + sign * amount, ZERO))
+            else:
+                self._spend(name, sign * amount, now)
+
+    def _on_share(self, name: str, now: float) -> bool:
+        rate = self._fleet_rates.get(name)
+        return rate is not None and self._on_local_share(rate, now)
 
     def _taken(self, decision: Chargeable) -> dict[str, Decimal]:
         out = {name: dec(amount) for name, amount in decision.charges.items()}
@@ -187,17 +201,10 @@ class FleetLedger(UsageLedger):
                 out[rate.name] = Decimal(1)
         return out
 
-    def must_commit(self, decision: Chargeable) -> bool:
+    def must_commit(self, decision: Chargeable, now: float) -> bool:
         """Whether the call's spending must be in the document before its credential leaves
         (not for a rate limit running on its local share while the store is away)."""
-        taken = self._taken(decision)
-        if self._down:
-            taken = {
-                n: a
-                for n, a in taken.items()
-                if not (n in self._fleet_rates and self._fleet_rates[n].local_share)
-            }
-        return bool(taken)
+        return any(not self._on_share(n, now) for n in self._taken(decision))
 
     def _spend(self, name: str, amount: Decimal, now: float) -> None:
         per = self._shared[name].per
@@ -238,6 +245,7 @@ class FleetLedger(UsageLedger):
         budgets, spent, covered = self._shared, dict(self._spent), self._charged
         path, replica, ttl = self.store.path, self.replica, self.ttl
         held, slots = frozenset(self._grants), self._slot_ask(now, slot)
+        closed = dict(self._unreported)
 
         def change(doc: dict[str, Any] | None) -> dict[str, Any]:
             return fleetdoc.lease(
@@ -251,6 +259,7 @@ class FleetLedger(UsageLedger):
                 ttl=ttl,
                 held=held,
                 slots=slots,
+                closed=closed,
             )
 
         try:
@@ -265,6 +274,10 @@ class FleetLedger(UsageLedger):
             self._down = True
             raise LedgerUnavailable(f"the fleet usage ledger: {exc.detail}") from exc
         self._down = False
+        for name, (window, amount) in closed.items():
+            now_window, left = self._unreported.get(name, (window, ZERO))
+            if now_window == window:
+                self._unreported[name] = (window, max(left - amount, ZERO))
         self._replicas = max(
             [len(e["leases"]) for e in doc["budgets"].values()]
             + [len(doc.get("slots", {}).get("leases", {})), 1]

@@ -378,7 +378,7 @@ class CredentialService:
         credential_id = _unique_id()
         expires_at = now + spec.ttl
         self.ledger.charge(decision, credential_id, expires_at, now)
-        if isinstance(self.ledger, FleetLedger) and self.ledger.must_commit(decision):
+        if isinstance(self.ledger, FleetLedger) and self.ledger.must_commit(decision, now):
             try:  # the spending is in the fleet's document before the credential exists
                 await self.ledger.commit(self._clock())
             except BrokerError as exc:

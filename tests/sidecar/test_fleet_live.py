@@ -24,6 +24,7 @@ from broker.ops.control import Control
 from broker.scopes.loader import load_manifest
 from broker.vault.bootstrap import bootstrap
 from broker.vault.kv import kv_read, kv_write
+from broker.vault.layout import KV_MOUNT, sidecar_policy
 from broker.vault.ledgerstore import ledger_path
 from broker.vault.session import make_client
 from tests.harness import (
@@ -252,3 +253,68 @@ async def test_sigkilled_replica_slice_returns_and_a_fresh_replica_continues(
         assert returned_after < ttl + 10
         status, body, _ = await fresh.ask("read.thing")
         assert (status, body["reason"]) == (403, "budget_exhausted")  # 3 + the rest, no more
+
+
+SHARED = """\
+agent: {agent}
+policy_version: fleet-fallback-1
+system_owner: platform@acme.example
+risk_owner: risk@acme.example
+budgets:
+  usd: {{limit: 100, per: 1d, unit: usd}}
+rate: {{limit: 20, per: 1d, fallback: local_share}}
+actions:
+  read.thing:
+    accountable: owner@acme.example
+    credential: {{kind: jwt, audience: things, ttl: 60s}}
+  pay.out:
+    accountable: owner@acme.example
+    credential: {{kind: jwt, audience: pay, ttl: 60s}}
+    cost: {{usd: 1}}
+"""
+
+
+def _ledger_rule_withdrawn(openbao: DevServer, agent: str, withdrawn: bool) -> None:
+    """Take this agent's ledger rule out of its sidecar policy (the store refuses its writes),
+    or put the policy back as bootstrap wrote it."""
+    client, name = root_client(openbao), sidecar_policy(agent)
+    hcl = client.sys.read_policy(name)["data"]["rules"]
+    rule = f'path "{KV_MOUNT}/data/ledger/{agent}"'
+    if withdrawn:
+        hcl = hcl.replace(rule, f'path "{KV_MOUNT}/data/ledger-withdrawn/{agent}"')
+    else:
+        hcl = hcl.replace(f'path "{KV_MOUNT}/data/ledger-withdrawn/{agent}"', rule)
+    client.sys.create_or_update_policy(name, hcl)
+
+
+async def test_store_refusing_a_rate_limit_falls_back_to_its_local_share_money_fails_closed(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """The ledger store refuses this agent's writes: a rate limit marked local_share allows
+    limit / replicas (20 / 2) per replica, the money budget refuses 503 ledger_unavailable with
+    Retry-After; once the store is back the calls made on the share are counted, not lost."""
+    ttl = 2.0
+    manifest = write_manifest(tmp_path, SHARED.format(agent=unique_agent("fallback")))
+    agent = load_manifest(manifest).agent
+    async with AsyncExitStack() as stack:
+        a, b = await replicas(stack, openbao, manifest, tmp_path, 2, ledger_lease_ttl=ttl)
+        # b first: a's write then sees both leases, so a's share is 20 / 2
+        assert [(await h.ask("read.thing"))[0] for h in (b, a)] == [200, 200]
+        _ledger_rule_withdrawn(openbao, agent, True)
+        try:
+            await asyncio.sleep(ttl)  # the slices lapse: from now on only the local share
+            status, body, headers = await a.ask("pay.out")
+            assert (status, body["reason"]) == (503, "ledger_unavailable"), body
+            assert int(headers["Retry-After"]) >= 1
+            answers = [(await a.ask("read.thing"))[0] for _ in range(15)]
+            assert answers.count(200) == 9, answers  # 10 per replica, one made before
+            assert set(answers[9:]) == {503}
+        finally:
+            _ledger_rule_withdrawn(openbao, agent, False)
+        deadline = time.monotonic() + 10
+        while (await a.ask("pay.out"))[0] != 200:
+            assert time.monotonic() < deadline, "minting did not resume after the store came back"
+            await asyncio.sleep(0.2)
+        doc = kv_read(root_client(openbao), ledger_path(agent))
+        seen = summary(doc, ledger_path(agent), time.time())["rate:agent:86400"]
+        assert Decimal(seen["used"]) == 12  # b's 1, a's 1 + 9 on the share + the last pay.out
