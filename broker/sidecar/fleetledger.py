@@ -89,6 +89,8 @@ class FleetLedger(UsageLedger):
     _fleet_used: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
     # Called with a trail record for each slice granted (set by the sidecar: the audit trail).
     on_event: Callable[[dict[str, Any]], None] | None = None
+    # Called with (budget, fleet's used, leased out unspent, limit) after each write (/metrics).
+    on_usage: Callable[[str, float, float, float], None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _charged: int = 0  # charges made so far
     _reported: int = 0  # charges covered by the last successful write
@@ -288,11 +290,18 @@ class FleetLedger(UsageLedger):
             old = before.get(name)
             if old is None or grant.granted > old.granted or grant.window_start != old.window_start:
                 self._announce("grant", name, grant, now)
+        seen = fleetdoc.summary(doc, path, now)
         self._fleet_used = {
             name: (b["window_start"], Decimal(b["used"]))
-            for name, b in fleetdoc.summary(doc, path, now).items()
+            for name, b in seen.items()
             if "window_start" in b
         }
+        if self.on_usage is not None:
+            for name in self._manifest.budgets:
+                entry = seen.get(name, {})
+                leased = sum((Decimal(x) for x in entry.get("leased", {}).values()), ZERO)
+                used = float(entry.get("used", 0))
+                self.on_usage(name, used, float(leased), float(self.limits[name]))
         self._reported = max(self._reported, covered)
 
     async def give_back(self, now: float) -> list[dict[str, Any]]:

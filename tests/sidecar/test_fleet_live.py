@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from broker.audit.records import verify_lines
 from broker.core.fleetdoc import summary
@@ -318,3 +319,31 @@ async def test_store_refusing_a_rate_limit_falls_back_to_its_local_share_money_f
         doc = kv_read(root_client(openbao), ledger_path(agent))
         seen = summary(doc, ledger_path(agent), time.time())["rate:agent:86400"]
         assert Decimal(seen["used"]) == 12  # b's 1, a's 1 + 9 on the share + the last pay.out
+
+
+async def test_metrics_export_used_leased_and_limit_of_the_fleet(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """After a few calls on two replicas, each replica's /metrics shows the budget's limit, the
+    fleet's usage and what the fleet's live leases hold unspent, as the document says."""
+    manifest = fleet_manifest(tmp_path, 40)
+    agent = load_manifest(manifest).agent
+    async with AsyncExitStack() as stack:
+        a, b = await replicas(stack, openbao, manifest, tmp_path, 2)
+        for h in (a, b, a, b, a):
+            assert (await h.ask("read.thing"))[0] == 200
+        shown = summary(
+            kv_read(root_client(openbao), ledger_path(agent)), ledger_path(agent), time.time()
+        )["calls"]
+        async with a.http.get(f"{a.url}/metrics") as resp:
+            text = await resp.text()
+    values = {
+        (s.name, s.labels.get("budget")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert values[("broker_budget_limit", "calls")] == 40
+    assert values[("broker_budget_used", "calls")] == 5  # a wrote last: the fleet's 5
+    leased = sum(Decimal(v) for v in shown["leased"].values())
+    assert leased > 0
+    assert values[("broker_budget_leased", "calls")] == float(leased)
