@@ -149,10 +149,13 @@ def free_of(entry: Mapping[str, Any]) -> Decimal:
     return Decimal(entry["limit"]) - Decimal(entry["used"]) - held
 
 
-def slice_size(free: Decimal, need: Decimal, replicas: int) -> Decimal:
-    """What to take: a share of what is free, so the others still find some, but never less
-    than the call needs (near the cap this is a reservation for exactly one call)."""
+def slice_size(free: Decimal, need: Decimal, replicas: int, want: Decimal | None = None) -> Decimal:
+    """What to take: a share of what is free, so the others still find some, no more than the
+    observed rate asks for (``want``), but never less than the call needs (near the cap this
+    is a reservation for exactly one call)."""
     share = free / (2 * max(replicas, 1))
+    if want is not None:
+        share = min(share, want)
     if share > need > 0:
         # Whole calls only: fractions of a call left in several slices would add up to a
         # call nobody can make (99 minted of 100).
@@ -173,11 +176,16 @@ def lease(
     held: frozenset[str] = frozenset(),
     slots: SlotAsk | None = None,
     closed: Mapping[str, tuple[int, Decimal]] | None = None,
+    wants: Mapping[str, Decimal] | None = None,
+    ahead: Mapping[str, Decimal] | None = None,
 ) -> dict[str, Any]:
     """The document after ``replica`` reports ``spent`` (per budget: window, amount), renews
     its leases and tops up those whose slice cannot cover ``needs``. ``held``: the budgets this
     replica had a lease on (gone now means reclaimed: ``LeaseLost``). ``closed``: spending made
-    outside any lease (a rate limit's local share), added to ``used`` as it is."""
+    outside any lease (a rate limit's local share), added to ``used`` as it is. ``wants``: the
+    slice the observed rate asks for; ``ahead``: spending reported before it happens (never past
+    the grant), so that calls in the next moment need no write; a dead replica's unused ahead
+    counts as spent (lost to the window, never overspent)."""
     new = validate(doc, path)
     for name, budget in budgets.items():
         entry = _entry(new, name, budget, now)
@@ -199,19 +207,27 @@ def lease(
             # Spending made on a local share while the store was away: it was spent all the same.
             mine["granted"] = str(max(Decimal(mine["granted"]), Decimal(mine["spent"])))
         mine["expires"] = now + ttl
-        _top_up(entry, mine, needs.get(name, ZERO), budget.exact)
+        want = None if wants is None or name not in wants else wants[name]
+        _top_up(entry, mine, needs.get(name, ZERO), budget.exact, want)
+        if ahead and current and name in ahead:
+            mine["spent"] = str(
+                max(Decimal(mine["spent"]), min(Decimal(mine["granted"]), amount + ahead[name]))
+            )
     if slots is not None:
         lease_slots(new, replica, slots, now, ttl)
     return new
 
 
-def _top_up(entry: dict[str, Any], mine: dict[str, Any], need: Decimal, exact: bool) -> None:
+def _top_up(
+    entry: dict[str, Any], mine: dict[str, Any], need: Decimal, exact: bool, want: Decimal | None
+) -> None:
     left = Decimal(mine["granted"]) - Decimal(mine["spent"])
     if need <= left:
         return
     free = free_of(entry)
     if free >= need - left:
-        grant = need - left if exact else slice_size(free, need - left, len(entry["leases"]))
+        live = len(entry["leases"])
+        grant = need - left if exact else slice_size(free, need - left, live, want)
         mine["granted"] = str(Decimal(mine["granted"]) + grant)
     else:  # a rest too small for this call goes back: with others' rests it may fit
         mine["granted"] = mine["spent"]
@@ -301,8 +317,9 @@ def give_back(
         mine = entry["leases"].pop(replica, None)
         if mine is None:
             continue
-        window, amount = spent.get(name, (entry["window_start"], ZERO))
-        final = max(Decimal(mine["spent"]), amount if window == entry["window_start"] else ZERO)
+        window, amount = spent.get(name, (-1, ZERO))
+        # What was really spent: the document may hold spending reported ahead of time.
+        final = amount if window == entry["window_start"] else Decimal(mine["spent"])
         entry["used"] = str(Decimal(entry["used"]) + final)
     return new
 

@@ -10,7 +10,8 @@ that is the declared tolerance.) The concurrency cap is shared as slots.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from broker.core.decision import ActionRequest
@@ -77,3 +78,32 @@ def call_needs(manifest: Manifest, req: ActionRequest) -> dict[str, Decimal]:
 def longest_ttl(manifest: Manifest) -> int:
     """How long a credential minted now may live: a dead replica's slots are held that long."""
     return max((a.credential.ttl for a in manifest.actions.values()), default=0)
+
+
+METER_SECONDS = 1.0  # how far back the observed rate looks
+
+
+@dataclass
+class RateMeter:
+    """Spending per second of each shared entry over the last ``METER_SECONDS`` (time passed
+    in): what sizes a replica's slices and how far ahead it reports its spending."""
+
+    _seen: dict[str, deque[tuple[float, Decimal]]] = field(default_factory=dict)
+
+    def add(self, name: str, amount: Decimal, now: float) -> None:
+        if amount > 0:
+            self._seen.setdefault(name, deque()).append((now, amount))
+
+    def _recent(self, name: str, now: float) -> deque[tuple[float, Decimal]]:
+        seen = self._seen.get(name, deque())
+        while seen and seen[0][0] <= now - METER_SECONDS:
+            seen.popleft()
+        return seen
+
+    def calls(self, name: str, now: float) -> int:
+        """Charges per second."""
+        return len(self._recent(name, now))
+
+    def amount(self, name: str, now: float) -> Decimal:
+        """Spending per second."""
+        return sum((a for _, a in self._recent(name, now)), Decimal(0)) / Decimal(METER_SECONDS)

@@ -35,6 +35,7 @@ from broker.core.decision import ActionRequest
 from broker.core.errors import BackendUnavailable, BrokerError, LedgerInvalid
 from broker.core.fleetdoc import ZERO, Grant, SlotAsk, dec
 from broker.core.fleetshare import (
+    RateMeter,
     SharedRate,
     call_needs,
     longest_ttl,
@@ -46,6 +47,12 @@ from broker.core.limits import AGENT_RATE_KEY, Chargeable, UsageLedger, window_e
 from broker.core.manifest import Budget, Manifest
 
 DEFAULT_LEASE_TTL = 30.0
+# At a steady rate of at least AHEAD_FROM calls per second on an entry, a replica reports the
+# next AHEAD_SECONDS of its spending with this one, so its mints in between need no write: one
+# write per replica and entry every AHEAD_SECONDS at most, whatever the rate. The price: if it
+# dies, that much of its slice counts as spent (never more than the limit is minted).
+AHEAD_SECONDS = Decimal("0.5")
+AHEAD_FROM = 10
 
 
 class LedgerStore(Protocol):
@@ -92,8 +99,7 @@ class FleetLedger(UsageLedger):
     # Called with (budget, fleet's used, leased out unspent, limit) after each write (/metrics).
     on_usage: Callable[[str, float, float, float], None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _charged: int = 0  # charges made so far
-    _reported: int = 0  # charges covered by the last successful write
+    meter: RateMeter = field(default_factory=RateMeter)
 
     def configure(self, manifest: Manifest) -> None:
         super().configure(manifest)
@@ -176,7 +182,6 @@ class FleetLedger(UsageLedger):
     ) -> None:
         super().charge(decision, credential_id, expires_at, now)
         self._account(decision, Decimal(1), now)
-        self._charged += 1
 
     def refund(self, decision: Chargeable, credential_id: str, now: float) -> None:
         super().refund(decision, credential_id, now)
@@ -210,6 +215,7 @@ class FleetLedger(UsageLedger):
 
     def _spend(self, name: str, amount: Decimal, now: float) -> None:
         per = self._shared[name].per
+        self.meter.add(name, amount, now)
         self._spent[name] = (window_start(now, per), max(self._spent_in(name, now) + amount, ZERO))
 
     # -- the store ---------------------------------------------------------------------------
@@ -228,11 +234,35 @@ class FleetLedger(UsageLedger):
         return cap is not None and self._spare_slots(now) < 1
 
     async def commit(self, now: float) -> None:
-        """Return once the spending of every charge made so far is in the document."""
-        target = self._charged
+        """Return once the spending of every charge made so far is in the document (reported
+        ahead by an earlier write, or by one now that covers every charge made meanwhile)."""
+        if self._covered(now):
+            return
         async with self._lock:
-            if self._reported < target:
+            if not self._covered(now):
                 await self._write({}, now)
+
+    def _covered(self, now: float) -> bool:
+        for name, (window, amount) in self._spent.items():
+            grant = self._grants.get(name)
+            if amount > 0 and (
+                grant is None or grant.window_start != window or grant.spent < amount
+            ):
+                return False
+        return True
+
+    def _rates_seen(self, now: float) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+        """Per entry: the slice the observed rate asks for (half a TTL of spending), and how
+        much spending to report ahead (none for exact budgets or slow spending)."""
+        wants, ahead = {}, {}
+        for name, budget in self._shared.items():
+            if self.meter.calls(name, now) == 0:
+                continue
+            rate = self.meter.amount(name, now)
+            wants[name] = rate * Decimal(self.ttl) / 2
+            if not budget.exact and self.meter.calls(name, now) >= AHEAD_FROM:
+                ahead[name] = rate * AHEAD_SECONDS
+        return wants, ahead
 
     def _slot_ask(self, now: float, need: bool) -> SlotAsk | None:
         assert self._manifest is not None
@@ -244,7 +274,8 @@ class FleetLedger(UsageLedger):
     async def _write(self, needs: Mapping[str, Decimal], now: float, slot: bool = False) -> None:
         assert self.store is not None
         assert self._manifest is not None
-        budgets, spent, covered = self._shared, dict(self._spent), self._charged
+        budgets, spent = self._shared, dict(self._spent)
+        wants, ahead = self._rates_seen(now)
         path, replica, ttl = self.store.path, self.replica, self.ttl
         held, slots = frozenset(self._grants), self._slot_ask(now, slot)
         closed = dict(self._unreported)
@@ -262,6 +293,8 @@ class FleetLedger(UsageLedger):
                 held=held,
                 slots=slots,
                 closed=closed,
+                wants=wants,
+                ahead=ahead,
             )
 
         try:
@@ -302,7 +335,6 @@ class FleetLedger(UsageLedger):
                 leased = sum((Decimal(x) for x in entry.get("leased", {}).values()), ZERO)
                 used = float(entry.get("used", 0))
                 self.on_usage(name, used, float(leased), float(self.limits[name]))
-        self._reported = max(self._reported, covered)
 
     async def give_back(self, now: float) -> list[dict[str, Any]]:
         """On shutdown: close this replica's leases, so their unspent rest is free at once.

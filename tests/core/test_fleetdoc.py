@@ -319,3 +319,32 @@ def test_nonsense_slots_are_refused_naming_the_field(slots: Any, field: str) -> 
     """A slots section edited into nonsense: LedgerInvalid naming the field, never a reset."""
     with pytest.raises(LedgerInvalid, match=field.replace(".", r"\.")):
         fleetdoc.validate({"format": 1, "budgets": {}, "slots": slots}, PATH)
+
+
+def test_slice_follows_the_observed_rate_within_the_fair_share() -> None:
+    """A slow replica takes what its rate asks for, a fast one no more than its fair share."""
+    assert slice_size(Decimal(1000), Decimal(1), 1, want=Decimal(7)) == 7
+    assert slice_size(Decimal(1000), Decimal(1), 1, want=Decimal(900)) == 500
+    assert slice_size(Decimal(1000), Decimal(3), 1, want=Decimal(0)) == 3  # never below the call
+
+
+def test_spending_reported_ahead_never_passes_the_grant_and_give_back_is_exact() -> None:
+    """Spending reported ahead stays within the grant; a clean shutdown closes only what was
+    really spent, so the unspent rest (ahead included) is free again."""
+    window = window_start(NOW, DAY.per)
+    doc = take(None, "r1", need=1)
+    granted = grants(doc, "r1")["usd"].granted
+    doc = lease(
+        doc,
+        PATH,
+        budgets=BUDGETS,
+        replica="r1",
+        spent={"usd": (window, Decimal(2))},
+        needs={},
+        now=NOW,
+        ttl=TTL,
+        ahead={"usd": Decimal(10_000)},
+    )
+    assert grants(doc, "r1")["usd"].spent == granted  # capped at the grant
+    closed = fleetdoc.give_back(doc, PATH, "r1", {"usd": (window, Decimal(2))})
+    assert closed["budgets"]["usd"]["used"] == "2"
