@@ -89,9 +89,12 @@ class RateMeter:
     in): what sizes a replica's slices and how far ahead it reports its spending."""
 
     _seen: dict[str, deque[tuple[float, Decimal]]] = field(default_factory=dict)
+    _since: dict[str, float] = field(default_factory=dict)  # start of the current busy spell
 
     def add(self, name: str, amount: Decimal, now: float) -> None:
         if amount > 0:
+            if not self._recent(name, now):
+                self._since[name] = now
             self._seen.setdefault(name, deque()).append((now, amount))
 
     def _recent(self, name: str, now: float) -> deque[tuple[float, Decimal]]:
@@ -100,10 +103,16 @@ class RateMeter:
             seen.popleft()
         return seen
 
-    def calls(self, name: str, now: float) -> int:
+    def _span(self, name: str, now: float) -> Decimal:
+        # A spell younger than the window is measured over its own length (at least 0.1 s),
+        # or a replica that just started would see a tenth of its rate.
+        young = now - self._since.get(name, now)
+        return Decimal(repr(min(max(young, 0.1), METER_SECONDS)))
+
+    def calls(self, name: str, now: float) -> Decimal:
         """Charges per second."""
-        return len(self._recent(name, now))
+        return len(self._recent(name, now)) / self._span(name, now)
 
     def amount(self, name: str, now: float) -> Decimal:
         """Spending per second."""
-        return sum((a for _, a in self._recent(name, now)), Decimal(0)) / Decimal(METER_SECONDS)
+        return sum((a for _, a in self._recent(name, now)), Decimal(0)) / self._span(name, now)

@@ -10,6 +10,7 @@ import pytest
 from broker.core import fleetdoc
 from broker.core.errors import LedgerInvalid
 from broker.core.fleetdoc import LeaseLost, grants, lease, slice_size, summary
+from broker.core.fleetshare import RateMeter
 from broker.core.limits import window_start
 from broker.core.manifest import Budget
 
@@ -348,3 +349,13 @@ def test_spending_reported_ahead_never_passes_the_grant_and_give_back_is_exact()
     assert grants(doc, "r1")["usd"].spent == granted  # capped at the grant
     closed = fleetdoc.give_back(doc, PATH, "r1", {"usd": (window, Decimal(2))})
     assert closed["budgets"]["usd"]["used"] == "2"
+
+
+def test_the_rate_meter_measures_a_young_spell_over_its_own_length() -> None:
+    """10 calls in the first 0.2 s read as 50/s (not 10/s); a quiet second forgets them."""
+    meter = RateMeter()
+    for i in range(10):
+        meter.add("calls", Decimal(1), NOW + i * 0.02)
+    assert round(meter.calls("calls", NOW + 0.2)) == 50
+    assert round(meter.amount("calls", NOW + 0.2)) == 50
+    assert meter.calls("calls", NOW + 5) == 0
