@@ -113,6 +113,10 @@ class RateMeter:
         """Charges per second."""
         return len(self._recent(name, now)) / self._span(name, now)
 
+    def count(self, name: str, now: float) -> int:
+        """Charges in the window."""
+        return len(self._recent(name, now))
+
     def amount(self, name: str, now: float) -> Decimal:
         """Spending per second."""
         return sum((a for _, a in self._recent(name, now)), Decimal(0)) / self._span(name, now)

@@ -256,11 +256,12 @@ class FleetLedger(UsageLedger):
         much spending to report ahead (none for exact budgets or slow spending)."""
         wants, ahead = {}, {}
         for name, budget in self._shared.items():
-            if self.meter.calls(name, now) == 0:
+            if self.meter.count(name, now) == 0:
                 continue
             rate = self.meter.amount(name, now)
             wants[name] = rate * Decimal(self.ttl) / 2
-            if not budget.exact and self.meter.calls(name, now) >= AHEAD_FROM:
+            steady = self.meter.count(name, now) >= AHEAD_FROM  # not two calls in a blink
+            if not budget.exact and steady and self.meter.calls(name, now) >= AHEAD_FROM:
                 ahead[name] = rate * AHEAD_SECONDS
         return wants, ahead
 
