@@ -347,3 +347,64 @@ async def test_metrics_export_used_leased_and_limit_of_the_fleet(
     leased = sum(Decimal(v) for v in shown["leased"].values())
     assert leased > 0
     assert values[("broker_budget_leased", "calls")] == float(leased)
+
+
+SLOTS = """\
+agent: {agent}
+policy_version: fleet-slots-1
+system_owner: platform@acme.example
+risk_owner: risk@acme.example
+concurrency: 2
+actions:
+  read.thing:
+    accountable: owner@acme.example
+    credential: {{kind: jwt, audience: things, ttl: 3s}}
+"""
+
+
+async def test_sigkilled_replica_holds_its_slots_until_its_credentials_expire(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """A replica holding the whole concurrency cap is SIGKILLed: no other replica gets a slot
+    while its credentials may still be live (lease TTL 2 s + credential TTL 3 s), then the
+    slots come back by themselves."""
+    ttl = 2.0
+    manifest = write_manifest(tmp_path, SLOTS.format(agent=unique_agent("slots")))
+    client = root_client(openbao)
+    bootstrap(client, [grant_for(load_manifest(manifest))], addr=openbao.addr)
+    role_file, secret_file = approle_files(client, load_manifest(manifest).agent, tmp_path / "s")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env.update(
+        VAULT_ADDR=openbao.addr,
+        BROKER_ROLE_ID_FILE=str(role_file),
+        BROKER_SECRET_ID_FILE=str(secret_file),
+        BROKER_LEDGER="vault",
+        BROKER_LEDGER_LEASE_TTL=str(ttl),
+    )
+    port = free_port()
+    doomed = _start(manifest, tmp_path / "doomed" / "audit.jsonl", env, port)
+    try:
+        await _ready(f"http://127.0.0.1:{port}")
+        expiries = []
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):
+                async with http.post(
+                    f"http://127.0.0.1:{port}/v1/credentials", json={"action": "read.thing"}
+                ) as resp:
+                    assert resp.status == 200
+                    expiries.append((await resp.json())["credential"]["expires_at"])
+        doomed.send_signal(signal.SIGKILL)
+    finally:
+        doomed.kill()
+        doomed.wait(10)
+    async with AsyncExitStack() as stack:
+        (fresh,) = await replicas(
+            stack, openbao, manifest, tmp_path / "fresh", 1, ledger_lease_ttl=ttl
+        )
+        status, body, _ = await fresh.ask("read.thing")
+        assert (status, body["reason"]) == (429, "concurrency_limit"), body
+        deadline = time.time() + ttl + 3 + 15
+        while (status := (await fresh.ask("read.thing"))[0]) != 200:
+            assert time.time() < deadline, "the dead replica's slots never came back"
+            await asyncio.sleep(0.2)
+        assert time.time() >= max(expiries)  # not before its credentials had expired
