@@ -6,8 +6,9 @@ import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
+import aiohttp
 import pytest
 
 from broker.dev.devstack import DevServer
@@ -88,8 +89,18 @@ async def test_released_slots_are_reused_across_replicas_never_above_the_cap(
     async with AsyncExitStack() as stack:
         sidecars = await replicas(stack, cast(DevServer, node), manifest, tmp_path, 4)
 
+        # A connection per request: a pooled keep-alive connection the sidecar closes as idle
+        # between rounds would reset a request, and a POST of a credential is not retried.
+        http = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        )
+
+        async def post(r: int, path: str, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
+            async with http.post(f"{sidecars[r].url}{path}", json=body) as resp:
+                return resp.status, await resp.json()
+
         async def one(i: int) -> tuple[int, str | None]:
-            status, body, _ = await sidecars[i % 4].ask("read.thing")
+            status, body = await post(i % 4, "/v1/credentials", {"action": "read.thing"})
             return i % 4, body["credential"]["credential_id"] if status == 200 else None
 
         for _ in range(3):
@@ -97,4 +108,4 @@ async def test_released_slots_are_reused_across_replicas_never_above_the_cap(
             assert len(minted) == 5, minted
             for r, cid in minted:
                 path = f"/v1/credentials/{cid}/outcome"
-                assert (await sidecars[r].raw("POST", path, json={"status": "ok"}))[0] == 200
+                assert (await post(r, path, {"status": "ok"}))[0] == 200
