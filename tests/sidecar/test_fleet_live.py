@@ -117,7 +117,11 @@ async def test_four_replicas_mint_exactly_the_budget(
         sidecars = await replicas(stack, openbao, manifest, tmp_path, 4)
         counts = await spread(sidecars, 240)
         assert counts[(200, "allow")] == 40, counts
-        assert counts[(403, "budget_exhausted")] == 200, counts
+        # Every other request refused: budget_exhausted, or (on a starved machine) a replica
+        # whose control state went stale for a moment: never a mint past the budget.
+        refused = {k: v for k, v in counts.items() if k[0] != 200}
+        assert set(refused) <= {(403, "budget_exhausted"), (503, "control_state_stale")}, counts
+        assert sum(refused.values()) == 200, counts
         assert allowed_in_trails(sidecars) == 40
         # Metrics and budget notifications speak of the fleet's usage, not of one slice.
         seen = [h.sidecar.service.ledger.reported_used("calls", time.time()) for h in sidecars]  # type: ignore[union-attr]
