@@ -255,7 +255,14 @@ def _print_ledger(ledger: dict[str, Any] | None) -> None:
         return
     for name, b in sorted(ledger.items()):
         leased = ", ".join(f"{r} {a}" for r, a in sorted(b["leased"].items())) or "none"
+        if "window_end" not in b:  # the concurrency cap: slots, no window
+            print(
+                f"  concurrency: cap {b['limit']}, free {b['free']}, leased {leased}, "
+                f"held by expired leases {b['held']}"
+            )
+            continue
+        kind = "rate" if name.startswith("rate:") else "budget"
         print(
-            f"  budget {name}: used {b['used']} of {b['limit']}, free {b['free']}, "
+            f"  {kind} {name}: used {b['used']} of {b['limit']}, free {b['free']}, "
             f"leased {leased}, window ends {b['window_end']}"
         )

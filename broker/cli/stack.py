@@ -33,6 +33,12 @@ def register(
     p.add_argument(
         "--no-postgres", action="store_true", help="do not start PostgreSQL for dynamic credentials"
     )
+    p.add_argument(
+        "--replicas",
+        type=_replicas,
+        default=1,
+        help="sidecars per agent (1-16); above 1 they share its limits through Vault",
+    )
     p.set_defaults(func=cmd_up)
 
     p = commands.add_parser(
@@ -174,7 +180,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     vault = vault_from_env(addr=args.vault_addr) if args.vault_addr else None
     try:
         stack = up(
-            args.paths, vault=vault, state_dir=args.state_dir, with_postgres=not args.no_postgres
+            args.paths,
+            vault=vault,
+            state_dir=args.state_dir,
+            with_postgres=not args.no_postgres,
+            replicas=args.replicas,
         )
     except Stop:
         return 0
@@ -249,6 +259,12 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     )
     asyncio.run(serve(config))
     return 0
+
+
+def _replicas(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 16:
+        raise argparse.ArgumentTypeError(f"--replicas must be a whole number 1-16, got {value!r}")
+    return int(value)
 
 
 def ledger_kind(value: str) -> str:

@@ -137,19 +137,38 @@ class _Frozen(BaseModel):
 # -- limits --------------------------------------------------------------------------------
 
 
+# What a replica does with a shared limit when the fleet's ledger store is unreachable and its
+# slice is spent: refuse (503 ledger_unavailable), or (calls-only rate limits) keep going on a
+# local share of limit / replicas, which is no longer exact across the fleet.
+Fallback = Literal["fail_closed", "local_share"]
+
+
 class Budget(_Frozen):
     """An agent-wide budget over a fixed window aligned to the epoch (1d = a UTC day)."""
 
     limit: Number = Field(gt=0)
     per: Duration
     unit: Name = "units"
+    exact: bool = Field(
+        default=False,
+        description="replicas reserve per call in the fleet's ledger, never a slice ahead",
+    )
+    fallback: Fallback = Field(
+        default="fail_closed",
+        description="budgets always fail closed when the fleet's ledger is unreachable",
+    )
 
 
 class RateLimit(_Frozen):
-    """At most ``limit`` allowed calls in any sliding window of ``per`` seconds."""
+    """At most ``limit`` allowed calls in any sliding window of ``per`` seconds (per replica);
+    across a fleet of replicas, at most ``limit`` in each window of ``per`` aligned to the epoch."""
 
     limit: Annotated[int, Strict()] = Field(ge=1)
     per: Duration
+    fallback: Fallback = Field(
+        default="fail_closed",
+        description="local_share: with the fleet's ledger unreachable, limit / replicas each",
+    )
 
 
 RateSpec = Annotated[
@@ -394,12 +413,13 @@ class Manifest(_Frozen):
 
     @model_validator(mode="after")
     def _budgets_and_hash(self) -> Manifest:
-        problems = [
+        problems: list[tuple[Path, str]] = [
             (("actions", name, "cost", budget), f"'{budget}' is not a declared budget")
             for name, action in self.actions.items()
             for budget in action.cost
             if budget not in self.budgets
         ]
+        problems += _sharing_problems(self)
         if problems:
             raise Problems(problems)
         dumped = self.model_dump(mode="json")
@@ -408,6 +428,25 @@ class Manifest(_Frozen):
         digest = hashlib.sha256(canonical_json(dumped)).hexdigest()
         self._content_hash = f"sha256:{digest}"
         return self
+
+
+def _sharing_problems(manifest: Manifest) -> list[tuple[Path, str]]:
+    """Budgets the fleet cannot share as declared: only a calls-only rate limit may fall back
+    to a local share; money and approval-gated budgets always fail closed."""
+    gated = {b for a in manifest.actions.values() if a.approval is not None for b in a.cost}
+    why = "budget_not_shareable: a budget fails closed when the fleet's ledger is unreachable"
+    return [
+        (("budgets", name, "fallback"), f"{why} ({reason}); only rate limits may fall back")
+        for name, budget in manifest.budgets.items()
+        if budget.fallback != "fail_closed"
+        for reason in [
+            "money"
+            if budget.unit != "calls"
+            else "approval-gated"
+            if name in gated
+            else "a calls budget"
+        ]
+    ]
 
 
 def manifest_json_schema() -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """``broker bench fleet --replicas N --kind jwt``: N replicas of one agent sharing a budget
-through the fleet ledger (``BROKER_LEDGER=vault``) against one replica, in the same run.
+through the fleet ledger (``BROKER_LEDGER=vault``) against one replica, in the same run; then
+the exactness trials of a budget, a concurrency cap and a rate limit shared by N replicas.
 
 Replicas run in this one process (one event loop), so on a small machine the ratio shows the
 ledger's overhead rather than added cores; the store's writes per second per budget and the
@@ -24,28 +25,37 @@ agent: {agent}
 policy_version: fleet-bench-1
 system_owner: platform@acme.example
 risk_owner: risk@acme.example
-budgets:
-  calls: {{limit: {limit}, per: 1d, unit: calls}}
+{limits}
 actions:
   read.thing:
     accountable: owner@acme.example
     credential: {{kind: jwt, audience: things, ttl: 60s}}
-    cost: {{calls: 1}}
-"""
+{cost}"""
+BUDGET = "budgets:\n  calls: {{limit: {limit}, per: 1d, unit: calls}}"
+# The exactness trials: (what, manifest lines, the limit, requests over the replicas).
+TRIALS = (
+    ("budget 100", BUDGET.format(limit=100), 100, 1000),
+    ("concurrency cap 5", "concurrency: 5", 5, 200),
+    ("rate 30 per aligned day", "rate: {limit: 30, per: 1d}", 30, 400),
+)
 
 
 def register(commands: Any, bench: Any) -> None:
     b = bench.add_parser("fleet", help="N replicas sharing one budget through the fleet ledger")
     b.add_argument("--replicas", type=int, default=4)
     b.add_argument("--kind", choices=["jwt"], default="jwt")
-    b.add_argument("--requests", type=int, default=400, help="per round and setup")
+    b.add_argument(
+        "--requests", type=int, default=400, help="per round and setup (after a warm-up of 1/4)"
+    )
     b.add_argument("--rounds", type=int, default=3)
-    b.add_argument("--trials", type=int, default=5, help="exactness trials (budget 100)")
+    b.add_argument(
+        "--trials", type=int, default=5, help="exactness trials (budget, concurrency, rate)"
+    )
     b.set_defaults(func=cmd_bench_fleet)
 
 
 @asynccontextmanager
-async def _fleet(server: Any, base: Path, agent: str, limit: int, n: int) -> AsyncIterator[Any]:
+async def _fleet(server: Any, base: Path, agent: str, limits: str, n: int) -> AsyncIterator[Any]:
     from broker.dev.stack import approle_files, grant_for
     from broker.scopes.loader import load_manifest
     from broker.settings import VaultSettings
@@ -54,7 +64,8 @@ async def _fleet(server: Any, base: Path, agent: str, limit: int, n: int) -> Asy
     from broker.vault.session import make_client
 
     path = base / f"{agent}.yaml"
-    path.write_text(MANIFEST.format(agent=agent, limit=limit))
+    cost = "    cost: {calls: 1}\n" if "budgets:" in limits else ""
+    path.write_text(MANIFEST.format(agent=agent, limits=limits, cost=cost))
     client = make_client(server.addr, server.root_token)
     bootstrap(client, [grant_for(load_manifest(path))], addr=server.addr, demo=True)
     async with AsyncExitStack() as stack:
@@ -103,7 +114,11 @@ async def _run(args: argparse.Namespace, server: Any, base: Path) -> None:
     store_rates: list[float] = []
     for r in range(args.rounds):
         for n in (1, args.replicas):
-            async with _fleet(server, base, f"fleet-{n}-{r}", 10**9, n) as sidecars:
+            limits = BUDGET.format(limit=10**9)
+            async with _fleet(server, base, f"fleet-{n}-{r}", limits, n) as sidecars:
+                # A warm-up first: slices and the rate meters settle, then the steady state
+                # is what is measured.
+                await _load(sidecars, max(args.requests // 4, 1))
                 before = _writes(sidecars)
                 allowed, took = await _load(sidecars, args.requests)
                 rates[n].append(allowed / took)
@@ -119,11 +134,18 @@ async def _run(args: argparse.Namespace, server: Any, base: Path) -> None:
         f"median mints/s: 1 replica {one:.0f}, {args.replicas} replicas {many:.0f}, "
         f"ratio {many / one:.2f}; ledger writes/s per budget {statistics.median(store_rates):.1f}"
     )
-    exact = []
-    for t in range(args.trials):
-        async with _fleet(server, base, f"fleet-exact-{t}", 100, args.replicas) as sidecars:
-            exact.append((await _load(sidecars, 1000, 64))[0])
-    print(f"exactness: budget 100, {args.replicas} replicas, 1000 requests: minted {exact}")
+    for k, (what, limits, limit, requests) in enumerate(TRIALS):
+        exact = []
+        for t in range(args.trials):
+            agent = f"fleet-exact-{k}-{t}"
+            async with _fleet(server, base, agent, limits, args.replicas) as sidecars:
+                exact.append((await _load(sidecars, requests, 64))[0])
+        hits = sum(m == limit for m in exact)
+        print(
+            f"exactness: {what}, {args.replicas} replicas, {requests} requests: "
+            f"minted {limit} in {hits} of {len(exact)} trials {exact}",
+            flush=True,
+        )
 
 
 def cmd_bench_fleet(args: argparse.Namespace) -> int:

@@ -191,11 +191,18 @@ def start_sidecar(
     vault: VaultSettings,
     *,
     role_files: tuple[Path, Path] | None,
+    replica: int | None = None,
 ) -> SidecarProcess:
-    socket = stack.state_dir / f"{agent}.sock"
-    audit = stack.state_dir / "audit" / f"{agent}.jsonl"
+    """One sidecar process; with ``replica`` (``broker up --replicas N``) the i-th of several
+    for the agent, with its own socket and trail, sharing the agent's limits through the fleet
+    ledger in Vault (``BROKER_LEDGER=vault``)."""
+    name = agent if replica is None else f"{agent}-r{replica}"
+    socket = stack.state_dir / f"{name}.sock"
+    audit = stack.state_dir / "audit" / f"{name}.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_TOKEN", "BAO_TOKEN"))}
     env["VAULT_ADDR"] = vault.addr
+    if replica is not None:
+        env["BROKER_LEDGER"] = "vault"
     if stack.issuer is not None:
         env["BROKER_ISSUER_URL"] = stack.issuer.url  # the iss of this sidecar's tokens
     if role_files is not None:
@@ -214,7 +221,7 @@ def start_sidecar(
         "--audit",
         str(audit),
     ]
-    log = open(stack.state_dir / f"{agent}.log", "ab")  # noqa: SIM115 - owned by the child
+    log = open(stack.state_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
     process = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
     )
@@ -254,8 +261,10 @@ def up(
     vault: VaultSettings | None,
     state_dir: Path | None = None,
     with_postgres: bool = True,
+    replicas: int = 1,
 ) -> Stack:
-    """Start everything; on any failure, stop what was started and raise."""
+    """Start everything; on any failure, stop what was started and raise. ``replicas`` > 1
+    runs that many sidecars per agent, sharing its budgets, rates and concurrency cap."""
     manifests_with_paths = _load(paths)
     state = state_dir or Path(tempfile.mkdtemp(prefix="broker-up-"))
     state.mkdir(parents=True, exist_ok=True)
@@ -285,8 +294,17 @@ def up(
             if stack.dev_server is not None:  # never publish into a Vault we did not start
                 stack.steps.append(publish_example(client, path, manifest, stack.vault_addr))
                 source = Path(f"vault:{manifest.agent}")
-            files = approle_files(client, manifest.agent, state / "secrets")
-            start_sidecar(stack, source, manifest.agent, sidecar_vault, role_files=files)
+            for i in range(replicas):
+                where = state / "secrets" / (f"r{i}" if replicas > 1 else "")
+                files = approle_files(client, manifest.agent, where)
+                start_sidecar(
+                    stack,
+                    source,
+                    manifest.agent,
+                    sidecar_vault,
+                    role_files=files,
+                    replica=i if replicas > 1 else None,
+                )
         for sc in stack.sidecars:
             wait_ready(sc)
     except BaseException:
@@ -345,7 +363,7 @@ def describe(stack: Stack) -> Iterator[str]:
     if stack.issuer is not None:
         yield f"Issuer:        {stack.issuer.url}  (JWKS: {stack.issuer.url}/.well-known/jwks.json)"
     for sc in stack.sidecars:
-        yield f"sidecar {sc.agent:<24} unix:{sc.socket}  (audit: {sc.audit})"
+        yield f"sidecar {sc.socket.stem:<27} unix:{sc.socket}  (audit: {sc.audit})"
 
 
 def example_request(stack: Stack, manifests: dict[str, Any] | None = None) -> str:

@@ -187,11 +187,12 @@ class Sidecar:
         self.service = CredentialService(
             self.manifest, self.runtime, self.audit, ledger, redact_key=_redact_key(self.config)
         )
-        if isinstance(ledger, FleetLedger):
-            ledger.on_event = self._recorder(self.audit)
         self.service.metrics = SidecarMetrics(
             actions=self.manifest.actions, budgets=self.manifest.budgets, agent=self.manifest.agent
         )
+        if isinstance(ledger, FleetLedger):
+            ledger.on_event = self._recorder(self.audit)
+            ledger.on_usage = self.service.metrics.fleet_budget
         self.runtime.metrics = self.service.metrics
         self.service.approvals.metrics = self.service.metrics
         self._snapshots = asyncio.create_task(self._write_snapshots(ledger), name="snapshots")

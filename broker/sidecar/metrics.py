@@ -70,6 +70,7 @@ METRIC_NAMES = frozenset(
         "broker_mint_seconds",
         "broker_budget_used",
         "broker_budget_limit",
+        "broker_budget_leased",
         "broker_approvals_pending",
         "broker_approval_wait_seconds",
         "broker_revocations_total",
@@ -159,6 +160,12 @@ class SidecarMetrics:
         self._budget_limit = Gauge(
             "broker_budget_limit", "Budget limit per window", ["budget"], registry=r
         )
+        self._budget_leased = Gauge(
+            "broker_budget_leased",
+            "Budget leased out to the fleet's replicas and not yet spent (fleet ledger)",
+            ["budget"],
+            registry=r,
+        )
         self._pending = Gauge(
             "broker_approvals_pending", "Approval requests awaiting a human", registry=r
         )
@@ -237,6 +244,15 @@ class SidecarMetrics:
         budget = self._budget(name)
         self._budget_used.labels(budget=budget).set(used)
         self._budget_limit.labels(budget=budget).set(limit)
+
+    def budget_leased(self, name: str, leased: float) -> None:
+        """What the fleet's live leases hold unspent, as of this replica's last ledger write."""
+        self._budget_leased.labels(budget=self._budget(name)).set(leased)
+
+    def fleet_budget(self, name: str, used: float, leased: float, limit: float) -> None:
+        """The fleet's figures for one budget, as this replica's last ledger write saw them."""
+        self.budget(name, used, limit)
+        self.budget_leased(name, leased)
 
     def approvals_pending(self, n: int) -> None:
         self._pending.set(n)

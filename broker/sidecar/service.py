@@ -46,6 +46,12 @@ RETRY_AFTER_UNAVAILABLE = 2
 # The agent makes its proof just before asking, on the sidecar's own clock: a short window
 # keeps the replay cache small (REPLAY_CACHE_SIZE / 15 s is over 6,000 proofs per second).
 MINT_PROOF_AGE = 10
+# Refusals that, with the fleet's ledger unreachable, mean "cannot ask for more", not "spent".
+_SHARED_LIMITS = (
+    ReasonCode.budget_exhausted,
+    ReasonCode.rate_limited,
+    ReasonCode.concurrency_limit,
+)
 
 
 class AuditSink(Protocol):
@@ -248,7 +254,7 @@ class CredentialService:
         decision = decide(
             req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
         )
-        if ledger_problem is not None and decision.reason is ReasonCode.budget_exhausted:
+        if ledger_problem is not None and decision.reason in _SHARED_LIMITS:
             # The slice is spent and the fleet's store cannot be asked for more: money fails
             # closed, and says it is temporary rather than "budget exhausted".
             reason = ReasonCode.ledger_unavailable
@@ -419,7 +425,7 @@ class CredentialService:
         credential_id = _unique_id()
         expires_at = now + spec.ttl
         self.ledger.charge(decision, credential_id, expires_at, now)
-        if isinstance(self.ledger, FleetLedger) and decision.charges:
+        if isinstance(self.ledger, FleetLedger) and self.ledger.must_commit(decision, now):
             try:  # the spending is in the fleet's document before the credential exists
                 await self.ledger.commit(self._clock())
             except BrokerError as exc:

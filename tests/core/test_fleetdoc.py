@@ -10,6 +10,7 @@ import pytest
 from broker.core import fleetdoc
 from broker.core.errors import LedgerInvalid
 from broker.core.fleetdoc import LeaseLost, grants, lease, slice_size, summary
+from broker.core.fleetshare import RateMeter
 from broker.core.limits import window_start
 from broker.core.manifest import Budget
 
@@ -20,12 +21,21 @@ NOW = 1_700_000_000.0
 TTL = 30.0
 
 
-def take(doc: Any, replica: str, need: float, spent: float = 0, now: float = NOW) -> Any:
+def take(
+    doc: Any,
+    replica: str,
+    need: float,
+    spent: float = 0,
+    now: float = NOW,
+    budgets: dict[str, Budget] = BUDGETS,
+    held: frozenset[str] | None = None,
+) -> Any:
     window = window_start(now, DAY.per)
     return lease(
         doc,
         PATH,
-        budgets=BUDGETS,
+        budgets=budgets,
+        held=held or frozenset(),
         replica=replica,
         spent={"usd": (window, Decimal(repr(spent)))},
         needs={"usd": Decimal(repr(need))} if need else {},
@@ -103,7 +113,7 @@ def test_a_replica_reporting_after_its_lease_was_reclaimed_is_told() -> None:
     doc = take(None, "slow", need=1)
     doc = take(doc, "other", need=1, now=NOW + TTL + 1)
     with pytest.raises(LeaseLost):
-        take(doc, "slow", need=0, spent=1, now=NOW + TTL + 2)
+        take(doc, "slow", need=0, spent=1, now=NOW + TTL + 2, held=frozenset({"usd"}))
 
 
 def test_give_back_frees_the_rest_at_once() -> None:
@@ -229,3 +239,123 @@ def test_status_prints_used_leased_free_and_window_end(capsys: pytest.CaptureFix
     end = window_start(NOW, DAY.per) + DAY.per
     assert out[0] == f"  budget usd: used 3 of 100.0, free 50.0, leased r1 47, window ends {end}"
     assert out[1] == "  ledger: ledger_invalid: ledger/a: budgets.usd.used ..."
+
+
+def test_an_exact_budget_is_reserved_per_call() -> None:
+    """A budget marked exact never hands out a slice ahead: each grant is what the call needs."""
+    exact = {"usd": Budget(limit=100, per=86400, exact=True)}
+    doc = take(None, "r1", need=2, budgets=exact)
+    assert grants(doc, "r1")["usd"].granted == 2
+    assert grants(take(None, "r1", need=2), "r1")["usd"].granted > 2  # not exact: a slice
+
+
+def test_spending_made_on_a_local_share_is_counted_when_reported() -> None:
+    """Spending beyond the grant (made while the store was away) raises granted, never lost."""
+    doc = take(None, "r1", need=0, spent=7)
+    entry = doc["budgets"]["usd"]["leases"]["r1"]
+    assert (entry["granted"], entry["spent"]) == ("7", "7")
+
+
+def ask(doc: Any, replica: str, in_use: int, need: int, now: float = NOW) -> Any:
+    return lease(
+        doc,
+        PATH,
+        budgets={},
+        replica=replica,
+        spent={},
+        needs={},
+        now=now,
+        ttl=TTL,
+        slots=fleetdoc.SlotAsk(limit=5, in_use=in_use, need=need, hold=60.0),
+    )
+
+
+def test_slots_never_add_up_past_the_cap() -> None:
+    """Whatever four replicas ask, granted and held slots never exceed the cap."""
+    doc = None
+    for i in range(40):
+        doc = ask(doc, f"r{i % 4}", in_use=min(i // 4, 1), need=1)
+        slots = doc["slots"]
+        taken = sum(x["granted"] for x in slots["leases"].values())
+        assert taken + sum(h[0] for h in slots["held"]) <= 5
+
+
+def test_a_dead_replicas_slots_are_held_until_its_credentials_expire() -> None:
+    """An expired slot lease keeps its slots until expiry + hold, then they are free again."""
+    doc = ask(None, "dead", in_use=0, need=1)
+    granted = fleetdoc.slot_grant(doc, "dead")[0]
+    assert granted >= 1
+    doc = ask(doc, "live", in_use=0, need=0, now=NOW + TTL + 1)
+    assert fleetdoc.slots_free(doc["slots"]) == 5 - granted
+    doc = ask(doc, "live", in_use=0, need=0, now=NOW + TTL + 61)
+    assert fleetdoc.slots_free(doc["slots"]) == 5
+
+
+def test_a_full_cap_gives_the_spare_slots_back() -> None:
+    """A replica asking a slot when none is free keeps only the slots in use."""
+    doc = ask(None, "r1", in_use=0, need=5)
+    doc = ask(doc, "r2", in_use=0, need=1)
+    assert fleetdoc.slot_grant(doc, "r2")[0] == 0
+    doc = ask(doc, "r1", in_use=2, need=5)  # r1 cannot get 5 more: keeps its 2 in use
+    assert fleetdoc.slot_grant(doc, "r1")[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("slots", "field"),
+    [
+        ({"limit": -1, "leases": {}, "held": []}, "slots.limit"),
+        ({"limit": 4, "leases": {}, "held": "x"}, "slots.held"),
+        ({"limit": 4, "leases": {}, "held": [[1]]}, "slots.held.0"),
+        (
+            {"limit": 4, "leases": {"r": {"granted": "2", "expires": 1, "hold": 1}}, "held": []},
+            "slots.leases.r.granted",
+        ),
+        (
+            {"limit": 4, "leases": {"r": {"granted": 2, "expires": "soon", "hold": 1}}, "held": []},
+            "slots.leases.r.expires",
+        ),
+    ],
+)
+def test_nonsense_slots_are_refused_naming_the_field(slots: Any, field: str) -> None:
+    """A slots section edited into nonsense: LedgerInvalid naming the field, never a reset."""
+    with pytest.raises(LedgerInvalid, match=field.replace(".", r"\.")):
+        fleetdoc.validate({"format": 1, "budgets": {}, "slots": slots}, PATH)
+
+
+def test_slice_follows_the_observed_rate_within_the_fair_share() -> None:
+    """A slow replica takes what its rate asks for, a fast one no more than its fair share."""
+    assert slice_size(Decimal(1000), Decimal(1), 1, want=Decimal(7)) == 7
+    assert slice_size(Decimal(1000), Decimal(1), 1, want=Decimal(900)) == 500
+    assert slice_size(Decimal(1000), Decimal(3), 1, want=Decimal(0)) == 3  # never below the call
+
+
+def test_spending_reported_ahead_never_passes_the_grant_and_give_back_is_exact() -> None:
+    """Spending reported ahead stays within the grant; a clean shutdown closes only what was
+    really spent, so the unspent rest (ahead included) is free again."""
+    window = window_start(NOW, DAY.per)
+    doc = take(None, "r1", need=1)
+    granted = grants(doc, "r1")["usd"].granted
+    doc = lease(
+        doc,
+        PATH,
+        budgets=BUDGETS,
+        replica="r1",
+        spent={"usd": (window, Decimal(2))},
+        needs={},
+        now=NOW,
+        ttl=TTL,
+        ahead={"usd": Decimal(10_000)},
+    )
+    assert grants(doc, "r1")["usd"].spent == granted  # capped at the grant
+    closed = fleetdoc.give_back(doc, PATH, "r1", {"usd": (window, Decimal(2))})
+    assert closed["budgets"]["usd"]["used"] == "2"
+
+
+def test_the_rate_meter_measures_a_young_spell_over_its_own_length() -> None:
+    """10 calls in the first 0.2 s read as 50/s (not 10/s); a quiet second forgets them."""
+    meter = RateMeter()
+    for i in range(10):
+        meter.add("calls", Decimal(1), NOW + i * 0.02)
+    assert round(meter.calls("calls", NOW + 0.2)) == 50
+    assert round(meter.amount("calls", NOW + 0.2)) == 50
+    assert meter.calls("calls", NOW + 5) == 0

@@ -187,3 +187,28 @@ def test_schema_documents_the_shape() -> None:
     assert action["additionalProperties"] is False
     ops = schema["$defs"]["Approval"]["properties"]["when"]["additionalProperties"]["properties"]
     assert set(ops) == set(CONDITION_OPS)
+
+
+@pytest.mark.parametrize(
+    ("budget", "why"),
+    [("refunds-usd", "money"), ("tool-calls", "approval-gated")],
+)
+def test_a_budget_that_cannot_fall_back_to_a_local_share_is_refused(budget: str, why: str) -> None:
+    """Money and approval-gated budgets fail closed: declaring a local fallback is refused with
+    the stable code budget_not_shareable, naming the budget."""
+    data = mutated(_set(f"budgets/{budget}/fallback", "local_share"))
+    with pytest.raises(ValidationError) as info:
+        Manifest.model_validate(data)
+    text = str(info.value)
+    assert "budget_not_shareable" in text
+    assert f"budgets.{budget}.fallback" in text
+    assert why in text
+
+
+def test_a_rate_limit_may_fall_back_to_a_local_share_and_a_budget_may_be_exact() -> None:
+    """A calls-only rate limit may declare fallback local_share; a budget may be exact."""
+    data = mutated(_set("rate", {"limit": 10, "per": "1m", "fallback": "local_share"}))
+    data["budgets"]["refunds-usd"]["exact"] = True
+    manifest = Manifest.model_validate(data)
+    assert manifest.rate[0].fallback == "local_share"
+    assert manifest.budgets["refunds-usd"].exact

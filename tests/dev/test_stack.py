@@ -279,3 +279,78 @@ def test_dev_server_root_token_is_not_in_its_argv(openbao: DevServer) -> None:
     argv = Path(f"/proc/{openbao.pid}/cmdline").read_bytes().decode()
     assert openbao.root_token not in argv
     assert "-dev-root-token-id" not in argv
+
+
+def _post_unix(sock: Path, body: str) -> dict[str, object]:
+    """POST /v1/credentials over a unix socket (HTTP/1.0: the answer ends at close)."""
+    import socket as socketlib
+
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(sock))
+        s.sendall(
+            (
+                "POST /v1/credentials HTTP/1.0\r\nHost: sidecar\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+            ).encode()
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    answer: dict[str, object] = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    return answer
+
+
+def test_up_with_replicas_runs_n_sidecars_sharing_one_budget(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """`broker up --replicas 2`: two sidecars for the agent, each with its own socket and
+    trail, and a budget of 3 calls is 3 for both together, not 3 each."""
+    manifest = tmp_path / "duo.yaml"
+    agent = f"duo-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    manifest.write_text(
+        f"agent: {agent}\npolicy_version: duo-1\nsystem_owner: p@acme.example\n"
+        "risk_owner: r@acme.example\nbudgets:\n  calls: {limit: 3, per: 1d, unit: calls}\n"
+        "actions:\n  read.thing:\n    accountable: o@acme.example\n"
+        "    credential: {kind: jwt, audience: things, ttl: 60s}\n    cost: {calls: 1}\n"
+    )
+    env = _env() | {"VAULT_TOKEN": openbao.root_token}
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [*BROKER, "up", "--vault-addr", openbao.addr, "--no-postgres", "--replicas", "2",
+         "--state-dir", str(state), str(manifest)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while not any("stops everything" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        socks = [state / f"{agent}-r{i}.sock" for i in range(2)]
+        assert all(f"unix:{s}" in "".join(lines) for s in socks)
+        body = '{"action": "read.thing"}'
+        outcomes = [_post_unix(socks[i % 2], body).get("outcome") for i in range(6)]
+        assert outcomes.count("allow") == 3, outcomes
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    trails = [state / "audit" / f"{agent}-r{i}.jsonl" for i in range(2)]
+    assert all(t.exists() for t in trails)
+
+
+@pytest.mark.parametrize("bad", ["0", "17", "two"])
+def test_up_refuses_a_replica_count_out_of_range(bad: str) -> None:
+    """`broker up --replicas` takes 1-16 and names the flag otherwise, starting nothing."""
+    run = subprocess.run(
+        [*BROKER, "up", "--replicas", bad],
+        check=False,
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert "--replicas must be a whole number 1-16" in run.stderr

@@ -59,6 +59,7 @@ def exercised() -> SidecarMetrics:
     m.mint_latency("dynamic", 0.02)
     m.budget("usd", 40.0, 100.0)
     m.budget("usd", 42.5, 100.0)
+    m.budget_leased("usd", 12.0)
     m.approvals_pending(4)
     m.approvals_pending(2)
     m.approval_wait(42.0)
@@ -140,6 +141,7 @@ def test_gauges_hold_the_last_value() -> None:
     s = samples(exercised())
     assert value(s, "broker_budget_used", budget="usd") == 42.5
     assert value(s, "broker_budget_limit", budget="usd") == 100.0
+    assert value(s, "broker_budget_leased", budget="usd") == 12.0
     assert value(s, "broker_approvals_pending") == 2
     assert value(s, "broker_control_lag_seconds") == 7.5
 
