@@ -50,7 +50,8 @@ from broker.core.claims import (
 from broker.core.dpop import PROOF_MAX_AGE, ProofError, ProofRequest, ReplayCache, check_proof
 from broker.core.errors import VerificationError
 from broker.core.jwk import key_matches
-from broker.core.manifest import AGENT_ID_PATTERN, MAX_CREDENTIAL_TTL_SECONDS
+from broker.core.manifest import MAX_CREDENTIAL_TTL_SECONDS
+from broker.core.manifesttypes import AGENT_ID_PATTERN
 
 MAX_LEEWAY = 30
 # A genuine token (a header with one certificate, the claims) is about 1.5 KB: 16 KiB leaves

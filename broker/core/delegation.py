@@ -22,13 +22,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
-from broker.core.manifest import (
+from broker.core.manifest import Manifest
+from broker.core.manifesttypes import (
     AGENT_ID_PATTERN,
     ActionName,
     BudgetName,
     Duration,
     InputName,
-    Manifest,
     Number,
     Scalar,
     Ttl,

@@ -27,7 +27,7 @@ def add_operator_options(p: argparse.ArgumentParser) -> None:
 def agent_id(value: str) -> str:
     """An ``--agent`` value: an agent id exactly as manifests spell them (lower case), so a
     command never acts on a spelling that no sidecar, kill flag or heartbeat uses."""
-    from broker.core.manifest import AGENT_ID_PATTERN
+    from broker.core.manifesttypes import AGENT_ID_PATTERN
 
     if not value.strip():
         raise argparse.ArgumentTypeError(

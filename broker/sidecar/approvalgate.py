@@ -47,7 +47,8 @@ from broker.core.approvals import (
 from broker.core.decision import ActionRequest, Decision
 from broker.core.errors import BrokerError, NotFound
 from broker.core.limits import UsageLedger
-from broker.core.manifest import DEFAULT_APPROVAL_EXPIRY_SECONDS, Manifest
+from broker.core.manifest import Manifest
+from broker.core.manifesttypes import DEFAULT_APPROVAL_EXPIRY_SECONDS
 from broker.core.reasons import ReasonCode
 from broker.sidecar.approvalnotes import ApprovalNotes, approval_message
 from broker.sidecar.metrics import SidecarMetrics
