@@ -8,10 +8,8 @@ started is stopped by process id, in reverse order, on SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from broker.dev.issuerproc import IssuerProcess, start_issuer
 from broker.dev.pgdev import PG_BINDIR, PgCluster, start_cluster, stop_cluster
 from broker.scopes.loader import load_manifests
 from broker.settings import VaultSettings
+from broker.sidecar.probe import probe
 from broker.vault._errors import translate_errors
 from broker.vault.bootstrap import AgentGrant, Step, TokenAction, bootstrap
 from broker.vault.database import DatabaseRole, configure_database
@@ -222,17 +221,6 @@ def start_sidecar(
     sc = SidecarProcess(agent, socket, process, audit)
     stack.sidecars.append(sc)
     return sc
-
-
-def probe(where: str | tuple[str, int], path: str = "/readyz") -> bool:
-    """One GET over a unix socket path or to (host, port): True on a 200."""
-    family = socket.AF_UNIX if isinstance(where, str) else socket.AF_INET
-    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2.0)
-        sock.connect(where)
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: sidecar\r\n\r\n".encode())
-        return sock.recv(64).split(b"\r\n", 1)[0].endswith(b" 200 OK")
-    return False
 
 
 def wait_ready(sc: SidecarProcess, timeout: float = 30.0) -> None:

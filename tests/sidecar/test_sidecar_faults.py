@@ -20,7 +20,7 @@ from broker.audit.file import chain_files
 from broker.audit.records import ChainVerifier
 from broker.core.errors import VerificationError
 from broker.dev.devstack import DevServer
-from broker.dev.stack import probe
+from broker.sidecar.probe import probe
 from broker.vault.pki import fetch_ca_pem
 from broker.verify import Verifier
 from tests.harness import (
