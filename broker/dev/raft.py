@@ -111,6 +111,17 @@ class RaftCluster:
             node.process.send_signal(signal.SIGKILL)
             node.process.wait()
 
+    def restart(self, node: RaftNode) -> None:
+        """Start a killed node again on its own data and address, and unseal it: it rejoins
+        as a standby (so a test that killed one leaves the cluster whole for the next)."""
+        if node.alive():
+            return
+        home = self.workdir / node.node_id
+        node.process = spawn_bao(
+            ["server", f"-config={home / 'config.hcl'}"], home, home / "bao.log"
+        )
+        _unseal(node, self.unseal_key)
+
     def stop(self, timeout: float = 10.0) -> None:
         for node in self.nodes:
             if node.alive():

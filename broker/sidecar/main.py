@@ -145,6 +145,7 @@ class Sidecar:
             timeout=10.0,
             pool=2,
             tls=self.runtime.session.tls,
+            endpoints=self.runtime.session.endpoints,
         )
 
     async def start(self) -> str:

@@ -106,7 +106,12 @@ class Runtime:
         self.session = VaultSession(vault, clock=clock)
         # Polls use their own short-timeout client so a hung Vault is noticed quickly.
         self._poller = AsyncVault(
-            vault.addr, lambda: self.session.token, timeout=1.0, pool=4, tls=self.session.tls
+            vault.addr,
+            lambda: self.session.token,
+            timeout=1.0,
+            pool=4,
+            tls=self.session.tls,
+            endpoints=self.session.endpoints,
         )
         self.signer = ActionTokenSigner(
             agent, self._issue_cert, issuer=issuer_from_env(), publish=self._publish_keys
@@ -289,6 +294,7 @@ class Runtime:
         while True:
             try:
                 if not self.logged_in:
+                    await self._follow_active()
                     await self._login()
                 await self._refresh(self._outstanding_if_due())
                 backoff = self.poll_interval
@@ -296,6 +302,8 @@ class Runtime:
                 self._mark_down(exc.detail)
                 if self.metrics is not None:
                     self.metrics.vault_error("control_poll")
+                with contextlib.suppress(BrokerError):  # the next poll says what is wrong
+                    await self._follow_active()
             except Exception as exc:  # any failure must fail closed, not end the loop
                 log.exception("control poll failed")
                 self._mark_down(f"unexpected {type(exc).__name__}")
@@ -310,6 +318,20 @@ class Runtime:
             self._poll_now.clear()
             if self.metrics is not None:
                 self.metrics.control_lag(self.control_age())
+
+    async def _follow_active(self) -> None:
+        """With several Vault addresses: move every client to the active node (after a failed
+        poll, and before a login). Nothing is read from a cluster before its active node was
+        found once: the headers that keep standbys from answering need its cluster id."""
+        endpoints = self.session.endpoints
+        if not endpoints.clustered:
+            return
+        was = endpoints.current
+        if await asyncio.to_thread(endpoints.find_active):
+            if endpoints.current != was:
+                log.warning("Vault active node is now %s (was %s)", endpoints.current, was)
+        elif not endpoints.cluster_id:
+            raise BackendUnavailable(f"no active Vault node among {', '.join(endpoints.addrs)}")
 
     async def _login(self) -> None:
         try:
