@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -16,8 +18,6 @@ from broker.dev.raft import RaftCluster, RaftNode
 from broker.settings import VaultTLS
 from broker.vault.endpoints import VaultEndpoints
 from broker.vault.session import make_client
-
-pytestmark = pytest.mark.integration
 
 MOUNT = "ha-kv"
 DOC = "endpoints"
@@ -43,6 +43,7 @@ def _standbys(cluster: RaftCluster) -> list[RaftNode]:
     return [n for n in cluster.nodes if n is not active and n.alive()]
 
 
+@pytest.mark.integration
 def test_find_active_moves_every_client_to_the_active_node(raft_cluster: RaftCluster) -> None:
     """Given the standbys first, the endpoints find the active node and every attached
     client's address moves to it."""
@@ -69,6 +70,7 @@ def paused(raft_cluster: RaftCluster) -> Iterator[RaftNode]:
         node.process.send_signal(signal.SIGCONT)
 
 
+@pytest.mark.integration
 def test_a_lagging_standby_answers_from_the_active_node_with_the_headers(
     raft_cluster: RaftCluster, paused: RaftNode
 ) -> None:
@@ -92,3 +94,29 @@ def test_a_lagging_standby_answers_from_the_active_node_with_the_headers(
     assert resp.status_code == 200, resp.text
     version = resp.json()["data"]["metadata"]["version"]
     assert version == latest["data"]["metadata"]["version"]
+
+
+def test_one_address_sends_no_consistency_headers() -> None:
+    """A single Vault (dev server, load balancer) is addressed exactly as before."""
+    endpoints = VaultEndpoints(["http://127.0.0.1:8200"], VaultTLS())
+    endpoints.cluster_id = "c-1"
+    assert endpoints.clustered is False
+    assert endpoints.headers() == {}
+
+
+def test_a_cluster_sends_an_index_no_node_reached_for_its_own_cluster() -> None:
+    """The index names the cluster found by sys/health and a value past any Raft index."""
+    endpoints = VaultEndpoints(["http://127.0.0.1:1", "http://127.0.0.1:2"], VaultTLS())
+    assert endpoints.headers() == {}  # cluster not known yet: the runtime reads nothing
+    endpoints.cluster_id = "c-1"
+    index = json.loads(base64.b64decode(endpoints.headers()["X-Vault-Index"]))
+    assert index["cluster"] == "c-1"
+    assert int(index["value"]) > 2**63
+
+
+def test_no_active_node_leaves_every_client_where_it_was() -> None:
+    """Nothing answers (closed ports): find_active is False and nothing moves."""
+    endpoints = VaultEndpoints(["http://127.0.0.1:9", "http://127.0.0.1:7"], VaultTLS(), 0.2)
+    client = make_client("http://127.0.0.1:9", endpoints=endpoints)
+    assert endpoints.find_active() is False
+    assert (endpoints.current, client.url, endpoints.switches) == ("http://127.0.0.1:9",) * 2 + (0,)
