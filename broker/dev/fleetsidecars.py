@@ -45,9 +45,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def rss_mb(pid: int, field: str = "Rss") -> float:
+    """Resident MB of ``pid`` (``Rss``), or its proportional share (``Pss``: pages shared
+    with other processes, such as the libraries every sidecar maps, counted once per node)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -74,6 +76,7 @@ class FleetResult:
     vault_paused_pct: float  # of one core, sidecars paused
     sidecar_cpu_pct: float  # per sidecar, of one core, mean
     rss_mb: list[float]
+    pss_mb: list[float]
     revoke_s: list[float]
     kill_s: float
 
@@ -91,6 +94,8 @@ class FleetResult:
         yield f"OpenBao CPU per idle sidecar: {self.per_sidecar_pct:.3f}% of a core"
         yield f"sidecar CPU (idle, mean): {self.sidecar_cpu_pct:.3f}% of a core"
         yield (f"sidecar RSS: median {statistics.median(rss):.1f} MB, max {rss[-1]:.1f} MB")
+        pss = statistics.median(self.pss_mb)
+        yield f"sidecar PSS (shared pages split among the fleet): median {pss:.1f} MB"
         yield (
             f"revocation time-to-effect over {len(self.revoke_s)} sidecars: "
             f"p50 {_q(self.revoke_s, 0.5):.3f} s, p99 {_q(self.revoke_s, 0.99):.3f} s, "
@@ -179,6 +184,7 @@ def _measure(stack: Any, client: Any, vault_pid: int, window: float) -> FleetRes
         for p in pids:
             os.kill(p, signal.SIGCONT)
     rss = [rss_mb(p) for p in pids]
+    pss = [rss_mb(p, "Pss") for p in pids]
     time.sleep(2.0)  # the sidecars catch up after the pause
     socks = [sc.socket for sc in stack.sidecars]
     cutoff = time.time()
@@ -191,7 +197,7 @@ def _measure(stack: Any, client: Any, vault_pid: int, window: float) -> FleetRes
     control_written(client, stack.vault_addr)
     start = time.monotonic()
     kill = _wait_all([victim.socket], lambda d: d.get("agent_disabled") is True, start, 10.0)
-    return FleetResult(len(pids), window, busy, paused, side / len(pids), rss, revoke, kill[0])
+    return FleetResult(len(pids), window, busy, paused, side / len(pids), rss, pss, revoke, kill[0])
 
 
 def cmd_bench_sidecars(args: Any) -> int:
