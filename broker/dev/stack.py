@@ -193,7 +193,9 @@ def start_sidecar(
 ) -> SidecarProcess:
     socket = stack.state_dir / f"{agent}.sock"
     audit = stack.state_dir / "audit" / f"{agent}.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_TOKEN", "BAO_TOKEN"))}
+    # BROKER_VAULT_ADDRS would win over VAULT_ADDR: this stack's Vault is the one given here.
+    skip = ("VAULT_TOKEN", "BAO_TOKEN", "BROKER_VAULT_ADDRS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     env["VAULT_ADDR"] = vault.addr
     if stack.issuer is not None:
         env["BROKER_ISSUER_URL"] = stack.issuer.url  # the iss of this sidecar's tokens
