@@ -108,6 +108,7 @@ async def test_minting_resumes_by_itself_after_the_active_node_is_killed(
     election every request is refused 503 with Retry-After (never a 500, none over 3 s);
     minting resumes on the new active node by itself; every credential minted is in the
     audit trail, and no more than the budget is minted. The gap is printed for the note."""
+    raft_cluster.heal()
     active = raft_cluster.active()
     server = cast(DevServer, _Node(active.addr, raft_cluster.root_token))
     manifest = write_manifest(tmp_path, MANIFEST.format(agent=unique_agent("hafail"), limit=BUDGET))
@@ -174,6 +175,7 @@ async def test_a_kill_written_while_a_standby_lags_is_enforced_within_the_bound(
     node wins an election. The sidecar's clients are pointed at that standby (as when the
     node it talks to steps down). Nothing is minted from the standby's copy: every answer
     from BOUND after the kill on is a refusal, and the kill is read once a leader is back."""
+    raft_cluster.heal()
     active = raft_cluster.active()
     lagging = next(n for n in raft_cluster.nodes if n is not active and n.alive())
     server = cast(DevServer, _Node(active.addr, raft_cluster.root_token))

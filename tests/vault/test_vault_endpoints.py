@@ -47,6 +47,7 @@ def _standbys(cluster: RaftCluster) -> list[RaftNode]:
 def test_find_active_moves_every_client_to_the_active_node(raft_cluster: RaftCluster) -> None:
     """Given the standbys first, the endpoints find the active node and every attached
     client's address moves to it."""
+    raft_cluster.heal()
     active = raft_cluster.active()
     order = [n.addr for n in _standbys(raft_cluster)] + [active.addr]
     endpoints = VaultEndpoints(order, VaultTLS())
@@ -62,6 +63,7 @@ def test_find_active_moves_every_client_to_the_active_node(raft_cluster: RaftClu
 @pytest.fixture
 def paused(raft_cluster: RaftCluster) -> Iterator[RaftNode]:
     """One standby paused (SIGSTOP): it stops applying the Raft log until continued."""
+    raft_cluster.heal()
     node = _standbys(raft_cluster)[0]
     node.process.send_signal(signal.SIGSTOP)
     try:
