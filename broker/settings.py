@@ -42,7 +42,9 @@ class VaultTLS(BaseModel):
 class VaultSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    addr: str
+    addr: str  # the first of ``addrs``: where a sidecar starts
+    # Every node of an HA cluster (``broker.vault.endpoints``); just ``addr`` when one was given.
+    addrs: tuple[str, ...] = ()
     token: SecretStr | None = None
     role_id_file: Path | None = None
     secret_id_file: Path | None = None
@@ -95,6 +97,22 @@ def tls_from_env(env: Mapping[str, str] | None = None, addr: str = "") -> VaultT
     )
 
 
+def vault_addrs(given: str | None) -> tuple[str, ...]:
+    """One address, or the nodes of an HA cluster separated by commas (the sidecar follows
+    the active one). Each must be an http(s) URL; an empty entry is an error, not skipped."""
+    if not given:
+        raise ConfigError("no Vault address: pass --vault-addr or set VAULT_ADDR (or BAO_ADDR)")
+    addrs = tuple(a.strip().rstrip("/") for a in given.split(","))
+    for a in addrs:
+        if not a.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"Vault address {a!r} in {given!r} must start with http:// or https://"
+            )
+    if len(set(addrs)) != len(addrs):
+        raise ConfigError(f"Vault addresses {given!r}: the same address is given twice")
+    return addrs
+
+
 def vault_from_env(
     env: Mapping[str, str] | None = None,
     *,
@@ -103,16 +121,16 @@ def vault_from_env(
 ) -> VaultSettings:
     """Vault address and credentials as Vault users expect: flags, then VAULT_*, then BAO_*."""
     env = os.environ if env is None else env
-    addr = addr or env.get("VAULT_ADDR") or env.get("BAO_ADDR")
-    if not addr:
-        raise ConfigError("no Vault address: pass --vault-addr or set VAULT_ADDR (or BAO_ADDR)")
-    if not addr.startswith(("http://", "https://")):
-        raise ConfigError(f"Vault address {addr!r} must start with http:// or https://")
+    addrs = vault_addrs(
+        addr or env.get("BROKER_VAULT_ADDRS") or env.get("VAULT_ADDR") or env.get("BAO_ADDR")
+    )
+    addr = addrs[0]
     token = token or env.get("VAULT_TOKEN") or env.get("BAO_TOKEN")
     role_id = env.get("BROKER_ROLE_ID_FILE")
     secret_id = env.get("BROKER_SECRET_ID_FILE")
     return VaultSettings(
-        addr=addr.rstrip("/"),
+        addr=addr,
+        addrs=addrs,
         token=SecretStr(token) if token else None,
         role_id_file=Path(role_id) if role_id else None,
         secret_id_file=Path(secret_id) if secret_id else None,

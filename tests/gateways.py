@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from broker.dev.stack import probe
+from broker.sidecar.probe import probe
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_SRC = ROOT / "tests" / "node"

@@ -122,6 +122,7 @@ async def running_sidecar(
         manifest_path=manifest_path,
         vault=VaultSettings(
             addr=config.pop("vault_addr", openbao.addr),
+            addrs=config.pop("vault_addrs", ()),
             role_id_file=role_file,
             secret_id_file=secret_file,
             tls=config.pop("vault_tls", None),

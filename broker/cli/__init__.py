@@ -55,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def probe_parser() -> argparse.ArgumentParser:
+    """``broker probe`` alone: a container health check every few seconds need not import
+    hvac, aiohttp and pydantic (over a second of CPU) for one GET."""
+    from broker.sidecar.probe import add_probe
+
+    parser = argparse.ArgumentParser(prog="broker")
+    add_probe(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(argv)
@@ -63,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    fast = argv[:1] == ["probe"] and not {"-h", "--help"} & set(argv)
+    args = (probe_parser() if fast else build_parser()).parse_args(argv)
     try:
         code: int = args.func(args)
     except BrokerError as exc:

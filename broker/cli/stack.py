@@ -15,6 +15,7 @@ from typing import Any
 from broker.cli.deploy import add_bootstrap_args, add_deploy_args, socket_access, workload_steps
 from broker.core.errors import ConfigError
 from broker.settings import DEFAULT_MAX_BODY, issuer_from_env, vault_from_env
+from broker.sidecar.probe import add_probe
 
 
 def register(
@@ -60,7 +61,7 @@ def register(
     p.add_argument("--audit", type=Path, required=True, help="the audit trail file (JSON lines)")
     p.add_argument("--vault-addr")
     p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY)
-    p.add_argument("--poll-interval", type=float, default=0.25, help="control-state poll, seconds")
+    p.add_argument("--poll-interval", type=float, default=0.5, help="control-state poll, seconds")
     p.add_argument(
         "--webhook",
         action="append",
@@ -84,20 +85,7 @@ def register(
 
     _register_verify(commands)
 
-    p = commands.add_parser(
-        "probe", help="exit 0 if a sidecar answers 200 (container health checks)"
-    )
-    p.add_argument(
-        "--listen", default="unix:/run/broker/sidecar.sock", help="unix:PATH or 127.0.0.1:PORT"
-    )
-    p.add_argument(
-        "--path",
-        default="/readyz",
-        choices=["/healthz", "/readyz"],
-        help="/readyz (default): would it mint now; /healthz: is the process alive",
-    )
-    p.add_argument("--json", action="store_true", help='print {"ok", "listen", "path"}')
-    p.set_defaults(func=cmd_probe)
+    add_probe(commands)
 
     from broker.dev.bench import register_bench
     from broker.dev.controlbench import register_control_bench
@@ -302,19 +290,6 @@ def _webhooks(args: argparse.Namespace) -> tuple[tuple[str, ...], Path | None]:
             "deliveries are signed, never sent unsigned"
         )
     return urls, Path(secret) if secret else None
-
-
-def cmd_probe(args: argparse.Namespace) -> int:
-    from broker.dev.stack import probe
-    from broker.sidecar.listener import parse_listen
-
-    kind, where = parse_listen(args.listen)
-    ok = probe(str(where) if kind == "unix" else ("127.0.0.1", int(where)), args.path)
-    if args.json:
-        print(json.dumps({"ok": ok, "listen": args.listen, "path": args.path}))
-    else:
-        print("ok" if ok else f"not ok: {args.listen}{args.path}")
-    return 0 if ok else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -23,6 +23,9 @@ from broker.core.claims import ActionClaims
 from broker.core.errors import ControlStateInvalid
 
 GLOBAL_PATH = "control/global"
+# Bumped after every control write (``broker.vault.control.control_written``): its KV
+# version is all an idle sidecar reads on most polls.
+VERSION_PATH = "control/version"
 REVOKED_PATH = "control/revoked"  # {"jtis": {credential id: expiry}}, shared by all agents
 DELEGATIONS_DIR = "delegations"
 FIX_HINT = "write control state with `broker kill`, `broker revive` or `broker revoke`"

@@ -41,8 +41,15 @@ TRIALS = (
 
 
 def register(commands: Any, bench: Any) -> None:
-    b = bench.add_parser("fleet", help="N replicas sharing one budget through the fleet ledger")
+    b = bench.add_parser(
+        "fleet",
+        help="--replicas N: N replicas sharing one budget through the fleet ledger; "
+        "--sidecars N: N idle sidecar processes on one OpenBao (its CPU per sidecar, RSS, "
+        "time-to-effect)",
+    )
     b.add_argument("--replicas", type=int, default=4)
+    b.add_argument("--sidecars", type=int, help="idle sidecar processes to start instead")
+    b.add_argument("--window", type=float, default=10.0, help="seconds per CPU window (--sidecars)")
     b.add_argument("--kind", choices=["jwt"], default="jwt")
     b.add_argument(
         "--requests", type=int, default=400, help="per round and setup (after a warm-up of 1/4)"
@@ -150,6 +157,11 @@ async def _run(args: argparse.Namespace, server: Any, base: Path) -> None:
 
 def cmd_bench_fleet(args: argparse.Namespace) -> int:
     from broker.dev.devstack import start_dev_server
+
+    if args.sidecars is not None:
+        from broker.dev.fleetsidecars import cmd_bench_sidecars
+
+        return cmd_bench_sidecars(args)
 
     server = start_dev_server()
     try:

@@ -59,7 +59,7 @@ def start_issuer(client: VaultClient, vault_addr: str, state_dir: Path) -> Issue
 
 
 def _wait_ready(issuer: IssuerProcess, timeout: float = 30.0) -> None:
-    from broker.dev.stack import probe
+    from broker.sidecar.probe import probe
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -111,6 +111,32 @@ class RaftCluster:
             node.process.send_signal(signal.SIGKILL)
             node.process.wait()
 
+    def restart(self, node: RaftNode) -> None:
+        """Start a killed node again on its own data and address, and unseal it: it rejoins
+        as a standby (so a test that killed one leaves the cluster whole for the next)."""
+        if node.alive():
+            return
+        home = self.workdir / node.node_id
+        node.process = spawn_bao(
+            ["server", f"-config={home / 'config.hcl'}"], home, home / "bao.log"
+        )
+        _unseal(node, self.unseal_key)
+
+    def heal(self) -> None:
+        """Every node up again (a test before may have killed one): restart the dead ones and
+        wait until one is active and every node names it as leader (a node that still names
+        an old leader redirects there), so one more node may fail."""
+        for node in self.nodes:
+            self.restart(node)
+        _until(self._agreed, "every node agreeing on one active node", timeout=60.0)
+
+    def _agreed(self) -> bool:
+        active = [n for n in self.nodes if n.health() == "active"]
+        if len(active) != 1 or any(n.health() != "standby" for n in self.nodes if n not in active):
+            return False
+        leaders = {_call(n.addr, "GET", "sys/leader").get("leader_address") for n in self.nodes}
+        return leaders == {active[0].addr}
+
     def stop(self, timeout: float = 10.0) -> None:
         for node in self.nodes:
             if node.alive():

@@ -8,10 +8,8 @@ started is stopped by process id, in reverse order, on SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from broker.dev.issuerproc import IssuerProcess, start_issuer
 from broker.dev.pgdev import PG_BINDIR, PgCluster, start_cluster, stop_cluster
 from broker.scopes.loader import load_manifests
 from broker.settings import VaultSettings
+from broker.sidecar.probe import probe
 from broker.vault._errors import translate_errors
 from broker.vault.bootstrap import AgentGrant, Step, TokenAction, bootstrap
 from broker.vault.database import DatabaseRole, configure_database
@@ -199,7 +198,9 @@ def start_sidecar(
     name = agent if replica is None else f"{agent}-r{replica}"
     socket = stack.state_dir / f"{name}.sock"
     audit = stack.state_dir / "audit" / f"{name}.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_TOKEN", "BAO_TOKEN"))}
+    # BROKER_VAULT_ADDRS would win over VAULT_ADDR: this stack's Vault is the one given here.
+    skip = ("VAULT_TOKEN", "BAO_TOKEN", "BROKER_VAULT_ADDRS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     env["VAULT_ADDR"] = vault.addr
     if replica is not None:
         env["BROKER_LEDGER"] = "vault"
@@ -229,17 +230,6 @@ def start_sidecar(
     sc = SidecarProcess(agent, socket, process, audit)
     stack.sidecars.append(sc)
     return sc
-
-
-def probe(where: str | tuple[str, int], path: str = "/readyz") -> bool:
-    """One GET over a unix socket path or to (host, port): True on a 200."""
-    family = socket.AF_UNIX if isinstance(where, str) else socket.AF_INET
-    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2.0)
-        sock.connect(where)
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: sidecar\r\n\r\n".encode())
-        return sock.recv(64).split(b"\r\n", 1)[0].endswith(b" 200 OK")
-    return False
 
 
 def wait_ready(sc: SidecarProcess, timeout: float = 30.0) -> None:

@@ -19,6 +19,7 @@ import yaml
 from broker.core.errors import ConfigError
 from broker.ops.sweep import Sweeper, Tally
 from broker.vault._errors import translate_errors
+from broker.vault.control import control_written
 from broker.vault.kv import kv_list, kv_read, kv_update
 from broker.vault.manifests import read_manifest
 from broker.vault.registry import agents_of_prefix, logins, registered_agents
@@ -183,9 +184,12 @@ class ControlBase:
     def _update_doc(
         self, path: str, changes: Callable[[dict[str, Any]], dict[str, Any]]
     ) -> tuple[dict[str, Any], int]:
-        return kv_update(
+        written = kv_update(
             self.client, path, lambda doc: {**doc, **changes(doc)}, self.addr, sleep=self.sleep
         )
+        # After the document: a sidecar that sees the new version then reads the new document.
+        control_written(self.client, self.addr, self.clock)
+        return written
 
     def _report(self, command: str) -> ActionReport:
         return ActionReport(command=command, operator=self.operator.identity, started=self.clock())

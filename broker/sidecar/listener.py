@@ -30,6 +30,7 @@ from pathlib import Path
 from aiohttp import web
 
 from broker.core.errors import ConfigError
+from broker.sidecar.probe import parse_listen
 
 log = logging.getLogger("broker.sidecar.listener")
 
@@ -103,20 +104,6 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     return pid, uid, gid
-
-
-def parse_listen(listen: str) -> tuple[str, str | int]:
-    """("unix", path) or ("tcp", port). TCP is loopback only: a sidecar serves its neighbour."""
-    if listen.startswith("unix:"):
-        return "unix", listen[5:]
-    host, _, port = listen.rpartition(":")
-    if host not in ("", "127.0.0.1", "localhost"):
-        raise ConfigError(
-            f"--listen {listen!r}: a sidecar listens on 127.0.0.1 or a unix socket only"
-        )
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"--listen {listen!r}: expected unix:PATH or 127.0.0.1:PORT")
-    return "tcp", int(port)
 
 
 class _Busy(asyncio.Protocol):

@@ -58,7 +58,7 @@ class SidecarConfig:
     audit_path: Path
     redact_key_file: Path | None = None
     max_body: int = DEFAULT_MAX_BODY
-    poll_interval: float = 0.25
+    poll_interval: float = 0.5
     manifest_poll_interval: float = DEFAULT_MANIFEST_POLL  # with manifest_path vault:<agent>
     checkpoint_every: int = 1000
     # Checkpoints every second while records arrive: the unanchored tail stays that short.
@@ -145,6 +145,7 @@ class Sidecar:
             timeout=10.0,
             pool=2,
             tls=self.runtime.session.tls,
+            endpoints=self.runtime.session.endpoints,
         )
 
     async def start(self) -> str:

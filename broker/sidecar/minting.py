@@ -23,7 +23,7 @@ from broker.sidecar.signing import ActionTokenSigner
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.database import issue_credential
 from broker.vault.layout import action_token_role
-from broker.vault.session import VaultSession, make_client
+from broker.vault.session import VaultSession
 
 # Seconds a Vault call on the mint path may take before the agent is told 503: with the
 # decision and the refusal's audit record it stays under the 2 s promise.
@@ -75,9 +75,13 @@ class Minter:
         # Long timeouts on purpose: the deadline is enforced above the connection (see the
         # module docstring), and a late answer is what lets the sidecar revoke what it made.
         self.vault = AsyncVault(
-            session.addr, lambda: session.token, timeout=LATE_WINDOW, tls=session.tls
+            session.addr,
+            lambda: session.token,
+            timeout=LATE_WINDOW,
+            tls=session.tls,
+            endpoints=session.endpoints,
         )
-        self._dynamic_client = make_client(session.addr, timeout=LATE_WINDOW, tls=session.tls)
+        self._dynamic_client = session.new_client(timeout=LATE_WINDOW)
         self._late: set[asyncio.Task[Any]] = set()
 
     async def within_deadline(

@@ -1,9 +1,18 @@
 """A sidecar's long-lived connections and the loops that keep them current.
 
 ``Runtime`` owns the Vault session, the in-memory signer and the control state. Its
-background loop polls the shared control state every ``poll_interval`` seconds (kill
-switches, revocations and key generations reach the sidecar within that time), renews the
-Vault token, replaces the signing certificate before it expires, and publishes a heartbeat.
+background loop polls the shared control state every ``poll_interval`` seconds, give or take
+a tenth at random so that a fleet started together does not poll in step (kill switches,
+revocations and key generations reach the sidecar within that time), renews the Vault token,
+replaces the signing certificate before it expires, and publishes a heartbeat.
+
+An idle poll is one small read: ``control/version``, which every control write bumps. The
+three control documents are read only when its KV version moved, and every
+``FULL_READ_EVERY`` seconds regardless (a raw ``bao kv put`` that forgot the bump is still
+obeyed, later). The heartbeat goes out when something changed (kill seen, a command to
+acknowledge, outstanding credentials), else every ``HEARTBEAT_EVERY`` seconds as liveness.
+An idle fleet costs Vault one KV read per sidecar per poll, where it cost three reads, a CA
+read a second and a heartbeat write every two seconds.
 ``vault_ok`` turns false the moment a poll fails, so minting fails closed within one poll
 interval plus the request timeout; it turns true again on the first good poll.
 
@@ -25,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,9 +42,15 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from broker.core.controlstate import GLOBAL_PATH, REVOKED_PATH, ControlState, agent_path
+from broker.core.controlstate import (
+    GLOBAL_PATH,
+    REVOKED_PATH,
+    VERSION_PATH,
+    ControlState,
+    agent_path,
+)
 from broker.core.credids import ID_PREFIX
-from broker.core.errors import BrokerError, ConfigError, PermissionDenied
+from broker.core.errors import BackendUnavailable, BrokerError, ConfigError, PermissionDenied
 from broker.core.reasons import ReasonCode
 from broker.settings import VaultSettings, issuer_from_env
 from broker.sidecar.metrics import SidecarMetrics
@@ -48,7 +64,14 @@ from broker.vault.session import VaultSession
 
 log = logging.getLogger("broker.sidecar.runtime")
 
-HEARTBEAT_EVERY = 2.0  # and at most once a second sooner when the outstanding set changed
+# Liveness only: a change (kill seen, a write to acknowledge) sends one at once, changed
+# outstanding credentials at most once a second. Runbooks call a heartbeat older than 30 s
+# stale (broker.cli_lifecycle.HEARTBEAT_STALE).
+HEARTBEAT_EVERY = 10.0
+# The three control documents are read again this often even when control/version did not
+# move: a raw write that forgot the bump is obeyed within this.
+FULL_READ_EVERY = 10.0
+JITTER = 0.1  # each wait is the poll interval times a random factor in [1 - JITTER, 1 + JITTER]
 # Control state read longer ago than this (monotonic) is stale: nothing is minted on it.
 # With the poll every 0.25 s and ``refresh_now``'s wait below, a stale sidecar refuses
 # within 2 s of Vault's last answer.
@@ -57,7 +80,14 @@ STALE_AFTER = 1.25
 FRESH_WAIT = 0.5
 # How often the published CA is read to check that the signing certificate still chains to
 # it (a CA replaced in Vault is noticed within this plus one poll, then the key re-certified).
-CA_CHECK_EVERY = 1.0
+CA_CHECK_EVERY = 5.0
+# Bootstrap creates control/version and nothing deletes it. A standby OpenBao node answers
+# 404 to every KV read (measured on a three-node Raft cluster): read as "no document", that
+# would mean "nothing revoked". So a missing version document fails closed.
+NO_VERSION = (
+    "control/version is missing: this Vault node is a standby (it answers 404 for every"
+    " read) or the broker was never bootstrapped; nothing is minted"
+)
 # Login retries at start-up, or after the token was lost: from the poll interval, doubling.
 LOGIN_BACKOFF_MAX = 5.0
 
@@ -76,7 +106,12 @@ class Runtime:
         self.session = VaultSession(vault, clock=clock)
         # Polls use their own short-timeout client so a hung Vault is noticed quickly.
         self._poller = AsyncVault(
-            vault.addr, lambda: self.session.token, timeout=1.0, pool=4, tls=self.session.tls
+            vault.addr,
+            lambda: self.session.token,
+            timeout=1.0,
+            pool=4,
+            tls=self.session.tls,
+            endpoints=self.session.endpoints,
         )
         self.signer = ActionTokenSigner(
             agent, self._issue_cert, issuer=issuer_from_env(), publish=self._publish_keys
@@ -114,6 +149,11 @@ class Runtime:
         # KV versions of the control documents last read; sent in the heartbeat so that a
         # runbook command knows when this sidecar has seen what it wrote (no clocks compared).
         self.control_versions: tuple[int, int, int] = (0, 0, 0)
+        self._version_seen = -1  # KV version of control/version at the last full read
+        self._full_read_at = -float("inf")  # monotonic
+        self.full_read_every = FULL_READ_EVERY
+        self.full_reads = 0
+        self._rng = random.Random()  # noqa: S311 - jitter, not a secret
         # Every login token goes on the registry before it mints: ``broker kill`` revokes it
         # (and with it all it minted) even after this process is gone.
         self.session.on_login = login_recorder(agent, ID_PREFIX, vault.addr, clock)
@@ -254,6 +294,7 @@ class Runtime:
         while True:
             try:
                 if not self.logged_in:
+                    await self._follow_active()
                     await self._login()
                 await self._refresh(self._outstanding_if_due())
                 backoff = self.poll_interval
@@ -261,10 +302,12 @@ class Runtime:
                 self._mark_down(exc.detail)
                 if self.metrics is not None:
                     self.metrics.vault_error("control_poll")
+                with contextlib.suppress(BrokerError):  # the next poll says what is wrong
+                    await self._follow_active()
             except Exception as exc:  # any failure must fail closed, not end the loop
                 log.exception("control poll failed")
                 self._mark_down(f"unexpected {type(exc).__name__}")
-            delay = self.poll_interval
+            delay = self.poll_interval * self._rng.uniform(1 - JITTER, 1 + JITTER)
             if not self.logged_in:
                 delay, backoff = backoff, min(backoff * 2, LOGIN_BACKOFF_MAX)
                 log.warning(
@@ -275,6 +318,20 @@ class Runtime:
             self._poll_now.clear()
             if self.metrics is not None:
                 self.metrics.control_lag(self.control_age())
+
+    async def _follow_active(self) -> None:
+        """With several Vault addresses: move every client to the active node (after a failed
+        poll, and before a login). Nothing is read from a cluster before its active node was
+        found once: the headers that keep standbys from answering need its cluster id."""
+        endpoints = self.session.endpoints
+        if not endpoints.clustered:
+            return
+        was = endpoints.current
+        if await asyncio.to_thread(endpoints.find_active):
+            if endpoints.current != was:
+                log.warning("Vault active node is now %s (was %s)", endpoints.current, was)
+        elif not endpoints.cluster_id:
+            raise BackendUnavailable(f"no active Vault node among {', '.join(endpoints.addrs)}")
 
     async def _login(self) -> None:
         try:
@@ -353,6 +410,21 @@ class Runtime:
                 log.warning("signing key certified again under the published CA")
 
     async def _read_control(self) -> None:
+        """One read of control/version; the documents themselves when it moved or when the
+        last full read is FULL_READ_EVERY old. Either way the state is confirmed as of the
+        moment the read was sent: writers bump the version after writing the documents."""
+        _, version = await self._poller.kv_read_versioned(VERSION_PATH)
+        if version == 0:
+            raise BackendUnavailable(NO_VERSION)
+        due = self._mono() - self._full_read_at >= self.full_read_every
+        if version == self._version_seen and not due:
+            return
+        started = self._mono()
+        await self._read_documents()
+        self._version_seen, self._full_read_at = version, started
+        self.full_reads += 1
+
+    async def _read_documents(self) -> None:
         old = self.control
         read = await asyncio.gather(
             self._poller.kv_read_versioned(GLOBAL_PATH),

@@ -249,9 +249,8 @@ def vault_fetch(session: Any, agent: str) -> Fetch:
     """A fetch through the sidecar's own Vault identity (renewed by its runtime), with a short
     timeout of its own so a hung Vault delays only the watcher."""
     from broker.vault.manifests import read_manifest
-    from broker.vault.session import make_client
 
-    client = make_client(session.addr, timeout=2.0)
+    client = session.new_client(timeout=2.0)
 
     def fetch() -> PublishedManifest | None:
         client.token = session.token

@@ -18,6 +18,7 @@ import aiohttp
 from broker.core.errors import BackendUnavailable, NotFound, PermissionDenied
 from broker.settings import VaultTLS, tls_from_env
 from broker.vault._errors import tls_problem
+from broker.vault.endpoints import VaultEndpoints
 from broker.vault.layout import KV_MOUNT
 
 
@@ -50,8 +51,11 @@ class AsyncVault:
         timeout: float = 5.0,
         pool: int = 64,
         tls: VaultTLS | None = None,
+        endpoints: VaultEndpoints | None = None,
     ) -> None:
-        self.addr = addr.rstrip("/")
+        self._addr = addr.rstrip("/")
+        # With ``endpoints``: the active node of a cluster, switched with every other client.
+        self._endpoints = endpoints
         self._tls = tls or tls_from_env(addr=addr)
         self._headers = {"X-Vault-Request": "true"}
         if self._tls.namespace:
@@ -63,6 +67,13 @@ class AsyncVault:
 
     def __repr__(self) -> str:
         return f"AsyncVault(addr={self.addr!r})"
+
+    @property
+    def addr(self) -> str:
+        return self._endpoints.current if self._endpoints else self._addr
+
+    def _all_headers(self) -> dict[str, str]:
+        return {**self._headers, **self._endpoints.headers()} if self._endpoints else self._headers
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -86,7 +97,9 @@ class AsyncVault:
     async def get_text(self, path: str, operation: str) -> str:
         """A non-JSON answer (the CA's PEM), as text."""
         try:
-            async with self._http().get(f"{self.addr}/v1/{path}", headers=self._headers) as resp:
+            async with self._http().get(
+                f"{self.addr}/v1/{path}", headers=self._all_headers(), allow_redirects=False
+            ) as resp:
                 text, status = await resp.text(), resp.status
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise _unreachable(exc, self.addr, operation) from exc
@@ -120,10 +133,12 @@ class AsyncVault:
     async def _call(
         self, method: str, path: str, body: dict[str, Any] | None, operation: str
     ) -> dict[str, Any]:
-        headers = {"X-Vault-Token": self._token(), **self._headers}
+        headers = {"X-Vault-Token": self._token(), **self._all_headers()}
         try:
+            # No redirects: a standby that cannot forward redirects to the active node it
+            # last knew, which during an election is the dead one; better to fail and look.
             async with self._http().request(
-                method, f"{self.addr}/v1/{path}", json=body, headers=headers
+                method, f"{self.addr}/v1/{path}", json=body, headers=headers, allow_redirects=False
             ) as resp:
                 doc = await resp.json(content_type=None) if resp.content_length != 0 else {}
                 status = resp.status
@@ -143,4 +158,8 @@ def _error(status: int, doc: Any, operation: str, addr: str) -> Exception:
         return NotFound(f"Vault at {addr} has nothing at the path for {operation}")
     if status == 503:
         return BackendUnavailable(f"Vault at {addr} is sealed or down ({operation})")
+    if 300 <= status < 400 or status == 429:
+        return BackendUnavailable(
+            f"Vault at {addr} is a standby without an active node ({operation})"
+        )
     return BackendUnavailable(f"Vault at {addr} failed {operation}: {reason}")

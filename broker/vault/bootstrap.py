@@ -6,13 +6,14 @@ Each step checks what is there before writing, and reports ``created``, ``update
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import hvac
 
-from broker.core.errors import ConfigError
+from broker.core.errors import BackendUnavailable, ConfigError
 from broker.vault._errors import translate_errors
 from broker.vault.layout import (
     APPROLE_MOUNT,
@@ -87,6 +88,27 @@ class Bootstrap:
 
     def _note(self, thing: str, state: str) -> None:
         self.steps.append(Step(thing, state))
+
+    def control_version(self) -> None:
+        """Sidecars read ``control/version`` on every poll and refuse to mint while it is
+        missing: a standby node answers 404 for every KV read, which must never read as
+        "nothing revoked". So it exists from the start."""
+        from broker.core.controlstate import VERSION_PATH
+        from broker.vault.kv import kv_read_versioned, kv_write
+
+        for attempt in range(100):  # a new KV v2 mount upgrades itself for a moment
+            try:
+                version = kv_read_versioned(self.client, VERSION_PATH)[1]
+                break
+            except BackendUnavailable:
+                if attempt == 99:
+                    raise
+                time.sleep(0.1)
+        if version == 0:
+            kv_write(self.client, VERSION_PATH, {"at": 0})
+            self._note(f"{KV_MOUNT}/{VERSION_PATH}", "created")
+        else:
+            self._note(f"{KV_MOUNT}/{VERSION_PATH}", "present")
 
     def mount(self, path: str, kind: str, options: dict[str, str] | None = None) -> None:
         mounts = self.client.sys.list_mounted_secrets_engines()["data"]
@@ -205,6 +227,7 @@ def bootstrap(
             _agent(b, grant)
         if demo:
             _demo(b, client, _all_policies(grants))
+        b.control_version()
     return b.steps
 
 

@@ -5,19 +5,32 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import hvac
+
 from broker.core.claims import ActionClaims
 from broker.core.controlstate import (
     GLOBAL_PATH,
     REVOKED_PATH,
+    VERSION_PATH,
     ControlState,
     agent_path,
     delegations_path,
 )
 from broker.settings import VaultSettings
-from broker.vault.kv import kv_read
+from broker.vault.kv import kv_read, kv_write
 from broker.vault.session import make_client
 
 CACHE_SECONDS = 0.5  # revocation reaches a gateway within a second, reads included
+
+
+def control_written(
+    client: hvac.Client, addr: str = "", clock: Callable[[], float] = time.time
+) -> None:
+    """After a control document was written: bump ``control/version``. Sidecars read only
+    that small document on most polls and read the rest when its KV version moves. Every
+    KV v2 write makes a new version atomically, so no check-and-set is needed: two writers
+    bumping at once make two versions, and each sidecar sees at least the later one."""
+    kv_write(client, VERSION_PATH, {"at": clock()}, addr)
 
 
 class VaultRevocations:

@@ -23,6 +23,7 @@ import requests
 from broker.core.errors import BackendUnavailable, ConfigError
 from broker.settings import VaultSettings, VaultTLS, tls_from_env
 from broker.vault._errors import translate_errors
+from broker.vault.endpoints import VaultEndpoints, requests_verify
 from broker.vault.layout import APPROLE_MOUNT
 
 Clock = Callable[[], float]
@@ -43,10 +44,15 @@ def _read_secret_file(path: Path, what: str) -> str:
 
 
 def make_client(
-    addr: str, token: str | None = None, timeout: float = 5.0, tls: VaultTLS | None = None
+    addr: str,
+    token: str | None = None,
+    timeout: float = 5.0,
+    tls: VaultTLS | None = None,
+    endpoints: VaultEndpoints | None = None,
 ) -> hvac.Client:
     """Every hvac client is built here, with TLS and namespace from ``tls`` (default: the
-    environment, as Vault's CLI reads it), so no command can forget ``VAULT_CACERT``."""
+    environment, as Vault's CLI reads it), so no command can forget ``VAULT_CACERT``. With
+    ``endpoints`` it follows a cluster's active node (``addr`` is then ignored)."""
     tls = tls or tls_from_env(addr=addr)
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
@@ -55,24 +61,19 @@ def make_client(
     cert = (str(tls.client_cert), str(tls.client_key)) if tls.client_cert else None
     # On the session too: hvac takes a given session's own ``verify`` (True by default) over
     # its ``verify`` argument, which is how VAULT_CACERT used to be ignored.
-    session.verify, session.cert = _verify(tls), cert
-    return hvac.Client(
+    session.verify, session.cert = requests_verify(tls), cert
+    client = hvac.Client(
         url=addr,
         token=token,
         timeout=timeout,
         session=session,
-        verify=_verify(tls),
+        verify=requests_verify(tls),
         cert=cert,
         namespace=tls.namespace,
     )
-
-
-def _verify(tls: VaultTLS) -> bool | str:
-    """requests' ``verify``: explicit, so REQUESTS_CA_BUNDLE can neither help nor hurt."""
-    if tls.skip_verify:
-        return False
-    trust = tls.cacert or tls.capath
-    return str(trust) if trust else True
+    if endpoints is not None:
+        endpoints.attach(client)
+    return client
 
 
 class VaultSession:
@@ -80,9 +81,10 @@ class VaultSession:
 
     def __init__(self, settings: VaultSettings, clock: Clock = time.time) -> None:
         self.settings = settings
-        self.addr = settings.addr
         self.tls = settings.tls or tls_from_env(addr=settings.addr)
-        self.client = make_client(settings.addr, tls=self.tls)
+        # Every client of this identity takes its address from here (one HA cluster's nodes).
+        self.endpoints = VaultEndpoints(settings.addrs or (settings.addr,), self.tls)
+        self.client = self.new_client()
         self._clock = clock
         self._lock = threading.Lock()
         self._renew_at = 0.0
@@ -96,6 +98,21 @@ class VaultSession:
 
     def __repr__(self) -> str:
         return f"VaultSession(addr={self.addr!r}, accessor={self.accessor!r})"
+
+    @property
+    def addr(self) -> str:
+        """The node in use now (the active one of a cluster, once found)."""
+        return self.endpoints.current
+
+    def new_client(self, token: str | None = None, timeout: float = 5.0) -> hvac.Client:
+        """A long-lived client that follows the active node with this session's clients."""
+        return make_client(self.addr, token, timeout, tls=self.tls, endpoints=self.endpoints)
+
+    def _once(self, token: str) -> hvac.Client:
+        """A client for one call (a login), on the node in use, with its headers."""
+        client = make_client(self.addr, token, tls=self.tls)
+        client.session.headers.update(self.endpoints.headers())
+        return client
 
     def check_credentials(self) -> None:
         """ConfigError now if no Vault credentials are configured at all (no network call):
@@ -139,7 +156,7 @@ class VaultSession:
             )
         try:
             # A clean client: no stale token in the header of the login request.
-            result = make_client(self.addr, "", tls=self.tls).auth.approle.login(
+            result = self._once("").auth.approle.login(
                 role_id=role_id, secret_id=secret_id, mount_point=APPROLE_MOUNT, use_token=False
             )
         except hvac.exceptions.InvalidRequest:
@@ -156,7 +173,7 @@ class VaultSession:
         assert s.jwt_file is not None
         assert s.jwt_role is not None
         jwt = _read_secret_file(s.jwt_file, "service-account token")
-        client = make_client(self.addr, "", tls=self.tls)
+        client = self._once("")
         if s.auth == "kubernetes":
             result = client.auth.kubernetes.login(
                 s.jwt_role, jwt, use_token=False, mount_point=s.jwt_mount
@@ -172,7 +189,7 @@ class VaultSession:
         cannot be recorded is revoked and fails (nothing may mint with an unrecorded token)."""
         if self.on_login is None:
             return
-        fresh = make_client(self.addr, str(auth["client_token"]), tls=self.tls)
+        fresh = self._once(str(auth["client_token"]))
         try:
             self.on_login(fresh, auth)
         except BaseException:

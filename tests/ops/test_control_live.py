@@ -380,8 +380,10 @@ async def test_a_hand_written_false_string_is_refused_and_revive_all_repairs_it(
     live: Harness, openbao: DevServer, operator: str, tmp_path: Path
 ) -> None:
     """`bao kv patch ... killed_all=false` stores a string: sidecars fail closed naming it,
-    `broker status` names it, and `broker revive --all` writes the typed value back."""
+    `broker status` names it, and `broker revive --all` writes the typed value back. The raw
+    write does not bump control/version: the sidecar still reads it, on its periodic full read."""
     client = root_client(openbao)
+    live.sidecar.runtime.full_read_every = 1.0  # the default is 10 s; the mechanism is the same
     doc = kv_read(client, "control/global") or {}
     client.secrets.kv.v2.create_or_update_secret(
         path="control/global", secret={**doc, "killed_all": "false"}, mount_point="broker-kv"

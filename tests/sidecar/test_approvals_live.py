@@ -18,6 +18,7 @@ from broker.cli import main
 from broker.core.controlstate import agent_path
 from broker.dev.devstack import DevServer
 from broker.vault.approvals import ApprovalStore
+from broker.vault.control import control_written
 from broker.vault.kv import kv_write
 from tests.harness import (
     Harness,
@@ -378,7 +379,9 @@ async def test_budget_crossing_and_kill_switch_are_announced(
             assert status == 200, body
         await h.sidecar.service.approvals.tick()
         agent = h.sidecar.manifest.agent
-        kv_write(root_client(openbao), agent_path(agent), {"killed": True, "reason": "drill"})
+        client = root_client(openbao)
+        kv_write(client, agent_path(agent), {"killed": True, "reason": "drill"})
+        control_written(client)  # what every broker command does after a control write
         for _ in range(50):
             if any(g["event"] == "agent.killed" for g in got.got):
                 break

@@ -8,7 +8,7 @@ import logging
 import pytest
 from pydantic import SecretStr
 
-from broker.core.errors import ConfigError
+from broker.core.errors import BackendUnavailable, ConfigError
 from broker.settings import VaultSettings
 from broker.sidecar.runtime import STALE_AFTER, Runtime
 
@@ -74,3 +74,66 @@ def test_start_without_any_vault_credentials_fails_at_once() -> None:
     rt = Runtime("agent-x", VaultSettings(addr="http://127.0.0.1:9"))
     with pytest.raises(ConfigError, match="no Vault credentials"):
         rt.session.check_credentials()
+
+
+class FakeControlKV:
+    """KV versions of the control documents, as the poller reads them; counts the reads."""
+
+    def __init__(self) -> None:
+        self.versions: dict[str, int] = {"control/version": 1}  # written by bootstrap
+        self.docs: dict[str, dict[str, object]] = {}
+        self.reads: list[str] = []
+
+    async def kv_read_versioned(self, path: str) -> tuple[dict[str, object] | None, int]:
+        self.reads.append(path)
+        return self.docs.get(path), self.versions.get(path, 0)
+
+    def write(self, path: str, doc: dict[str, object]) -> None:
+        self.docs[path] = doc
+        self.versions[path] = self.versions.get(path, 0) + 1
+        self.versions["control/version"] = self.versions.get("control/version", 0) + 1
+
+
+@pytest.mark.parametrize(
+    ("step", "full_read"),
+    [
+        ("nothing", False),
+        ("bumped write", True),
+        ("full read due", True),
+        ("raw write, not due", False),
+    ],
+)
+async def test_an_idle_poll_reads_the_documents_only_when_the_version_moved_or_a_full_read_is_due(
+    step: str, full_read: bool
+) -> None:
+    """One read of control/version per idle poll; the documents when it moved, or when the
+    last full read is full_read_every old (a raw write without the bump is read then)."""
+    mono = Clock()
+    rt = runtime(mono)
+    kv = FakeControlKV()
+    rt._poller = kv  # type: ignore[assignment]
+    await rt._read_control()  # the first poll reads everything
+    assert rt.full_reads == 1
+    kv.reads.clear()
+    mono.now += 1.0
+    if step == "bumped write":
+        kv.write("control/agents/agent-x", {"killed": True})
+    elif step == "full read due":
+        mono.now += rt.full_read_every
+    elif step == "raw write, not due":
+        kv.docs["control/agents/agent-x"] = {"killed": True}
+    await rt._read_control()
+    assert rt.full_reads == (2 if full_read else 1)
+    assert len(kv.reads) == (4 if full_read else 1)
+    assert rt.control.killed is (step == "bumped write")
+
+
+async def test_a_missing_version_document_fails_closed() -> None:
+    """A standby answers 404 for every KV read: that never reads as "nothing revoked"."""
+    rt = runtime(Clock())
+    kv = FakeControlKV()
+    kv.versions.clear()
+    rt._poller = kv  # type: ignore[assignment]
+    with pytest.raises(BackendUnavailable, match="standby"):
+        await rt._read_control()
+    assert rt.full_reads == 0

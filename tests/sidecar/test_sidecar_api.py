@@ -13,6 +13,7 @@ import pytest
 
 from broker.dev.devstack import DevServer
 from broker.sidecar.api import openapi_document
+from broker.vault.control import control_written
 from broker.vault.kv import kv_write
 from tests.harness import REPO, root_client, running_sidecar, unique_agent, write_manifest
 
@@ -131,9 +132,9 @@ async def test_agent_disabled_through_the_shared_control_state(
     async with running_sidecar(openbao, manifest_path, tmp_path) as h:
         agent = h.sidecar.manifest.agent
         assert (await h.ask("read.thing", {"id": "T-1"}))[0] == 200
-        kv_write(
-            root_client(openbao), f"control/agents/{agent}", {"killed": True, "reason": "drill"}
-        )
+        client = root_client(openbao)
+        kv_write(client, f"control/agents/{agent}", {"killed": True, "reason": "drill"})
+        control_written(client)  # what every broker command does after a control write
         await _until(lambda: h.sidecar.runtime.control.killed)
         status, body, _ = await h.ask("read.thing", {"id": "T-1"})
     assert (status, body["reason"]) == (403, "agent_disabled")

@@ -20,7 +20,7 @@ from broker.audit.file import chain_files
 from broker.audit.records import ChainVerifier
 from broker.core.errors import VerificationError
 from broker.dev.devstack import DevServer
-from broker.dev.stack import probe
+from broker.sidecar.probe import probe
 from broker.vault.pki import fetch_ca_pem
 from broker.verify import Verifier
 from tests.harness import (
@@ -333,11 +333,14 @@ async def test_idle_and_half_sent_connections_cannot_hold_the_sidecar(
 
 
 async def test_ca_replaced_under_a_running_sidecar_key_is_certified_again(
-    openbao: DevServer, tmp_path: Path
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A new root CA becomes Vault's published one while the sidecar runs: the sidecar
     notices its certificate no longer chains, certifies its key again, and its tokens
     verify under the new CA; none minted after that is signed under the old one."""
+    # The CA is checked every 5 s; the socket drops a keep-alive connection idle for 5 s,
+    # which the harness's client would then reuse. A 1 s check keeps the wait shorter.
+    monkeypatch.setattr("broker.sidecar.runtime.CA_CHECK_EVERY", 1.0)
     manifest = write_manifest(tmp_path, UNCAPPED.format(agent=unique_agent("newca")))
     client = root_client(openbao)
     async with running_sidecar(openbao, manifest, tmp_path) as h:

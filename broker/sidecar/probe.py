@@ -1,0 +1,67 @@
+"""``broker probe``: one GET to a sidecar, for container health checks every few seconds.
+
+Standard library only, and the command has its own small parser (``broker.cli`` builds it
+alone when the first argument is ``probe``): the full command line imports hvac, aiohttp
+and pydantic, over a second of CPU per health check."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+from typing import Any
+
+from broker.core.errors import ConfigError
+
+
+def parse_listen(listen: str) -> tuple[str, str | int]:
+    """("unix", path) or ("tcp", port). TCP is loopback only: a sidecar serves its neighbour."""
+    if listen.startswith("unix:"):
+        return "unix", listen[5:]
+    host, _, port = listen.rpartition(":")
+    if host not in ("", "127.0.0.1", "localhost"):
+        raise ConfigError(
+            f"--listen {listen!r}: a sidecar listens on 127.0.0.1 or a unix socket only"
+        )
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"--listen {listen!r}: expected unix:PATH or 127.0.0.1:PORT")
+    return "tcp", int(port)
+
+
+def probe(where: str | tuple[str, int], path: str = "/readyz") -> bool:
+    """One GET over a unix socket path or to (host, port): True on a 200."""
+    family = socket.AF_UNIX if isinstance(where, str) else socket.AF_INET
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect(where)
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: sidecar\r\n\r\n".encode())
+        return sock.recv(64).split(b"\r\n", 1)[0].endswith(b" 200 OK")
+    return False
+
+
+def add_probe(commands: argparse._SubParsersAction[Any]) -> None:
+    p = commands.add_parser(
+        "probe", help="exit 0 if a sidecar answers 200 (container health checks)"
+    )
+    p.add_argument(
+        "--listen", default="unix:/run/broker/sidecar.sock", help="unix:PATH or 127.0.0.1:PORT"
+    )
+    p.add_argument(
+        "--path",
+        default="/readyz",
+        choices=["/healthz", "/readyz"],
+        help="/readyz (default): would it mint now; /healthz: is the process alive",
+    )
+    p.add_argument("--json", action="store_true", help='print {"ok", "listen", "path"}')
+    p.set_defaults(func=cmd_probe)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    kind, where = parse_listen(args.listen)
+    ok = probe(str(where) if kind == "unix" else ("127.0.0.1", int(where)), args.path)
+    if args.json:
+        print(json.dumps({"ok": ok, "listen": args.listen, "path": args.path}))
+    else:
+        print("ok" if ok else f"not ok: {args.listen}{args.path}")
+    return 0 if ok else 1
