@@ -20,11 +20,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from broker.audit.records import iso_utc
-from broker.audit.redaction import MAX_REFUSED_DETAIL, bound_inputs, clip, stored_inputs
+from broker.audit.redaction import stored_inputs
 from broker.core.approvals import State, approved_by
 from broker.core.controlstate import ControlState
 from broker.core.credids import unique_id as _unique_id
-from broker.core.decision import ActionRequest, Decision, decide, raci_json
+from broker.core.decision import ActionRequest, Decision, decide
 from broker.core.dpop import ProofError, ProofRequest, ReplayCache, check_proof
 from broker.core.errors import AuditUnavailable, BackendUnavailable, BrokerError, RequestError
 from broker.core.fleetdoc import LeaseLost
@@ -34,6 +34,13 @@ from broker.core.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
 from broker.core.toolcalls import ToolCallLog
 from broker.sidecar.api import scope_document
 from broker.sidecar.approvalgate import ApprovalGate
+from broker.sidecar.decisionrecord import (
+    Recorded,
+    decision_record,
+    decision_summary,
+    jwt_claims,
+    tool_call,
+)
 from broker.sidecar.fleetledger import FleetLedger, request_costs
 from broker.sidecar.metrics import SidecarMetrics
 from broker.sidecar.minting import IssuedCredential, Minter, bounded
@@ -453,7 +460,7 @@ class CredentialService:
             {
                 "outcome": Outcome.allow.value,
                 "credential": issued.to_json(),
-                "decision": _summary(decision),
+                "decision": decision_summary(decision),
             },
         )
 
@@ -470,7 +477,7 @@ class CredentialService:
         spec = decision.credential
         assert spec is not None
         if spec.kind == "jwt":
-            claims = _jwt_claims(decision)
+            claims = jwt_claims(decision)
             if jkt is not None:  # bound to the agent's key: the record names the key too
                 claims["jkt"] = jkt
                 extra = {**(extra or {}), "dpop_jkt": jkt}
@@ -550,40 +557,16 @@ class CredentialService:
         fields = action.redact if action is not None else ()
         outcome = Outcome.deny if override else decision.outcome
         inputs, digest = self._stored_inputs(req, decision, fields)
-        clipped = None
-        if outcome is Outcome.deny:
-            inputs, clipped = bound_inputs(inputs)
-            detail = clip(detail or decision.detail, MAX_REFUSED_DETAIL)
-        body: dict[str, Any] = {
-            "type": "decision",
-            "timestamp": iso_utc(now),
-            "at": round(now, 6),
-            "agent_id": decision.agent,
-            "workflow": req.workflow,
-            "request_id": req.request_id,
-            "inputs": inputs,
-            "action": req.action,
-            "tool_calls": self.tool_calls.add(
-                req.workflow, req.request_id, _tool_call(req.action, status, decision, reason)
-            ),
-            "output": detail or decision.detail,
-            "policy_version": decision.policy_version,
-            "human_override": False,
-            "outcome": outcome.value,
-            "reason": reason.value if reason else None,
-            "approval_reason": decision.approval_reason,
-            "credential_id": credential[0] if credential else None,
-            "credential_kind": credential[1] if credential else None,
-            "ttl": credential[2] if credential else None,
-            "vault_id": vault_id,
-            "raci": raci_json(decision.raci) if decision.raci else {},
-            "manifest_hash": decision.manifest_hash,
-            "inputs_hash": digest,
-            "charges": dict(decision.charges),
-            **(extra or {}),
-        }
-        if clipped is not None:
-            body["inputs_clipped"] = clipped
+        calls = self.tool_calls.add(
+            req.workflow, req.request_id, tool_call(req.action, status, decision, reason)
+        )
+        body = decision_record(
+            req,
+            decision,
+            now,
+            Recorded(outcome, reason, inputs, digest, calls, detail, credential, vault_id),
+            extra,
+        )
         started = time.perf_counter()
         # Every value in ``body`` is fresh (tool_calls is a copy): the trail may own it.
         await self.audit.append(body, owned=True)
@@ -612,38 +595,3 @@ _CONTROL_EVENTS = {
     "revive": "agent.revived",
     "revoke": "credentials.revoked",
 }
-
-
-def _tool_call(
-    action: str, status: str, decision: Decision, reason: ReasonCode | None
-) -> dict[str, Any]:
-    call: dict[str, Any] = {"tool": action, "status": status}
-    if decision.outcome is Outcome.pending_approval and decision.approval_reason:
-        call["reason"] = decision.approval_reason
-    elif reason is not None:
-        call["reason"] = reason.value
-    return call
-
-
-def _jwt_claims(decision: Decision) -> dict[str, Any]:
-    spec = decision.credential
-    if not isinstance(spec, JwtCredential) or decision.raci is None:
-        raise TypeError("action-token claims need a jwt credential spec and a RACI")
-    return {
-        "audience": spec.audience,
-        "alg": spec.alg,
-        "action": decision.action,
-        "accountable": decision.raci.accountable,
-        "policy_version": decision.policy_version,
-        "inputs_hash": decision.inputs_hash,
-        "manifest_hash": decision.manifest_hash,
-    }
-
-
-def _summary(decision: Decision) -> dict[str, Any]:
-    return {
-        "action": decision.action,
-        "policy_version": decision.policy_version,
-        "manifest_hash": decision.manifest_hash,
-        "accountable": decision.raci.accountable if decision.raci else None,
-    }

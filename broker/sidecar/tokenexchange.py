@@ -40,8 +40,9 @@ from broker.core.errors import BrokerError, PayloadTooLarge, RequestError
 from broker.core.limits import UsageLedger
 from broker.core.manifest import JwtCredential
 from broker.core.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
+from broker.sidecar.decisionrecord import jwt_claims
 from broker.sidecar.delegation import DelegationDesk
-from broker.sidecar.service import CredentialService, Reply, _jwt_claims
+from broker.sidecar.service import CredentialService, Reply
 from broker.vault.delegations import DelegationStore
 
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URI
@@ -160,7 +161,7 @@ class TokenExchange:
             await self.service._record(
                 req, decision, now, status="ok", credential=(credential_id, "jwt", ttl), extra=extra
             )
-            claims = {**_jwt_claims(decision), "actor": actor_claim(grant.chain)}
+            claims = {**jwt_claims(decision), "actor": actor_claim(grant.chain)}
             issued = self.service.minter.mint_jwt(
                 jti=credential_id, now=now, ttl=ttl, claims=claims
             )
