@@ -46,7 +46,8 @@ from broker.core.limits import UsageLedger, window_end
 from broker.core.manifest import Manifest
 from broker.scopes.delegation import narrow
 from broker.sidecar.fleetledger import FleetLedger
-from broker.sidecar.service import CredentialService, Reply
+from broker.sidecar.reply import Reply
+from broker.sidecar.service import CredentialService
 from broker.vault.delegations import DelegationStore
 
 _R = GrantReason

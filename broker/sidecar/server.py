@@ -19,7 +19,8 @@ from broker.core.errors import BrokerError, NotFound, PayloadTooLarge, RequestEr
 from broker.sidecar import authzen, tokenexchange
 from broker.sidecar.api import CredentialRequest, OutcomeReport, openapi_document
 from broker.sidecar.approvalgate import MAX_WAIT
-from broker.sidecar.service import CredentialService, Reply
+from broker.sidecar.reply import Reply
+from broker.sidecar.service import CredentialService
 
 log = logging.getLogger("broker.sidecar.server")
 

@@ -16,13 +16,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from broker.audit.records import iso_utc
 from broker.audit.redaction import stored_inputs
-from broker.core.approvals import State, approved_by
-from broker.core.controlstate import ControlState
 from broker.core.credids import unique_id as _unique_id
 from broker.core.decision import ActionRequest, Decision, decide
 from broker.core.dpop import ProofError, ProofRequest, ReplayCache, check_proof
@@ -30,7 +27,7 @@ from broker.core.errors import AuditUnavailable, BackendUnavailable, BrokerError
 from broker.core.fleetdoc import LeaseLost
 from broker.core.limits import UsageLedger
 from broker.core.manifest import JwtCredential, Manifest
-from broker.core.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
+from broker.core.reasons import Outcome, ReasonCode
 from broker.core.toolcalls import ToolCallLog
 from broker.sidecar.api import scope_document
 from broker.sidecar.approvalgate import ApprovalGate
@@ -45,7 +42,10 @@ from broker.sidecar.fleetledger import FleetLedger, request_costs
 from broker.sidecar.metrics import SidecarMetrics
 from broker.sidecar.minting import IssuedCredential, Minter, bounded
 from broker.sidecar.orphans import LateCredentials, revoke_in_vault
+from broker.sidecar.redeem import Redeemer
+from broker.sidecar.reply import Reply, refusal
 from broker.sidecar.runtime import Runtime
+from broker.sidecar.serviceviews import AuditSink, ServiceViews
 
 log = logging.getLogger("broker.sidecar.service")
 
@@ -61,32 +61,7 @@ _SHARED_LIMITS = (
 )
 
 
-class AuditSink(Protocol):
-    async def append(self, body: Mapping[str, Any], *, owned: bool = False) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An answer for the HTTP layer: status, JSON body, extra headers."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def _refusal(
-    decision: Decision, reason: ReasonCode, detail: str, retry_after: float | None
-) -> Reply:
-    body = {"outcome": Outcome.deny.value, "reason": reason.value, "detail": detail}
-    body["policy_version"] = decision.policy_version
-    status = REASON_HTTP_STATUS.get(reason, 403)
-    if retry_after is None and status in (429, 503):
-        retry_after = 1.0  # these refusals are temporary by nature: say when to come back
-    headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))} if retry_after else {}
-    return Reply(status, body, headers)
-
-
-class CredentialService:
+class CredentialService(Redeemer, ServiceViews):
     def __init__(
         self,
         manifest: Manifest,
@@ -129,53 +104,6 @@ class CredentialService:
         """What this agent may do, for its planner: actions, inputs, limits, approval gates."""
         return scope_document(self.manifest, disabled=self.runtime.control.killed)
 
-    def control_changed(self, old: ControlState, new: ControlState) -> None:
-        """Runs on the event loop: a kill or mass revocation frees slots and goes on the record."""
-        if new.killed or new.revoked_before > old.revoked_before:
-            self.ledger.release_all()
-            self.vault_ids.clear()
-        event = (
-            "kill"
-            if new.killed and not old.killed
-            else "revive"
-            if old.killed and not new.killed
-            else "revoke"
-        )
-        body = {
-            "type": "control",
-            "event": event,
-            "timestamp": iso_utc(self._clock()),
-            "at": round(self._clock(), 6),
-            "agent_id": self.manifest.agent,
-            "reason": new.kill_reason,
-            "revoked_before": new.revoked_before,
-        }
-        self.approvals.announce_control(_CONTROL_EVENTS[event], body)
-        if self.metrics is not None and event != "revive":
-            self.metrics.revocation("agent" if event == "kill" else "all")
-        task = asyncio.get_running_loop().create_task(self.audit.append(body))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def outstanding_summary(self) -> dict[str, Any]:
-        """For the heartbeat: how many credentials are live, and which Vault ids back them."""
-        now = self._clock()
-        for cid in [c for c, v in self.vault_ids.items() if v[3] <= now]:
-            del self.vault_ids[cid]
-        watched = self.manifest_state() if self.manifest_state else {}
-        return {
-            "in_flight": self.ledger.in_flight(now),
-            "manifest_hash": self.manifest.content_hash,
-            # So `broker scopes verify` can say why a published version is not enforced.
-            "manifest_source": watched.get("source", "file"),
-            "manifest_refused": watched.get("refused"),
-            "actions": sorted(self.manifest.actions),  # runbook commands check --action here
-            "vault_credentials": [
-                {"credential_id": c, "kind": k, "vault_id": v, "action": a, "expires_at": e}
-                for c, (k, v, a, e) in self.vault_ids.items()
-            ],
-        }
-
     def swap_manifest(self, new: Manifest) -> None:
         """Enforce ``new`` from the next request on; synchronous, so atomic on the event loop."""
         if len(self._manifests) >= 8:
@@ -185,28 +113,6 @@ class CredentialService:
         self.manifest = new
         if self.metrics is not None:
             self.metrics.manifest_changed(new.actions, new.budgets)
-
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready exactly when no reason of the sidecar's own would refuse a mint: the audit
-        trail, Vault, the control state's age and the signing certificate, each named."""
-        problems = self.runtime.problems()
-        failed = getattr(self.audit, "failed", "")
-        if failed:
-            problems["audit"] = failed
-        ready = not problems
-        return ready, {
-            "ready": ready,
-            "problems": problems,
-            "vault": problems.get("vault", "ok"),
-            "manifest": {
-                "agent": self.manifest.agent,
-                "hash": self.manifest.content_hash,
-                **(self.manifest_state() if self.manifest_state else {}),
-            },
-            "agent_disabled": self.runtime.control.killed,
-            "revoked_before": self.runtime.control.revoked_before,
-            "control_age_seconds": round(min(self.runtime.control_age(), 1e9), 3),
-        }
 
     async def report_outcome(
         self, credential_id: str, status: str, cost: Mapping[str, float]
@@ -269,14 +175,14 @@ class CredentialService:
         if decision.outcome is Outcome.deny:
             assert decision.reason is not None
             await self._record(req, decision, now, status="blocked")
-            return _refusal(decision, decision.reason, decision.detail, decision.retry_after)
+            return refusal(decision, decision.reason, decision.detail, decision.retry_after)
         missing = self._dpop_missing(req.action, jkt)
         if missing is not None:
             reason = ReasonCode.dpop_required
             await self._record(
                 req, decision, now, status="blocked", override=reason, detail=missing
             )
-            return _refusal(decision, reason, missing, None)
+            return refusal(decision, reason, missing, None)
         spec = decision.credential
         problem = self.runtime.mint_problem(spec.kind if spec is not None else None)
         if problem is not None:
@@ -318,7 +224,7 @@ class CredentialService:
         await self._record(
             req, decision, now, status=status, override=reason, detail=detail, extra=extra
         )
-        return _refusal(decision, reason, detail, RETRY_AFTER_UNAVAILABLE)
+        return refusal(decision, reason, detail, RETRY_AFTER_UNAVAILABLE)
 
     async def _pending(self, req: ActionRequest, decision: Decision, now: float) -> Reply:
         """Store the approval request in Vault (fail closed), record it, answer 202."""
@@ -338,85 +244,6 @@ class CredentialService:
         )
         self.approvals.announce_requested(approval)
         return Reply(202, self.approvals.pending_body(approval))
-
-    async def redeem(
-        self,
-        approval_id: str,
-        wait: float = 0.0,
-        inputs: Mapping[str, Any] | None = None,
-        jkt: str | None = None,
-    ) -> Reply:
-        """An approved request's credential, once: 202 while pending, 403 once denied,
-        expired or spent, or when ``inputs`` are not the approved ones."""
-        gate = self.approvals
-        async with gate.lock(approval_id):
-            fetched = gate.fetch(approval_id, wait)
-            approval = await bounded(fetched, wait + self.minter.deadline, "reading the approval")
-            req = gate.request_of(approval)
-            refusal = await gate.refusal(approval, None, inputs)
-            if refusal is None and approval.state_at(gate.clock()) is State.pending:
-                return Reply(202, gate.pending_body(approval))
-            missing = self._dpop_missing(req.action, jkt)
-            if refusal is None and missing is not None:  # before spending: it stays redeemable
-                refusal = ReasonCode.dpop_required, missing
-            if refusal is None and approval.state_at(gate.clock()) is State.approved:
-                problem = await gate.vouch(approval)
-                if problem is not None:
-                    refusal = ReasonCode.approval_denied, f"approval not honoured: {problem}"
-            if refusal is None and not self.runtime.available():
-                refusal = ReasonCode.backend_unavailable, "Vault is unavailable, nothing is minted"
-                if self.runtime.vault_ok:
-                    refusal = ReasonCode.control_state_stale, self.runtime.stale_detail()
-            if refusal is None:
-                approval = await gate.spend(approval)  # single use: spent before minting
-                await self._fleet_ensure(req)  # no slice: decide refuses, the approval reopens
-            now = self._clock()
-            decision = decide(
-                req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
-            )
-            extra = {"approval_id": approval.id}
-            if refusal is None and decision.outcome is Outcome.deny:
-                assert decision.reason is not None
-                refusal = decision.reason, decision.detail
-                await gate.reopen(approval, f"refused at redeem: {decision.reason}")
-            approver = approved_by(approval)
-            still_listed = decision.raci is not None and approver in decision.raci.approvers
-            if (
-                refusal is None
-                and decision.outcome is Outcome.pending_approval
-                and not still_listed
-            ):
-                # The manifest changed since the approval: only a current approver's word counts.
-                refusal = (
-                    ReasonCode.approval_denied,
-                    f"{approver} is no longer an approver of {req.action} under the manifest in force",
-                )
-            if refusal is not None:
-                denied = replace(
-                    decision,
-                    outcome=Outcome.deny,
-                    reason=refusal[0],
-                    approval_reason=None,
-                    detail=refusal[1],
-                )
-                await self._record(req, denied, now, status="blocked", extra=extra)
-                return _refusal(denied, refusal[0], refusal[1], decision.retry_after)
-            by = approved_by(approval)
-            granted = replace(
-                decision, outcome=Outcome.allow, reason=None, detail=f"approved by {by}"
-            )
-            reply = await self._allow(
-                req,
-                granted,
-                now,
-                extra={**extra, "approved_by": by, "human_override": True},
-                jkt=jkt,
-            )
-            if reply.status == 200:
-                await gate.redeemed(approval, reply.body["credential"]["credential_id"])
-            else:
-                await gate.reopen(approval, "the mint failed")
-            return reply
 
     async def _allow(
         self,
@@ -588,10 +415,3 @@ class CredentialService:
         else:
             inputs, digest = dict(req.inputs), decision.inputs_hash
         return inputs, digest
-
-
-_CONTROL_EVENTS = {
-    "kill": "agent.killed",
-    "revive": "agent.revived",
-    "revoke": "credentials.revoked",
-}

@@ -42,7 +42,8 @@ from broker.core.manifest import JwtCredential
 from broker.core.reasons import REASON_HTTP_STATUS, Outcome, ReasonCode
 from broker.sidecar.decisionrecord import jwt_claims
 from broker.sidecar.delegation import DelegationDesk
-from broker.sidecar.service import CredentialService, Reply
+from broker.sidecar.reply import Reply
+from broker.sidecar.service import CredentialService
 from broker.vault.delegations import DelegationStore
 
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URI
