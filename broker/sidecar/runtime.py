@@ -36,11 +36,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from broker.core.controlstate import (
     GLOBAL_PATH,
@@ -53,12 +50,10 @@ from broker.core.credids import ID_PREFIX
 from broker.core.errors import BackendUnavailable, BrokerError, ConfigError, PermissionDenied
 from broker.core.reasons import ReasonCode
 from broker.settings import VaultSettings, issuer_from_env
+from broker.sidecar.keyupkeep import KeyUpkeep
 from broker.sidecar.metrics import SidecarMetrics
-from broker.sidecar.signing import ActionTokenSigner, PublishedKey
+from broker.sidecar.signing import ActionTokenSigner
 from broker.vault.asyncapi import AsyncVault
-from broker.vault.jwks import publish_keys, publish_status
-from broker.vault.layout import PKI_MOUNT
-from broker.vault.pki import SignedCert, sign_csr
 from broker.vault.registry import login_recorder
 from broker.vault.session import VaultSession
 
@@ -78,9 +73,6 @@ JITTER = 0.1  # each wait is the poll interval times a random factor in [1 - JIT
 STALE_AFTER = 1.25
 # How long a request waits for a poll it asked for when it found the state stale.
 FRESH_WAIT = 0.5
-# How often the published CA is read to check that the signing certificate still chains to
-# it (a CA replaced in Vault is noticed within this plus one poll, then the key re-certified).
-CA_CHECK_EVERY = 5.0
 # Bootstrap creates control/version and nothing deletes it. A standby OpenBao node answers
 # 404 to every KV read (measured on a three-node Raft cluster): read as "no document", that
 # would mean "nothing revoked". So a missing version document fails closed.
@@ -92,7 +84,7 @@ NO_VERSION = (
 LOGIN_BACKOFF_MAX = 5.0
 
 
-class Runtime:
+class Runtime(KeyUpkeep):
     def __init__(
         self,
         agent: str,
@@ -127,12 +119,7 @@ class Runtime:
         self._poll_now = asyncio.Event()
         self.logged_in = False
         self.stale_refusals = 0
-        self._cert: x509.Certificate | None = None  # the signing key's current certificate
-        self._ca_pem = ""
-        self._ca: x509.Certificate | None = None  # the CA Vault publishes, as last read
-        self._ca_checked_at = -float("inf")
-        self.ca_mismatch = False
-        self.recertified = 0  # keys certified again because the CA changed
+        self._init_key_upkeep()
         self.outstanding: Callable[[], dict[str, Any]] = dict
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
@@ -197,45 +184,6 @@ class Runtime:
         shown = f"{age:.2f} s old" if age != float("inf") else "never read"
         return f"the control state is {shown} (bound {STALE_AFTER:g} s); nothing is minted on it"
 
-    def certificate_problem(self) -> str:
-        """'' while the signing key holds a certificate that is valid now."""
-        cert = self._cert
-        if cert is None:
-            return "no certified signing key yet"
-        if cert.not_valid_after_utc.timestamp() <= self._clock():
-            return "the signing certificate has expired"
-        if self.ca_mismatch:
-            return "the signing certificate does not chain to the CA Vault publishes"
-        return ""
-
-    def _chains(self) -> bool:
-        cert, ca = self._cert, self._ca
-        if cert is None or ca is None:
-            return True  # nothing to compare (no key is reported on its own)
-        try:
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            return False
-        return True
-
-    async def _check_ca(self) -> None:
-        """Read the published CA (at most every CA_CHECK_EVERY s); a certificate that no
-        longer chains to it marks the key for certification before the next mint."""
-        if self._mono() - self._ca_checked_at < CA_CHECK_EVERY:
-            return
-        pem = await self._poller.get_text(f"{PKI_MOUNT}/ca/pem", "read of the broker CA")
-        self._ca_checked_at = self._mono()
-        if pem != self._ca_pem:
-            try:
-                self._ca = x509.load_pem_x509_certificate(pem.encode())
-            except ValueError:
-                self._ca = None  # no CA published (yet): nothing to compare against
-            self._ca_pem = pem
-        mismatch = not self._chains()
-        if mismatch and not self.ca_mismatch:
-            log.warning("the signing certificate no longer chains to the published CA")
-        self.ca_mismatch = mismatch
-
     async def refresh_now(self, wait: float = FRESH_WAIT) -> None:
         """Ask for a poll now and wait (bounded) for a good read: for a request that found the
         state stale only because the loop was late (a paused process, CPU contention)."""
@@ -250,25 +198,6 @@ class Runtime:
         if not self.available():
             self.stale_refusals += 1
             log.warning("refusing to mint: %s", self.stale_detail())
-
-    def _issue_cert(self, csr_pem: str, ttl: str, alg: str) -> SignedCert:
-        signed = sign_csr(self.session.client, self.agent, csr_pem, ttl, self.session.addr, alg=alg)
-        self._cert = x509.load_pem_x509_certificate(signed.certificate_pem.encode())
-        return signed
-
-    def _publish_keys(self, keys: Sequence[PublishedKey]) -> None:
-        """In the rotation's worker thread: the public keys go to Vault before they sign."""
-        entries = [k.to_json() for k in keys]
-        publish_keys(self.session.client, self.agent, entries, self._clock(), self.session.addr)
-        self._publish_status()  # the new keys' status lists exist before a token names them
-
-    def _publish_status(self) -> None:
-        """In a worker thread: which of this sidecar's tokens are revoked, for the issuer."""
-        ledger = self.signer.status
-        if ledger is not None:
-            now = self._clock()
-            lists = ledger.snapshot(self.control, now)
-            publish_status(self.session.client, self.agent, lists, now, self.session.addr)
 
     async def start(self) -> None:
         """Start the loop. Vault need not answer yet: the loop logs in with backoff and
@@ -396,18 +325,6 @@ class Runtime:
         self.control_read_at = sent
         if self._polled is not None and not self._polled.done():
             self._polled.set_result(None)
-
-    def _maintain(self, generation: int) -> None:
-        """In a worker thread: renew the token, certify a new key when one is due."""
-        self.session.ensure_fresh()
-        if self.ca_mismatch or self.signer.needs_rotation(self._clock(), generation):
-            mismatch = self.ca_mismatch
-            # A key under a CA nobody trusts any more is replaced at once, not after PREPUBLISH.
-            self.signer.rotate(generation, None if mismatch else self._clock())
-            self.ca_mismatch = not self._chains()
-            if mismatch and not self.ca_mismatch:
-                self.recertified += 1
-                log.warning("signing key certified again under the published CA")
 
     async def _read_control(self) -> None:
         """One read of control/version; the documents themselves when it moved or when the

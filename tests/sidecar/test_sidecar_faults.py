@@ -340,7 +340,7 @@ async def test_ca_replaced_under_a_running_sidecar_key_is_certified_again(
     verify under the new CA; none minted after that is signed under the old one."""
     # The CA is checked every 5 s; the socket drops a keep-alive connection idle for 5 s,
     # which the harness's client would then reuse. A 1 s check keeps the wait shorter.
-    monkeypatch.setattr("broker.sidecar.runtime.CA_CHECK_EVERY", 1.0)
+    monkeypatch.setattr("broker.sidecar.keyupkeep.CA_CHECK_EVERY", 1.0)
     manifest = write_manifest(tmp_path, UNCAPPED.format(agent=unique_agent("newca")))
     client = root_client(openbao)
     async with running_sidecar(openbao, manifest, tmp_path) as h:

@@ -1,0 +1,114 @@
+"""The signing key's upkeep in Vault: its certificate (issued by the broker CA, checked to
+still chain to the CA Vault publishes, re-certified at once when it does not), the public keys
+and status lists published for the issuer, and the token renewal and key rotation the control
+loop runs in a worker thread. A mixin of ``Runtime``, over its session and signer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from broker.core.controlstate import ControlState
+from broker.sidecar.signing import ActionTokenSigner, PublishedKey
+from broker.vault.asyncapi import AsyncVault
+from broker.vault.jwks import publish_keys, publish_status
+from broker.vault.layout import PKI_MOUNT
+from broker.vault.pki import SignedCert, sign_csr
+from broker.vault.session import VaultSession
+
+log = logging.getLogger("broker.sidecar.runtime")
+
+# How often the published CA is read to check that the signing certificate still chains to
+# it (a CA replaced in Vault is noticed within this plus one poll, then the key re-certified).
+CA_CHECK_EVERY = 5.0
+
+
+class KeyUpkeep:
+    agent: str
+    session: VaultSession
+    signer: ActionTokenSigner
+    control: ControlState
+    _poller: AsyncVault
+    _clock: Callable[[], float]
+    _mono: Callable[[], float]
+
+    def _init_key_upkeep(self) -> None:
+        self._cert: x509.Certificate | None = None  # the signing key's current certificate
+        self._ca_pem = ""
+        self._ca: x509.Certificate | None = None  # the CA Vault publishes, as last read
+        self._ca_checked_at = -float("inf")
+        self.ca_mismatch = False
+        self.recertified = 0  # keys certified again because the CA changed
+
+    def certificate_problem(self) -> str:
+        """'' while the signing key holds a certificate that is valid now."""
+        cert = self._cert
+        if cert is None:
+            return "no certified signing key yet"
+        if cert.not_valid_after_utc.timestamp() <= self._clock():
+            return "the signing certificate has expired"
+        if self.ca_mismatch:
+            return "the signing certificate does not chain to the CA Vault publishes"
+        return ""
+
+    def _chains(self) -> bool:
+        cert, ca = self._cert, self._ca
+        if cert is None or ca is None:
+            return True  # nothing to compare (no key is reported on its own)
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
+    async def _check_ca(self) -> None:
+        """Read the published CA (at most every CA_CHECK_EVERY s); a certificate that no
+        longer chains to it marks the key for certification before the next mint."""
+        if self._mono() - self._ca_checked_at < CA_CHECK_EVERY:
+            return
+        pem = await self._poller.get_text(f"{PKI_MOUNT}/ca/pem", "read of the broker CA")
+        self._ca_checked_at = self._mono()
+        if pem != self._ca_pem:
+            try:
+                self._ca = x509.load_pem_x509_certificate(pem.encode())
+            except ValueError:
+                self._ca = None  # no CA published (yet): nothing to compare against
+            self._ca_pem = pem
+        mismatch = not self._chains()
+        if mismatch and not self.ca_mismatch:
+            log.warning("the signing certificate no longer chains to the published CA")
+        self.ca_mismatch = mismatch
+
+    def _issue_cert(self, csr_pem: str, ttl: str, alg: str) -> SignedCert:
+        signed = sign_csr(self.session.client, self.agent, csr_pem, ttl, self.session.addr, alg=alg)
+        self._cert = x509.load_pem_x509_certificate(signed.certificate_pem.encode())
+        return signed
+
+    def _publish_keys(self, keys: Sequence[PublishedKey]) -> None:
+        """In the rotation's worker thread: the public keys go to Vault before they sign."""
+        entries = [k.to_json() for k in keys]
+        publish_keys(self.session.client, self.agent, entries, self._clock(), self.session.addr)
+        self._publish_status()  # the new keys' status lists exist before a token names them
+
+    def _publish_status(self) -> None:
+        """In a worker thread: which of this sidecar's tokens are revoked, for the issuer."""
+        ledger = self.signer.status
+        if ledger is not None:
+            now = self._clock()
+            lists = ledger.snapshot(self.control, now)
+            publish_status(self.session.client, self.agent, lists, now, self.session.addr)
+
+    def _maintain(self, generation: int) -> None:
+        """In a worker thread: renew the token, certify a new key when one is due."""
+        self.session.ensure_fresh()
+        if self.ca_mismatch or self.signer.needs_rotation(self._clock(), generation):
+            mismatch = self.ca_mismatch
+            # A key under a CA nobody trusts any more is replaced at once, not after PREPUBLISH.
+            self.signer.rotate(generation, None if mismatch else self._clock())
+            self.ca_mismatch = not self._chains()
+            if mismatch and not self.ca_mismatch:
+                self.recertified += 1
+                log.warning("signing key certified again under the published CA")
