@@ -162,16 +162,21 @@ class CredentialService(Redeemer, ServiceViews):
             raise AuditUnavailable(failed)
         if not self.runtime.available():
             await self.runtime.refresh_now()  # stale only because the loop ran late?
-        ledger_problem = await self._fleet_ensure(req)
+        # A replica that cannot mint takes no slice of the fleet's limits: it would hold it,
+        # refusing, while the other replicas run short.
+        idle = self.runtime.mint_problem(None)
+        ledger_problem = await self._fleet_ensure(req) if idle is None else None
         now = self._clock()
         decision = decide(
             req, self.manifest, self.ledger, now, agent_disabled=self.runtime.control.killed
         )
-        if ledger_problem is not None and decision.reason in _SHARED_LIMITS:
-            # The slice is spent and the fleet's store cannot be asked for more: money fails
-            # closed, and says it is temporary rather than "budget exhausted".
-            reason = ReasonCode.ledger_unavailable
-            return await self._unavailable(req, decision, now, ledger_problem, reason=reason)
+        if ledger_problem is not None:
+            idle = ReasonCode.ledger_unavailable, ledger_problem
+        if idle is not None and decision.reason in _SHARED_LIMITS:
+            # The local slice is spent and more cannot be asked for (the fleet's store is
+            # away, or this replica may not mint now): money fails closed, and says it is
+            # temporary rather than "budget exhausted".
+            return await self._unavailable(req, decision, now, idle[1], reason=idle[0])
         if decision.outcome is Outcome.deny:
             assert decision.reason is not None
             await self._record(req, decision, now, status="blocked")

@@ -412,3 +412,23 @@ async def test_sigkilled_replica_holds_its_slots_until_its_credentials_expire(
             assert time.time() < deadline, "the dead replica's slots never came back"
             await asyncio.sleep(0.2)
         assert time.time() >= max(expiries)  # not before its credentials had expired
+
+
+async def test_a_replica_that_cannot_mint_takes_no_slice(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """A replica whose control state is stale (its poll stopped) refuses 503
+    control_state_stale and leases nothing: a slice held while refusing would leave the
+    other replicas short (fewer minted than the budget, seen under CPU starvation)."""
+    manifest = fleet_manifest(tmp_path, 40)
+    agent = load_manifest(manifest).agent
+    async with AsyncExitStack() as stack:
+        (stale,) = await replicas(stack, openbao, manifest, tmp_path, 1)
+        assert stale.sidecar.runtime._task is not None  # type: ignore[union-attr]
+        stale.sidecar.runtime._task.cancel()  # type: ignore[union-attr]
+        await asyncio.sleep(1.5)  # real time for the monotonic staleness bound
+        refused = [await stale.ask("read.thing") for _ in range(3)]
+        doc = kv_read(root_client(openbao), ledger_path(agent))
+    assert {(s, b["reason"]) for s, b, _ in refused} == {(503, "control_state_stale")}
+    leased = summary(doc, ledger_path(agent), time.time())["calls"]["leased"] if doc else {}
+    assert sum(Decimal(v) for v in leased.values()) == 0
