@@ -162,9 +162,10 @@ class CredentialService(Redeemer, ServiceViews):
             raise AuditUnavailable(failed)
         if not self.runtime.available():
             await self.runtime.refresh_now()  # stale only because the loop ran late?
-        # A replica that cannot mint takes no slice of the fleet's limits: it would hold it,
-        # refusing, while the other replicas run short.
-        idle = self.runtime.mint_problem(None)
+        # A replica that cannot mint while Vault answers (its control state is stale) takes
+        # no slice of the fleet's limits: it would hold it, refusing, while the other replicas
+        # run short. With Vault away the top-up fails and says so (ledger_unavailable).
+        idle = self.runtime.mint_problem(None) if self.runtime.vault_ok else None
         ledger_problem = await self._fleet_ensure(req) if idle is None else None
         now = self._clock()
         decision = decide(
