@@ -98,6 +98,23 @@ def operator_view(openbao: DevServer, manifest: Path) -> dict[str, Any]:
     return dict(ledger["calls"])
 
 
+def replica_env(openbao: DevServer, manifest: Path, tmp_path: Path, ttl: float) -> dict[str, str]:
+    """The environment of a replica run as its own process (to be SIGKILLed): its AppRole
+    login, the fleet ledger in Vault, a short lease TTL."""
+    client = root_client(openbao)
+    bootstrap(client, [grant_for(load_manifest(manifest))], addr=openbao.addr)
+    role_file, secret_file = approle_files(client, load_manifest(manifest).agent, tmp_path / "s")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env.update(
+        VAULT_ADDR=openbao.addr,
+        BROKER_ROLE_ID_FILE=str(role_file),
+        BROKER_SECRET_ID_FILE=str(secret_file),
+        BROKER_LEDGER="vault",
+        BROKER_LEDGER_LEASE_TTL=str(ttl),
+    )
+    return env
+
+
 def records(trail: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in trail.read_text().splitlines() if line.strip()]
 
@@ -205,17 +222,7 @@ async def test_sigkilled_replica_slice_returns_and_a_fresh_replica_continues(
     empty state directory continues the fleet's count: together exactly the budget."""
     ttl, limit = 3.0, 40
     manifest = fleet_manifest(tmp_path, limit)
-    client = root_client(openbao)
-    bootstrap(client, [grant_for(load_manifest(manifest))], addr=openbao.addr)
-    role_file, secret_file = approle_files(client, load_manifest(manifest).agent, tmp_path / "s")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env.update(
-        VAULT_ADDR=openbao.addr,
-        BROKER_ROLE_ID_FILE=str(role_file),
-        BROKER_SECRET_ID_FILE=str(secret_file),
-        BROKER_LEDGER="vault",
-        BROKER_LEDGER_LEASE_TTL=str(ttl),
-    )
+    env = replica_env(openbao, manifest, tmp_path, ttl)
     port = free_port()
     doomed = _start(manifest, tmp_path / "doomed" / "audit.jsonl", env, port)
     try:
@@ -374,17 +381,7 @@ async def test_sigkilled_replica_holds_its_slots_until_its_credentials_expire(
     slots come back by themselves."""
     ttl = 2.0
     manifest = write_manifest(tmp_path, SLOTS.format(agent=unique_agent("slots")))
-    client = root_client(openbao)
-    bootstrap(client, [grant_for(load_manifest(manifest))], addr=openbao.addr)
-    role_file, secret_file = approle_files(client, load_manifest(manifest).agent, tmp_path / "s")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env.update(
-        VAULT_ADDR=openbao.addr,
-        BROKER_ROLE_ID_FILE=str(role_file),
-        BROKER_SECRET_ID_FILE=str(secret_file),
-        BROKER_LEDGER="vault",
-        BROKER_LEDGER_LEASE_TTL=str(ttl),
-    )
+    env = replica_env(openbao, manifest, tmp_path, ttl)
     port = free_port()
     doomed = _start(manifest, tmp_path / "doomed" / "audit.jsonl", env, port)
     try:
