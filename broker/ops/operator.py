@@ -51,7 +51,19 @@ def operator_client(args: argparse.Namespace) -> tuple[VaultClient, str]:
         raise ConfigError(
             "this command acts with your own Vault token: set VAULT_TOKEN (or BAO_TOKEN)"
         )
-    return make_client(vault.addr, vault.token.get_secret_value()), vault.addr
+    token = vault.token.get_secret_value()
+    if len(vault.addrs) < 2:
+        return make_client(vault.addr, token), vault.addr
+    # Several nodes of one cluster: the runbook acts on the active one (found by sys/health;
+    # during an election, the first), and its requests carry the headers that make a standby
+    # forward or fail rather than answer from a lagging copy, as a sidecar's do.
+    from broker.settings import tls_from_env
+    from broker.vault.endpoints import VaultEndpoints
+
+    tls = vault.tls or tls_from_env(addr=vault.addr)
+    endpoints = VaultEndpoints(vault.addrs, tls)
+    endpoints.find_active()
+    return make_client(endpoints.current, token, tls=tls, endpoints=endpoints), endpoints.current
 
 
 def operator_audit(args: argparse.Namespace, body: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import json
@@ -15,6 +16,7 @@ import pytest
 import requests
 
 from broker.dev.raft import RaftCluster, RaftNode
+from broker.ops.operator import operator_client
 from broker.settings import VaultTLS
 from broker.vault.endpoints import VaultEndpoints
 from broker.vault.session import make_client
@@ -122,3 +124,22 @@ def test_no_active_node_leaves_every_client_where_it_was() -> None:
     client = make_client("http://127.0.0.1:9", endpoints=endpoints)
     assert endpoints.find_active() is False
     assert (endpoints.current, client.url, endpoints.switches) == ("http://127.0.0.1:9",) * 2 + (0,)
+
+
+@pytest.mark.integration
+def test_runbook_commands_act_on_the_active_node(
+    raft_cluster: RaftCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given the standbys first, an operator command's client is the active node's, with the
+    consistency headers; one address is used as given, without them."""
+    raft_cluster.heal()
+    active = raft_cluster.active()
+    order = [n.addr for n in _standbys(raft_cluster)] + [active.addr]
+    monkeypatch.setenv("VAULT_TOKEN", raft_cluster.root_token)
+    client, addr = operator_client(argparse.Namespace(vault_addr=",".join(order)))
+    assert (addr, client.url) == (active.addr, active.addr)
+    assert client.sys.read_health_status(method="GET")["standby"] is False
+    assert "X-Vault-Inconsistent" in client.session.headers
+    single, addr = operator_client(argparse.Namespace(vault_addr=order[0]))
+    assert addr == order[0]
+    assert "X-Vault-Inconsistent" not in single.session.headers
