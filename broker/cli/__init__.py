@@ -19,6 +19,7 @@ from broker.core.errors import BrokerError
 # Modules that contribute commands; each defines register(commands, bench).
 COMMAND_MODULES = (
     "broker.cli.stack",
+    "broker.cli.node",
     "broker.cli.scopes",
     "broker.cli.audit",
     "broker.cli.control",

@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,11 @@ def register(
         type=_replicas,
         default=1,
         help="sidecars per agent (1-16); above 1 they share its limits through Vault",
+    )
+    p.add_argument(
+        "--no-node-agent",
+        action="store_true",
+        help="each sidecar polls Vault itself (default: one node agent polls for them all)",
     )
     p.set_defaults(func=cmd_up)
 
@@ -173,6 +179,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             state_dir=args.state_dir,
             with_postgres=not args.no_postgres,
             replicas=args.replicas,
+            node_agent=not args.no_node_agent,
         )
     except Stop:
         return 0
@@ -244,9 +251,19 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         metrics_listen=args.metrics_listen,
         ledger=ledger_kind(os.environ.get("BROKER_LEDGER", "local")),
         ledger_lease_ttl=_lease_ttl(os.environ.get("BROKER_LEDGER_LEASE_TTL", "30")),
+        **node_agent_settings(os.environ),
     )
     asyncio.run(serve(config))
     return 0
+
+
+def node_agent_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """``BROKER_NODE_AGENT_SOCKET`` (empty: none) and ``BROKER_NODE_AGENT_UIDS``."""
+    from broker.sidecar.nodewatch import extra_uids
+
+    path = env.get("BROKER_NODE_AGENT_SOCKET", "")
+    uids = extra_uids(env.get("BROKER_NODE_AGENT_UIDS", ""))
+    return {"node_agent": Path(path) if path else None, "node_agent_uids": uids}
 
 
 def _replicas(value: str) -> int:

@@ -23,6 +23,7 @@ from broker.core.errors import BackendUnavailable, ConfigError
 from broker.core.manifest import DynamicCredential, Manifest, VaultTokenCredential
 from broker.dev.devstack import DevServer, start_dev_server
 from broker.dev.issuerproc import IssuerProcess, start_issuer
+from broker.dev.nodeproc import NodeAgentProcess, start_node_agent
 from broker.dev.pgdev import PG_BINDIR, PgCluster, start_cluster, stop_cluster
 from broker.scopes.loader import load_manifests
 from broker.settings import VaultSettings
@@ -93,6 +94,7 @@ class Stack:
     sidecars: list[SidecarProcess] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     issuer: IssuerProcess | None = None
+    node_agent: NodeAgentProcess | None = None  # sidecars started after it use it
 
     def stop(self, *, remove_state: bool = False) -> None:
         """Stop everything started, by process id; the state directory (audit trails, secret
@@ -100,6 +102,9 @@ class Stack:
         for sc in reversed(self.sidecars):
             _terminate(sc.process)
         self.sidecars.clear()
+        if self.node_agent is not None:
+            _terminate(self.node_agent.process)
+            self.node_agent = None
         if self.issuer is not None:
             _terminate(self.issuer.process)
             self.issuer = None
@@ -202,6 +207,9 @@ def start_sidecar(
     skip = ("VAULT_TOKEN", "BAO_TOKEN", "BROKER_VAULT_ADDRS")
     env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     env["VAULT_ADDR"] = vault.addr
+    env.pop("BROKER_NODE_AGENT_SOCKET", None)
+    if stack.node_agent is not None:
+        env["BROKER_NODE_AGENT_SOCKET"] = str(stack.node_agent.socket)
     if replica is not None:
         env["BROKER_LEDGER"] = "vault"
     if stack.issuer is not None:
@@ -252,6 +260,7 @@ def up(
     state_dir: Path | None = None,
     with_postgres: bool = True,
     replicas: int = 1,
+    node_agent: bool = True,
 ) -> Stack:
     """Start everything; on any failure, stop what was started and raise. ``replicas`` > 1
     runs that many sidecars per agent, sharing its budgets, rates and concurrency cap."""
@@ -278,6 +287,8 @@ def up(
             stack.postgres = start_cluster()
             stack.steps += _demo_database(client, manifests, stack.postgres)
         stack.issuer = start_issuer(client, stack.vault_addr, state)
+        if node_agent:  # one control poll for every sidecar below
+            stack.node_agent = start_node_agent(client, stack.vault_addr, state)
         sidecar_vault = VaultSettings(addr=stack.vault_addr)
         for path, manifest in manifests_with_paths:
             source = path
@@ -350,6 +361,8 @@ def describe(stack: Stack) -> Iterator[str]:
     if stack.postgres is not None:
         yield f"PostgreSQL:    127.0.0.1:{stack.postgres.port} (throwaway, for dynamic credentials)"
     yield f"State:         {stack.state_dir}"
+    if stack.node_agent is not None:
+        yield f"Node agent:    unix:{stack.node_agent.socket}  (one control poll for the sidecars)"
     if stack.issuer is not None:
         yield f"Issuer:        {stack.issuer.url}  (JWKS: {stack.issuer.url}/.well-known/jwks.json)"
     for sc in stack.sidecars:

@@ -75,6 +75,10 @@ class SidecarConfig:
     # replica of the agent through leases on Vault (broker.sidecar.fleetledger).
     ledger: str = "local"
     ledger_lease_ttl: float = DEFAULT_LEASE_TTL
+    # ``BROKER_NODE_AGENT_SOCKET``: the node agent that polls Vault for every sidecar of the
+    # node (``broker.sidecar.nodeagent``); its holder must be root, our user or one of these.
+    node_agent: Path | None = None
+    node_agent_uids: frozenset[int] = frozenset()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,6 +124,8 @@ class Sidecar:
             config.vault,
             poll_interval=config.poll_interval,
         )
+        if config.node_agent is not None:
+            self.runtime.use_node_agent(config.node_agent, config.node_agent_uids)
         self.audit: AuditLog | None = None
         self.service: CredentialService | None = None
         self.notifier: WebhookNotifier | None = None

@@ -52,6 +52,8 @@ from broker.core.reasons import ReasonCode
 from broker.settings import VaultSettings, issuer_from_env
 from broker.sidecar.keyupkeep import KeyUpkeep
 from broker.sidecar.metrics import SidecarMetrics
+from broker.sidecar.nodewatch import NodeWatch
+from broker.sidecar.nodewire import Confirmation
 from broker.sidecar.signing import ActionTokenSigner
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.registry import login_recorder
@@ -80,6 +82,12 @@ NO_VERSION = (
     "control/version is missing: this Vault node is a standby (it answers 404 for every"
     " read) or the broker was never bootstrapped; nothing is minted"
 )
+# With a node agent: a confirmation it sent is used instead of a read of our own while it is
+# younger than this; older (the agent lags or is gone), the sidecar reads Vault itself.
+NODE_FRESH = 0.75
+# With a node agent confirming, the loop wakes for its own upkeep (heartbeat, renewal, the
+# periodic full read) this often; the agent's lines wake it at once when the version moves.
+NODE_TICK = 1.0
 # Login retries at start-up, or after the token was lost: from the poll interval, doubling.
 LOGIN_BACKOFF_MAX = 5.0
 
@@ -140,10 +148,33 @@ class Runtime(KeyUpkeep):
         self._full_read_at = -float("inf")  # monotonic
         self.full_read_every = FULL_READ_EVERY
         self.full_reads = 0
+        self.direct_polls = 0  # reads of control/version of our own (not the node agent's)
+        self.node: NodeWatch | None = None
+        self.control_source = "vault"  # where the last confirmation came from
+        self.control_changed_at: float | None = None  # wall clock: a kill or revocation seen
         self._rng = random.Random()  # noqa: S311 - jitter, not a secret
         # Every login token goes on the registry before it mints: ``broker kill`` revokes it
         # (and with it all it minted) even after this process is gone.
         self.session.on_login = login_recorder(agent, ID_PREFIX, vault.addr, clock)
+
+    def use_node_agent(self, path: Any, uids: frozenset[int] = frozenset()) -> None:
+        """Take the control version from the node agent at ``path`` (``broker.sidecar.nodeagent``)
+        while it confirms it, and from Vault directly whenever it does not."""
+        self.node = NodeWatch(path, self._node_update, uids=uids, monotonic=self._mono)
+
+    def _node_update(self, seen: Confirmation | None) -> None:
+        """A line from the node agent, on the event loop. The same version as our last full
+        read, and nothing else due: the state is confirmed as of the agent's read, no I/O.
+        Anything else (a new version, the agent gone): a poll now."""
+        due = self._mono() - self._full_read_at >= self.full_read_every
+        if seen is None or seen.version != self._version_seen or due or not self.vault_ok:
+            self._poll_now.set()
+            return
+        if seen.read_at > self.control_read_at:
+            self.control_read_at = seen.read_at
+            self.control_source = "node-agent"
+        if self._polled is not None and not self._polled.done() and self.available():
+            self._polled.set_result(None)
 
     def control_age(self) -> float:
         return self._mono() - self.control_read_at
@@ -203,6 +234,8 @@ class Runtime(KeyUpkeep):
         """Start the loop. Vault need not answer yet: the loop logs in with backoff and
         nothing is minted until it has. Missing credentials settings fail here, at once."""
         self.session.check_credentials()
+        if self.node is not None:
+            self.node.start()
         self._task = asyncio.create_task(self._loop(), name=f"runtime-{self.agent}")
 
     async def wait_connected(self, timeout: float | None = None) -> None:
@@ -212,6 +245,8 @@ class Runtime(KeyUpkeep):
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
+        if self.node is not None:
+            await self.node.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -236,7 +271,7 @@ class Runtime(KeyUpkeep):
             except Exception as exc:  # any failure must fail closed, not end the loop
                 log.exception("control poll failed")
                 self._mark_down(f"unexpected {type(exc).__name__}")
-            delay = self.poll_interval * self._rng.uniform(1 - JITTER, 1 + JITTER)
+            delay = self._tick() * self._rng.uniform(1 - JITTER, 1 + JITTER)
             if not self.logged_in:
                 delay, backoff = backoff, min(backoff * 2, LOGIN_BACKOFF_MAX)
                 log.warning(
@@ -247,6 +282,12 @@ class Runtime(KeyUpkeep):
             self._poll_now.clear()
             if self.metrics is not None:
                 self.metrics.control_lag(self.control_age())
+
+    def _tick(self) -> float:
+        """The poll interval; longer while the node agent confirms for us."""
+        if self.node is not None and self.node.confirmed(NODE_FRESH) is not None:
+            return max(NODE_TICK, self.poll_interval)
+        return self.poll_interval
 
     async def _follow_active(self) -> None:
         """With several Vault addresses: move every client to the active node (after a failed
@@ -286,15 +327,13 @@ class Runtime(KeyUpkeep):
 
     async def _refresh(self, outstanding: dict[str, Any]) -> None:
         """One poll: control state, token freshness, signing key, heartbeat."""
-        sent = self._mono()
         try:
-            await self._read_control()
+            confirmed = await self._read_control()
         except PermissionDenied:
             # A revoked or expired sidecar token reads as permission denied: log in again.
             self.logged_in = False
             await self._login()
-            sent = self._mono()
-            await self._read_control()
+            confirmed = await self._read_control()
         revocations = _revocation_view(self.control)
         if self.signer.status is not None and revocations != self._status_published:
             await asyncio.to_thread(self._publish_status)
@@ -322,24 +361,33 @@ class Runtime(KeyUpkeep):
         self.vault_ok = True
         self.vault_problem = ""
         self.last_poll_ok = now
-        self.control_read_at = sent
+        self.control_read_at = max(self.control_read_at, confirmed)
         if self._polled is not None and not self._polled.done():
             self._polled.set_result(None)
 
-    async def _read_control(self) -> None:
-        """One read of control/version; the documents themselves when it moved or when the
-        last full read is FULL_READ_EVERY old. Either way the state is confirmed as of the
-        moment the read was sent: writers bump the version after writing the documents."""
-        _, version = await self._poller.kv_read_versioned(VERSION_PATH)
+    async def _read_control(self) -> float:
+        """control/version (the node agent's confirmation while it is fresh, else a read of
+        our own); the documents themselves when it moved or when the last full read is
+        FULL_READ_EVERY old. Either way the state is confirmed as of the moment the version's
+        read was sent, which is returned: writers bump the version after writing the documents."""
+        seen = self.node.confirmed(NODE_FRESH) if self.node is not None else None
+        if seen is not None:
+            version, sent, self.control_source = seen.version, seen.read_at, "node-agent"
+        else:
+            sent = self._mono()
+            _, version = await self._poller.kv_read_versioned(VERSION_PATH)
+            self.direct_polls += 1
+            self.control_source = "vault"
         if version == 0:
             raise BackendUnavailable(NO_VERSION)
         due = self._mono() - self._full_read_at >= self.full_read_every
         if version == self._version_seen and not due:
-            return
+            return sent
         started = self._mono()
         await self._read_documents()
         self._version_seen, self._full_read_at = version, started
         self.full_reads += 1
+        return sent
 
     async def _read_documents(self) -> None:
         old = self.control
@@ -355,6 +403,8 @@ class Runtime(KeyUpkeep):
             self.dirty = True
             self._ack_due = True
         changed = (old.killed, old.revoked_before) != (new.killed, new.revoked_before)
+        if changed:
+            self.control_changed_at = self._clock()
         if changed and self.on_change is not None:
             self.on_change(old, new)
 

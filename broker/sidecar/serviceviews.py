@@ -106,4 +106,8 @@ class ServiceViews:
             "agent_disabled": self.runtime.control.killed,
             "revoked_before": self.runtime.control.revoked_before,
             "control_age_seconds": round(min(self.runtime.control_age(), 1e9), 3),
+            # "node-agent" while the node's agent confirms control/version for this sidecar.
+            "control_source": self.runtime.control_source,
+            # When a kill or revocation was last taken in (wall clock), for time-to-effect.
+            "control_changed_at": self.runtime.control_changed_at,
         }

@@ -23,6 +23,8 @@ from broker.vault.layout import (
     CA_COMMON_NAME,
     ISSUER_POLICY,
     KV_MOUNT,
+    NODE_AGENT_POLICY,
+    NODE_AGENT_ROLE,
     PKI_MOUNT,
     PLATFORM_EDITOR_POLICY,
     SECURITY_OPERATOR_POLICY,
@@ -40,6 +42,7 @@ from broker.vault.policies import (
     approver_hcl,
     demo_policy_hcl,
     issuer_hcl,
+    node_agent_hcl,
     platform_editor_hcl,
     security_operator_hcl,
     sidecar_policy_hcl,
@@ -223,6 +226,7 @@ def bootstrap(
         b.policy(VERIFIER_POLICY, verifier_hcl())
         _approvers(b, {a for g in grants for a in g.approvers})
         b.policy(ISSUER_POLICY, issuer_hcl())
+        _node_agent(b)
         for grant in grants:
             _agent(b, grant)
         if demo:
@@ -278,6 +282,22 @@ def _agent(b: Bootstrap, grant: AgentGrant) -> None:
     )
     for token_action in grant.token_actions:
         _token_role(b, grant.agent, token_action)
+
+
+def _node_agent(b: Bootstrap) -> None:
+    """The node agent's policy and AppRole role (``broker node-agent``)."""
+    b.policy(NODE_AGENT_POLICY, node_agent_hcl())
+    b.write_if_changed(
+        f"auth/{APPROLE_MOUNT}/role/{NODE_AGENT_ROLE}",
+        {
+            "token_policies": [NODE_AGENT_POLICY],
+            "token_no_default_policy": True,  # not even a cubbyhole or a token lookup
+            "token_ttl": SIDECAR_TOKEN_TTL,
+            "token_max_ttl": SIDECAR_TOKEN_MAX_TTL,
+            "secret_id_num_uses": 0,
+        },
+        f"AppRole role {NODE_AGENT_ROLE} (reads control/version only)",
+    )
 
 
 def _token_role(b: Bootstrap, agent: str, action: TokenAction) -> None:

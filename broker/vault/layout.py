@@ -19,6 +19,10 @@ APPROVER_TOKEN_ROLE = "broker-approver"  # noqa: S105 - a role name; only admins
 APPROVER_TOKEN_TTL = "8h"  # noqa: S105 - a duration, not a secret
 DECISIONS_DIR = "decisions"  # KV: decisions/<approver>/<agent>/<approval id>, one writer each
 ISSUER_POLICY = "broker-issuer"
+# ``broker node-agent``: reads control/version for the sidecars of a node, nothing else. The
+# role name has an underscore, which no agent id may have: no agent's role can be named so.
+NODE_AGENT_POLICY = "broker-node-agent"
+NODE_AGENT_ROLE = "broker_node_agent"
 
 CA_COMMON_NAME = "agent-credential-broker CA"
 SIGNING_CERT_TTL = "15m"

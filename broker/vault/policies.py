@@ -175,6 +175,14 @@ def approver_hcl(token_mount_accessor: str) -> str:
     return "\n".join(rules)
 
 
+def node_agent_hcl() -> str:
+    """For ``broker node-agent``: the control version, read only. Its token, stolen, tells
+    the thief a counter; every document it counts stays behind the sidecars' own policies."""
+    return _rule(f"{KV_MOUNT}/data/control/version", "read") + _rule(
+        "auth/token/renew-self", "update"
+    )
+
+
 def verifier_hcl() -> str:
     """For tools, gateways and ``broker issuer``: read the revocation state, the published
     manifests (a token may say only what its agent's manifest allows) and the published public
