@@ -50,6 +50,11 @@ def register(commands: Any, bench: Any) -> None:
     b.add_argument("--replicas", type=int, default=4)
     b.add_argument("--sidecars", type=int, help="idle sidecar processes to start instead")
     b.add_argument("--window", type=float, default=10.0, help="seconds per CPU window (--sidecars)")
+    b.add_argument(
+        "--no-node-agent",
+        action="store_true",
+        help="with --sidecars: each sidecar polls Vault itself (default: one node agent for all)",
+    )
     b.add_argument("--kind", choices=["jwt"], default="jwt")
     b.add_argument(
         "--requests", type=int, default=400, help="per round and setup (after a warm-up of 1/4)"

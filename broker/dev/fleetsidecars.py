@@ -1,12 +1,15 @@
 """``broker bench fleet --sidecars N``: what an idle fleet of sidecars costs one OpenBao.
 
 Starts N real sidecar processes (one agent each, AppRole logins) against one OpenBao (a
-fresh dev server), lets them idle,
-and measures from ``/proc``: OpenBao's CPU while they run, then again with every sidecar
-paused (SIGSTOP) as the baseline; the difference divided by N is the cost of one idle
-sidecar, in percent of one core. Then it revokes (``revoked_before`` of every agent) and
-kills one agent, and reports how long each sidecar took to show the change in ``/readyz``.
-Everything started is stopped by process id."""
+fresh dev server), with one node agent polling for them all as ``broker up`` runs it (or,
+with ``--no-node-agent``, each sidecar polling Vault itself), lets them idle, and measures
+OpenBao's CPU from ``/proc`` in three windows: everything running; the sidecars paused
+(SIGSTOP) with the node agent still polling; everything paused (the baseline). The cost of
+one idle sidecar is (running - baseline) / N, the node agent's poll included; its share
+and the sidecars' own part are given apart. Then it revokes (``revoked_before`` of every
+agent) and kills one agent, and reports time-to-effect at every sidecar: from just before
+the command's write to when the sidecar took the change in (``control_changed_at`` in its
+``/readyz``; one host, one wall clock). Everything started is stopped by process id."""
 
 from __future__ import annotations
 
@@ -72,13 +75,17 @@ def readyz(sock: Path) -> dict[str, Any]:
 class FleetResult:
     sidecars: int
     window: float
-    vault_busy_pct: float  # of one core, sidecars running
-    vault_paused_pct: float  # of one core, sidecars paused
+    vault_busy_pct: float  # of one core, everything running
+    vault_agent_pct: float  # of one core, sidecars paused, the node agent running
+    vault_paused_pct: float  # of one core, everything paused
     sidecar_cpu_pct: float  # per sidecar, of one core, mean
     rss_mb: list[float]
     pss_mb: list[float]
     revoke_s: list[float]
     kill_s: float
+    node_agent: bool = True
+    agent_cpu_pct: float = 0.0  # the node agent's own CPU, of one core
+    agent_rss_mb: float = 0.0
 
     @property
     def per_sidecar_pct(self) -> float:
@@ -86,12 +93,24 @@ class FleetResult:
 
     def lines(self) -> Iterator[str]:
         rss = sorted(self.rss_mb)
-        yield f"sidecars: {self.sidecars} idle, windows of {self.window:g} s"
+        how = "one node agent polling for them" if self.node_agent else "each polling Vault"
+        yield f"sidecars: {self.sidecars} idle, {how}; windows of {self.window:g} s"
         yield (
-            f"OpenBao CPU: {self.vault_busy_pct:.2f}% of a core with the sidecars running, "
-            f"{self.vault_paused_pct:.2f}% with them paused"
+            f"OpenBao CPU: {self.vault_busy_pct:.2f}% of a core with everything running, "
+            f"{self.vault_paused_pct:.2f}% with everything paused"
         )
         yield f"OpenBao CPU per idle sidecar: {self.per_sidecar_pct:.3f}% of a core"
+        if self.node_agent:
+            agent = self.vault_agent_pct - self.vault_paused_pct
+            own = (self.vault_busy_pct - self.vault_agent_pct) / self.sidecars
+            yield (
+                f"  of which the node agent's poll: {agent:.3f}% for the node "
+                f"({agent / self.sidecars:.4f}% per sidecar); each sidecar's own reads and "
+                f"heartbeats: {own:.3f}%"
+            )
+            yield (
+                f"node agent: {self.agent_cpu_pct:.3f}% of a core, RSS {self.agent_rss_mb:.1f} MB"
+            )
         yield f"sidecar CPU (idle, mean): {self.sidecar_cpu_pct:.3f}% of a core"
         yield (f"sidecar RSS: median {statistics.median(rss):.1f} MB, max {rss[-1]:.1f} MB")
         pss = statistics.median(self.pss_mb)
@@ -117,22 +136,33 @@ def _cpu_pct(pids: Sequence[int], window: float, sleep: Callable[[float], None])
 
 
 def _wait_all(
-    socks: Sequence[Path], done: Callable[[dict[str, Any]], bool], start: float, limit: float
-) -> list[float]:
-    """Seconds from ``start`` until each sidecar's /readyz satisfies ``done``."""
-    took: dict[Path, float] = {}
+    socks: Sequence[Path], done: Callable[[dict[str, Any]], bool], limit: float
+) -> list[dict[str, Any]]:
+    """Each sidecar's /readyz once it satisfies ``done`` ({} for one that never did)."""
+    seen: dict[Path, dict[str, Any]] = {}
+    deadline = time.monotonic() + limit
     with ThreadPoolExecutor(8) as pool:
-        while len(took) < len(socks) and time.monotonic() - start < limit:
-            left = [s for s in socks if s not in took]
+        while len(seen) < len(socks) and time.monotonic() < deadline:
+            left = [s for s in socks if s not in seen]
             for sock, doc in zip(left, pool.map(readyz, left), strict=True):
                 if done(doc):
-                    took[sock] = time.monotonic() - start
-            time.sleep(0.01)
-    return [took.get(s, float("inf")) for s in socks]
+                    seen[sock] = {**doc, "observed_at": time.time()}
+            time.sleep(0.05)
+    return [seen.get(s, {}) for s in socks]
 
 
-def run_fleet(n: int, window: float) -> FleetResult:
+def _took(docs: Sequence[dict[str, Any]], written: float) -> list[float]:
+    """Seconds from the write to each sidecar's taking it in (inf: never, within the limit);
+    a sidecar that does not report when (older code) counts when the bench saw it."""
+    return [
+        (doc.get("control_changed_at") or doc["observed_at"]) - written if doc else float("inf")
+        for doc in docs
+    ]
+
+
+def run_fleet(n: int, window: float, *, node_agent: bool = True) -> FleetResult:
     from broker.dev.devstack import start_dev_server
+    from broker.dev.nodeproc import start_node_agent
     from broker.dev.stack import Stack, approle_files, grant_for, start_sidecar, wait_ready
     from broker.settings import VaultSettings
     from broker.vault.bootstrap import bootstrap
@@ -153,6 +183,8 @@ def run_fleet(n: int, window: float) -> FleetResult:
             paths.append(path)
         manifests = [load_manifest(p) for p in paths]
         bootstrap(client, [grant_for(m) for m in manifests], demo=True, addr=stack.vault_addr)
+        if node_agent:
+            stack.node_agent = start_node_agent(client, stack.vault_addr, state)
         settings = VaultSettings(addr=stack.vault_addr)
         for path, m in zip(paths, manifests, strict=True):
             files = approle_files(client, m.agent, state / "secrets")
@@ -164,40 +196,72 @@ def run_fleet(n: int, window: float) -> FleetResult:
         stack.stop(remove_state=True)
 
 
+def _pause(pids: Sequence[int], sig: signal.Signals) -> None:
+    for p in pids:
+        os.kill(p, sig)
+
+
 def _measure(stack: Any, client: Any, vault_pid: int, window: float) -> FleetResult:
+    pids = [sc.process.pid for sc in stack.sidecars]
+    agent = [stack.node_agent.process.pid] if stack.node_agent is not None else []
+    time.sleep(2.0)  # past start-up's first heartbeats and key publication
+    before = [sum(cpu_seconds(p) for p in pids), sum(cpu_seconds(p) for p in agent)]
+    t0 = time.monotonic()
+    busy = _cpu_pct([vault_pid], window, time.sleep)
+    took = time.monotonic() - t0
+    side = 100 * (sum(cpu_seconds(p) for p in pids) - before[0]) / took
+    agent_cpu = 100 * (sum(cpu_seconds(p) for p in agent) - before[1]) / took
+    _pause(pids, signal.SIGSTOP)
+    try:
+        time.sleep(0.5)
+        agent_only = _cpu_pct([vault_pid], window, time.sleep) if agent else 0.0
+        _pause(agent, signal.SIGSTOP)
+        try:
+            time.sleep(0.5)
+            paused = _cpu_pct([vault_pid], window, time.sleep)
+        finally:
+            _pause(agent, signal.SIGCONT)
+    finally:
+        _pause(pids, signal.SIGCONT)
+    rss = [rss_mb(p) for p in pids]
+    pss = [rss_mb(p, "Pss") for p in pids]
+    time.sleep(3.0)  # the sidecars catch up after the pause
+    revoke, kill = _changes(stack, client)
+    return FleetResult(
+        len(pids),
+        window,
+        busy,
+        agent_only if agent else paused,
+        paused,
+        side / len(pids),
+        rss,
+        pss,
+        revoke,
+        kill,
+        node_agent=bool(agent),
+        agent_cpu_pct=agent_cpu,
+        agent_rss_mb=rss_mb(agent[0]) if agent else 0.0,
+    )
+
+
+def _changes(stack: Any, client: Any) -> tuple[list[float], float]:
+    """A revocation of everything before now at every sidecar, then one agent's kill."""
     from broker.core.controlstate import GLOBAL_PATH, agent_path
     from broker.vault.control import control_written
     from broker.vault.kv import kv_update
 
-    pids = [sc.process.pid for sc in stack.sidecars]
-    time.sleep(2.0)  # past start-up's first heartbeats and key publication
-    side_before = sum(cpu_seconds(p) for p in pids)
-    t0 = time.monotonic()
-    busy = _cpu_pct([vault_pid], window, time.sleep)
-    side = 100 * (sum(cpu_seconds(p) for p in pids) - side_before) / (time.monotonic() - t0)
-    for p in pids:
-        os.kill(p, signal.SIGSTOP)
-    try:
-        time.sleep(0.5)
-        paused = _cpu_pct([vault_pid], window, time.sleep)
-    finally:
-        for p in pids:
-            os.kill(p, signal.SIGCONT)
-    rss = [rss_mb(p) for p in pids]
-    pss = [rss_mb(p, "Pss") for p in pids]
-    time.sleep(2.0)  # the sidecars catch up after the pause
     socks = [sc.socket for sc in stack.sidecars]
-    cutoff = time.time()
+    written = cutoff = time.time()
     kv_update(client, GLOBAL_PATH, lambda d: {**d, "revoked_before": cutoff}, stack.vault_addr)
     control_written(client, stack.vault_addr)
-    start = time.monotonic()
-    revoke = _wait_all(socks, lambda d: d.get("revoked_before", 0) >= cutoff, start, 10.0)
+    docs = _wait_all(socks, lambda d: d.get("revoked_before", 0) >= cutoff, 15.0)
+    revoke = _took(docs, written)
     victim = stack.sidecars[0]
+    written = time.time()
     kv_update(client, agent_path(victim.agent), lambda d: {**d, "killed": True}, stack.vault_addr)
     control_written(client, stack.vault_addr)
-    start = time.monotonic()
-    kill = _wait_all([victim.socket], lambda d: d.get("agent_disabled") is True, start, 10.0)
-    return FleetResult(len(pids), window, busy, paused, side / len(pids), rss, pss, revoke, kill[0])
+    docs = _wait_all([victim.socket], lambda d: d.get("agent_disabled") is True, 15.0)
+    return revoke, _took(docs, written)[0]
 
 
 def cmd_bench_sidecars(args: Any) -> int:
@@ -207,6 +271,6 @@ def cmd_bench_sidecars(args: Any) -> int:
         raise usage("--sidecars must be at least 1", "invalid_sidecars")
     if not args.window > 0:
         raise usage("--window must be a positive number of seconds", "invalid_window")
-    for line in run_fleet(args.sidecars, args.window).lines():
+    for line in run_fleet(args.sidecars, args.window, node_agent=not args.no_node_agent).lines():
         print(line)
     return 0

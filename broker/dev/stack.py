@@ -214,6 +214,11 @@ def start_sidecar(
         env["BROKER_LEDGER"] = "vault"
     if stack.issuer is not None:
         env["BROKER_ISSUER_URL"] = stack.issuer.url  # the iss of this sidecar's tokens
+    if source := env.pop("BROKER_BENCH_SIDECAR_SOURCE", ""):
+        # Benches only: the sidecars run another checkout's code (the code before a change,
+        # measured by the same bench); everything else runs this one. ``-m`` puts the working
+        # directory first on the path, so the sidecar runs from there.
+        env["PYTHONPATH"] = source
     if role_files is not None:
         env["BROKER_ROLE_ID_FILE"], env["BROKER_SECRET_ID_FILE"] = map(str, role_files)
     elif vault.token is not None:
@@ -232,7 +237,12 @@ def start_sidecar(
     ]
     log = open(stack.state_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
     process = subprocess.Popen(
-        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        cmd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=env.get("PYTHONPATH") if source else None,
     )
     log.close()
     sc = SidecarProcess(agent, socket, process, audit)
