@@ -53,6 +53,12 @@ def add_bootstrap_args(p: argparse.ArgumentParser) -> None:
         help="let AGENT's sidecar log in with this Kubernetes service account (jwt auth; "
         "repeatable); needs --jwks-url or --jwt-public-key",
     )
+    p.add_argument(
+        "--node-agent-service-account",
+        metavar="NAMESPACE/NAME",
+        help="let the node agents' DaemonSet (broker node-agent) log in with this service "
+        "account (jwt auth); it reads control/version and nothing else",
+    )
     p.add_argument("--jwks-url", help="the cluster's JWKS, e.g. https://API/openid/v1/jwks")
     p.add_argument(
         "--jwt-public-key", action="append", default=[], help="PEM file of a cluster signing key"
@@ -63,16 +69,19 @@ def add_bootstrap_args(p: argparse.ArgumentParser) -> None:
 
 
 def workload_steps(client: Any, args: argparse.Namespace, addr: str) -> list[Any]:
-    """Configure the service-account login when ``--service-account`` is given, else nothing."""
-    if not args.service_account:
+    """Configure the service-account login when ``--service-account`` or
+    ``--node-agent-service-account`` is given, else nothing."""
+    node = getattr(args, "node_agent_service_account", None)
+    if not args.service_account and not node:
         return []
     from pathlib import Path
 
     from broker.vault.workload import WorkloadBinding, configure_workload_login
 
+    bindings = [WorkloadBinding.parse(text) for text in args.service_account]
     return configure_workload_login(
         client,
-        [WorkloadBinding.parse(text) for text in args.service_account],
+        bindings + ([WorkloadBinding.node_agent(node)] if node else []),
         mount=args.jwt_mount,
         jwks_url=args.jwks_url,
         public_keys=[Path(p).read_text() for p in args.jwt_public_key],

@@ -13,6 +13,11 @@ obeyed, later). The heartbeat goes out when something changed (kill seen, a comm
 acknowledge, outstanding credentials), else every ``HEARTBEAT_EVERY`` seconds as liveness.
 An idle fleet costs Vault one KV read per sidecar per poll, where it cost three reads, a CA
 read a second and a heartbeat write every two seconds.
+With a node agent (``BROKER_NODE_AGENT_SOCKET``, ``broker.sidecar.nodeagent``) the version
+comes from the agent's poll, shared by every sidecar of the node, and the sidecar reads
+nothing of its own while it confirms: the agent's lines extend the state's freshness as of
+its reads, and a new version wakes the loop at once. The agent gone, silent or wrong, the
+sidecar reads control/version itself as above.
 ``vault_ok`` turns false the moment a poll fails, so minting fails closed within one poll
 interval plus the request timeout; it turns true again on the first good poll.
 
@@ -31,9 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -50,6 +53,7 @@ from broker.core.credids import ID_PREFIX
 from broker.core.errors import BackendUnavailable, BrokerError, ConfigError, PermissionDenied
 from broker.core.reasons import ReasonCode
 from broker.settings import VaultSettings, issuer_from_env
+from broker.sidecar.heartbeat import HEARTBEAT_EVERY, Heartbeat
 from broker.sidecar.keyupkeep import KeyUpkeep
 from broker.sidecar.metrics import SidecarMetrics
 from broker.sidecar.nodewatch import NodeWatch
@@ -61,10 +65,6 @@ from broker.vault.session import VaultSession
 
 log = logging.getLogger("broker.sidecar.runtime")
 
-# Liveness only: a change (kill seen, a write to acknowledge) sends one at once, changed
-# outstanding credentials at most once a second. Runbooks call a heartbeat older than 30 s
-# stale (broker.cli_lifecycle.HEARTBEAT_STALE).
-HEARTBEAT_EVERY = 10.0
 # The three control documents are read again this often even when control/version did not
 # move: a raw write that forgot the bump is obeyed within this.
 FULL_READ_EVERY = 10.0
@@ -92,7 +92,7 @@ NODE_TICK = 1.0
 LOGIN_BACKOFF_MAX = 5.0
 
 
-class Runtime(KeyUpkeep):
+class Runtime(KeyUpkeep, Heartbeat):
     def __init__(
         self,
         agent: str,
@@ -178,11 +178,6 @@ class Runtime(KeyUpkeep):
 
     def control_age(self) -> float:
         return self._mono() - self.control_read_at
-
-    async def announce(self) -> None:
-        """A full heartbeat now: the sidecar is wired up, so its actions and outstanding
-        credentials can be listed (runbook commands check ``--action`` against them)."""
-        await self._heartbeat(self._clock(), self.outstanding())
 
     def available(self) -> bool:
         """Vault answered the last poll, recently enough: the condition for minting anything."""
@@ -311,14 +306,6 @@ class Runtime(KeyUpkeep):
         self.logged_in = True
         log.info("logged in to Vault at %s", self.session.addr)
 
-    def _outstanding_if_due(self) -> dict[str, Any]:
-        """The outstanding set, rebuilt on the event loop only when a heartbeat may go out;
-        otherwise the last one (a kill confirmation needs no fresh list)."""
-        since = self._clock() - self._last_heartbeat
-        if self.dirty or since >= HEARTBEAT_EVERY - self.poll_interval:
-            self._last_outstanding = self.outstanding()
-        return self._last_outstanding
-
     def _mark_down(self, why: str) -> None:
         if self.vault_ok:
             log.warning("Vault unavailable, refusing to mint: %s", why)
@@ -407,43 +394,6 @@ class Runtime(KeyUpkeep):
             self.control_changed_at = self._clock()
         if changed and self.on_change is not None:
             self.on_change(old, new)
-
-    def _killed_changed(self) -> bool:
-        seen = self._killed_seen_at is not None
-        if self.control.killed and not seen:
-            self._killed_seen_at = self._clock()
-            return True
-        if not self.control.killed and seen:
-            self._killed_seen_at = None
-            return True
-        return False
-
-    async def _heartbeat(self, now: float, outstanding: dict[str, Any]) -> None:
-        doc = {
-            "at": now,
-            "pid": os.getpid(),
-            "accessor": self.session.accessor,
-            "id_prefix": ID_PREFIX,
-            "control_seen": dict(
-                zip(("global", "agent", "revoked"), self.control_versions, strict=True)
-            ),
-            "killed_seen_at": self._killed_seen_at,
-            "signing_serial": repr(self.signer),
-            "generation": self.signer.generation,
-            **outstanding,
-        }
-        # Lists go as one JSON string: Vault caps the number of strings in a request body
-        # (1,000 by default), and a sidecar may hold thousands of credentials.
-        doc = {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in doc.items()}
-        try:
-            await self._poller.kv_write(f"heartbeat/{self.agent}", doc)
-        except BrokerError as exc:
-            # Minting does not depend on the heartbeat; runbooks see a stale one and say so.
-            log.warning("heartbeat not written: %s", exc.detail)
-            if self.metrics is not None:
-                self.metrics.vault_error("heartbeat")
-            return
-        self._last_heartbeat = now
 
 
 def _revocation_view(control: ControlState) -> tuple[Any, ...]:

@@ -8,6 +8,7 @@ AppRole one and carries the same sidecar policy and TTLs."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +24,23 @@ from broker.vault.bootstrap import (
     Step,
     jwt_mounts,
 )
-from broker.vault.layout import SECURITY_OPERATOR_POLICY, approle_role, sidecar_policy
+from broker.vault.layout import (
+    NODE_AGENT_POLICY,
+    NODE_AGENT_ROLE,
+    SECURITY_OPERATOR_POLICY,
+    approle_role,
+    sidecar_policy,
+)
 from broker.vault.policies import security_operator_hcl
 
 DEFAULT_AUDIENCE = "vault"
+# Kubernetes names: a namespace is a DNS label, a service account a DNS subdomain.
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_ACCOUNT = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+def _names(namespace: str, account: str) -> bool:
+    return bool(_NAMESPACE.fullmatch(namespace) and _ACCOUNT.fullmatch(account))
 
 
 @dataclass(frozen=True)
@@ -42,11 +56,21 @@ class WorkloadBinding:
         """``AGENT=NAMESPACE/SERVICE_ACCOUNT``."""
         agent, _, rest = text.partition("=")
         namespace, _, account = rest.partition("/")
-        if not (agent and namespace and account) or "/" in account:
+        if not agent or not _names(namespace, account):
             raise ConfigError(
                 f"--service-account {text!r}: expected AGENT=NAMESPACE/SERVICE_ACCOUNT"
             )
         return cls(agent, namespace, account)
+
+    @classmethod
+    def node_agent(cls, text: str) -> WorkloadBinding:
+        """``NAMESPACE/SERVICE_ACCOUNT`` of the node agents' DaemonSet (no agent: ``""``)."""
+        namespace, _, account = text.partition("/")
+        if not _names(namespace, account):
+            raise ConfigError(
+                f"--node-agent-service-account {text!r}: expected NAMESPACE/SERVICE_ACCOUNT"
+            )
+        return cls("", namespace, account)
 
     @property
     def subject(self) -> str:
@@ -88,18 +112,29 @@ def configure_workload_login(
 
 
 def _role(b: Bootstrap, mount: str, binding: WorkloadBinding, audience: str) -> None:
+    """An agent's sidecar role, or (no agent) the node agents' role: control/version only,
+    without even the default policy, as its AppRole role."""
+    policy: dict[str, Any]
+    if binding.agent:
+        name, policy = (
+            jwt_role_name(binding.agent),
+            {"token_policies": [sidecar_policy(binding.agent)]},
+        )
+    else:
+        name = NODE_AGENT_ROLE
+        policy = {"token_policies": [NODE_AGENT_POLICY], "token_no_default_policy": True}
     b.write_if_changed(
-        f"auth/{mount}/role/{jwt_role_name(binding.agent)}",
+        f"auth/{mount}/role/{name}",
         {
             "role_type": "jwt",
             "user_claim": "sub",
             "bound_subject": binding.subject,
             "bound_audiences": [audience],
-            "token_policies": [sidecar_policy(binding.agent)],
+            **policy,
             "token_ttl": SIDECAR_TOKEN_TTL,
             "token_max_ttl": SIDECAR_TOKEN_MAX_TTL,
         },
-        f"jwt role {jwt_role_name(binding.agent)} (bound to {binding.subject}, aud {audience})",
+        f"jwt role {name} (bound to {binding.subject}, aud {audience})",
     )
 
 

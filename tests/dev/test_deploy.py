@@ -18,6 +18,7 @@ from broker.cli import build_parser
 from broker.cli.deploy import socket_access
 from broker.settings import vault_from_env
 from broker.sidecar.probes import parse_metrics_listen
+from broker.vault.layout import NODE_AGENT_ROLE
 from broker.vault.workload import DEFAULT_AUDIENCE
 from tests.harness import REPO
 
@@ -154,3 +155,99 @@ def test_image_is_lean_and_pinned() -> None:
     assert "psycopg" in dev
     makefile = (REPO / "Makefile").read_text()
     assert "install -q -e '.[dev]'" in makefile
+
+
+NODE = REPO / "deploy" / "node-agent"
+WITH_NODE = REPO / "deploy" / "with-node-agent"
+
+
+def _node_objects() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((NODE / "kustomization.yaml").read_text())
+    return [
+        d
+        for name in kustomization["resources"]
+        for d in yaml.safe_load_all((NODE / name).read_text())
+        if d
+    ]
+
+
+def _daemonset() -> dict[str, Any]:
+    (found,) = [d for d in _node_objects() if d["kind"] == "DaemonSet"]
+    return found
+
+
+def _with_node_agent() -> dict[str, Any]:
+    """The base Deployment with the overlay's strategic-merge patch applied (env and volume
+    mounts merge by name and path, volumes by name), as kustomize would."""
+    kustomization = yaml.safe_load((WITH_NODE / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../kubernetes"]
+    (patch_ref,) = kustomization["patches"]
+    patch = yaml.safe_load((WITH_NODE / patch_ref["path"]).read_text())
+    deployment = _kind("Deployment")
+    assert patch["metadata"]["name"] == deployment["metadata"]["name"]
+    pod, extra = deployment["spec"]["template"]["spec"], patch["spec"]["template"]["spec"]
+    for patched in extra["containers"]:
+        container = next(c for c in pod["containers"] if c["name"] == patched["name"])
+        container["env"] = patched["env"] + container["env"]
+        container["volumeMounts"] = patched["volumeMounts"] + container["volumeMounts"]
+    pod["volumes"] = extra["volumes"] + pod["volumes"]
+    return deployment
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [*_node_objects(), _with_node_agent()],
+    ids=lambda o: f"{o['kind']}/{o['metadata']['name']}",
+)
+def test_node_agent_objects_validate_against_the_kubernetes_schema(obj: dict[str, Any]) -> None:
+    """The DaemonSet, its ServiceAccount and the agent pod with the overlay applied: strict."""
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_the_sidecar_finds_the_node_agents_socket_where_the_daemonset_serves_it() -> None:
+    """The DaemonSet's `broker node-agent --socket` (parsed by the real CLI) and the sidecar's
+    BROKER_NODE_AGENT_SOCKET name one file, in the same hostPath directory, which the sidecar
+    mounts read-only; the sidecar's user is one it believes (root or its own uid)."""
+    pod = _daemonset()["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    args = build_parser().parse_args(agent["command"][1:])
+    assert args.func.__name__ == "cmd_node_agent"
+    served = args.socket
+    hostpaths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounted = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
+    assert hostpaths[mounted[str(served.parent)]] == str(served.parent)
+    sidecar_pod = _with_node_agent()["spec"]["template"]["spec"]
+    broker = next(c for c in sidecar_pod["containers"] if c["name"] == "broker")
+    env = {e["name"]: e["value"] for e in broker["env"]}
+    assert env["BROKER_NODE_AGENT_SOCKET"] == str(served)
+    mount = next(m for m in broker["volumeMounts"] if m["mountPath"] == str(served.parent))
+    assert mount["readOnly"] is True
+    volume = next(v for v in sidecar_pod["volumes"] if v["name"] == mount["name"])
+    assert volume["hostPath"]["path"] == str(served.parent)
+    uids = {agent["securityContext"]["runAsUser"], 0}
+    assert broker["securityContext"]["runAsUser"] in uids
+
+
+def test_the_node_agent_logs_in_as_its_own_role_and_runs_unprivileged() -> None:
+    """Its environment reads as a jwt login at the node agents' role from the projected token;
+    the process is non-root without capabilities; only the init container is root, with
+    CAP_CHOWN alone, to give the socket directory to the agent's uid."""
+    spec = _daemonset()["spec"]["template"]["spec"]
+    (agent,) = spec["containers"]
+    env = {e["name"]: e["value"] for e in agent["env"]}
+    settings = vault_from_env(env | {"VAULT_CACERT": __file__})
+    assert (settings.auth, settings.jwt_role) == ("jwt", NODE_AGENT_ROLE)
+    volume = next(v for v in spec["volumes"] if v["name"] == "vault-token")
+    (source,) = volume["projected"]["sources"]
+    mount = next(m for m in agent["volumeMounts"] if m["name"] == "vault-token")
+    assert str(settings.jwt_file) == f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
+    assert spec["serviceAccountName"] == next(
+        d["metadata"]["name"] for d in _node_objects() if d["kind"] == "ServiceAccount"
+    )
+    ctx = agent["securityContext"]
+    assert ctx["runAsUser"] != 0
+    assert ctx["runAsNonRoot"] is True
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    (init,) = spec["initContainers"]
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    assert init["command"][:2] == ["chown", f"{ctx['runAsUser']}:{ctx['runAsGroup']}"]

@@ -6,10 +6,13 @@ and a token for another service account or namespace is refused by Vault itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -30,7 +33,9 @@ from broker.dev.stack import grant_for
 from broker.scopes.loader import load_manifest
 from broker.settings import VaultSettings, VaultTLS, vault_from_env
 from broker.sidecar.main import Sidecar, SidecarConfig
+from broker.sidecar.nodeagent import NodeAgent
 from broker.vault.bootstrap import bootstrap
+from broker.vault.layout import NODE_AGENT_ROLE
 from broker.vault.session import VaultSession, make_client
 from broker.vault.workload import WorkloadBinding, configure_workload_login, jwt_role_name
 from tests.harness import SCOPES, root_client, unique_agent, write_manifest
@@ -220,7 +225,8 @@ def test_binding_refusals(text: str) -> None:
 
 def test_bootstrap_cli_binds_the_service_account(openbao: DevServer, tmp_path: Path) -> None:
     """`broker bootstrap --service-account` creates the jwt role bound to that namespace/name
-    with the sidecar's policy; a second run changes nothing."""
+    with the sidecar's policy (``--node-agent-service-account``: the node agents' role with
+    theirs); a second run changes nothing."""
     from cryptography.hazmat.primitives import serialization
 
     pem = tmp_path / "cluster.pem"
@@ -233,6 +239,7 @@ def test_bootstrap_cli_binds_the_service_account(openbao: DevServer, tmp_path: P
         sys.executable, "-m", "broker.cli", "bootstrap", str(REFUND),
         "--service-account", f"{AGENT}=agents/refund-bot", "--jwt-public-key", str(pem),
         "--jwt-mount", "cli-jwt", "--jwt-issuer", ISSUER,
+        "--node-agent-service-account", "broker-system/broker-node-agent",
     ]  # fmt: skip
     env = {**os.environ, "VAULT_ADDR": openbao.addr, "VAULT_TOKEN": openbao.root_token}
     first = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
@@ -241,6 +248,9 @@ def test_bootstrap_cli_binds_the_service_account(openbao: DevServer, tmp_path: P
     role = root_client(openbao).read(f"auth/cli-jwt/role/{jwt_role_name(AGENT)}")["data"]
     assert role["bound_subject"] == "system:serviceaccount:agents:refund-bot"
     assert role["token_policies"] == [f"broker-sidecar-{AGENT}"]
+    node = root_client(openbao).read(f"auth/cli-jwt/role/{NODE_AGENT_ROLE}")["data"]
+    assert node["bound_subject"] == "system:serviceaccount:broker-system:broker-node-agent"
+    assert node["token_policies"] == ["broker-node-agent"]
     again = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     assert "present  jwt role" in again.stdout, again.stdout + again.stderr
 
@@ -324,3 +334,52 @@ def test_an_operator_cannot_rebind_the_service_account_login(
             f"auth/k8s-jwt/role/{jwt_role_name(AGENT)}",
             data={"role_type": "jwt", "bound_subject": "system:serviceaccount:evil:bot"},
         )
+
+
+NODE_BINDING = "broker-system/broker-node-agent"
+
+
+@pytest.mark.parametrize("text", ["broker-system", "/sa", "ns/", "ns/sa/x", "a=ns/sa"])
+def test_node_agent_binding_refusals(text: str) -> None:
+    """--node-agent-service-account must be NAMESPACE/SERVICE_ACCOUNT."""
+    with pytest.raises(ConfigError, match="NAMESPACE/SERVICE_ACCOUNT"):
+        WorkloadBinding.node_agent(text)
+
+
+async def test_the_node_agent_logs_in_with_its_daemonsets_service_account(
+    openbao: DevServer, cluster: Cluster, tmp_path: Path
+) -> None:
+    """The DaemonSet's projected token logs the node agent in at its own jwt role, whose token
+    reads control/version and may not even look itself up; another account's token, e.g. an
+    agent's, is refused for that role."""
+    binding = WorkloadBinding.node_agent(NODE_BINDING)
+    configure_workload_login(
+        root_client(openbao), [binding], mount="k8s-jwt", jwks_url=cluster.url, issuer=ISSUER
+    )
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(cluster.token(namespace="broker-system", account="broker-node-agent"))
+    env = {
+        "VAULT_ADDR": openbao.addr,
+        "BROKER_VAULT_AUTH": "jwt",
+        "BROKER_VAULT_ROLE": NODE_AGENT_ROLE,
+        "BROKER_VAULT_JWT_FILE": str(token_file),
+        "BROKER_VAULT_AUTH_MOUNT": "k8s-jwt",
+    }
+    sock = Path(tempfile.mkdtemp(prefix="na-")) / "node.sock"
+    agent = NodeAgent(vault_from_env(env), sock, interval=0.1)
+    await agent.start()
+    try:
+        for _ in range(100):
+            if agent.latest is not None:
+                break
+            await asyncio.sleep(0.05)
+        confirmed, token = agent.latest, agent.session.token
+    finally:
+        await agent.stop()
+        shutil.rmtree(sock.parent, ignore_errors=True)
+    assert confirmed is not None, agent.problem
+    with pytest.raises(hvac.exceptions.Forbidden):
+        make_client(openbao.addr, token).auth.token.lookup_self()
+    token_file.write_text(cluster.token())  # the refund agent's own service account
+    with pytest.raises(BackendUnavailable):
+        VaultSession(vault_from_env(env)).login()
