@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker.core.errors import ConfigError, ManifestError, PermissionDenied
+from broker.core.errors import BrokerError, ConfigError, ManifestError, PermissionDenied
 from broker.core.manifest import Manifest
 from broker.ops.operator import add_operator_options, operator_audit, operator_client
 
@@ -208,6 +208,7 @@ def _publish_one(
         )
         cas = current.version if current is not None else None
         version = write_manifest(client, published, addr, cas=cas)
+        _bump(client, addr)
     except PermissionDenied as exc:
         operator_audit(args, {**body, "status": "refused", "detail": exc.detail})
         raise
@@ -217,6 +218,17 @@ def _publish_one(
         f"{manifest.content_hash}  by {operator} ({passed} test cases passed)"
     )
     return True
+
+
+def _bump(client: Any, addr: str) -> None:
+    """Sidecars look at their published manifest when control/version moves (and every
+    10 s regardless): a bump that fails costs only that wait, so it is a warning."""
+    from broker.vault.control import control_written
+
+    try:
+        control_written(client, addr)
+    except BrokerError as exc:
+        print(f"  (control/version not bumped: {exc.detail}; sidecars see it within 10 s)")
 
 
 def resolve(ref: str, args: argparse.Namespace) -> Manifest:

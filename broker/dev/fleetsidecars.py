@@ -1,7 +1,8 @@
 """``broker bench fleet --sidecars N``: what an idle fleet of sidecars costs one OpenBao.
 
-Starts N real sidecar processes (one agent each, AppRole logins) against one OpenBao (a
-fresh dev server), with one node agent polling for them all as ``broker up`` runs it (or,
+Starts N real sidecar processes (one agent each, AppRole logins, the manifest published in
+Vault and watched there, as deployed) against one OpenBao (a fresh dev server), with one
+node agent polling for them all as ``broker up`` runs it (or,
 with ``--no-node-agent``, each sidecar polling Vault itself), lets them idle, and measures
 OpenBao's CPU from ``/proc`` in three windows: everything running; the sidecars paused
 (SIGSTOP) with the node agent still polling; everything paused (the baseline). The cost of
@@ -163,7 +164,14 @@ def _took(docs: Sequence[dict[str, Any]], written: float) -> list[float]:
 def run_fleet(n: int, window: float, *, node_agent: bool = True) -> FleetResult:
     from broker.dev.devstack import start_dev_server
     from broker.dev.nodeproc import start_node_agent
-    from broker.dev.stack import Stack, approle_files, grant_for, start_sidecar, wait_ready
+    from broker.dev.stack import (
+        Stack,
+        approle_files,
+        grant_for,
+        publish_example,
+        start_sidecar,
+        wait_ready,
+    )
     from broker.settings import VaultSettings
     from broker.vault.bootstrap import bootstrap
     from broker.vault.session import make_client
@@ -187,8 +195,10 @@ def run_fleet(n: int, window: float, *, node_agent: bool = True) -> FleetResult:
             stack.node_agent = start_node_agent(client, stack.vault_addr, state)
         settings = VaultSettings(addr=stack.vault_addr)
         for path, m in zip(paths, manifests, strict=True):
+            # As deployed: the manifest published in Vault and watched there.
+            publish_example(client, path, m, stack.vault_addr)
             files = approle_files(client, m.agent, state / "secrets")
-            start_sidecar(stack, path, m.agent, settings, role_files=files)
+            start_sidecar(stack, Path(f"vault:{m.agent}"), m.agent, settings, role_files=files)
         for sc in stack.sidecars:
             wait_ready(sc, timeout=120.0)
         return _measure(stack, client, dev.pid, window)

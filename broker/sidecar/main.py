@@ -219,6 +219,7 @@ class Sidecar:
         if self.watcher is not None:
             self.service.manifest_state = self.watcher.state
             self.watcher.start(self.service, self.audit, self.config.manifest_poll_interval)
+            self.runtime.on_full_read = self.watcher.poke
         app = build_app(self.service, max_body=self.config.max_body)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, keepalive_timeout=self.config.idle_timeout

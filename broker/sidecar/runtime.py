@@ -139,6 +139,9 @@ class Runtime(KeyUpkeep, Heartbeat):
         self._last_outstanding: dict[str, Any] = {}
         # Called on the event loop when the kill flag or a revocation time changes.
         self.on_change: Callable[[ControlState, ControlState], None] | None = None
+        # Called on the event loop after each read of the control documents (the manifest
+        # watcher looks at the published manifest then: ``ManifestWatcher.poke``).
+        self.on_full_read: Callable[[], None] | None = None
         self.metrics: SidecarMetrics | None = None
         self._status_published: tuple[Any, ...] | None = None
         # KV versions of the control documents last read; sent in the heartbeat so that a
@@ -374,6 +377,8 @@ class Runtime(KeyUpkeep, Heartbeat):
         await self._read_documents()
         self._version_seen, self._full_read_at = version, started
         self.full_reads += 1
+        if self.on_full_read is not None:
+            self.on_full_read()
         return sent
 
     async def _read_documents(self) -> None:

@@ -33,7 +33,10 @@ from broker.vault.manifests import PublishedManifest
 log = logging.getLogger("broker.sidecar.watcher")
 
 VAULT_SOURCE = "vault:"
-DEFAULT_MANIFEST_POLL = 1.0
+# The runtime pokes the watcher whenever it reads the control documents: at once after a
+# control/version bump (``broker scopes publish`` makes one) and every 10 s regardless. This
+# is the fallback when no poke comes (a publish by raw write that forgot the bump).
+DEFAULT_MANIFEST_POLL = 10.0
 
 Fetch = Callable[[], PublishedManifest | None]
 
@@ -102,6 +105,7 @@ class ManifestWatcher:
         self.last_poll_at = 0.0
         self.last_switch_delay: float | None = None  # publish time -> enforcing, seconds
         self._task: asyncio.Task[None] | None = None
+        self._poked = asyncio.Event()
 
     @property
     def version(self) -> int:
@@ -221,6 +225,11 @@ class ManifestWatcher:
 
     # -- the loop ----------------------------------------------------------------------------
 
+    def poke(self) -> None:
+        """Look at the published manifest now (the control version moved, or its periodic
+        full read came round): a publish is picked up without a read a second per sidecar."""
+        self._poked.set()
+
     def start(self, service: Swappable, audit: AuditSink, interval: float) -> None:
         self._task = asyncio.create_task(
             self._run(service, audit, interval), name=f"manifest-watcher-{self.agent}"
@@ -234,7 +243,9 @@ class ManifestWatcher:
 
     async def _run(self, service: Swappable, audit: AuditSink, interval: float) -> None:
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poked.wait(), interval)
+            self._poked.clear()
             try:
                 event = await asyncio.to_thread(self.poll)
                 if event is not None:

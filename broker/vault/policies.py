@@ -214,11 +214,14 @@ def issuer_hcl() -> str:
 
 def platform_editor_hcl() -> str:
     """Publish manifests; read (never change) control state and sidecar heartbeats (which
-    report the manifest hash each sidecar enforces: ``broker scopes verify``)."""
+    report the manifest hash each sidecar enforces: ``broker scopes verify``). Bump
+    ``control/version`` after a publish, so sidecars look at their manifests at once: a
+    counter whose content nothing reads (the most specific rule wins, so it reads too)."""
     rules = [
         _rule(f"{KV_MOUNT}/data/manifests/*", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/metadata/manifests/*", "read", "list"),
         _rule(f"{KV_MOUNT}/data/control/*", "read"),
+        _rule(f"{KV_MOUNT}/data/control/version", "create", "update", "read"),
         _rule(f"{KV_MOUNT}/data/heartbeat/*", "read"),
     ]
     return "\n".join(rules)

@@ -86,6 +86,24 @@ async def test_stricter_version_refuses_the_next_request(
     assert order.index("manifest") < max(i for i, t in enumerate(order) if t == "decision")
 
 
+async def test_a_publish_reaches_the_sidecar_through_the_control_version_bump(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent: str
+) -> None:
+    """With the watcher's own timer at a minute, a published version is still enforced within
+    seconds: the publish bumps control/version, and the sidecar's read of the control
+    documents pokes the watcher (an idle sidecar no longer reads its manifest every second)."""
+    await _published(openbao, tmp_path, monkeypatch, "v1", pay=True)
+    async with vault_sidecar(openbao, agent, tmp_path, manifest_poll_interval=60.0) as h:
+        await asyncio.sleep(0.5)  # past the watcher's start
+        polled = h.sidecar.watcher.last_poll_at if h.sidecar.watcher else None
+        await _published(openbao, tmp_path, monkeypatch, "v2", pay=False)
+        took = await wait_for(lambda: h.sidecar.watcher and h.sidecar.watcher.version == 2)
+        status, body, _ = await h.ask("pay.out")
+    assert polled is not None
+    assert took < 3.0
+    assert (status, body["reason"]) == (403, "unknown_action")
+
+
 async def test_invalid_version_is_refused_and_the_last_good_one_kept(
     openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent: str
 ) -> None:

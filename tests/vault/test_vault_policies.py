@@ -190,6 +190,8 @@ TABLE: list[tuple[str, str, str, str, dict[str, Any], bool]] = [
     ("editor", "publish a manifest", "POST", f"{KV}/manifests/{{a}}", KV_DOC, True),
     ("editor", "read a heartbeat", "GET", f"{KV}/heartbeat/{{a}}", {}, True),
     ("editor", "kill an agent", "POST", f"{KV}/control/agents/{{a}}", KV_DOC, False),
+    ("editor", "bump the control version", "POST", f"{KV}/control/version", KV_DOC, True),
+    ("editor", "revoke everything", "POST", f"{KV}/control/global", KV_DOC, False),
     ("editor", "write an audit head", "POST", f"{KV}/audit/platform/head", KV_DOC, False),
     ("editor", "rewrite an approval", "POST", f"{KV}/approvals/{{a}}/apr_x", KV_DOC, False),
     ("editor", "revoke a token", "POST", "auth/token/revoke-accessor", {"accessor": "x"},
