@@ -62,6 +62,7 @@ FAST_BUCKETS = (
 # Humans answer approvals in seconds to hours.
 APPROVAL_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0)
 
+CONTROL_SOURCES = ("node_agent", "vault")
 METRIC_NAMES = frozenset(
     {
         "broker_decisions_total",
@@ -77,6 +78,7 @@ METRIC_NAMES = frozenset(
         "broker_vault_errors_total",
         "broker_audit_append_seconds",
         "broker_control_lag_seconds",
+        "broker_control_reads_total",
     }
 )
 """Every sample family this module exports (histograms add _bucket, _sum and _count)."""
@@ -192,6 +194,15 @@ class SidecarMetrics:
             "Age of the last good control-state poll",
             registry=r,
         )
+        # A fleet with node agents shows almost only ``node_agent``; a rise of ``vault`` is
+        # sidecars polling Vault themselves (their agent gone or not believed).
+        self._control_reads = Counter(
+            "broker_control_reads",
+            "Confirmations of control/version taken in, by source (node_agent or vault)",
+            ["source"],
+            registry=r,
+        )
+        self._read_children = {s: self._control_reads.labels(source=s) for s in CONTROL_SOURCES}
 
     def decision(self, action: str, outcome: str, reason: str | None) -> None:
         # The hot path: children are cached per label set (labels() validates and locks).
@@ -271,6 +282,10 @@ class SidecarMetrics:
 
     def control_lag(self, seconds: float) -> None:
         self._control_lag.set(seconds)
+
+    def control_read(self, source: str) -> None:
+        """One confirmation of control/version: ``vault`` (our own read) or ``node_agent``."""
+        self._read_children[source].inc()
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type, for ``GET /metrics``."""

@@ -176,6 +176,8 @@ class Runtime(KeyUpkeep, Heartbeat):
         if seen.read_at > self.control_read_at:
             self.control_read_at = seen.read_at
             self.control_source = "node-agent"
+            if self.metrics is not None:
+                self.metrics.control_read("node_agent")
         if self._polled is not None and not self._polled.done() and self.available():
             self._polled.set_result(None)
 
@@ -368,6 +370,8 @@ class Runtime(KeyUpkeep, Heartbeat):
             _, version = await self._poller.kv_read_versioned(VERSION_PATH)
             self.direct_polls += 1
             self.control_source = "vault"
+            if self.metrics is not None:
+                self.metrics.control_read("vault")
         if version == 0:
             raise BackendUnavailable(NO_VERSION)
         due = self._mono() - self._full_read_at >= self.full_read_every

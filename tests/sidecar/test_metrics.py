@@ -70,6 +70,9 @@ def exercised() -> SidecarMetrics:
     m.audit_append(0.004)
     m.audit_append(0.0015)
     m.control_lag(7.5)
+    for _ in range(5):
+        m.control_read("node_agent")
+    m.control_read("vault")
     return m
 
 
@@ -144,6 +147,13 @@ def test_gauges_hold_the_last_value() -> None:
     assert value(s, "broker_budget_leased", budget="usd") == 12.0
     assert value(s, "broker_approvals_pending") == 2
     assert value(s, "broker_control_lag_seconds") == 7.5
+
+
+def test_control_reads_are_counted_by_source() -> None:
+    """Confirmations from the node agent and the sidecar's own reads count apart."""
+    s = samples(exercised())
+    assert value(s, "broker_control_reads_total", source="node_agent") == 5
+    assert value(s, "broker_control_reads_total", source="vault") == 1
 
 
 def test_every_documented_family_is_exported() -> None:
