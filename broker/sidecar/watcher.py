@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ VAULT_SOURCE = "vault:"
 # control/version bump (``broker scopes publish`` makes one) and every 10 s regardless. This
 # is the fallback when no poke comes (a publish by raw write that forgot the bump).
 DEFAULT_MANIFEST_POLL = 10.0
+# A poke is followed after a random wait up to this: a bump reaches every sidecar of a fleet
+# at once, and its kill or revocation is read first; the manifests then trickle in over a
+# second instead of landing on Vault in the same instant.
+POKE_SPREAD = 1.0
 
 Fetch = Callable[[], PublishedManifest | None]
 
@@ -106,6 +111,8 @@ class ManifestWatcher:
         self.last_switch_delay: float | None = None  # publish time -> enforcing, seconds
         self._task: asyncio.Task[None] | None = None
         self._poked = asyncio.Event()
+        self.poke_spread = POKE_SPREAD
+        self._rng = random.Random()  # noqa: S311 - spreading load, not a secret
 
     @property
     def version(self) -> int:
@@ -245,6 +252,7 @@ class ManifestWatcher:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poked.wait(), interval)
+                await asyncio.sleep(self._rng.uniform(0, self.poke_spread))
             self._poked.clear()
             try:
                 event = await asyncio.to_thread(self.poll)
