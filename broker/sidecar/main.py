@@ -145,14 +145,7 @@ class Sidecar:
             else None
         )
         # The audit checkpoints' own Vault connection, closed after the trail's last one.
-        self._checkpoint_vault = AsyncVault(
-            config.vault.addr,
-            lambda: self.runtime.session.token,
-            timeout=10.0,
-            pool=2,
-            tls=self.runtime.session.tls,
-            endpoints=self.runtime.session.endpoints,
-        )
+        self._checkpoint_vault = self.runtime.session.async_client(timeout=10.0, pool=2)
 
     async def start(self) -> str:
         # hvac is synchronous: Vault calls run in threads. The default pool (cores + 4) would

@@ -33,7 +33,6 @@ from broker.core.controlstate import VERSION_PATH
 from broker.core.errors import BackendUnavailable, BrokerError, ConfigError, PermissionDenied
 from broker.settings import VaultSettings
 from broker.sidecar.nodewire import Confirmation, encode
-from broker.vault.asyncapi import AsyncVault
 from broker.vault.session import VaultSession
 
 log = logging.getLogger("broker.sidecar.nodeagent")
@@ -60,14 +59,7 @@ class NodeAgent:
         self.path = socket_path
         self.interval = interval
         self._mono = monotonic
-        self._vault = AsyncVault(
-            vault.addr,
-            lambda: self.session.token,
-            timeout=1.0,
-            pool=2,
-            tls=self.session.tls,
-            endpoints=self.session.endpoints,
-        )
+        self._vault = self.session.async_client(timeout=1.0, pool=2)
         self.latest: Confirmation | None = None
         self.problem = "not connected yet"
         self.polls = 0

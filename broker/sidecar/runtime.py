@@ -59,7 +59,6 @@ from broker.sidecar.metrics import SidecarMetrics
 from broker.sidecar.nodewatch import NodeWatch
 from broker.sidecar.nodewire import Confirmation
 from broker.sidecar.signing import ActionTokenSigner
-from broker.vault.asyncapi import AsyncVault
 from broker.vault.registry import login_recorder
 from broker.vault.session import VaultSession
 
@@ -105,14 +104,7 @@ class Runtime(KeyUpkeep, Heartbeat):
         self.agent = agent
         self.session = VaultSession(vault, clock=clock)
         # Polls use their own short-timeout client so a hung Vault is noticed quickly.
-        self._poller = AsyncVault(
-            vault.addr,
-            lambda: self.session.token,
-            timeout=1.0,
-            pool=4,
-            tls=self.session.tls,
-            endpoints=self.session.endpoints,
-        )
+        self._poller = self.session.async_client(timeout=1.0, pool=4)
         self.signer = ActionTokenSigner(
             agent, self._issue_cert, issuer=issuer_from_env(), publish=self._publish_keys
         )

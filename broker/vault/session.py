@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hvac
 import requests
@@ -25,6 +25,9 @@ from broker.settings import VaultSettings, VaultTLS, tls_from_env
 from broker.vault._errors import translate_errors
 from broker.vault.endpoints import VaultEndpoints, requests_verify
 from broker.vault.layout import APPROLE_MOUNT
+
+if TYPE_CHECKING:
+    from broker.vault.asyncapi import AsyncVault
 
 Clock = Callable[[], float]
 
@@ -107,6 +110,20 @@ class VaultSession:
     def new_client(self, token: str | None = None, timeout: float = 5.0) -> hvac.Client:
         """A long-lived client that follows the active node with this session's clients."""
         return make_client(self.addr, token, timeout, tls=self.tls, endpoints=self.endpoints)
+
+    def async_client(self, *, timeout: float, pool: int) -> AsyncVault:
+        """A pooled aiohttp client of this identity: its token as it is renewed, its TLS,
+        the cluster's active node (``broker.vault.asyncapi``)."""
+        from broker.vault.asyncapi import AsyncVault
+
+        return AsyncVault(
+            self.addr,
+            lambda: self.token,
+            timeout=timeout,
+            pool=pool,
+            tls=self.tls,
+            endpoints=self.endpoints,
+        )
 
     def _once(self, token: str) -> hvac.Client:
         """A client for one call (a login), on the node in use, with its headers."""
