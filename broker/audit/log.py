@@ -224,9 +224,10 @@ class AuditLog(Checkpoints):
                 return
 
     def _take(self) -> list[Pending | object]:
-        """Everything queued (up to max_batch), waiting for at least one item or a second."""
+        """Everything queued (up to max_batch), waiting for at least one item, or a second
+        while something may fall due without one (see ``_idle_timeout``)."""
         try:
-            items = [self._queue.get(timeout=1.0)]
+            items = [self._queue.get(timeout=self._idle_timeout())]
         except queue.Empty:
             return [TICK]  # an idle log still considers its interval checkpoint
         while len(items) < self._max_batch:
@@ -235,6 +236,19 @@ class AuditLog(Checkpoints):
             except queue.Empty:
                 break
         return items
+
+    def _idle_timeout(self) -> float | None:
+        """None (sleep until an item comes) when every record is signed and nothing is in
+        flight or failed: an idle sidecar's writer then never wakes. Otherwise a second, for
+        the interval checkpoint, its retry, or the recovery of a failed trail."""
+        settled = self._inflight is None or self._inflight.done()
+        if (
+            not self._failed
+            and settled
+            and (self._signer is None or self._data == self._data_signed)
+        ):
+            return None
+        return 1.0
 
     def _drain_after_stop(self) -> None:
         with self._lock:
