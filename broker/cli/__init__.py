@@ -56,7 +56,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "broker.cli.control",
         "undo the kill switch, with a fresh AppRole secret id for the sidecar",
     ),
-    "rotate": ("broker.cli.control", "rotate the signing key, an agent's secret, or a backend root"),
+    "rotate": (
+        "broker.cli.control",
+        "rotate the signing key, an agent's secret, or a backend root",
+    ),
     "status": (
         "broker.cli.control",
         "agents, sidecar heartbeats, kill flags, outstanding credentials",
@@ -79,6 +82,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     "control": (
         "broker.dev.bench",
         "kill-switch time-to-effect and revocation propagation, measured live",
+    ),
+    "startup": (
+        "broker.dev.bench",
+        "sidecar process start to ready, its imports, idle RSS, PSS and CPU",
     ),
     "decide": ("broker.cli.scopes", "decisions per second on one core"),
     "audit": ("broker.cli.audit", "durable appends per second, latency, fsyncs"),

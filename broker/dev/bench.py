@@ -48,12 +48,14 @@ class Result:
 def register(
     commands: argparse._SubParsersAction[Any], bench: argparse._SubParsersAction[Any]
 ) -> None:
-    """``broker bench mint|restart|control``: a stack measured live."""
+    """``broker bench mint|restart|control|startup``: a stack measured live."""
     from broker.dev.controlbench import register_control_bench
+    from broker.dev.startbench import register_startup_bench
 
     del commands
     register_bench(bench)
     register_control_bench(bench)
+    register_startup_bench(bench)
 
 
 def register_bench(bench: argparse._SubParsersAction[Any]) -> None:

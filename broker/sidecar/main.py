@@ -39,7 +39,13 @@ from broker.sidecar.probes import ProbeListener
 from broker.sidecar.runtime import Runtime
 from broker.sidecar.server import build_app
 from broker.sidecar.service import CredentialService
-from broker.sidecar.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, vault_fetch
+from broker.sidecar.watcher import (
+    DEFAULT_MANIFEST_POLL,
+    ManifestWatcher,
+    vault_afetch,
+    vault_agent,
+    vault_fetch,
+)
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.ledgerstore import VaultLedgerStore
 from broker.vault.transit import LoopCheckpointSigner
@@ -112,6 +118,7 @@ class Sidecar:
         # ``vault:<agent>``: the manifest published in Vault, read once logged in, then watched.
         self._vault_agent = vault_agent(config.manifest_path)
         self.watcher: ManifestWatcher | None = None
+        self._watch_vault: AsyncVault | None = None
         self.manifest: Manifest
         if self._vault_agent is None:
             self.manifest = load_manifest(config.manifest_path)
@@ -288,7 +295,19 @@ class Sidecar:
             self.config = replace(self.config, listen=address.removeprefix("http://"))
 
     async def _load_from_vault(self, agent: str) -> None:
-        self.watcher = ManifestWatcher(agent, vault_fetch(self.runtime.session, agent))
+        self._watch_vault = AsyncVault(
+            self.config.vault.addr,
+            lambda: self.runtime.session.token,
+            timeout=2.0,  # a hung Vault delays only the watcher
+            pool=1,
+            tls=self.runtime.session.tls,
+            endpoints=self.runtime.session.endpoints,
+        )
+        self.watcher = ManifestWatcher(
+            agent,
+            vault_fetch(self.runtime.session, agent),
+            afetch=vault_afetch(self._watch_vault, agent),
+        )
         try:
             self.manifest = await asyncio.to_thread(self.watcher.load_initial)
         except BaseException:
@@ -302,6 +321,8 @@ class Sidecar:
                 await self._snapshots
         if self.watcher is not None:
             await self.watcher.stop()
+        if self._watch_vault is not None:
+            await self._watch_vault.close()
         if self._server is not None:
             self._server.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:

@@ -14,7 +14,16 @@ import pytest
 
 from broker.cli import BENCHES, COMMAND_MODULES, COMMANDS, modules_for
 
-HEAVY = ("aiohttp", "hvac", "requests", "cryptography", "pydantic", "yaml", "jwt", "prometheus_client")
+HEAVY = (
+    "aiohttp",
+    "hvac",
+    "requests",
+    "cryptography",
+    "pydantic",
+    "yaml",
+    "jwt",
+    "prometheus_client",
+)
 # Modules an idle sidecar has no use for: reports, the MCP gateway, benches, the issuer.
 NOT_IN_A_SIDECAR = ("broker.audit.report", "broker.mcpgw", "broker.dev", "broker.issuer", "jwt")
 
