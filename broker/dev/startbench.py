@@ -1,12 +1,16 @@
 """``broker bench startup``: a sidecar process from exec to ready, and its idle footprint.
 
 Against a fresh OpenBao dev server (already answering, so Vault's own start-up is not counted)
-it starts ``broker sidecar`` for the bench agent ``--rounds`` times, each a new process with a
-new audit trail, and reports medians of: the time from spawning the process to its first
-``/readyz`` 200; the part of it that is the interpreter and the imports alone (``python -c
-'import ...'``, measured beside it); its resident and proportional memory (RSS, PSS from
-/proc/PID/smaps_rollup) once ready; and, with ``--idle S``, its CPU over S idle seconds
-(user + system from /proc/PID/stat), the control poll included."""
+it publishes the bench agent's manifest and starts ``broker sidecar --manifest
+vault:bench-agent`` (as ``broker up`` and production do; ``--file-manifest`` reads the file
+instead) ``--rounds`` times, each a new process with a new audit trail, and reports medians
+of: the time from spawning the process to its first ``/readyz`` 200; the part of it that is
+the interpreter and the imports alone (``python -c 'import ...'``, measured beside it); its
+resident and proportional memory (RSS, PSS from /proc/PID/smaps_rollup) once ready; and, with
+``--idle S``, its CPU over S idle seconds (user + system from /proc/PID/stat), the control
+poll included. ``--baseline DIR`` alternates each round with the same sidecar run from another
+checkout (``PYTHONPATH=DIR``, e.g. ``git worktree add /tmp/before main``): before and after
+from one run."""
 
 from __future__ import annotations
 
@@ -32,6 +36,10 @@ def register_startup_bench(bench: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--idle", type=float, default=0.0, help="seconds of idle CPU per round")
+    p.add_argument("--file-manifest", action="store_true", help="no manifest watcher: a file")
+    p.add_argument(
+        "--baseline", type=Path, help="a checkout whose sidecar alternates with this one's"
+    )
     p.set_defaults(func=cmd_bench_startup)
 
 
@@ -43,6 +51,13 @@ class Round:
     pss: float
     cpu: float | None  # percent of one core while idle, when measured
 
+    def line(self) -> str:
+        cpu = "" if self.cpu is None else f", idle CPU {self.cpu:.3f} %"
+        return (
+            f"ready {self.ready:.3f} s, imports {self.imports:.3f} s, "
+            f"RSS {self.rss:.1f} MB, PSS {self.pss:.1f} MB{cpu}"
+        )
+
 
 def spawn_to_ready(
     cmd: list[str], env: dict[str, str], sock: Path, timeout: float = 60.0
@@ -51,7 +66,10 @@ def spawn_to_ready(
     from broker.sidecar.probe import probe
 
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # cwd: not the source tree, which ``-m`` would put ahead of PYTHONPATH (see --baseline).
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=sock.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while not probe(str(sock)):
         if proc.poll() is not None or time.perf_counter() - started > timeout:
             proc.kill()
@@ -62,16 +80,15 @@ def spawn_to_ready(
 
 def import_seconds(env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", IMPORTS], env=env, check=True)
+    subprocess.run([sys.executable, "-c", IMPORTS], env=env, check=True, cwd=tempfile.gettempdir())
     return time.perf_counter() - started
 
 
-def one_round(base: Path, n: int, env: dict[str, str], idle: float) -> Round:
+def one_round(base: Path, n: int, env: dict[str, str], idle: float, manifest: str) -> Round:
     from broker.dev.fleetsidecars import cpu_seconds, rss_mb
-    from broker.dev.restartbench import BENCH_MANIFEST
 
     sock = base / f"startup-{n}.sock"
-    cmd = [sys.executable, "-m", "broker.cli", "sidecar", "--manifest", str(BENCH_MANIFEST)]
+    cmd = [sys.executable, "-m", "broker.cli", "sidecar", "--manifest", manifest]
     cmd += ["--listen", f"unix:{sock}", "--audit", str(base / f"audit-{n}" / "bench.jsonl")]
     proc, ready = spawn_to_ready(cmd, env, sock)
     try:
@@ -111,37 +128,42 @@ def report(rounds: list[Round]) -> list[str]:
 def cmd_bench_startup(args: argparse.Namespace) -> int:
     from broker.dev.devstack import start_dev_server
     from broker.dev.restartbench import BENCH_MANIFEST
-    from broker.dev.stack import approle_files, grant_for
+    from broker.dev.stack import approle_files, grant_for, publish_example
     from broker.scopes.loader import load_manifest
     from broker.vault.bootstrap import bootstrap
     from broker.vault.session import make_client
 
+    trees: dict[str, Path | None] = {"this": None}
+    if args.baseline is not None:
+        trees["baseline"] = args.baseline.resolve()
+    rounds: dict[str, list[Round]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory(prefix="broker-bench-startup-") as tmp:
         base = Path(tmp)
         server = start_dev_server()
         try:
             client = make_client(server.addr, server.root_token)
-            bootstrap(
-                client, [grant_for(load_manifest(BENCH_MANIFEST))], addr=server.addr, demo=True
-            )
-            role, secret = approle_files(client, "bench-agent", base / "secrets")
+            manifest = load_manifest(BENCH_MANIFEST)
+            bootstrap(client, [grant_for(manifest)], addr=server.addr, demo=True)
+            source = str(BENCH_MANIFEST)
+            if not args.file_manifest:
+                publish_example(client, BENCH_MANIFEST, manifest, server.addr)
+                source = f"vault:{manifest.agent}"
+            role, secret = approle_files(client, manifest.agent, base / "secrets")
             env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
             env.update(
                 VAULT_ADDR=server.addr,
                 BROKER_ROLE_ID_FILE=str(role),
                 BROKER_SECRET_ID_FILE=str(secret),
             )
-            rounds = []
-            for n in range(max(1, args.rounds)):
-                rounds.append(one_round(base, n, env, args.idle))
-                r = rounds[-1]
-                cpu = "" if r.cpu is None else f", idle CPU {r.cpu:.3f} %"
-                print(
-                    f"round {n + 1}: ready {r.ready:.3f} s, imports {r.imports:.3f} s, "
-                    f"RSS {r.rss:.1f} MB, PSS {r.pss:.1f} MB{cpu}",
-                    flush=True,
-                )
+            runs = [(n, name) for n in range(max(1, args.rounds)) for name in trees]
+            for index, (n, name) in enumerate(runs):  # alternated: drift hits both alike
+                tree = trees[name]
+                here = env if tree is None else {**env, "PYTHONPATH": str(tree)}
+                rounds[name].append(one_round(base, index, here, args.idle, source))
+                print(f"round {n + 1} {name}: {rounds[name][-1].line()}", flush=True)
         finally:
             server.stop()
-    print("\n".join(report(rounds)))
+    for name, found in rounds.items():
+        print(f"-- {name}" + (f" ({trees[name]})" if trees[name] else ""))
+        print("\n".join(report(found)))
     return 0
