@@ -101,6 +101,10 @@ class AuditLog(Checkpoints):
         # writer thread) lets the owner write a usage snapshot into the new segment.
         self._segment_bytes, self._segment_age = segment_bytes, segment_age
         self.on_rotate: Callable[[], None] | None = None
+        # ``on_head`` is called (on the writer thread, once) when the head reaches
+        # ``wake_at``: an owner waiting for N more records sleeps instead of polling the head.
+        self.on_head: Callable[[], None] | None = None
+        self.wake_at: int | None = None
         self._fd = open_locked(self.path)
         try:
             found = recover(self.path, self._fd)
@@ -294,6 +298,9 @@ class AuditLog(Checkpoints):
             fail_all(batch, self._failed)
             return []
         self._tip = (seq, prev)
+        if self.wake_at is not None and seq >= self.wake_at and self.on_head is not None:
+            self.wake_at = None
+            self.on_head()
         self._good_bytes += sum(len(r.line) for r in records)
         self._data += sum(1 for item in batch if item.body.get("type") != CHECKPOINT)
         self._counters["records"] += len(batch)

@@ -191,7 +191,7 @@ class Sidecar:
         def rotated() -> None:  # on the audit writer thread
             loop.call_soon_threadsafe(self._rotated.set)
 
-        self.audit.on_rotate = rotated
+        self.audit.on_rotate = self.audit.on_head = rotated
         self.service = CredentialService(
             self.manifest, self.runtime, self.audit, ledger, redact_key=_redact_key(self.config)
         )
@@ -262,19 +262,25 @@ class Sidecar:
 
     async def _write_snapshots(self, ledger: UsageLedger) -> None:
         """A usage snapshot now, then every SNAPSHOT_EVERY records and after each rotation,
-        so a restart replays a bounded tail (``broker.audit.usagesnap``)."""
+        so a restart replays a bounded tail (``broker.audit.usagesnap``). Between them it
+        sleeps until the trail says so (``on_rotate``, ``on_head``): an idle sidecar's trail
+        wakes nothing; after a failed write it retries every second."""
         assert self.audit is not None
-        last = -SNAPSHOT_EVERY
+        last, retry = -SNAPSHOT_EVERY, None
         while True:
             if self._rotated.is_set() or self.audit.head[0] - last >= SNAPSHOT_EVERY:
                 self._rotated.clear()
                 body = snapshot_body(self.manifest.agent, ledger, time.time())
                 try:
-                    last = (await self.audit.append(body, owned=True)).seq
+                    last, retry = (await self.audit.append(body, owned=True)).seq, None
                 except AuditUnavailable as exc:
                     log.warning("usage snapshot not written: %s", exc.detail)
+                    retry = 1.0
+            self.audit.wake_at = last + SNAPSHOT_EVERY
+            if retry is None and self.audit.head[0] - last >= SNAPSHOT_EVERY:
+                continue  # reached before wake_at was set: the writer will not call
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rotated.wait(), 1.0)
+                await asyncio.wait_for(self._rotated.wait(), retry)
 
     async def _wait_listening(self) -> None:
         app = waiting_app(lambda: self.runtime.vault_problem or "not connected yet")
