@@ -101,6 +101,10 @@ class AuditLog(Checkpoints):
         # writer thread) lets the owner write a usage snapshot into the new segment.
         self._segment_bytes, self._segment_age = segment_bytes, segment_age
         self.on_rotate: Callable[[], None] | None = None
+        # ``on_head`` is called (on the writer thread, once) when the head reaches
+        # ``wake_at``: an owner waiting for N more records sleeps instead of polling the head.
+        self.on_head: Callable[[], None] | None = None
+        self.wake_at: int | None = None
         self._fd = open_locked(self.path)
         try:
             found = recover(self.path, self._fd)
@@ -224,9 +228,10 @@ class AuditLog(Checkpoints):
                 return
 
     def _take(self) -> list[Pending | object]:
-        """Everything queued (up to max_batch), waiting for at least one item or a second."""
+        """Everything queued (up to max_batch), waiting for at least one item, or a second
+        while something may fall due without one (see ``_idle_timeout``)."""
         try:
-            items = [self._queue.get(timeout=1.0)]
+            items = [self._queue.get(timeout=self._idle_timeout())]
         except queue.Empty:
             return [TICK]  # an idle log still considers its interval checkpoint
         while len(items) < self._max_batch:
@@ -235,6 +240,19 @@ class AuditLog(Checkpoints):
             except queue.Empty:
                 break
         return items
+
+    def _idle_timeout(self) -> float | None:
+        """None (sleep until an item comes) when every record is signed and nothing is in
+        flight or failed: an idle sidecar's writer then never wakes. Otherwise a second, for
+        the interval checkpoint, its retry, or the recovery of a failed trail."""
+        settled = self._inflight is None or self._inflight.done()
+        if (
+            not self._failed
+            and settled
+            and (self._signer is None or self._data == self._data_signed)
+        ):
+            return None
+        return 1.0
 
     def _drain_after_stop(self) -> None:
         with self._lock:
@@ -280,6 +298,9 @@ class AuditLog(Checkpoints):
             fail_all(batch, self._failed)
             return []
         self._tip = (seq, prev)
+        if self.wake_at is not None and seq >= self.wake_at and self.on_head is not None:
+            self.wake_at = None
+            self.on_head()
         self._good_bytes += sum(len(r.line) for r in records)
         self._data += sum(1 for item in batch if item.body.get("type") != CHECKPOINT)
         self._counters["records"] += len(batch)

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from broker.cli.exit import EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, epilog, exit_code
 from broker.core.errors import BrokerError
@@ -20,6 +20,7 @@ from broker.core.errors import BrokerError
 COMMAND_MODULES = (
     "broker.cli.stack",
     "broker.cli.node",
+    "broker.dev.bench",
     "broker.cli.scopes",
     "broker.cli.audit",
     "broker.cli.control",
@@ -32,28 +33,130 @@ COMMAND_MODULES = (
     "broker.cli.completion",
 )
 
+# Which module registers each command and bench, with its one-line help: ``broker X`` imports
+# X's module only and ``broker --help`` none of them (the full set pulls in aiohttp, hvac,
+# pydantic and cryptography: half a second and 70 MB, for a sidecar as for a help page).
+# tests/cli/test_cli_lazy.py checks both tables against what the modules register.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": (
+        "broker.cli.stack",
+        "start OpenBao (or use one), bootstrap it, run a sidecar per manifest",
+    ),
+    "bootstrap": ("broker.cli.stack", "create the mounts, policies and roles in an existing Vault"),
+    "sidecar": ("broker.cli.stack", "serve one agent's credential requests"),
+    "node-agent": (
+        "broker.cli.node",
+        "poll Vault's control version once for every sidecar on this node",
+    ),
+    "verify": ("broker.cli.stack", "verify an action token as a tool or gateway would"),
+    "probe": ("broker.cli.stack", "exit 0 if a sidecar answers 200 (container health checks)"),
+    "scopes": ("broker.cli.scopes", "validate, test and explain scope manifests"),
+    "audit": ("broker.cli.audit", "verify and search the audit trail"),
+    "revoke": ("broker.cli.control", "revoke one credential, an agent's, or everything"),
+    "kill": (
+        "broker.cli.control",
+        "the kill switch: refuse everything, stop logins, revoke everything held",
+    ),
+    "revive": (
+        "broker.cli.control",
+        "undo the kill switch, with a fresh AppRole secret id for the sidecar",
+    ),
+    "rotate": (
+        "broker.cli.control",
+        "rotate the signing key, an agent's secret, or a backend root",
+    ),
+    "status": (
+        "broker.cli.control",
+        "agents, sidecar heartbeats, kill flags, outstanding credentials",
+    ),
+    "report": (
+        "broker.cli.report",
+        "throughput, integrity and trust per agent and action, from audit trails",
+    ),
+    "approvals": ("broker.cli.approvals", "list, show, approve or deny approvals"),
+    "issuer": (
+        "broker.cli.issuer",
+        "serve OpenID/OAuth metadata, the JWKS and token status lists",
+    ),
+    "mcp": ("broker.cli.mcp", "MCP gateway: tools behind the sidecar's decisions and credentials"),
+    "completion": ("broker.cli.completion", "print a shell completion script"),
+}
+BENCHES: dict[str, tuple[str, str]] = {
+    "mint": ("broker.dev.bench", "mints per second and latency through a sidecar socket"),
+    "restart": ("broker.dev.bench", "sidecar start-up time with a long audit history"),
+    "control": (
+        "broker.dev.bench",
+        "kill-switch time-to-effect and revocation propagation, measured live",
+    ),
+    "startup": (
+        "broker.dev.bench",
+        "sidecar process start to ready, its imports, idle RSS, PSS and CPU",
+    ),
+    "decide": ("broker.cli.scopes", "decisions per second on one core"),
+    "audit": ("broker.cli.audit", "durable appends per second, latency, fsyncs"),
+    "mcp": ("broker.cli.mcp", "the gateway's added latency per tool call"),
+    "fleet": (
+        "broker.dev.fleetbench",
+        "--replicas N: N replicas sharing one budget through the fleet ledger; --sidecars N: "
+        "N idle sidecar processes on one OpenBao (its CPU per sidecar, RSS, time-to-effect)",
+    ),
+    "dpop": ("broker.dev.dpopbench", "the cost of DPoP per mint and per verify, with a baseline"),
+}
+
 
 def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("agent-credential-broker")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Version(argparse.Action):
+    """``--version``, with the package metadata read only when asked (20 ms otherwise)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"broker {package_version()}")
+        parser.exit()
+
+
+def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
+    """The whole command line; with ``modules``, only theirs in full and the other commands
+    named (with their help) but not imported."""
     parser = argparse.ArgumentParser(
         prog="broker",
         description=__doc__.splitlines()[0],
         epilog=epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"broker {package_version()}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench_parser = commands.add_parser("bench", help="measure decisions and mints")
     bench = bench_parser.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
-    for name in COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(name).register(commands, bench)
+    for group, table in ((commands, COMMANDS), (bench, BENCHES)):
+        for command, (_, text) in table.items():
+            if command not in group.choices:
+                group.add_parser(command, help=text)
     return parser
+
+
+def modules_for(argv: Sequence[str]) -> tuple[str, ...]:
+    """The modules ``argv`` needs: its command's (or bench's), none for a help page or an
+    unknown command (argparse then lists them all)."""
+    words = [word for word in argv if not word.startswith("-")]
+    if not words:
+        return ()
+    if words[0] == "bench":
+        found = BENCHES.get(words[1]) if len(words) > 1 else None
+    else:
+        found = COMMANDS.get(words[0])
+    return () if found is None else (found[0],)
 
 
 def probe_parser() -> argparse.ArgumentParser:
@@ -75,8 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    fast = argv[:1] == ["probe"] and not {"-h", "--help"} & set(argv)
-    args = (probe_parser() if fast else build_parser()).parse_args(argv)
+    fast = argv[:1] == ["probe"]
+    args = (probe_parser() if fast else build_parser(modules_for(argv))).parse_args(argv)
     try:
         code: int = args.func(args)
     except BrokerError as exc:

@@ -92,12 +92,7 @@ def register(
     _register_verify(commands)
 
     add_probe(commands)
-
-    from broker.dev.bench import register_bench
-    from broker.dev.controlbench import register_control_bench
-
-    register_bench(bench)
-    register_control_bench(bench)
+    del bench  # the benches of a stack are broker.dev.bench's: a sidecar need not import them
 
 
 class Stop(BaseException):

@@ -26,8 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-
 from broker.core.claims import EDDSA, ES256
 
 PROOF_TYPE = "dpop+jwt"
@@ -178,6 +176,9 @@ def check_proof(
 
 
 def _header(proof: str) -> dict[str, Any]:
+    # pyjwt on first use: a sidecar whose agents send no proofs does not carry it (11 modules).
+    import jwt
+
     try:
         header = jwt.get_unverified_header(proof)
     except jwt.PyJWTError as exc:
@@ -196,6 +197,8 @@ def _header(proof: str) -> dict[str, Any]:
 
 
 def _signed_claims(proof: str, jwk: dict[str, Any], alg: str) -> dict[str, Any]:
+    import jwt
+
     try:
         key = jwt.PyJWK(jwk, algorithm=alg).key
     except jwt.PyJWTError as exc:

@@ -45,6 +45,19 @@ class Result:
         )
 
 
+def register(
+    commands: argparse._SubParsersAction[Any], bench: argparse._SubParsersAction[Any]
+) -> None:
+    """``broker bench mint|restart|control|startup``: a stack measured live."""
+    from broker.dev.controlbench import register_control_bench
+    from broker.dev.startbench import register_startup_bench
+
+    del commands
+    register_bench(bench)
+    register_control_bench(bench)
+    register_startup_bench(bench)
+
+
 def register_bench(bench: argparse._SubParsersAction[Any]) -> None:
     p = bench.add_parser("mint", help="mints per second and latency through a sidecar socket")
     p.add_argument("--kind", choices=["jwt", "vault_token", "dynamic"], default="jwt")

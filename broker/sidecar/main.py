@@ -39,7 +39,13 @@ from broker.sidecar.probes import ProbeListener
 from broker.sidecar.runtime import Runtime
 from broker.sidecar.server import build_app
 from broker.sidecar.service import CredentialService
-from broker.sidecar.watcher import DEFAULT_MANIFEST_POLL, ManifestWatcher, vault_agent, vault_fetch
+from broker.sidecar.watcher import (
+    DEFAULT_MANIFEST_POLL,
+    ManifestWatcher,
+    vault_afetch,
+    vault_agent,
+    vault_fetch,
+)
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.ledgerstore import VaultLedgerStore
 from broker.vault.transit import LoopCheckpointSigner
@@ -116,6 +122,7 @@ class Sidecar:
         # ``vault:<agent>``: the manifest published in Vault, read once logged in, then watched.
         self._vault_agent = vault_agent(config.manifest_path)
         self.watcher: ManifestWatcher | None = None
+        self._watch_vault: AsyncVault | None = None
         self.manifest: Manifest
         if self._vault_agent is None:
             self.manifest = load_manifest(config.manifest_path)
@@ -183,7 +190,7 @@ class Sidecar:
         def rotated() -> None:  # on the audit writer thread
             loop.call_soon_threadsafe(self._rotated.set)
 
-        self.audit.on_rotate = rotated
+        self.audit.on_rotate = self.audit.on_head = rotated
         self.service = CredentialService(
             self.manifest, self.runtime, self.audit, ledger, redact_key=_redact_key(self.config)
         )
@@ -255,19 +262,25 @@ class Sidecar:
 
     async def _write_snapshots(self, ledger: UsageLedger) -> None:
         """A usage snapshot now, then every SNAPSHOT_EVERY records and after each rotation,
-        so a restart replays a bounded tail (``broker.audit.usagesnap``)."""
+        so a restart replays a bounded tail (``broker.audit.usagesnap``). Between them it
+        sleeps until the trail says so (``on_rotate``, ``on_head``): an idle sidecar's trail
+        wakes nothing; after a failed write it retries every second."""
         assert self.audit is not None
-        last = -SNAPSHOT_EVERY
+        last, retry = -SNAPSHOT_EVERY, None
         while True:
             if self._rotated.is_set() or self.audit.head[0] - last >= SNAPSHOT_EVERY:
                 self._rotated.clear()
                 body = snapshot_body(self.manifest.agent, ledger, time.time())
                 try:
-                    last = (await self.audit.append(body, owned=True)).seq
+                    last, retry = (await self.audit.append(body, owned=True)).seq, None
                 except AuditUnavailable as exc:
                     log.warning("usage snapshot not written: %s", exc.detail)
+                    retry = 1.0
+            self.audit.wake_at = last + SNAPSHOT_EVERY
+            if retry is None and self.audit.head[0] - last >= SNAPSHOT_EVERY:
+                continue  # reached before wake_at was set: the writer will not call
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rotated.wait(), 1.0)
+                await asyncio.wait_for(self._rotated.wait(), retry)
 
     async def _wait_listening(self) -> None:
         app = waiting_app(lambda: self.runtime.vault_problem or "not connected yet")
@@ -288,7 +301,13 @@ class Sidecar:
             self.config = replace(self.config, listen=address.removeprefix("http://"))
 
     async def _load_from_vault(self, agent: str) -> None:
-        self.watcher = ManifestWatcher(agent, vault_fetch(self.runtime.session, agent))
+        # A timeout of its own: a hung Vault delays only the watcher.
+        self._watch_vault = self.runtime.session.async_client(timeout=2.0, pool=1)
+        self.watcher = ManifestWatcher(
+            agent,
+            vault_fetch(self.runtime.session, agent),
+            afetch=vault_afetch(self._watch_vault, agent),
+        )
         try:
             self.manifest = await asyncio.to_thread(self.watcher.load_initial)
         except BaseException:
@@ -302,6 +321,8 @@ class Sidecar:
                 await self._snapshots
         if self.watcher is not None:
             await self.watcher.stop()
+        if self._watch_vault is not None:
+            await self._watch_vault.close()
         if self._server is not None:
             self._server.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:

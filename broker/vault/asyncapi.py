@@ -23,9 +23,14 @@ from broker.vault.layout import KV_MOUNT
 
 
 def ssl_context(tls: VaultTLS) -> ssl.SSLContext | bool:
-    """aiohttp's ``ssl``: the same trust as ``make_client`` gives hvac (``False``: unverified)."""
+    """aiohttp's ``ssl``: the same trust as ``make_client`` gives hvac (``False``: unverified).
+    With the system's CAs and no client certificate: ``True``, aiohttp's own verifying context
+    (``ssl.create_default_context()``, made once at import): a context per client loaded the
+    whole CA bundle again, about 1 MB resident each, four times in every sidecar."""
     if tls.skip_verify:
         return False
+    if tls.cacert is None and tls.capath is None and tls.client_cert is None:
+        return True
     cafile = str(tls.cacert) if tls.cacert else None
     capath = str(tls.capath) if tls.capath else None
     ctx = ssl.create_default_context(cafile=cafile, capath=capath)

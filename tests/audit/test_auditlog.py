@@ -340,3 +340,16 @@ def test_crash_between_seal_and_new_segment_continues_from_the_sealed_one(path: 
     with AuditLog(path) as log:
         assert log.append_sync(body(4)).seq == 4
     assert _chain(path)[0].ok
+
+
+def test_on_head_is_called_once_when_the_head_reaches_wake_at(tmp_path: Path) -> None:
+    """The owner waiting for N more records is told once, on the commit that reaches it."""
+    log = AuditLog(tmp_path / "audit.jsonl", clock=FakeClock())
+    heads: list[int] = []
+    log.on_head = lambda: heads.append(log.head[0])
+    log.wake_at = 3
+    for i in range(5):
+        log.append_sync(body(i))
+    assert heads == [3]
+    assert log.wake_at is None
+    log.close()

@@ -113,3 +113,38 @@ def test_close_signs_the_final_head_once(path: Path) -> None:
         pass
     assert [c["head_seq"] for c in checkpoints(path)] == [1]
     assert signer.heads["a1"][0] == 1
+
+
+def test_an_idle_writer_sleeps_until_an_append_once_every_record_is_signed(path: Path) -> None:
+    """No checkpoint can fall due: the writer waits without a timeout (no idle wakeups)."""
+    clock, signer = FakeClock(), InMemorySigner()
+    log = AuditLog(path, signer=signer, agent="a1", clock=clock, checkpoint_every=1)
+    assert log._idle_timeout() is None  # nothing written yet
+    log.append_sync(body(1))
+    log.wait_checkpoints()
+    assert signer.heads["a1"][0] == 1
+    assert log._idle_timeout() is None
+    log.close(final_checkpoint=False)
+    unsigned = AuditLog(path.with_name("nosigner.jsonl"), clock=clock)
+    unsigned.append_sync(body(2))
+    assert unsigned._idle_timeout() is None  # no signer: no checkpoint will ever be due
+    unsigned.close()
+
+
+@pytest.mark.parametrize("state", ["unsigned records", "signer down", "trail failed"])
+def test_a_writer_with_something_pending_still_wakes_each_second(path: Path, state: str) -> None:
+    """Records short of the interval, a checkpoint to retry, a trail to recover: 1 s ticks."""
+    clock, signer = FakeClock(), InMemorySigner()
+    signer.down = state == "signer down"
+    every = 1 if state == "trail failed" else 1000  # failed after every record was signed
+    log = AuditLog(
+        path, signer=signer, agent="a1", clock=clock, checkpoint_every=every, checkpoint_interval=60
+    )
+    log.append_sync(body(1))
+    log.maybe_checkpoint()
+    log.wait_checkpoints()
+    if state == "trail failed":
+        assert log._idle_timeout() is None
+        log._fail(OSError(5, "disk gone"))
+    assert log._idle_timeout() == 1.0
+    log.close(final_checkpoint=False)

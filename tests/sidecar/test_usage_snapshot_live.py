@@ -51,3 +51,32 @@ async def test_every_minted_credential_leaves_the_unrecorded_set(
         assert (snapshot["unrecorded"], snapshot["in_flight"]) == ([], {})
         assert ledger.in_flight(time.time()) == 6
         assert ledger.budget_used("calls", time.time()) == 6
+
+
+async def test_snapshots_follow_the_records_without_a_timer(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot at start, then one as each SNAPSHOT_EVERY more records are durable (the trail
+    wakes the writer of snapshots; nothing polls the head), never two closer than that."""
+    import asyncio
+    import itertools
+    import json
+
+    monkeypatch.setattr("broker.sidecar.main.SNAPSHOT_EVERY", 4)
+    manifest = write_manifest(tmp_path, MANIFEST.format(agent=unique_agent("snapwake")))
+    async with running_sidecar(openbao, manifest, tmp_path) as h:
+
+        def snapshots() -> list[int]:
+            lines = h.audit_path.read_text().splitlines()
+            return [r["seq"] for r in map(json.loads, lines) if r["type"] == "usage_snapshot"]
+
+        for _ in range(10):
+            status, _, _ = await h.ask("zendesk.get_ticket", {"ticket_id": "CS-1"})
+            assert status == 200
+        for _ in range(200):  # a bound for a failure, not a timing: done as soon as they are
+            if len(snapshots()) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        seqs = snapshots()
+        assert len(seqs) >= 3, seqs
+        assert all(b - a >= 4 for a, b in itertools.pairwise(seqs)), seqs

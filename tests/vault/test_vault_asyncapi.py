@@ -4,15 +4,18 @@ the heartbeat, and errors translated into the project's own."""
 from __future__ import annotations
 
 import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import hvac
 import pytest
 
 from broker.core.errors import BackendUnavailable, PermissionDenied
 from broker.dev.devstack import DevServer
-from broker.vault.asyncapi import AsyncVault
+from broker.settings import VaultTLS
+from broker.vault.asyncapi import AsyncVault, ssl_context
 from broker.vault.bootstrap import bootstrap
 from broker.vault.layout import KV_MOUNT
 
@@ -82,3 +85,16 @@ async def test_an_unreachable_vault_is_backend_unavailable_naming_the_address() 
     finally:
         await client.close()
     assert addr in str(caught.value)
+
+
+def test_system_trust_shares_aiohttp_context_and_a_named_ca_gets_its_own() -> None:
+    """No CA, no client certificate: aiohttp's one verifying context (True), not a new one
+    loading the CA bundle per client; a named CA its own verifying context; skip: False."""
+    import certifi
+
+    assert ssl_context(VaultTLS()) is True
+    assert ssl_context(VaultTLS(skip_verify=True)) is False
+    own = ssl_context(VaultTLS(cacert=Path(certifi.where())))
+    assert isinstance(own, ssl.SSLContext)
+    assert own.verify_mode == ssl.CERT_REQUIRED
+    assert own.check_hostname
