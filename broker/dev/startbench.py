@@ -39,6 +39,11 @@ def register_startup_bench(bench: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--idle", type=float, default=0.0, help="seconds of idle CPU per round")
     p.add_argument("--file-manifest", action="store_true", help="no manifest watcher: a file")
     p.add_argument(
+        "--node-agent",
+        action="store_true",
+        help="with a node agent confirming the control version, as broker up runs sidecars",
+    )
+    p.add_argument(
         "--baseline", type=Path, help="a checkout whose sidecar alternates with this one's"
     )
     p.set_defaults(func=cmd_bench_startup)
@@ -134,6 +139,7 @@ def report(rounds: list[Round]) -> list[str]:
 
 def cmd_bench_startup(args: argparse.Namespace) -> int:
     from broker.dev.devstack import start_dev_server
+    from broker.dev.nodeproc import start_node_agent
     from broker.dev.restartbench import BENCH_MANIFEST
     from broker.dev.stack import approle_files, grant_for, publish_example
     from broker.scopes.loader import load_manifest
@@ -147,6 +153,7 @@ def cmd_bench_startup(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="broker-bench-startup-") as tmp:
         base = Path(tmp)
         server = start_dev_server()
+        agent = None
         try:
             client = make_client(server.addr, server.root_token)
             manifest = load_manifest(BENCH_MANIFEST)
@@ -156,12 +163,15 @@ def cmd_bench_startup(args: argparse.Namespace) -> int:
                 publish_example(client, BENCH_MANIFEST, manifest, server.addr)
                 source = f"vault:{manifest.agent}"
             role, secret = approle_files(client, manifest.agent, base / "secrets")
+            agent = start_node_agent(client, server.addr, base) if args.node_agent else None
             env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
             env.update(
                 VAULT_ADDR=server.addr,
                 BROKER_ROLE_ID_FILE=str(role),
                 BROKER_SECRET_ID_FILE=str(secret),
             )
+            if agent is not None:
+                env["BROKER_NODE_AGENT_SOCKET"] = str(agent.socket)
             runs = [(n, name) for n in range(max(1, args.rounds)) for name in trees]
             for index, (n, name) in enumerate(runs):  # alternated: drift hits both alike
                 tree = trees[name]
@@ -169,6 +179,9 @@ def cmd_bench_startup(args: argparse.Namespace) -> int:
                 rounds[name].append(one_round(base, index, here, args.idle, source))
                 print(f"round {n + 1} {name}: {rounds[name][-1].line()}", flush=True)
         finally:
+            if agent is not None:
+                agent.process.terminate()
+                agent.process.wait(10)
             server.stop()
     for name, found in rounds.items():
         print(f"-- {name}" + (f" ({trees[name]})" if trees[name] else ""))

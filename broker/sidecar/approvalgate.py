@@ -64,6 +64,10 @@ TERMINAL = frozenset({State.denied, State.expired, State.redeemed})
 SEALED_INPUTS = "sealed_inputs"  # in Approval.extra: redacted inputs, sealed for the redeem
 
 
+# The watch's wait while no approval is open (budget alarms and gauges only).
+IDLE_TICK = 2.0
+
+
 class AuditSink(Protocol):
     async def append(self, body: Mapping[str, Any]) -> Any: ...
 
@@ -95,6 +99,7 @@ class ApprovalGate(ApprovalNotes):
         self._steps = asyncio.Lock()  # the watch and a redeem must not audit a step twice
         self._budgets = BudgetAlarms()
         self._task: asyncio.Task[None] | None = None
+        self._activity = asyncio.Event()  # a decision since the watch's last pass
         self.metrics: SidecarMetrics | None = None
 
     @property
@@ -133,6 +138,10 @@ class ApprovalGate(ApprovalNotes):
             if found and (found[0].state not in TERMINAL or found[0].noted < len(found[0].history)):
                 self.open.add(approval_id)
 
+    def touched(self) -> None:
+        """A decision was recorded: the next pass checks the budgets without waiting."""
+        self._activity.set()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -143,6 +152,13 @@ class ApprovalGate(ApprovalNotes):
         await self._load_open_once()
         while True:
             await asyncio.sleep(self.poll)
+            if not self.open and not self._activity.is_set():
+                # Nothing open, no decision since the last pass: only the budget alarms and
+                # gauges would be checked, and usage moves with decisions (or a replica's
+                # spending, seen within IDLE_TICK); an idle sidecar sleeps till then.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._activity.wait(), IDLE_TICK)
+            self._activity.clear()
             try:
                 await self.tick()
             except BrokerError as exc:

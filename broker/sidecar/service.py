@@ -405,6 +405,7 @@ class CredentialService(Redeemer, ServiceViews):
         await self.audit.append(body, owned=True)
         if credential is not None:
             self.ledger.recorded(credential[0])
+        self.approvals.touched()  # budget alarms and gauges are checked after activity
         if self.metrics is not None:
             self.metrics.audit_append(time.perf_counter() - started)
             self.metrics.decision(req.action, outcome.value, reason.value if reason else None)
