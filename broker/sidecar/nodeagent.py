@@ -45,6 +45,7 @@ MAX_CLIENTS = 4096  # sidecars on one node; more connections are refused, not qu
 # for it: the agent never blocks on one sidecar, and the sidecar reconnects when it wakes.
 MAX_BUFFERED = 16 * 1024
 LOGIN_BACKOFF_MAX = 5.0
+READ_CHUNK = 4096
 
 
 class NodeAgent:
@@ -75,6 +76,7 @@ class NodeAgent:
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._logged_in = False
+        self._full = False  # MAX_CLIENTS reached (logged once until it is not)
         self._rng = random.Random()  # noqa: S311 - jitter, not a secret
 
     def __repr__(self) -> str:
@@ -107,19 +109,31 @@ class NodeAgent:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._clients) >= MAX_CLIENTS:
-            writer.close()
+            self._refuse(writer)
             return
         self._clients.add(writer)
         try:
             writer.write(encode(self.latest, self.problem))
-            await reader.read()  # sidecars send nothing: this returns when they hang up
+            # Sidecars send nothing; anyone on the node may connect, so what arrives is read
+            # and dropped (``read()`` would keep it all until the sender hangs up).
+            while await reader.read(READ_CHUNK):
+                pass
         except OSError:
             pass
         finally:
             self._clients.discard(writer)
             writer.close()
 
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        why = f"the node agent at {self.path} serves {MAX_CLIENTS} connections already"
+        if not self._full:
+            log.warning("%s: refusing more (the sidecars refused poll Vault themselves)", why)
+        self._full = True
+        writer.write(encode(None, why))
+        writer.close()
+
     def _broadcast(self) -> None:
+        self._full = len(self._clients) >= MAX_CLIENTS
         line = encode(self.latest, self.problem)
         for writer in list(self._clients):
             if writer.transport.get_write_buffer_size() > MAX_BUFFERED:
@@ -156,7 +170,7 @@ class NodeAgent:
             await asyncio.to_thread(self.session.ensure_fresh)
         sent = self._mono()
         try:
-            _, version = await self._vault.kv_read_versioned(VERSION_PATH)
+            version, stamp = await self._vault.kv_version(VERSION_PATH)
         except PermissionDenied:
             self._logged_in = False  # a revoked or expired token: log in on the next round
             raise
@@ -164,7 +178,7 @@ class NodeAgent:
             raise BackendUnavailable("control/version is missing (a standby, or no bootstrap)")
         if self.latest is None or self.problem:
             log.info("Vault answers at %s: control/version %d", self.session.addr, version)
-        self.latest, self.problem = Confirmation(version, sent), ""
+        self.latest, self.problem = Confirmation(version, sent, stamp), ""
         self.polls += 1
 
     async def _follow_active(self) -> None:

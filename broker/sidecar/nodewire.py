@@ -1,7 +1,9 @@
 """What a node agent tells the sidecars of its node, one JSON object a line.
 
-After each poll of Vault the agent writes ``{"v": 1, "version": N, "read_at": T}``: the KV
-version of ``control/version``, and when the read that returned it was *sent*, on the host's
+After each poll of Vault the agent writes ``{"v": 1, "version": N, "stamp": S, "read_at": T}``:
+the KV version of ``control/version`` and Vault's ``created_time`` of that version (the pair
+names one write to one Vault: an agent of another cluster at the same count does not pass for
+ours), and when the read that returned it was *sent*, on the host's
 monotonic clock (``time.monotonic``, which every process of one kernel shares), so a sidecar
 knows how old the confirmation is without trusting the agent's wall clock. A poll that failed
 is ``{"v": 1, "error": "..."}``. Sidecars send nothing.
@@ -20,6 +22,7 @@ MAX_LINE = 1024  # an agent line is ~60 bytes; anything longer is not an agent t
 # How far ahead of the sidecar's own monotonic clock a ``read_at`` may be: the time a line
 # takes from one process to the other on one host is microseconds, not this.
 CLOCK_SLACK = 0.05
+MAX_STAMP = 64  # an RFC 3339 time with nanoseconds is 30 characters
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -34,6 +37,7 @@ class Confirmation:
 
     version: int
     read_at: float
+    stamp: str = ""  # Vault's created_time of the version; an agent without it is not believed
 
 
 def encode(confirmation: Confirmation | None, error: str = "") -> bytes:
@@ -42,6 +46,8 @@ def encode(confirmation: Confirmation | None, error: str = "") -> bytes:
         body["error"] = error or "no confirmation yet"
     else:
         body["version"], body["read_at"] = confirmation.version, confirmation.read_at
+        if confirmation.stamp:
+            body["stamp"] = confirmation.stamp
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -56,9 +62,11 @@ def decode(line: bytes, now: float) -> Confirmation | str:
         raise WireError(f"not wire version {WIRE_VERSION}")
     if "error" in body:
         return str(body["error"])[:200]
-    version, read_at = body.get("version"), body.get("read_at")
+    version, read_at, stamp = body.get("version"), body.get("read_at"), body.get("stamp", "")
     if type(version) is not int or version < 1:
         raise WireError("version must be a whole number of at least 1")
+    if not isinstance(stamp, str) or len(stamp) > MAX_STAMP:
+        raise WireError(f"stamp must be text of at most {MAX_STAMP} characters")
     if not isinstance(read_at, int | float) or isinstance(read_at, bool):
         raise WireError("read_at must be a number")
     if not math.isfinite(read_at):
@@ -67,7 +75,7 @@ def decode(line: bytes, now: float) -> Confirmation | str:
         raise WireError(
             "read_at is ahead of this host's monotonic clock: the agent is not on this host"
         )
-    return Confirmation(version, float(read_at))
+    return Confirmation(version, float(read_at), stamp)
 
 
 def peer_allowed(uid: int, own_uid: int, extra: frozenset[int]) -> bool:

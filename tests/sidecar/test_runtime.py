@@ -88,6 +88,11 @@ class FakeControlKV:
         self.reads.append(path)
         return self.docs.get(path), self.versions.get(path, 0)
 
+    async def kv_version(self, path: str) -> tuple[int, str]:
+        self.reads.append(path)
+        version = self.versions.get(path, 0)
+        return version, f"written-{version}" if version else ""
+
     def write(self, path: str, doc: dict[str, object]) -> None:
         self.docs[path] = doc
         self.versions[path] = self.versions.get(path, 0) + 1
