@@ -76,6 +76,7 @@ class NodeAgent:
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._logged_in = False
+        self._inode = -1  # of the socket this agent bound
         self._full = False  # MAX_CLIENTS reached (logged once until it is not)
         self._rng = random.Random()  # noqa: S311 - jitter, not a secret
 
@@ -91,6 +92,7 @@ class NodeAgent:
         _clear_stale_socket(self.path)
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
         os.chmod(self.path, 0o666)  # noqa: S103 - version numbers only; see the docstring
+        self._inode = self.path.stat().st_ino
         self._task = asyncio.create_task(self._loop(), name="node-agent")
         log.info("node agent serving %s for Vault at %s", self.path, self.session.addr)
 
@@ -104,8 +106,10 @@ class NodeAgent:
         for writer in list(self._clients):
             writer.close()
         await self._vault.close()
+        # Only our own socket: a restarted agent may already serve a new one at the path.
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            if self.path.stat().st_ino == self._inode:
+                self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._clients) >= MAX_CLIENTS:

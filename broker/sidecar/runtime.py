@@ -103,7 +103,7 @@ class Runtime(KeyUpkeep):
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.agent = agent
-        self.session = VaultSession(vault, clock=clock)
+        self.session = VaultSession(vault, clock=monotonic)
         # Polls use their own short-timeout client so a hung Vault is noticed quickly.
         self._poller = AsyncVault(
             vault.addr,

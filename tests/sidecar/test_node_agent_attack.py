@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,13 +19,16 @@ import pytest
 
 from broker.dev.devstack import DevServer, start_dev_server
 from broker.dev.nodeproc import start_node_agent
+from broker.dev.stack import approle_files
+from broker.settings import VaultSettings
 from broker.sidecar import nodeagent
 from broker.sidecar.nodewire import decode
-from broker.sidecar.runtime import STALE_AFTER
-from broker.vault.bootstrap import bootstrap
+from broker.sidecar.runtime import STALE_AFTER, Runtime
+from broker.testing import FakeClock
+from broker.vault.bootstrap import AgentGrant, bootstrap
 from broker.vault.control import control_written
 from broker.vault.kv import kv_read_versioned
-from tests.harness import root_client
+from tests.harness import root_client, unique_agent
 from tests.sidecar.test_node_agent_live import (
     _version,
     kill_switch,
@@ -259,3 +263,44 @@ async def test_a_missing_agent_socket_is_named_in_the_sidecars_log(
             status, _, _ = await h.ask("read.thing")
     assert status == 200
     assert f"node agent at {sock}: cannot reach the node agent" in caplog.text
+
+
+def test_a_wall_clock_stepped_back_does_not_delay_token_renewal(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """The wall clock stepped back an hour after login: the sidecar's token is still renewed
+    at half its TTL. Renewal was scheduled on the wall clock: an hour late, after Vault had
+    revoked the login token and every credential minted under it (its child tokens)."""
+    agent = unique_agent("clock")
+    client = root_client(openbao)
+    bootstrap(client, [AgentGrant(agent)], addr=openbao.addr)
+    role_file, secret_file = approle_files(client, agent, tmp_path)
+    wall, mono = FakeClock(1_800_000_000.0), FakeClock(5_000.0)
+    settings = VaultSettings(addr=openbao.addr, role_id_file=role_file, secret_id_file=secret_file)
+    rt = Runtime(agent, settings, clock=wall, monotonic=mono)
+    rt.session.login()
+    ttl = client.auth.token.lookup_accessor(rt.session.accessor)["data"]["creation_ttl"]
+    wall.advance(-3600.0)
+    mono.advance(ttl / 2 + 1)
+    assert rt.session.renewal_due()
+
+
+async def test_an_agent_stopping_leaves_its_successors_socket_in_place(
+    openbao: DevServer, tmp_path: Path, sockdir: Path
+) -> None:
+    """An agent restarted while the old one was still shutting down: the new one binds the
+    path (the old socket no longer answered), then the old one, stopping, removed the path,
+    the new agent's socket with it, and every sidecar of the node polled Vault itself until
+    the next restart. Now an agent removes only the socket it bound."""
+    sock = sockdir / "node.sock"
+    successor = socket.socket(socket.AF_UNIX)
+    try:
+        async with node_agent(openbao, sock, tmp_path):
+            sock.unlink()
+            successor.bind(str(sock))
+            successor.listen()
+        assert sock.exists()
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(str(sock))
+    finally:
+        successor.close()
