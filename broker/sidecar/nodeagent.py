@@ -39,6 +39,10 @@ from broker.vault.session import VaultSession
 log = logging.getLogger("broker.sidecar.nodeagent")
 
 POLL_INTERVAL = 0.25
+# A sidecar takes a confirmation while it is younger than 0.75 s (runtime.NODE_FRESH) and
+# hangs up after 1 s of silence (nodewatch.SILENCE): a slower agent, with its jitter, would
+# have its sidecars read Vault themselves and reconnect every few seconds.
+MAX_INTERVAL = 0.5
 JITTER = 0.1
 MAX_CLIENTS = 4096  # sidecars on one node; more connections are refused, not queued
 # A sidecar that does not read its lines (stopped, hung) is dropped once this much waits
@@ -57,6 +61,11 @@ class NodeAgent:
         interval: float = POLL_INTERVAL,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not 0 < interval <= MAX_INTERVAL:
+            raise ConfigError(
+                f"the node agent's poll interval must be above 0 and at most {MAX_INTERVAL:g} s "
+                f"(its sidecars take confirmations younger than 0.75 s), got {interval:g}"
+            )
         self.session = VaultSession(vault)
         self.path = socket_path
         self.interval = interval

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
+from broker.core.errors import ConfigError
 from broker.dev.devstack import DevServer, start_dev_server
 from broker.dev.nodeproc import start_node_agent
 from broker.dev.stack import approle_files
@@ -122,7 +124,7 @@ async def test_a_thousand_silent_connections_do_not_stop_the_agent_serving_a_sid
 ) -> None:
     """1,000 connections that never read (anyone on the node may open them): the agent holds
     them all, keeps polling, and a sidecar still takes its confirmations. Catches a client
-    limit set below a node's worth of sidecars, or a broadcast that waits on slow readers."""
+    limit set below a thousand (a node's worth of sidecars)."""
     sock = sockdir / "node.sock"
     async with node_agent(openbao, sock, tmp_path) as agent:
         held = [await asyncio.open_unix_connection(str(sock)) for _ in range(1000)]
@@ -304,3 +306,35 @@ async def test_an_agent_stopping_leaves_its_successors_socket_in_place(
             probe.connect(str(sock))
     finally:
         successor.close()
+
+
+async def test_the_agents_token_revoked_it_says_so_without_the_token_and_logs_in_again(
+    openbao: DevServer, tmp_path: Path, sockdir: Path
+) -> None:
+    """The agent's login token revoked in Vault: what it tells every local user names the
+    refused read, never the token; it logs in again by itself and confirms. Catches an agent
+    that does not drop a refused token (it would report errors forever, and every sidecar of
+    the node would poll Vault itself)."""
+    sock = sockdir / "node.sock"
+    async with node_agent(openbao, sock, tmp_path) as agent:
+        token, accessor = agent.session.token, agent.session.accessor
+        await asyncio.to_thread(root_client(openbao).auth.token.revoke_accessor, accessor)
+        await until(lambda: agent.latest is None, 5.0)
+        said = agent.problem
+        await until(lambda: agent.latest is not None, 10.0)
+        assert agent.session.accessor != accessor
+    assert "permission denied" in said
+    assert "control/version" in said
+    assert token not in said
+    assert accessor not in said
+
+
+@pytest.mark.parametrize("interval", [0.0, -0.25, 0.6, 1.0, float("nan")])
+def test_a_poll_interval_its_sidecars_cannot_use_is_refused(interval: float) -> None:
+    """An agent polling every second (the CLI took up to 1 s) let its confirmations age past
+    the 0.75 s a sidecar takes them for and its silences past the 1 s it waits: measured, a
+    sidecar read Vault itself 7 times and reconnected 3 times in 8 s. Refused at start-up,
+    naming the bound."""
+    settings = VaultSettings(addr="http://127.0.0.1:9", token=SecretStr("t"))
+    with pytest.raises(ConfigError, match=r"poll interval must be above 0 and at most 0\.5 s"):
+        nodeagent.NodeAgent(settings, Path("/nonexistent/node.sock"), interval=interval)
