@@ -24,7 +24,9 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,11 +101,24 @@ class NodeAgent:
     async def start(self) -> None:
         self.session.check_credentials()
         _clear_stale_socket(self.path)
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
-        os.chmod(self.path, 0o666)  # noqa: S103 - version numbers only; see the docstring
-        self._inode = self.path.stat().st_ino
+        self._server = await self._bind()
+        self._inode = self.path.lstat().st_ino
         self._task = asyncio.create_task(self._loop(), name="node-agent")
         log.info("node agent serving %s for Vault at %s", self.path, self.session.addr)
+
+    async def _bind(self) -> asyncio.Server:
+        """The socket is bound and opened up in a directory only this process may write, then
+        renamed into place: a chmod by name at ``path`` would follow a link that someone who
+        may write its directory put there in the meantime (to a file of the agent's user)."""
+        private = Path(tempfile.mkdtemp(prefix=".na", dir=self.path.parent))
+        try:
+            staged = private / "s"
+            server = await asyncio.start_unix_server(self._serve, path=str(staged))
+            os.chmod(staged, 0o666)  # noqa: S103 - version numbers only; see the docstring
+            os.rename(staged, self.path)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+        return server
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -117,7 +132,7 @@ class NodeAgent:
         await self._vault.close()
         # Only our own socket: a restarted agent may already serve a new one at the path.
         with contextlib.suppress(FileNotFoundError):
-            if self.path.stat().st_ino == self._inode:
+            if self.path.lstat().st_ino == self._inode:
                 self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

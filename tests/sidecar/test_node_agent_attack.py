@@ -5,15 +5,18 @@ Each finding of the review is a test here (``/work/notes/s3/issue-17-attack.md``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -338,3 +341,31 @@ def test_a_poll_interval_its_sidecars_cannot_use_is_refused(interval: float) -> 
     settings = VaultSettings(addr="http://127.0.0.1:9", token=SecretStr("t"))
     with pytest.raises(ConfigError, match=r"poll interval must be above 0 and at most 0\.5 s"):
         nodeagent.NodeAgent(settings, Path("/nonexistent/node.sock"), interval=interval)
+
+
+async def test_a_link_put_at_the_socket_path_while_the_agent_binds_is_not_followed(
+    openbao: DevServer, tmp_path: Path, sockdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who may write the socket's directory swaps the fresh socket for a link to a
+    file of the agent's user between its bind and its chmod (the race played here by wrapping
+    the bind): the agent made that file readable and writable by everyone. Now the socket
+    is opened up in a private directory and renamed into place, over the link."""
+    victim = tmp_path / "secret-of-the-agents-user"
+    victim.write_text("s3cret")
+    victim.chmod(0o600)
+    sock = sockdir / "node.sock"
+    bind = asyncio.start_unix_server
+
+    async def bind_then_race(*args: Any, **kwargs: Any) -> asyncio.Server:
+        server = await bind(*args, **kwargs)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        sock.symlink_to(victim)
+        return server
+
+    monkeypatch.setattr(asyncio, "start_unix_server", bind_then_race)
+    async with node_agent(openbao, sock, tmp_path):
+        mode = stat.S_IMODE(victim.stat().st_mode)
+        replaced = sock.is_socket() and not sock.is_symlink()
+    assert mode == 0o600
+    assert replaced
