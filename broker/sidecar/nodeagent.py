@@ -34,7 +34,7 @@ from pathlib import Path
 from broker.core.controlstate import VERSION_PATH
 from broker.core.errors import BackendUnavailable, BrokerError, ConfigError, PermissionDenied
 from broker.settings import VaultSettings
-from broker.sidecar.nodewire import Confirmation, encode
+from broker.sidecar.nodewire import PEERCRED, Confirmation, encode
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.session import VaultSession
 
@@ -232,7 +232,12 @@ def _clear_stale_socket(path: Path) -> None:
         except OSError:
             path.unlink()
             return
-    raise ConfigError(f"another node agent is serving {path}")
+        _, uid, _ = PEERCRED.unpack(
+            probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+        )
+    # Whoever holds it: a second agent, or another user who bound the path first (which its
+    # sidecars refuse to believe, and which must be removed by hand).
+    raise ConfigError(f"another process, of user {uid}, is serving {path}: not replaced")
 
 
 async def run(agent: NodeAgent) -> None:

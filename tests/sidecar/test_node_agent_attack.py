@@ -35,9 +35,12 @@ from broker.vault.control import control_written
 from broker.vault.kv import kv_read_versioned
 from tests.harness import root_client, unique_agent
 from tests.sidecar.test_node_agent_live import (
+    NOBODY,
     _version,
+    false_agent_as,
     kill_switch,
     node_agent,
+    node_settings,
     runtime,
     sidecar,
     until,
@@ -369,3 +372,18 @@ async def test_a_link_put_at_the_socket_path_while_the_agent_binds_is_not_follow
         replaced = sock.is_socket() and not sock.is_symlink()
     assert mode == 0o600
     assert replaced
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="starting a process as another user needs root")
+async def test_an_agent_finding_its_path_taken_names_who_holds_it(
+    openbao: DevServer, tmp_path: Path, sockdir: Path
+) -> None:
+    """Another user bound the agent's socket path first (its sidecars refuse to believe that
+    socket): the agent refuses to start and names the holder's user id, where it said only
+    "another node agent is serving"."""
+    sockdir.chmod(0o777)
+    sock = sockdir / "node.sock"
+    with false_agent_as(NOBODY, sock, (1, "")):
+        agent = nodeagent.NodeAgent(node_settings(openbao, tmp_path / "node"), sock)
+        with pytest.raises(ConfigError, match=f"of user {NOBODY}, is serving {sock}"):
+            await agent.start()
