@@ -22,6 +22,9 @@ MAX_LINE = 1024  # an agent line is ~60 bytes; anything longer is not an agent t
 # How far ahead of the sidecar's own monotonic clock a ``read_at`` may be: the time a line
 # takes from one process to the other on one host is microseconds, not this.
 CLOCK_SLACK = 0.05
+# Escaped as JSON, a character may take 6 bytes: 150 keep an error line under MAX_LINE (a
+# longer one made the sidecar hang up on its agent as "a line longer than any it writes").
+MAX_ERROR = 150
 MAX_STAMP = 64  # an RFC 3339 time with nanoseconds is 30 characters
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -43,7 +46,7 @@ class Confirmation:
 def encode(confirmation: Confirmation | None, error: str = "") -> bytes:
     body: dict[str, object] = {"v": WIRE_VERSION}
     if confirmation is None:
-        body["error"] = error or "no confirmation yet"
+        body["error"] = (error or "no confirmation yet")[:MAX_ERROR]
     else:
         body["version"], body["read_at"] = confirmation.version, confirmation.read_at
         if confirmation.stamp:
@@ -61,7 +64,7 @@ def decode(line: bytes, now: float) -> Confirmation | str:
     if not isinstance(body, dict) or body.get("v") != WIRE_VERSION:
         raise WireError(f"not wire version {WIRE_VERSION}")
     if "error" in body:
-        return str(body["error"])[:200]
+        return str(body["error"])[:MAX_ERROR]
     version, read_at, stamp = body.get("version"), body.get("read_at"), body.get("stamp", "")
     if type(version) is not int or version < 1:
         raise WireError("version must be a whole number of at least 1")

@@ -8,6 +8,7 @@ from broker.core.errors import ConfigError
 from broker.sidecar.nodewatch import extra_uids
 from broker.sidecar.nodewire import (
     CLOCK_SLACK,
+    MAX_LINE,
     Confirmation,
     WireError,
     decode,
@@ -63,6 +64,15 @@ def test_the_write_a_confirmation_names_survives_the_wire() -> None:
     sent = Confirmation(42, 999.5, "2026-11-30T21:31:50.123456789Z")
     assert decode(encode(sent), NOW) == sent
     assert decode(b'{"v": 1, "version": 42, "read_at": 999.5}\n', NOW).stamp == ""  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("error", ["x" * 5000, "\u2028" * 5000, "\x00" * 5000])
+def test_a_long_error_still_fits_one_line_a_sidecar_reads(error: str) -> None:
+    """A long failure (a TLS error, many addresses) is cut to fit MAX_LINE however JSON
+    escapes it: longer, the sidecar hung up as on a line no agent writes."""
+    line = encode(None, error)
+    assert len(line) <= MAX_LINE
+    assert decode(line, NOW) == error[:150]
 
 
 def test_a_read_time_within_the_slack_is_believed() -> None:
