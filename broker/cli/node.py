@@ -28,7 +28,7 @@ def register(
     p.add_argument("--socket", type=Path, required=True, help="the unix socket to serve")
     p.add_argument("--vault-addr", help="Vault address, or the nodes of a cluster, comma-separated")
     p.add_argument(
-        "--interval", type=_interval, default=0.25, help="seconds between polls (0.05-1)"
+        "--interval", type=_interval, default=0.25, help="seconds between polls (0.05-0.5)"
     )
     p.set_defaults(func=cmd_node_agent)
 
@@ -38,9 +38,10 @@ def _interval(value: str) -> float:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not 0.05 <= seconds <= 1.0:
-        # Above a second the sidecars' freshness bound (1.25 s) would lapse between polls.
-        raise argparse.ArgumentTypeError(f"--interval must be 0.05 to 1 seconds, got {value!r}")
+    if not 0.05 <= seconds <= 0.5:
+        # Sidecars take a confirmation younger than 0.75 s and hang up after 1 s of silence:
+        # with its jitter, a slower agent would leave them reading Vault and reconnecting.
+        raise argparse.ArgumentTypeError(f"--interval must be 0.05 to 0.5 seconds, got {value!r}")
     return seconds
 
 

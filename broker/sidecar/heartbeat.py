@@ -42,7 +42,8 @@ class Heartbeat:
     dirty: bool
     _poller: AsyncVault
     _clock: Callable[[], float]
-    _last_heartbeat: float
+    _mono: Callable[[], float]
+    _last_heartbeat: float  # monotonic
     _last_outstanding: dict[str, Any]
     _killed_seen_at: float | None
 
@@ -54,7 +55,7 @@ class Heartbeat:
     def _outstanding_if_due(self) -> dict[str, Any]:
         """The outstanding set, rebuilt on the event loop only when a heartbeat may go out;
         otherwise the last one (a kill confirmation needs no fresh list)."""
-        since = self._clock() - self._last_heartbeat
+        since = self._mono() - self._last_heartbeat
         if self.dirty or since >= HEARTBEAT_EVERY - self.poll_interval:
             self._last_outstanding = self.outstanding()
         return self._last_outstanding
@@ -94,4 +95,4 @@ class Heartbeat:
             if self.metrics is not None:
                 self.metrics.vault_error("heartbeat")
             return
-        self._last_heartbeat = now
+        self._last_heartbeat = self._mono()  # a wall clock stepped back must not hold it

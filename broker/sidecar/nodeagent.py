@@ -24,7 +24,9 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,18 +34,23 @@ from pathlib import Path
 from broker.core.controlstate import VERSION_PATH
 from broker.core.errors import BackendUnavailable, BrokerError, ConfigError, PermissionDenied
 from broker.settings import VaultSettings
-from broker.sidecar.nodewire import Confirmation, encode
+from broker.sidecar.nodewire import PEERCRED, Confirmation, encode
 from broker.vault.session import VaultSession
 
 log = logging.getLogger("broker.sidecar.nodeagent")
 
 POLL_INTERVAL = 0.25
+# A sidecar takes a confirmation while it is younger than 0.75 s (runtime.NODE_FRESH) and
+# hangs up after 1 s of silence (nodewatch.SILENCE): a slower agent, with its jitter, would
+# have its sidecars read Vault themselves and reconnect every few seconds.
+MAX_INTERVAL = 0.5
 JITTER = 0.1
 MAX_CLIENTS = 4096  # sidecars on one node; more connections are refused, not queued
 # A sidecar that does not read its lines (stopped, hung) is dropped once this much waits
 # for it: the agent never blocks on one sidecar, and the sidecar reconnects when it wakes.
 MAX_BUFFERED = 16 * 1024
 LOGIN_BACKOFF_MAX = 5.0
+READ_CHUNK = 4096
 
 
 class NodeAgent:
@@ -55,6 +62,11 @@ class NodeAgent:
         interval: float = POLL_INTERVAL,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not 0 < interval <= MAX_INTERVAL:
+            raise ConfigError(
+                f"the node agent's poll interval must be above 0 and at most {MAX_INTERVAL:g} s "
+                f"(its sidecars take confirmations younger than 0.75 s), got {interval:g}"
+            )
         self.session = VaultSession(vault)
         self.path = socket_path
         self.interval = interval
@@ -67,6 +79,8 @@ class NodeAgent:
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._logged_in = False
+        self._inode = -1  # of the socket this agent bound
+        self._full = False  # MAX_CLIENTS reached (logged once until it is not)
         self._rng = random.Random()  # noqa: S311 - jitter, not a secret
 
     def __repr__(self) -> str:
@@ -79,10 +93,24 @@ class NodeAgent:
     async def start(self) -> None:
         self.session.check_credentials()
         _clear_stale_socket(self.path)
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
-        os.chmod(self.path, 0o666)  # noqa: S103 - version numbers only; see the docstring
+        self._server = await self._bind()
+        self._inode = self.path.lstat().st_ino
         self._task = asyncio.create_task(self._loop(), name="node-agent")
         log.info("node agent serving %s for Vault at %s", self.path, self.session.addr)
+
+    async def _bind(self) -> asyncio.Server:
+        """The socket is bound and opened up in a directory only this process may write, then
+        renamed into place: a chmod by name at ``path`` would follow a link that someone who
+        may write its directory put there in the meantime (to a file of the agent's user)."""
+        private = Path(tempfile.mkdtemp(prefix=".na", dir=self.path.parent))
+        try:
+            staged = private / "s"
+            server = await asyncio.start_unix_server(self._serve, path=str(staged))
+            os.chmod(staged, 0o666)  # noqa: S103 - version numbers only; see the docstring
+            os.rename(staged, self.path)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+        return server
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -94,24 +122,38 @@ class NodeAgent:
         for writer in list(self._clients):
             writer.close()
         await self._vault.close()
+        # Only our own socket: a restarted agent may already serve a new one at the path.
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            if self.path.lstat().st_ino == self._inode:
+                self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._clients) >= MAX_CLIENTS:
-            writer.close()
+            self._refuse(writer)
             return
         self._clients.add(writer)
         try:
             writer.write(encode(self.latest, self.problem))
-            await reader.read()  # sidecars send nothing: this returns when they hang up
+            # Sidecars send nothing; anyone on the node may connect, so what arrives is read
+            # and dropped (``read()`` would keep it all until the sender hangs up).
+            while await reader.read(READ_CHUNK):
+                pass
         except OSError:
             pass
         finally:
             self._clients.discard(writer)
             writer.close()
 
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        why = f"the node agent at {self.path} serves {MAX_CLIENTS} connections already"
+        if not self._full:
+            log.warning("%s: refusing more (the sidecars refused poll Vault themselves)", why)
+        self._full = True
+        writer.write(encode(None, why))
+        writer.close()
+
     def _broadcast(self) -> None:
+        self._full = len(self._clients) >= MAX_CLIENTS
         line = encode(self.latest, self.problem)
         for writer in list(self._clients):
             if writer.transport.get_write_buffer_size() > MAX_BUFFERED:
@@ -148,7 +190,7 @@ class NodeAgent:
             await asyncio.to_thread(self.session.ensure_fresh)
         sent = self._mono()
         try:
-            _, version = await self._vault.kv_read_versioned(VERSION_PATH)
+            version, stamp = await self._vault.kv_version(VERSION_PATH)
         except PermissionDenied:
             self._logged_in = False  # a revoked or expired token: log in on the next round
             raise
@@ -156,7 +198,7 @@ class NodeAgent:
             raise BackendUnavailable("control/version is missing (a standby, or no bootstrap)")
         if self.latest is None or self.problem:
             log.info("Vault answers at %s: control/version %d", self.session.addr, version)
-        self.latest, self.problem = Confirmation(version, sent), ""
+        self.latest, self.problem = Confirmation(version, sent, stamp), ""
         self.polls += 1
 
     async def _follow_active(self) -> None:
@@ -182,7 +224,12 @@ def _clear_stale_socket(path: Path) -> None:
         except OSError:
             path.unlink()
             return
-    raise ConfigError(f"another node agent is serving {path}")
+        _, uid, _ = PEERCRED.unpack(
+            probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+        )
+    # Whoever holds it: a second agent, or another user who bound the path first (which its
+    # sidecars refuse to believe, and which must be removed by hand).
+    raise ConfigError(f"another process, of user {uid}, is serving {path}: not replaced")
 
 
 async def run(agent: NodeAgent) -> None:

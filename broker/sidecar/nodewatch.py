@@ -62,6 +62,7 @@ class NodeWatch:
         self.latest: Confirmation | None = None
         self.problem = "not connected yet"
         self.connects = 0
+        self._told = False  # a failure was logged since the start
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -116,7 +117,7 @@ class NodeWatch:
         )
         if not peer_allowed(uid, os.getuid(), self._uids):
             raise WireError(
-                f"{self.path} is held by user {uid}, not root, this sidecar's user or "
+                f"the socket is held by user {uid}, not root, this sidecar's user or "
                 "BROKER_NODE_AGENT_UIDS: not believed"
             )
 
@@ -130,8 +131,9 @@ class NodeWatch:
         self._on_update(got)
 
     def _lost(self, why: str) -> None:
-        if not self.problem:
-            log.warning("node agent: %s; polling Vault directly", why)
+        if not self.problem or not self._told:  # the first failure too: a wrong path
+            log.warning("node agent at %s: %s; polling Vault directly", self.path, why)
+            self._told = True
         self.latest, self.problem = None, why
         self._on_update(None)
 

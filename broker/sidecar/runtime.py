@@ -102,7 +102,7 @@ class Runtime(KeyUpkeep, Heartbeat):
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.agent = agent
-        self.session = VaultSession(vault, clock=clock)
+        self.session = VaultSession(vault, clock=monotonic)
         # Polls use their own short-timeout client so a hung Vault is noticed quickly.
         self._poller = self.session.async_client(timeout=1.0, pool=4)
         self.signer = ActionTokenSigner(
@@ -123,7 +123,8 @@ class Runtime(KeyUpkeep, Heartbeat):
         self.outstanding: Callable[[], dict[str, Any]] = dict
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        self._last_heartbeat = 0.0
+        # Monotonic: a wall clock stepped back must not hold heartbeats back by the step.
+        self._last_heartbeat = -float("inf")
         self._killed_seen_at: float | None = None
         self._ack_due = False
         # Set when outstanding Vault credentials change, so runbooks see them on the next poll.
@@ -139,11 +140,14 @@ class Runtime(KeyUpkeep, Heartbeat):
         # KV versions of the control documents last read; sent in the heartbeat so that a
         # runbook command knows when this sidecar has seen what it wrote (no clocks compared).
         self.control_versions: tuple[int, int, int] = (0, 0, 0)
-        self._version_seen = -1  # KV version of control/version at the last full read
+        # control/version (KV version, Vault's created_time) at the last full read, as read by
+        # this sidecar itself: the node agent's word counts only while it names the same write.
+        self._version_seen: tuple[int, str] = (-1, "")
         self._full_read_at = -float("inf")  # monotonic
         self.full_read_every = FULL_READ_EVERY
         self.full_reads = 0
         self.direct_polls = 0  # reads of control/version of our own (not the node agent's)
+        self.agent_mismatch = False  # the node agent named a write this Vault never made
         self.node: NodeWatch | None = None
         self.control_source = "vault"  # where the last confirmation came from
         self.control_changed_at: float | None = None  # wall clock: a kill or revocation seen
@@ -161,8 +165,10 @@ class Runtime(KeyUpkeep, Heartbeat):
         """A line from the node agent, on the event loop. The same version as our last full
         read, and nothing else due: the state is confirmed as of the agent's read, no I/O.
         Anything else (a new version, the agent gone): a poll now."""
-        due = self._mono() - self._full_read_at >= self.full_read_every
-        if seen is None or seen.version != self._version_seen or due or not self.vault_ok:
+        if seen is None or (seen.version, seen.stamp) != self._version_seen:
+            self._poll_now.set()
+            return
+        if self._full_read_due() or not self.vault_ok:
             self._poll_now.set()
             return
         if seen.read_at > self.control_read_at:
@@ -277,9 +283,17 @@ class Runtime(KeyUpkeep, Heartbeat):
 
     def _tick(self) -> float:
         """The poll interval; longer while the node agent confirms for us."""
-        if self.node is not None and self.node.confirmed(NODE_FRESH) is not None:
+        if self._agent_confirms() is not None:
             return max(NODE_TICK, self.poll_interval)
         return self.poll_interval
+
+    def _agent_confirms(self) -> Confirmation | None:
+        """The node agent's confirmation when it is fresh and names the write of our last
+        full read (so it says "unchanged since", never what changed)."""
+        seen = self.node.confirmed(NODE_FRESH) if self.node is not None else None
+        if seen is None or (seen.version, seen.stamp) != self._version_seen:
+            return None
+        return seen
 
     async def _follow_active(self) -> None:
         """With several Vault addresses: move every client to the active node (after a failed
@@ -331,7 +345,7 @@ class Runtime(KeyUpkeep, Heartbeat):
             or self.ca_mismatch
         ):
             await asyncio.to_thread(self._maintain, generation)
-        since = now - self._last_heartbeat
+        since = self._mono() - self._last_heartbeat
         acknowledge, self._ack_due = self._ack_due, False
         if acknowledge:
             # A command waits for this: the outstanding set as of a read of its write.
@@ -350,24 +364,29 @@ class Runtime(KeyUpkeep, Heartbeat):
             self._polled.set_result(None)
 
     async def _read_control(self) -> float:
-        """control/version (the node agent's confirmation while it is fresh, else a read of
-        our own); the documents themselves when it moved or when the last full read is
-        FULL_READ_EVERY old. Either way the state is confirmed as of the moment the version's
-        read was sent, which is returned: writers bump the version after writing the documents."""
-        seen = self.node.confirmed(NODE_FRESH) if self.node is not None else None
-        if seen is not None:
-            version, sent, self.control_source = seen.version, seen.read_at, "node-agent"
-        else:
-            sent = self._mono()
-            _, version = await self._poller.kv_read_versioned(VERSION_PATH)
-            self.direct_polls += 1
-            self.control_source = "vault"
-            if self.metrics is not None:
-                self.metrics.control_read("vault")
-        if version == 0:
+        """control/version (the node agent's confirmation when it is fresh and names the
+        write of our last full read, else a read of our own); the documents themselves when it
+        moved or when the last full read is FULL_READ_EVERY old. Either way the state is
+        confirmed as of the moment the version's read was sent, which is returned: writers
+        bump the version after writing the documents. A version that moved is always read by
+        the sidecar itself, so the agent's word never becomes the baseline it is checked
+        against (an agent of another Vault would otherwise confirm its own counter)."""
+        agreed = self._agent_confirms()
+        if agreed is not None and not self._full_read_due():
+            self.control_source = "node-agent"
+            return agreed.read_at
+        seen = self.node.latest if self.node is not None else None
+        sent = self._mono()
+        version = await self._poller.kv_version(VERSION_PATH)
+        self.direct_polls += 1
+        self.control_source = "vault"
+        if self.metrics is not None:
+            self.metrics.control_read("vault")
+        if version[0] == 0:
             raise BackendUnavailable(NO_VERSION)
-        due = self._mono() - self._full_read_at >= self.full_read_every
-        if version == self._version_seen and not due:
+        if seen is not None and seen.version == version[0] and seen.stamp != version[1]:
+            self._agent_disagrees(seen, version)
+        if version == self._version_seen and not self._full_read_due():
             return sent
         started = self._mono()
         await self._read_documents()
@@ -376,6 +395,22 @@ class Runtime(KeyUpkeep, Heartbeat):
         if self.on_full_read is not None:
             self.on_full_read()
         return sent
+
+    def _full_read_due(self) -> bool:
+        return self._mono() - self._full_read_at >= self.full_read_every
+
+    def _agent_disagrees(self, seen: Confirmation, own: tuple[int, str]) -> None:
+        """The same version number written at another time: not this Vault's counter."""
+        if not self.agent_mismatch:
+            log.warning(
+                "the node agent confirms control/version %d written at %r, Vault says at %r: "
+                "not this Vault's write (another Vault, or an agent too old to say); this sidecar "
+                "reads the version itself",
+                seen.version,
+                seen.stamp,
+                own[1],
+            )
+        self.agent_mismatch = True
 
     async def _read_documents(self) -> None:
         old = self.control

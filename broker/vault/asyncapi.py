@@ -132,6 +132,17 @@ class AsyncVault:
         version = int((data.get("metadata") or {}).get("version") or 0)
         return (dict(doc) if isinstance(doc, dict) else None), version
 
+    async def kv_version(self, path: str) -> tuple[int, str]:
+        """The KV version of ``path`` and Vault's ``created_time`` of it (0 and "" when never
+        written). The pair names one write to one Vault; the number alone recurs (another
+        cluster at the same count, the document's metadata deleted and written again)."""
+        try:
+            found = await self.get(f"{KV_MOUNT}/data/{path}", f"read of {KV_MOUNT}/{path}")
+        except NotFound:
+            return 0, ""
+        meta = (found.get("data") or {}).get("metadata") or {}
+        return int(meta.get("version") or 0), str(meta.get("created_time") or "")
+
     async def kv_write(self, path: str, doc: dict[str, Any]) -> None:
         await self.post(f"{KV_MOUNT}/data/{path}", {"data": doc}, f"write of {KV_MOUNT}/{path}")
 

@@ -82,12 +82,15 @@ def make_client(
 class VaultSession:
     """One identity's client. Thread-safe for renewal; hvac calls may run in threads."""
 
-    def __init__(self, settings: VaultSettings, clock: Clock = time.time) -> None:
+    def __init__(self, settings: VaultSettings, clock: Clock = time.monotonic) -> None:
         self.settings = settings
         self.tls = settings.tls or tls_from_env(addr=settings.addr)
         # Every client of this identity takes its address from here (one HA cluster's nodes).
         self.endpoints = VaultEndpoints(settings.addrs or (settings.addr,), self.tls)
         self.client = self.new_client()
+        # Renewal is scheduled from the TTL Vault gives: a duration, so a monotonic clock (a
+        # wall clock stepped back would renew late, and Vault would revoke the login token and
+        # every credential minted under it when it ran out).
         self._clock = clock
         self._lock = threading.Lock()
         self._renew_at = 0.0

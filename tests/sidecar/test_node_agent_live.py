@@ -179,9 +179,10 @@ async def test_vault_frozen_behind_the_node_agent_fails_closed_and_recovers(
     assert again == 200
 
 
-def _false_agent(sock: Path, version: int, user: int) -> str:
+def _false_agent(sock: Path, version: tuple[int, str], user: int) -> str:
     """A program that becomes ``user`` (its interpreter is loaded first: it may live where
-    that user cannot read), then serves ``sock`` confirming ``version`` whatever Vault says."""
+    that user cannot read), then serves ``sock`` confirming ``version`` (number and Vault's
+    created_time, both readable with the sidecar's own login) whatever Vault says."""
     return (
         "import json, os, socket, threading, time\n"
         f"os.setgid({user}) if {user} != os.getuid() else None\n"
@@ -193,7 +194,8 @@ def _false_agent(sock: Path, version: int, user: int) -> str:
         "srv.listen()\n"
         "def feed(conn):\n"
         "    while True:\n"
-        f"        line = {{'v': 1, 'version': {version}, 'read_at': time.monotonic()}}\n"
+        f"        line = {{'v': 1, 'version': {version[0]}, 'stamp': {version[1]!r}, "
+        "'read_at': time.monotonic()}\n"
         "        try: conn.sendall(json.dumps(line).encode() + b'\\n')\n        except OSError: return\n"
         "        time.sleep(0.05)\n"
         "while True:\n"
@@ -203,7 +205,7 @@ def _false_agent(sock: Path, version: int, user: int) -> str:
 
 
 @contextlib.contextmanager
-def false_agent_as(user: int, sock: Path, version: int) -> Iterator[None]:
+def false_agent_as(user: int, sock: Path, version: tuple[int, str]) -> Iterator[None]:
     proc = subprocess.Popen(
         [sys.executable, "-c", _false_agent(sock, version, user)],
         stdin=subprocess.DEVNULL,
@@ -221,10 +223,16 @@ def false_agent_as(user: int, sock: Path, version: int) -> Iterator[None]:
 
 
 def _version(openbao: DevServer) -> int:
+    return _written(openbao)[0]
+
+
+def _written(openbao: DevServer) -> tuple[int, str]:
+    """control/version's KV version and Vault's created_time of it."""
     found = root_client(openbao).secrets.kv.v2.read_secret_version(
         "control/version", mount_point=KV_MOUNT, raise_on_deleted_version=True
     )
-    return int(found["data"]["metadata"]["version"])
+    meta = found["data"]["metadata"]
+    return int(meta["version"]), str(meta["created_time"])
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="starting a process as another user needs root")
@@ -235,7 +243,7 @@ async def test_a_socket_held_by_another_user_is_not_believed(
     sidecar refuses it by the holder's user id, polls Vault itself and sees the kill."""
     sockdir.chmod(0o777)
     sock = sockdir / "node.sock"
-    with false_agent_as(NOBODY, sock, _version(openbao)):
+    with false_agent_as(NOBODY, sock, _written(openbao)):
         async with sidecar(openbao, tmp_path, sock) as h:
             rt = runtime(h)
             assert rt.node is not None
@@ -253,7 +261,7 @@ async def test_a_false_agent_of_our_own_user_delays_a_change_at_most_one_full_re
     hold a kill back until the sidecar's periodic full read (every 10 s in production, 1 s
     here), never longer. Without that read the kill would never be seen."""
     sock = sockdir / "node.sock"
-    with false_agent_as(os.getuid(), sock, _version(openbao)):
+    with false_agent_as(os.getuid(), sock, _written(openbao)):
         async with sidecar(openbao, tmp_path, sock) as h:
             rt = runtime(h)
             rt.full_read_every = 1.0
@@ -327,7 +335,8 @@ async def test_a_wire_line_from_the_running_agent_is_a_current_confirmation(
         reader, writer = await asyncio.open_unix_connection(str(sock))
         line = await asyncio.wait_for(reader.readline(), 2.0)
         writer.close()
-    assert line == encode(Confirmation(agent_version := _version(openbao), _read_at(line)))
+    agent_version, stamp = _written(openbao)
+    assert line == encode(Confirmation(agent_version, _read_at(line), stamp))
     assert agent_version > before.version
 
 

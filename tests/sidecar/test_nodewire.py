@@ -8,6 +8,7 @@ from broker.core.errors import ConfigError
 from broker.sidecar.nodewatch import extra_uids
 from broker.sidecar.nodewire import (
     CLOCK_SLACK,
+    MAX_LINE,
     Confirmation,
     WireError,
     decode,
@@ -45,6 +46,9 @@ def test_the_agents_error_reaches_the_sidecar_as_text() -> None:
         (b'{"v": 1, "version": 3, "read_at": NaN}\n', "finite number"),
         (b'{"v": 1, "version": 3, "read_at": Infinity}\n', "finite number"),
         (b'{"v": 1, "version": 3, "read_at": 1000.5}\n', "ahead of this host"),
+        (b'{"v": 1, "version": 3, "stamp": 7, "read_at": 1}\n', "stamp must be text"),
+        (b'{"v": 1, "version": 3, "stamp": null, "read_at": 1}\n', "stamp must be text"),
+        (b'{"v": 1, "version": 3, "stamp": "' + b"t" * 65 + b'", "read_at": 1}\n', "stamp"),
     ],
 )
 def test_a_line_no_agent_writes_is_refused(line: bytes, why: str) -> None:
@@ -52,6 +56,23 @@ def test_a_line_no_agent_writes_is_refused(line: bytes, why: str) -> None:
     this host's monotonic clock would otherwise make stale state look fresh), are refused."""
     with pytest.raises(WireError, match=why):
         decode(line, NOW)
+
+
+def test_the_write_a_confirmation_names_survives_the_wire() -> None:
+    """Vault's created_time of the version goes with the number; a line without one (an
+    older agent) decodes with an empty stamp, which matches no read of a sidecar's own."""
+    sent = Confirmation(42, 999.5, "2026-11-30T21:31:50.123456789Z")
+    assert decode(encode(sent), NOW) == sent
+    assert decode(b'{"v": 1, "version": 42, "read_at": 999.5}\n', NOW).stamp == ""  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("error", ["x" * 5000, "\u2028" * 5000, "\x00" * 5000])
+def test_a_long_error_still_fits_one_line_a_sidecar_reads(error: str) -> None:
+    """A long failure (a TLS error, many addresses) is cut to fit MAX_LINE however JSON
+    escapes it: longer, the sidecar hung up as on a line no agent writes."""
+    line = encode(None, error)
+    assert len(line) <= MAX_LINE
+    assert decode(line, NOW) == error[:150]
 
 
 def test_a_read_time_within_the_slack_is_believed() -> None:

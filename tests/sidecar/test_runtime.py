@@ -4,12 +4,14 @@ what /readyz names, and that a stale refusal is logged (no Vault needed: nothing
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from broker.core.errors import BackendUnavailable, ConfigError
 from broker.settings import VaultSettings
+from broker.sidecar.nodewire import Confirmation
 from broker.sidecar.runtime import STALE_AFTER, Runtime
 
 
@@ -88,6 +90,11 @@ class FakeControlKV:
         self.reads.append(path)
         return self.docs.get(path), self.versions.get(path, 0)
 
+    async def kv_version(self, path: str) -> tuple[int, str]:
+        self.reads.append(path)
+        version = self.versions.get(path, 0)
+        return version, f"written-{version}" if version else ""
+
     def write(self, path: str, doc: dict[str, object]) -> None:
         self.docs[path] = doc
         self.versions[path] = self.versions.get(path, 0) + 1
@@ -137,3 +144,38 @@ async def test_a_missing_version_document_fails_closed() -> None:
     with pytest.raises(BackendUnavailable, match="standby"):
         await rt._read_control()
     assert rt.full_reads == 0
+
+
+@pytest.mark.parametrize(
+    ("agent_says", "reads", "mismatch"),
+    [
+        ("the write of our last full read", 0, False),
+        ("the same number, another write", 1, True),  # an agent of another Vault
+        ("a version that moved", 4, False),  # read by the sidecar itself, then the documents
+    ],
+)
+async def test_the_node_agents_word_counts_only_for_the_write_the_sidecar_read_itself(
+    agent_says: str, reads: int, mismatch: bool
+) -> None:
+    """The agent may say "unchanged since your last full read" (no read); any other version
+    is read by the sidecar itself before anything is based on it."""
+    mono = Clock()
+    rt = runtime(mono)
+    kv = FakeControlKV()
+    rt._poller = kv  # type: ignore[assignment]
+    await rt._read_control()
+    kv.reads.clear()
+    rt.use_node_agent(Path("/nonexistent/node.sock"))
+    assert rt.node is not None
+    stamp = {"the same number, another write": "elsewhere"}.get(agent_says, "written-1")
+    if agent_says == "a version that moved":
+        kv.write("control/agents/agent-x", {"killed": True})
+        stamp = "written-2"
+    rt.node.latest, rt.node.problem = (
+        Confirmation(kv.versions["control/version"], mono.now, stamp),
+        "",
+    )
+    await rt._read_control()
+    assert len(kv.reads) == reads
+    assert rt.agent_mismatch is mismatch
+    assert rt.control.killed is (agent_says == "a version that moved")
