@@ -157,7 +157,8 @@ class ApprovalGate(ApprovalNotes):
                 # gauges would be checked, and usage moves with decisions (or a replica's
                 # spending, seen within IDLE_TICK); an idle sidecar sleeps till then.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._activity.wait(), IDLE_TICK)
+                    async with asyncio.timeout(IDLE_TICK - self.poll):
+                        await self._activity.wait()
             self._activity.clear()
             try:
                 await self.tick()

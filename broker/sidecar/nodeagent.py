@@ -44,6 +44,10 @@ POLL_INTERVAL = 0.25
 # hangs up after 1 s of silence (nodewatch.SILENCE): a slower agent, with its jitter, would
 # have its sidecars read Vault themselves and reconnect every few seconds.
 MAX_INTERVAL = 0.5
+# An unchanged confirmation goes out about this often (every few polls), a change at once:
+# each line wakes every sidecar of the node, and half a second keeps them well inside what
+# they take (``NODE_FRESH``) while halving their wakeups at the default interval.
+REPEAT = 0.5
 JITTER = 0.1
 MAX_CLIENTS = 4096  # sidecars on one node; more connections are refused, not queued
 # A sidecar that does not read its lines (stopped, hung) is dropped once this much waits
@@ -81,6 +85,9 @@ class NodeAgent:
         self._logged_in = False
         self._inode = -1  # of the socket this agent bound
         self._full = False  # MAX_CLIENTS reached (logged once until it is not)
+        self._repeat = max(1, round(REPEAT / interval))  # polls per unchanged line
+        self._said: tuple[object, ...] = ()  # the last line's version, stamp and problem
+        self._quiet = 0  # polls since a line went out
         self._rng = random.Random()  # noqa: S311 - jitter, not a secret
 
     def __repr__(self) -> str:
@@ -154,6 +161,12 @@ class NodeAgent:
 
     def _broadcast(self) -> None:
         self._full = len(self._clients) >= MAX_CLIENTS
+        seen = self.latest
+        said = (seen.version, seen.stamp) if seen else None, self.problem
+        self._quiet += 1
+        if said == self._said and self._quiet < self._repeat:
+            return
+        self._said, self._quiet = said, 0
         line = encode(self.latest, self.problem)
         for writer in list(self._clients):
             if writer.transport.get_write_buffer_size() > MAX_BUFFERED:

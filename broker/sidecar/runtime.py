@@ -86,7 +86,7 @@ NO_VERSION = (
 NODE_FRESH = 0.75
 # With a node agent confirming, the loop wakes for its own upkeep (heartbeat, renewal, the
 # periodic full read) this often; the agent's lines wake it at once when the version moves.
-NODE_TICK = 1.0
+NODE_TICK = 2.0
 # Login retries at start-up, or after the token was lost: from the poll interval, doubling.
 LOGIN_BACKOFF_MAX = 5.0
 
