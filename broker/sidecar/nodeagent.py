@@ -129,6 +129,11 @@ class NodeAgent:
         for writer in list(self._clients):
             writer.close()
         await self._vault.close()
+        if self._logged_in:
+            try:
+                await asyncio.to_thread(self.session.logout)
+            except BrokerError as exc:  # it expires by itself; say why it is still there
+                log.warning("the node agent's Vault token not revoked at stop: %s", exc.detail)
         # Only our own socket: a restarted agent may already serve a new one at the path.
         with contextlib.suppress(FileNotFoundError):
             if self.path.lstat().st_ino == self._inode:

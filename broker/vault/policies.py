@@ -178,8 +178,10 @@ def approver_hcl(token_mount_accessor: str) -> str:
 def node_agent_hcl() -> str:
     """For ``broker node-agent``: the control version, read only. Its token, stolen, tells
     the thief a counter; every document it counts stays behind the sidecars' own policies."""
-    return _rule(f"{KV_MOUNT}/data/control/version", "read") + _rule(
-        "auth/token/renew-self", "update"
+    return (
+        _rule(f"{KV_MOUNT}/data/control/version", "read")
+        + _rule("auth/token/renew-self", "update")
+        + _rule("auth/token/revoke-self", "update")  # a stopping agent leaves no live token
     )
 
 

@@ -226,6 +226,19 @@ class VaultSession:
         self._expires_at = now + ttl if ttl else float("inf")
         self._renew_at = now + ttl / 2 if ttl else float("inf")
 
+    def logout(self) -> bool:
+        """Revoke the token this session logged in for (AppRole or jwt), as a process that
+        stops should; a token it was given (``VAULT_TOKEN``) is not its to revoke. True when
+        Vault revoked one."""
+        if self.settings.auth == "approle" and not self.settings.role_id_file:
+            return False
+        if not self.accessor:
+            return False
+        with self._lock, translate_errors("logout", self.addr):
+            self.client.auth.token.revoke_self()
+        self.accessor = ""
+        return True
+
     def renewal_due(self) -> bool:
         return self._clock() >= self._renew_at
 

@@ -378,3 +378,24 @@ async def test_the_node_agent_follows_the_active_node_of_a_raft_cluster(
         f"node agent: stopped confirming {gone:.2f} s after the kill, confirmed again {back:.2f} s later"
     )
     assert moved_to != active.addr
+
+
+async def test_a_stopping_agent_revokes_its_login_and_only_its_login(
+    openbao: DevServer, tmp_path: Path, sockdir: Path
+) -> None:
+    """Stopped, the agent revokes the token its AppRole login gave it (each restart would
+    otherwise leave one alive for its TTL); a token it was handed (VAULT_TOKEN) is left alone."""
+    root = root_client(openbao)
+    async with node_agent(openbao, sockdir / "a.sock", tmp_path) as agent:
+        accessor = agent.session.accessor
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        root.auth.token.lookup_accessor(accessor)
+    given = root.auth.token.create(policies=["broker-node-agent"], ttl="10m")["auth"]
+    settings = VaultSettings(addr=openbao.addr, token=SecretStr(given["client_token"]))
+    handed = NodeAgent(settings, sockdir / "b.sock", interval=0.1)
+    await handed.start()
+    try:
+        await until(lambda: handed.latest is not None, 10.0)
+    finally:
+        await handed.stop()
+    assert root.auth.token.lookup_accessor(given["accessor"])["data"]["accessor"]
