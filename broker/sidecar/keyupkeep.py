@@ -23,7 +23,7 @@ log = logging.getLogger("broker.sidecar.runtime")
 
 # How often the published CA is read to check that the signing certificate still chains to
 # it (a CA replaced in Vault is noticed within this plus one poll, then the key re-certified).
-CA_CHECK_EVERY = 5.0
+CA_CHECK_EVERY = 10.0
 
 
 class KeyUpkeep:

@@ -389,10 +389,12 @@ class Runtime(KeyUpkeep, Heartbeat):
         if version == self._version_seen and not self._full_read_due():
             return sent
         started = self._mono()
-        await self._read_documents()
+        moved = await self._read_documents()
         self._version_seen, self._full_read_at = version, started
         self.full_reads += 1
-        if self.on_full_read is not None:
+        if self.on_full_read is not None and not moved:
+            # A bump that moved no control document was a publish (or a periodic read):
+            # the manifest is looked at then, never in the burst after a kill or revocation.
             self.on_full_read()
         return sent
 
@@ -412,7 +414,8 @@ class Runtime(KeyUpkeep, Heartbeat):
             )
         self.agent_mismatch = True
 
-    async def _read_documents(self) -> None:
+    async def _read_documents(self) -> bool:
+        """The three documents; True when any of them moved (a command wrote one)."""
         old = self.control
         read = await asyncio.gather(
             self._poller.kv_read_versioned(GLOBAL_PATH),
@@ -421,7 +424,8 @@ class Runtime(KeyUpkeep, Heartbeat):
         )
         self.control = new = ControlState.from_docs(self.agent, *(doc for doc, _ in read))
         versions = (read[0][1], read[1][1], read[2][1])
-        if versions != self.control_versions:
+        moved = versions != self.control_versions
+        if moved:
             self.control_versions = versions
             self.dirty = True
             self._ack_due = True
@@ -430,6 +434,7 @@ class Runtime(KeyUpkeep, Heartbeat):
             self.control_changed_at = self._clock()
         if changed and self.on_change is not None:
             self.on_change(old, new)
+        return moved
 
 
 def _revocation_view(control: ControlState) -> tuple[Any, ...]:
