@@ -3,7 +3,10 @@ throwaway PostgreSQL 15 cluster, both on ephemeral loopback ports, both stopped 
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,16 @@ def openbao() -> Iterator[DevServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short directory for unix sockets (pytest's tmp_path can pass the 108-byte limit)."""
+    path = Path(tempfile.mkdtemp(prefix="na-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -8,11 +8,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,16 +45,6 @@ from tests.sidecar.test_node_agent_live import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A short directory for unix sockets (pytest's tmp_path can pass the 108-byte limit)."""
-    path = Path(tempfile.mkdtemp(prefix="na-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

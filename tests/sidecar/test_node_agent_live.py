@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -47,16 +45,6 @@ actions:
     credential: {{kind: jwt, audience: things, ttl: 60s}}
 """
 NOBODY = 65534
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A short directory for unix sockets (pytest's tmp_path can pass the 108-byte limit)."""
-    path = Path(tempfile.mkdtemp(prefix="na-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def node_settings(openbao: DevServer, where: Path) -> VaultSettings:
