@@ -122,13 +122,59 @@ class RaftCluster:
         )
         _unseal(node, self.unseal_key)
 
-    def heal(self) -> None:
-        """Every node up again (a test before may have killed one): restart the dead ones and
-        wait until one is active and every node names it as leader (a node that still names
-        an old leader redirects there), so one more node may fail."""
+    def heal(self, settle: float = 60.0) -> None:
+        """Every node up again (a test before may have killed one): restart the dead ones,
+        unseal the sealed ones, and wait until one is active and every node names it as
+        leader (a node that still names an old leader redirects there), so one more node may
+        fail. Under load a restarted node was seen never to settle (the suite's Raft tests
+        then failed one after another): the nodes that do not agree after a minute are
+        restarted once more, and the error says what each node reported."""
         for node in self.nodes:
             self.restart(node)
-        _until(self._agreed, "every node agreeing on one active node", timeout=60.0)
+            if node.health() == "sealed":
+                _unseal(node, self.unseal_key)
+        try:
+            _until(self._agreed, "every node agreeing on one active node", timeout=settle)
+        except BackendUnavailable:
+            stuck = self._unsettled()
+            for node in stuck:
+                node.process.terminate()
+                try:
+                    node.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.kill(node)
+                self.restart(node)
+            names = ", ".join(n.node_id for n in stuck)
+            _until(
+                self._agreed,
+                f"every node agreeing on one active node after restarting {names} "
+                f"(before: {self.describe()})",
+                timeout=90.0,
+            )
+
+    def describe(self) -> str:
+        """Each node's health and the leader it names, for an error message."""
+        return "; ".join(f"{n.node_id} {n.health()} leader {self._leader(n)}" for n in self.nodes)
+
+    def _leader(self, node: RaftNode) -> str | None:
+        try:
+            found = _call(node.addr, "GET", "sys/leader").get("leader_address")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        return str(found) if found else None
+
+    def _unsettled(self) -> list[RaftNode]:
+        """The nodes keeping the cluster from agreeing: with one active node, those not its
+        standbys naming it; without exactly one, every node."""
+        active = [n for n in self.nodes if n.health() == "active"]
+        if len(active) != 1:
+            return list(self.nodes)
+        leader = active[0].addr
+        return [
+            n
+            for n in self.nodes
+            if n is not active[0] and (n.health() != "standby" or self._leader(n) != leader)
+        ]
 
     def _agreed(self) -> bool:
         active = [n for n in self.nodes if n.health() == "active"]

@@ -3,6 +3,8 @@ survives the loss of its active node."""
 
 from __future__ import annotations
 
+import signal
+
 import hvac
 import pytest
 
@@ -32,3 +34,21 @@ def test_three_voters_one_active_and_a_write_survives_the_active_node(
     )
     assert read["data"]["data"] == {"n": 1}
     assert first.health() == "down"
+
+
+def test_heal_restarts_a_node_that_never_settles(raft_cluster: RaftCluster) -> None:
+    """A standby that stops answering (SIGSTOP: alive, but silent, as a node stuck under load)
+    keeps the cluster from agreeing; heal restarts it after the settle time, and the three
+    nodes agree again: the next test finds a whole cluster instead of failing on it."""
+    raft_cluster.heal()
+    active = raft_cluster.active()
+    stuck = next(n for n in raft_cluster.nodes if n is not active)
+    stuck.process.send_signal(signal.SIGSTOP)
+    old_pid = stuck.pid
+    try:
+        raft_cluster.heal(settle=2.0)
+    finally:
+        if stuck.pid == old_pid:
+            stuck.process.send_signal(signal.SIGCONT)
+    assert stuck.pid != old_pid
+    assert sorted(n.health() for n in raft_cluster.nodes) == ["active", "standby", "standby"]
