@@ -168,6 +168,7 @@ def run_fleet(n: int, window: float, *, node_agent: bool = True) -> FleetResult:
         Stack,
         approle_files,
         grant_for,
+        node_agent_files,
         publish_example,
         start_sidecar,
         wait_ready,
@@ -192,7 +193,8 @@ def run_fleet(n: int, window: float, *, node_agent: bool = True) -> FleetResult:
         manifests = [load_manifest(p) for p in paths]
         bootstrap(client, [grant_for(m) for m in manifests], demo=True, addr=stack.vault_addr)
         if node_agent:
-            stack.node_agent = start_node_agent(client, stack.vault_addr, state)
+            files = node_agent_files(client, state)
+            stack.node_agent = start_node_agent(stack.vault_addr, state, files)
         settings = VaultSettings(addr=stack.vault_addr)
         for path, m in zip(paths, manifests, strict=True):
             # As deployed: the manifest published in Vault and watched there.

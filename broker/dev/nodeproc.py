@@ -14,9 +14,6 @@ from pathlib import Path
 
 from broker.core.errors import BackendUnavailable
 from broker.sidecar.nodewire import Confirmation, decode
-from broker.vault._errors import translate_errors
-from broker.vault.layout import APPROLE_MOUNT, NODE_AGENT_ROLE
-from broker.vault.session import VaultClient
 
 
 @dataclass
@@ -26,27 +23,11 @@ class NodeAgentProcess:
     log: Path
 
 
-def node_agent_files(client: VaultClient, directory: Path, addr: str) -> tuple[Path, Path]:
-    """A fresh secret id of the node agent's AppRole, in files only its process reads."""
-    approle = client.auth.approle
-    with translate_errors("a secret id for the node agent", addr):
-        role_id = approle.read_role_id(role_name=NODE_AGENT_ROLE, mount_point=APPROLE_MOUNT)
-        secret = approle.generate_secret_id(role_name=NODE_AGENT_ROLE, mount_point=APPROLE_MOUNT)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = directory / "node-agent.role-id", directory / "node-agent.secret-id"
-    for path, value in zip(
-        files, (role_id["data"]["role_id"], secret["data"]["secret_id"]), strict=True
-    ):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(value)
-    return files
-
-
 def start_node_agent(
-    client: VaultClient, vault_addr: str, state_dir: Path, timeout: float = 30.0
+    vault_addr: str, state_dir: Path, role_files: tuple[Path, Path], timeout: float = 30.0
 ) -> NodeAgentProcess:
-    role_file, secret_file = node_agent_files(client, state_dir / "secrets", vault_addr)
+    """``role_files``: its AppRole login (``broker.dev.stack.node_agent_files``)."""
+    role_file, secret_file = role_files
     skip = ("VAULT_TOKEN", "BAO_TOKEN", "BROKER_VAULT_ADDRS", "BROKER_VAULT_AUTH")
     env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     env.update(

@@ -31,7 +31,7 @@ from broker.sidecar.probe import probe
 from broker.vault._errors import translate_errors
 from broker.vault.bootstrap import AgentGrant, Step, TokenAction, bootstrap
 from broker.vault.database import DatabaseRole, configure_database
-from broker.vault.layout import APPROLE_MOUNT, DATABASE_MOUNT, approle_role
+from broker.vault.layout import APPROLE_MOUNT, DATABASE_MOUNT, NODE_AGENT_ROLE, approle_role
 from broker.vault.session import VaultClient, make_client
 
 DEMO_DB = "postgres"
@@ -135,9 +135,12 @@ def _write_secret(path: Path, value: str) -> None:
         fh.write(value)
 
 
-def approle_files(client: VaultClient, agent: str, directory: Path) -> tuple[Path, Path]:
-    """A fresh secret id for the agent's AppRole, written where its sidecar reads it."""
-    role = approle_role(agent)
+def approle_files(
+    client: VaultClient, agent: str, directory: Path, *, role: str | None = None
+) -> tuple[Path, Path]:
+    """A fresh secret id for the agent's AppRole (or ``role``: the node agent's), written
+    where its process reads it, as ``<agent>.role-id`` and ``<agent>.secret-id``."""
+    role = role or approle_role(agent)
     role_id = client.auth.approle.read_role_id(role_name=role, mount_point=APPROLE_MOUNT)["data"][
         "role_id"
     ]
@@ -250,6 +253,11 @@ def start_sidecar(
     return sc
 
 
+def node_agent_files(client: VaultClient, directory: Path) -> tuple[Path, Path]:
+    """The node agent's AppRole login (``broker_node_agent``: reads control/version only)."""
+    return approle_files(client, "node-agent", directory / "secrets", role=NODE_AGENT_ROLE)
+
+
 def wait_ready(sc: SidecarProcess, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -298,7 +306,9 @@ def up(
             stack.steps += _demo_database(client, manifests, stack.postgres)
         stack.issuer = start_issuer(client, stack.vault_addr, state)
         if node_agent:  # one control poll for every sidecar below
-            stack.node_agent = start_node_agent(client, stack.vault_addr, state)
+            stack.node_agent = start_node_agent(
+                stack.vault_addr, state, node_agent_files(client, state)
+            )
         sidecar_vault = VaultSettings(addr=stack.vault_addr)
         for path, manifest in manifests_with_paths:
             source = path

@@ -141,7 +141,7 @@ def cmd_bench_startup(args: argparse.Namespace) -> int:
     from broker.dev.devstack import start_dev_server
     from broker.dev.nodeproc import start_node_agent
     from broker.dev.restartbench import BENCH_MANIFEST
-    from broker.dev.stack import approle_files, grant_for, publish_example
+    from broker.dev.stack import approle_files, grant_for, node_agent_files, publish_example
     from broker.scopes.loader import load_manifest
     from broker.vault.bootstrap import bootstrap
     from broker.vault.session import make_client
@@ -163,7 +163,8 @@ def cmd_bench_startup(args: argparse.Namespace) -> int:
                 publish_example(client, BENCH_MANIFEST, manifest, server.addr)
                 source = f"vault:{manifest.agent}"
             role, secret = approle_files(client, manifest.agent, base / "secrets")
-            agent = start_node_agent(client, server.addr, base) if args.node_agent else None
+            if args.node_agent:
+                agent = start_node_agent(server.addr, base, node_agent_files(client, base))
             env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
             env.update(
                 VAULT_ADDR=server.addr,

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from broker.core.errors import ConfigError
 from broker.dev.devstack import DevServer, start_dev_server
 from broker.dev.nodeproc import start_node_agent
-from broker.dev.stack import approle_files
+from broker.dev.stack import approle_files, node_agent_files
 from broker.settings import VaultSettings
 from broker.sidecar import nodeagent
 from broker.sidecar.nodewire import decode
@@ -170,7 +170,8 @@ async def test_a_hung_agent_whose_socket_still_accepts_is_not_believed(
     waiting on a connected but silent agent, or stops reconnecting after failures."""
     client = root_client(openbao)
     await asyncio.to_thread(bootstrap, client, [], addr=openbao.addr)
-    proc = await asyncio.to_thread(start_node_agent, client, openbao.addr, sockdir)
+    files = node_agent_files(client, sockdir)
+    proc = await asyncio.to_thread(start_node_agent, openbao.addr, sockdir, files)
     try:
         async with sidecar(openbao, tmp_path, proc.socket) as h:
             rt = runtime(h)

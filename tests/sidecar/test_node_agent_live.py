@@ -19,8 +19,8 @@ from pydantic import SecretStr
 
 from broker.core.controlstate import agent_path
 from broker.dev.devstack import DevServer
-from broker.dev.nodeproc import node_agent_files
 from broker.dev.raft import RaftCluster
+from broker.dev.stack import node_agent_files
 from broker.settings import VaultSettings
 from broker.sidecar.nodeagent import NodeAgent
 from broker.sidecar.nodewire import Confirmation, encode
@@ -51,7 +51,7 @@ def node_settings(openbao: DevServer, where: Path) -> VaultSettings:
     """The node agent's own AppRole login, as ``broker up`` gives it."""
     client = root_client(openbao)
     bootstrap(client, [], addr=openbao.addr)
-    role, secret = node_agent_files(client, where, openbao.addr)
+    role, secret = node_agent_files(client, where)
     return VaultSettings(addr=openbao.addr, role_id_file=role, secret_id_file=secret)
 
 
