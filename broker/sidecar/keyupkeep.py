@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -42,6 +43,10 @@ class KeyUpkeep:
         self._ca_checked_at = -float("inf")
         self.ca_mismatch = False
         self.recertified = 0  # keys certified again because the CA changed
+        # The status lists as last published: a revocation that changes none of this
+        # sidecar's bits (another agent's token, or no token issued) writes nothing.
+        self._status_lists: dict[str, dict[str, Any]] | None = None
+        self.status_writes = 0
 
     def certificate_problem(self) -> str:
         """'' while the signing key holds a certificate that is valid now."""
@@ -99,7 +104,11 @@ class KeyUpkeep:
         if ledger is not None:
             now = self._clock()
             lists = ledger.snapshot(self.control, now)
+            if lists == self._status_lists:
+                return
             publish_status(self.session.client, self.agent, lists, now, self.session.addr)
+            self._status_lists = lists
+            self.status_writes += 1
 
     def _maintain(self, generation: int) -> None:
         """In a worker thread: renew the token, certify a new key when one is due."""
