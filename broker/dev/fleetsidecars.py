@@ -87,6 +87,8 @@ class FleetResult:
     node_agent: bool = True
     agent_cpu_pct: float = 0.0  # the node agent's own CPU, of one core
     agent_rss_mb: float = 0.0
+    # CPU the revocation took, per sidecar, net of the idle rates: (sidecar ms, OpenBao ms).
+    burst_ms: tuple[float, float] = (0.0, 0.0)
 
     @property
     def per_sidecar_pct(self) -> float:
@@ -120,6 +122,10 @@ class FleetResult:
             f"revocation time-to-effect over {len(self.revoke_s)} sidecars: "
             f"p50 {_q(self.revoke_s, 0.5):.3f} s, p99 {_q(self.revoke_s, 0.99):.3f} s, "
             f"max {max(self.revoke_s):.3f} s"
+        )
+        yield (
+            f"CPU to take the revocation in, per sidecar: {self.burst_ms[0]:.1f} ms in the "
+            f"sidecar, {self.burst_ms[1]:.1f} ms in OpenBao"
         )
         yield f"kill time-to-effect (one agent): {self.kill_s:.3f} s"
 
@@ -238,7 +244,7 @@ def _measure(stack: Any, client: Any, vault_pid: int, window: float) -> FleetRes
     rss = [rss_mb(p) for p in pids]
     pss = [rss_mb(p, "Pss") for p in pids]
     time.sleep(3.0)  # the sidecars catch up after the pause
-    revoke, kill = _changes(stack, client)
+    revoke, kill, burst = _changes(stack, client, pids, vault_pid, (side, busy))
     return FleetResult(
         len(pids),
         window,
@@ -253,27 +259,41 @@ def _measure(stack: Any, client: Any, vault_pid: int, window: float) -> FleetRes
         node_agent=bool(agent),
         agent_cpu_pct=agent_cpu,
         agent_rss_mb=rss_mb(agent[0]) if agent else 0.0,
+        burst_ms=burst,
     )
 
 
-def _changes(stack: Any, client: Any) -> tuple[list[float], float]:
-    """A revocation of everything before now at every sidecar, then one agent's kill."""
+def _changes(
+    stack: Any, client: Any, pids: Sequence[int], vault_pid: int, idle_pct: tuple[float, float]
+) -> tuple[list[float], float, tuple[float, float]]:
+    """A revocation of everything before now at every sidecar, then one agent's kill. Also
+    the CPU the revocation cost, per sidecar: sidecars' and OpenBao's over the burst (until
+    every sidecar took it in, and half a second for what follows), less their idle rates."""
     from broker.core.controlstate import GLOBAL_PATH, agent_path
     from broker.vault.control import control_written
     from broker.vault.kv import kv_update
 
     socks = [sc.socket for sc in stack.sidecars]
+    cpu = [sum(cpu_seconds(p) for p in pids), cpu_seconds(vault_pid)]
+    start = time.monotonic()
     written = cutoff = time.time()
     kv_update(client, GLOBAL_PATH, lambda d: {**d, "revoked_before": cutoff}, stack.vault_addr)
     control_written(client, stack.vault_addr)
     docs = _wait_all(socks, lambda d: d.get("revoked_before", 0) >= cutoff, 15.0)
     revoke = _took(docs, written)
+    time.sleep(0.5)
+    took = time.monotonic() - start
+    net = (
+        sum(cpu_seconds(p) for p in pids) - cpu[0] - idle_pct[0] / 100 * took,
+        cpu_seconds(vault_pid) - cpu[1] - idle_pct[1] / 100 * took,
+    )
+    burst = (1000 * net[0] / len(pids), 1000 * net[1] / len(pids))
     victim = stack.sidecars[0]
     written = time.time()
     kv_update(client, agent_path(victim.agent), lambda d: {**d, "killed": True}, stack.vault_addr)
     control_written(client, stack.vault_addr)
     docs = _wait_all([victim.socket], lambda d: d.get("agent_disabled") is True, 15.0)
-    return revoke, _took(docs, written)[0]
+    return revoke, _took(docs, written)[0], burst
 
 
 def cmd_bench_sidecars(args: Any) -> int:

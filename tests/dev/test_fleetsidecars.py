@@ -23,6 +23,17 @@ def test_the_cost_of_one_idle_sidecar_is_the_difference_divided_by_their_number(
     assert any(line.endswith("p99 0.900 s, max 0.900 s") for line in lines), lines
 
 
+def test_the_revocations_cpu_is_reported_per_sidecar() -> None:
+    """The burst's CPU, net of idle, in the sidecar and in OpenBao, per sidecar."""
+    result = FleetResult(
+        20, 10.0, 7.4, 0.9, 0.5, 0.25, [74.0], [58.0], [0.2], 0.3, burst_ms=(6.25, 3.5)
+    )
+    assert (
+        "CPU to take the revocation in, per sidecar: 6.2 ms in the sidecar, 3.5 ms in OpenBao"
+        in list(result.lines())
+    )
+
+
 def test_without_a_node_agent_no_share_of_it_is_reported() -> None:
     """--no-node-agent: the same per-sidecar arithmetic, and no node-agent lines."""
     result = FleetResult(
