@@ -143,11 +143,15 @@ def _cpu_pct(pids: Sequence[int], window: float, sleep: Callable[[float], None])
 
 
 def _wait_all(
-    socks: Sequence[Path], done: Callable[[dict[str, Any]], bool], limit: float
+    socks: Sequence[Path], done: Callable[[dict[str, Any]], bool], limit: float, settle: float
 ) -> list[dict[str, Any]]:
-    """Each sidecar's /readyz once it satisfies ``done`` ({} for one that never did)."""
+    """Each sidecar's /readyz once it satisfies ``done`` ({} for one that never did). Nobody
+    is asked before ``settle`` seconds: each sidecar says itself when it took the change in
+    (``control_changed_at``), and asking a hundred sidecars every 50 ms during the burst
+    cost them as much CPU as the change did, and so delayed what it measured."""
     seen: dict[Path, dict[str, Any]] = {}
     deadline = time.monotonic() + limit
+    time.sleep(settle)
     with ThreadPoolExecutor(8) as pool:
         while len(seen) < len(socks) and time.monotonic() < deadline:
             left = [s for s in socks if s not in seen]
@@ -268,7 +272,7 @@ def _changes(
 ) -> tuple[list[float], float, tuple[float, float]]:
     """A revocation of everything before now at every sidecar, then one agent's kill. Also
     the CPU the revocation cost, per sidecar: sidecars' and OpenBao's over the burst (until
-    every sidecar took it in, and half a second for what follows), less their idle rates."""
+    every sidecar was seen to have taken it in), less their idle rates."""
     from broker.core.controlstate import GLOBAL_PATH, agent_path
     from broker.vault.control import control_written
     from broker.vault.kv import kv_update
@@ -279,9 +283,8 @@ def _changes(
     written = cutoff = time.time()
     kv_update(client, GLOBAL_PATH, lambda d: {**d, "revoked_before": cutoff}, stack.vault_addr)
     control_written(client, stack.vault_addr)
-    docs = _wait_all(socks, lambda d: d.get("revoked_before", 0) >= cutoff, 15.0)
+    docs = _wait_all(socks, lambda d: d.get("revoked_before", 0) >= cutoff, 15.0, settle=2.0)
     revoke = _took(docs, written)
-    time.sleep(0.5)
     took = time.monotonic() - start
     net = (
         sum(cpu_seconds(p) for p in pids) - cpu[0] - idle_pct[0] / 100 * took,
@@ -292,7 +295,7 @@ def _changes(
     written = time.time()
     kv_update(client, agent_path(victim.agent), lambda d: {**d, "killed": True}, stack.vault_addr)
     control_written(client, stack.vault_addr)
-    docs = _wait_all([victim.socket], lambda d: d.get("agent_disabled") is True, 15.0)
+    docs = _wait_all([victim.socket], lambda d: d.get("agent_disabled") is True, 15.0, settle=1.0)
     return revoke, _took(docs, written)[0], burst
 
 

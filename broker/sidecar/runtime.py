@@ -16,8 +16,10 @@ read a second and a heartbeat write every two seconds.
 With a node agent (``BROKER_NODE_AGENT_SOCKET``, ``broker.sidecar.nodeagent``) the version
 comes from the agent's poll, shared by every sidecar of the node, and the sidecar reads
 nothing of its own while it confirms: the agent's lines extend the state's freshness as of
-its reads, and a new version wakes the loop at once. The agent gone, silent or wrong, the
-sidecar reads control/version itself as above.
+its reads, and the periodic full read is the three documents alone. A new version wakes the
+loop at once, and the sidecar reads that version itself together with the documents (one
+round trip; when its own read names another write, the documents again after it). The agent
+gone, silent or wrong, the sidecar reads control/version itself as above.
 ``vault_ok`` turns false the moment a poll fails, so minting fails closed within one poll
 interval plus the request timeout; it turns true again on the first good poll.
 
@@ -372,13 +374,19 @@ class Runtime(KeyUpkeep, Heartbeat):
         the sidecar itself, so the agent's word never becomes the baseline it is checked
         against (an agent of another Vault would otherwise confirm its own counter)."""
         agreed = self._agent_confirms()
-        if agreed is not None and not self._full_read_due():
+        if agreed is not None:
             self.control_source = "node-agent"
+            if self._full_read_due():
+                # The backstop for a raw write that forgot the bump: the documents only. The
+                # agent named our own baseline after it was written, so these reads, sent
+                # later, are at least that new (a false agent holds a change back until here).
+                started = self._mono()
+                self._after_full_read(await self._read_documents(), started)
             return agreed.read_at
         news = self._agent_news()
         sent = self._mono()
         if news is not None:
-            version, moved = await self._read_news(news, sent)
+            version, moved = await self._read_news(news)
         else:
             version, moved = await self._own_version(), None
             if version == self._version_seen and not self._full_read_due():
@@ -386,13 +394,19 @@ class Runtime(KeyUpkeep, Heartbeat):
         if moved is None or version != self._version_seen:
             started = self._mono()
             moved = await self._read_documents() or bool(moved)
-            self._version_seen, self._full_read_at = version, started
+            self._version_seen = version
+        else:
+            started = sent  # read together with the version that is the baseline
+        self._after_full_read(moved, started)
+        return sent
+
+    def _after_full_read(self, moved: bool, started: float) -> None:
+        self._full_read_at = started
         self.full_reads += 1
         if self.on_full_read is not None and not moved:
             # A bump that moved no control document was a publish (or a periodic read):
             # the manifest is looked at then, never in the burst after a kill or revocation.
             self.on_full_read()
-        return sent
 
     def _agent_news(self) -> Confirmation | None:
         """The node agent's fresh word that control/version moved past our last full read."""
@@ -401,7 +415,7 @@ class Runtime(KeyUpkeep, Heartbeat):
             return None
         return seen
 
-    async def _read_news(self, news: Confirmation, sent: float) -> tuple[tuple[int, str], bool]:
+    async def _read_news(self, news: Confirmation) -> tuple[tuple[int, str], bool]:
         """The version and the documents at once, in one round trip instead of two. Safe
         because Vault made the write the agent names (its creation time is not guessable)
         before the agent told us, so before these reads were sent: the documents are at least
@@ -410,7 +424,7 @@ class Runtime(KeyUpkeep, Heartbeat):
         after our own version read, as without an agent."""
         version, moved = await asyncio.gather(self._own_version(), self._read_documents())
         if version == (news.version, news.stamp):
-            self._version_seen, self._full_read_at = version, sent
+            self._version_seen = version
         return version, moved
 
     async def _own_version(self) -> tuple[int, str]:

@@ -163,6 +163,8 @@ async def test_a_missing_version_document_fails_closed() -> None:
     ("agent_says", "reads", "mismatch"),
     [
         ("the write of our last full read", 0, False),
+        # The periodic full read: the documents, not the version the agent just confirmed.
+        ("the write of our last full read, a full read due", 3, False),
         ("the same number, another write", 1, True),  # an agent of another Vault
         ("a version that moved", 4, False),  # read by the sidecar itself, with the documents
     ],
@@ -181,6 +183,9 @@ async def test_the_node_agents_word_counts_only_for_the_write_the_sidecar_read_i
     rt.use_node_agent(Path("/nonexistent/node.sock"))
     assert rt.node is not None
     stamp = {"the same number, another write": "elsewhere"}.get(agent_says, "written-1")
+    if agent_says.endswith("a full read due"):
+        mono.now += rt.full_read_every
+        kv.docs["control/agents/agent-x"] = {"killed": True}  # a raw write: no bump
     if agent_says == "a version that moved":
         kv.write("control/agents/agent-x", {"killed": True})
         stamp = "written-2"
@@ -191,7 +196,7 @@ async def test_the_node_agents_word_counts_only_for_the_write_the_sidecar_read_i
     await rt._read_control()
     assert len(kv.reads) == reads
     assert rt.agent_mismatch is mismatch
-    assert rt.control.killed is (agent_says == "a version that moved")
+    assert rt.control.killed is agent_says.endswith(("a version that moved", "a full read due"))
 
 
 @pytest.mark.parametrize(
