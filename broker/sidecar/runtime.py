@@ -17,9 +17,8 @@ With a node agent (``BROKER_NODE_AGENT_SOCKET``, ``broker.sidecar.nodeagent``) t
 comes from the agent's poll, shared by every sidecar of the node, and the sidecar reads
 nothing of its own while it confirms: the agent's lines extend the state's freshness as of
 its reads, and the periodic full read is the three documents alone. A new version wakes the
-loop at once, and the sidecar reads that version itself together with the documents (one
-round trip; when its own read names another write, the documents again after it). The agent
-gone, silent or wrong, the sidecar reads control/version itself as above.
+loop at once, and the sidecar reads it itself, then the documents. The agent gone, silent or
+wrong, the sidecar reads control/version itself as above.
 ``vault_ok`` turns false the moment a poll fails, so minting fails closed within one poll
 interval plus the request timeout; it turns true again on the first good poll.
 
@@ -383,20 +382,13 @@ class Runtime(KeyUpkeep, Heartbeat):
                 started = self._mono()
                 self._after_full_read(await self._read_documents(), started)
             return agreed.read_at
-        news = self._agent_news()
         sent = self._mono()
-        if news is not None:
-            version, moved = await self._read_news(news)
-        else:
-            version, moved = await self._own_version(), None
-            if version == self._version_seen and not self._full_read_due():
-                return sent
-        if moved is None or version != self._version_seen:
-            started = self._mono()
-            moved = await self._read_documents() or bool(moved)
-            self._version_seen = version
-        else:
-            started = sent  # read together with the version that is the baseline
+        version = await self._own_version()
+        if version == self._version_seen and not self._full_read_due():
+            return sent
+        started = self._mono()
+        moved = await self._read_documents()
+        self._version_seen = version
         self._after_full_read(moved, started)
         return sent
 
@@ -407,25 +399,6 @@ class Runtime(KeyUpkeep, Heartbeat):
             # A bump that moved no control document was a publish (or a periodic read):
             # the manifest is looked at then, never in the burst after a kill or revocation.
             self.on_full_read()
-
-    def _agent_news(self) -> Confirmation | None:
-        """The node agent's fresh word that control/version moved past our last full read."""
-        seen = self.node.confirmed(NODE_FRESH) if self.node is not None else None
-        if seen is None or not seen.stamp or seen.version <= self._version_seen[0]:
-            return None
-        return seen
-
-    async def _read_news(self, news: Confirmation) -> tuple[tuple[int, str], bool]:
-        """The version and the documents at once, in one round trip instead of two. Safe
-        because Vault made the write the agent names (its creation time is not guessable)
-        before the agent told us, so before these reads were sent: the documents are at least
-        that new. When our own read names that same write it is the new baseline; anything
-        else (a later write, an agent that is wrong) and the caller reads the documents again
-        after our own version read, as without an agent."""
-        version, moved = await asyncio.gather(self._own_version(), self._read_documents())
-        if version == (news.version, news.stamp):
-            self._version_seen = version
-        return version, moved
 
     async def _own_version(self) -> tuple[int, str]:
         """control/version as this sidecar reads it itself."""
