@@ -118,6 +118,14 @@ async def _until_refused(verifier: Verifier, token: str, timeout: float = 5.0) -
     return time.monotonic() - start
 
 
+async def _revoke_jti(
+    monkeypatch: pytest.MonkeyPatch, openbao: DevServer, jti: str, tmp_path: Path
+) -> int:
+    ops = str(tmp_path / "ops.jsonl")
+    return await cli(monkeypatch, security_operator(openbao), "revoke", "--jti", jti,
+                     "--vault-addr", openbao.addr, "--audit-log", ops)  # fmt: skip
+
+
 def _node(issuer: IssuerProc, tokens: list[str]) -> list[dict[str, Any]]:
     cases = [{"token": t, "audience": AUDIENCE, "check_status": True} for t in tokens]
     return run_node(issuer.url, cases)
@@ -142,10 +150,7 @@ async def test_revoked_token_bit_flips_within_a_second(
     assert [r["ok"] for r in await asyncio.to_thread(_node, issuer, [revoked, kept, es256])] == [
         True
     ] * 3
-    ops = str(tmp_path / "ops.jsonl")
-    code = await cli(monkeypatch, security_operator(openbao), "revoke", "--jti", claims.jti,
-                     "--vault-addr", openbao.addr, "--audit-log", ops)  # fmt: skip
-    assert code == 0
+    assert await _revoke_jti(monkeypatch, openbao, claims.jti, tmp_path) == 0
     took = await _until_refused(verifier, revoked)
     assert took < 1.0, f"the bit flipped {took:.2f} s after the command"
     verifier.verify(kept, audience=AUDIENCE)
@@ -217,12 +222,9 @@ async def test_a_revocation_that_changes_none_of_its_bits_writes_no_status_list(
     runtime = drill.sidecar.runtime
     await asyncio.sleep(0.5)  # the mint's own publication, if any, is behind us
     before = runtime.status_writes
-    ops = str(tmp_path / "ops.jsonl")
     other = f"{mine[:16]}{'f' * 16}"  # this sidecar's form, a token it never issued
     for jti, writes in ((other, before), (mine, before + 1)):
-        code = await cli(monkeypatch, security_operator(openbao), "revoke", "--jti", jti,
-                         "--vault-addr", openbao.addr, "--audit-log", ops)  # fmt: skip
-        assert code == 0
+        assert await _revoke_jti(monkeypatch, openbao, jti, tmp_path) == 0
         await _until_seen(drill, jti)
         await asyncio.sleep(0.3)  # a write, if one were coming, would follow the read
         assert runtime.status_writes == writes, jti
