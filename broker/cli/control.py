@@ -218,7 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{'agent':<28} {'killed':<7} {'heartbeat':>10} {'in flight':>9} {'vault creds':>11} "
-        f"{'tokens':>6} {'key gen':>7}"
+        f"{'tokens':>6} {'key gen':>7}  node agent"
     )
     for r in rows:
         age = heartbeat_age(r["heartbeat_age"])
@@ -226,7 +226,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{r['agent']:<28} {'YES' if r['killed'] else 'no':<7} {age:>10} "
             f"{r['in_flight'] if r['in_flight'] is not None else '-':>9} {r['vault_credentials']:>11} "
             f"{r['sidecar_tokens']:>6} "
-            f"{r['signing_generation'] if r['signing_generation'] is not None else '-':>7}"
+            f"{r['signing_generation'] if r['signing_generation'] is not None else '-':>7}  "
+            f"{r.get('node_agent') or '-'}"
         )
         _print_ledger(r.get("ledger"))
         _print_delegations(r["agent"], r.get("delegations") or [])

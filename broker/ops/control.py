@@ -380,6 +380,7 @@ class Control(ControlBase):
                 "vault_credentials": len(self.outstanding(agent, beat)),
                 "sidecar_tokens": len(logins(self.client, agent, self.addr)),
                 "signing_generation": beat.get("generation"),
+                "node_agent": beat.get("node_agent"),
                 "ledger": self.ledger(agent, now),
                 "delegations": grants_of(self.client, agent, now, self.addr),
             }

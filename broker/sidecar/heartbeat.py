@@ -1,6 +1,6 @@
 """What a sidecar tells runbook commands through Vault: a heartbeat document with its login
-accessor, the control versions it has read, when it saw a kill, its signing key and its
-outstanding credentials. A mixin of ``Runtime``, over its state.
+accessor, the control versions it has read, when it saw a kill, its signing key, whether a
+node agent confirms its control state, and its outstanding credentials. A mixin of ``Runtime``, over its state.
 
 The heartbeat goes out when something changed (kill seen, a command to acknowledge,
 outstanding credentials at most once a second), else every ``HEARTBEAT_EVERY`` seconds as
@@ -18,6 +18,7 @@ from broker.core.controlstate import ControlState
 from broker.core.credids import ID_PREFIX
 from broker.core.errors import BrokerError
 from broker.sidecar.metrics import SidecarMetrics
+from broker.sidecar.nodewatch import NodeWatch
 from broker.sidecar.signing import ActionTokenSigner
 from broker.vault.asyncapi import AsyncVault
 from broker.vault.session import VaultSession
@@ -46,6 +47,8 @@ class Heartbeat:
     _last_heartbeat: float  # monotonic
     _last_outstanding: dict[str, Any]
     _killed_seen_at: float | None
+    node: NodeWatch | None
+    agent_mismatch: bool
 
     async def announce(self) -> None:
         """A full heartbeat now: the sidecar is wired up, so its actions and outstanding
@@ -70,6 +73,14 @@ class Heartbeat:
             return True
         return False
 
+    def _node_agent_state(self) -> str:
+        """For ``broker status``: whether this sidecar's control reads ride on a node agent."""
+        if self.node is None:
+            return "off"
+        if self.node.problem:
+            return f"down: {self.node.problem}"[:120]
+        return "not believed" if self.agent_mismatch else "confirming"
+
     async def _heartbeat(self, now: float, outstanding: dict[str, Any]) -> None:
         doc = {
             "at": now,
@@ -82,6 +93,7 @@ class Heartbeat:
             "killed_seen_at": self._killed_seen_at,
             "signing_serial": repr(self.signer),
             "generation": self.signer.generation,
+            "node_agent": self._node_agent_state(),
             **outstanding,
         }
         # Lists go as one JSON string: Vault caps the number of strings in a request body

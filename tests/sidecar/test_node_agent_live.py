@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -118,6 +119,42 @@ async def test_an_idle_sidecar_reads_no_control_version_of_its_own_while_the_age
     assert time.monotonic() - written > 0
     assert took < STALE_AFTER + 0.25
     assert (status, body["reason"]) == (403, "agent_disabled")
+
+
+async def test_broker_status_says_whether_a_node_agent_confirms_each_sidecars_state(
+    openbao: DevServer, tmp_path: Path, sockdir: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """`broker status` (from the heartbeat): "confirming" while the agent confirms, "down"
+    with the reason once it is gone; the column shows it too."""
+    from broker.cli import main
+
+    sock = sockdir / "node.sock"
+    monkeypatch.setenv("VAULT_ADDR", openbao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    monkeypatch.setenv("BROKER_OPERATOR_AUDIT", str(tmp_path / "ops.jsonl"))
+
+    async def shown(h: Harness) -> str:
+        await runtime(h).announce()
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, ["status", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        (row,) = [r for r in rows if r["agent"] == h.sidecar.manifest.agent]
+        return str(row["node_agent"])
+
+    async with sidecar(openbao, tmp_path, sock) as h:
+        async with node_agent(openbao, sock, tmp_path):
+            await until(lambda: runtime(h).control_source == "node-agent", 5.0)
+            confirming = await shown(h)
+            assert await asyncio.to_thread(main, ["status"]) == 0
+            table = capsys.readouterr().out
+        await until(lambda: runtime(h).node is not None and bool(runtime(h).node.problem), 5.0)
+        down = await shown(h)
+    assert confirming == "confirming"
+    assert table.splitlines()[0].endswith("node agent")
+    assert any(h.sidecar.manifest.agent in line and line.endswith("confirming") for line in
+               table.splitlines())  # fmt: skip
+    assert down.startswith("down: ")
 
 
 async def test_without_its_node_agent_a_sidecar_polls_vault_itself_and_returns_to_it(
@@ -354,7 +391,6 @@ async def test_the_daemonsets_probe_finds_the_running_agent_alive_and_a_stopped_
 
 
 def _read_at(line: bytes) -> float:
-    import json
 
     return float(json.loads(line)["read_at"])
 
