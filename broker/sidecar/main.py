@@ -309,7 +309,7 @@ class Sidecar:
             afetch=vault_afetch(self._watch_vault, agent),
         )
         try:
-            self.manifest = await asyncio.to_thread(self.watcher.load_initial)
+            self.manifest = await self.watcher.aload_initial()
         except BaseException:
             await self.runtime.stop()  # fail closed: no good manifest, no sidecar
             raise
