@@ -6,22 +6,24 @@ loop, the sidecar's only HTTP client). A mixin of ``Runtime``, over its session 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from broker.core.controlstate import ControlState
 from broker.sidecar.signing import ActionTokenSigner, PublishedKey
-from broker.vault.asyncapi import AsyncVault
+from broker.vault.asyncapi import AsyncVault, LoopBridge
 from broker.vault.calls import Steps
 from broker.vault.jwks import publish_keys_steps, publish_status_steps
 from broker.vault.layout import PKI_MOUNT
 from broker.vault.pki import SignedCert, sign_csr_steps
 from broker.vault.session import VaultSession
+
+if TYPE_CHECKING:
+    from broker.vault.session import VaultClient
 
 log = logging.getLogger("broker.sidecar.runtime")
 
@@ -41,7 +43,7 @@ class KeyUpkeep:
     _mono: Callable[[], float]
 
     def _init_key_upkeep(self) -> None:
-        self._event_loop: asyncio.AbstractEventLoop | None = None  # set by ``Runtime.start``
+        self.bridge: LoopBridge | None = None  # set by ``Runtime.start``, on its loop
         self._cert: x509.Certificate | None = None  # the signing key's current certificate
         self._ca_pem = ""
         self._ca: x509.Certificate | None = None  # the CA Vault publishes, as last read
@@ -88,12 +90,17 @@ class KeyUpkeep:
             log.warning("the signing certificate no longer chains to the published CA")
         self.ca_mismatch = mismatch
 
+    @property
+    def sync_client(self) -> VaultClient | LoopBridge:
+        """For the stores that worker threads drive: the event loop's client once running
+        (no hvac in a sidecar), the session's hvac client before (tests, tools)."""
+        return self.bridge if self.bridge is not None else self.session.client
+
     def _on_loop(self, steps: Steps[T]) -> T:
         """From the rotation's worker thread: a Vault operation, run on the event loop."""
-        if self._event_loop is None:
+        if self.bridge is None:
             raise RuntimeError("the runtime has not started: no event loop for Vault calls")
-        run = self.session.aio.run(steps)
-        return asyncio.run_coroutine_threadsafe(run, self._event_loop).result()
+        return self.bridge.run_steps(steps)
 
     def _issue_cert(self, csr_pem: str, ttl: str, alg: str) -> SignedCert:
         signed = self._on_loop(sign_csr_steps(self.agent, csr_pem, ttl, alg))

@@ -249,7 +249,7 @@ class Sidecar:
     def _fleet_ledger(self, local: UsageLedger) -> FleetLedger:
         """Rates and slots as restored from this replica's trail; budgets from the fleet's."""
         store = VaultLedgerStore(
-            lambda: self.runtime.session.client, self.manifest.agent, self.config.vault.addr
+            lambda: self.runtime.sync_client, self.manifest.agent, self.config.vault.addr
         )
         fleet = FleetLedger(
             **{f.name: getattr(local, f.name) for f in fields(UsageLedger)},

@@ -59,7 +59,7 @@ from broker.sidecar.metrics import SidecarMetrics
 from broker.sidecar.nodewatch import NodeWatch
 from broker.sidecar.nodewire import Confirmation
 from broker.sidecar.signing import ActionTokenSigner
-from broker.vault.asyncapi import find_active
+from broker.vault.asyncapi import LoopBridge, find_active
 from broker.vault.registry import login_recorder
 from broker.vault.session import VaultSession
 
@@ -233,7 +233,7 @@ class Runtime(KeyUpkeep, Heartbeat):
         """Start the loop. Vault need not answer yet: the loop logs in with backoff and
         nothing is minted until it has. Missing credentials settings fail here, at once."""
         self.session.check_credentials()
-        self._event_loop = asyncio.get_running_loop()
+        self.bridge = LoopBridge(self.session.aio, asyncio.get_running_loop())
         if self.node is not None:
             self.node.start()
         self._task = asyncio.create_task(self._loop(), name=f"runtime-{self.agent}")

@@ -189,3 +189,28 @@ async def _health(http: aiohttp.ClientSession, addr: str) -> tuple[str, str]:
             return node_state(resp.status, doc)
     except (TimeoutError, aiohttp.ClientError, ValueError):
         return "down", ""
+
+
+class LoopBridge:
+    """For synchronous code in a worker thread (the approval, delegation and ledger stores,
+    the signer's rotation): each Vault operation it drives runs on the event loop's
+    ``AsyncVault``, and the thread waits for it. A ``StepRunner`` of ``broker.vault.calls``."""
+
+    def __init__(self, vault: AsyncVault, loop: asyncio.AbstractEventLoop) -> None:
+        self.vault, self._loop = vault, loop
+
+    def __repr__(self) -> str:
+        return f"LoopBridge({self.vault!r})"
+
+    @property
+    def url(self) -> str:
+        return self.vault.addr
+
+    def run_steps(self, steps: Steps[T]) -> T:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:  # it would wait for itself
+            raise RuntimeError("LoopBridge.run_steps called on its own event loop")
+        return asyncio.run_coroutine_threadsafe(self.vault.run(steps), self._loop).result()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from broker.core.errors import BackendUnavailable, BrokerError, NotFound, PermissionDenied
 from broker.vault.layout import KV_MOUNT
@@ -64,8 +64,19 @@ class Run(Generic[T]):
             return None
 
 
+@runtime_checkable
+class StepRunner(Protocol):
+    """What sync code may be given instead of an hvac client: something that runs an
+    operation elsewhere (``broker.vault.asyncapi.LoopBridge``: on a sidecar's event loop)."""
+
+    def run_steps(self, steps: Steps[T]) -> T: ...
+
+
 def drive(client: Any, steps: Steps[T]) -> T:
-    """Run ``steps`` over an hvac client (the command line, ``broker.ops``, tests)."""
+    """Run ``steps`` over an hvac client (the command line, ``broker.ops``, tests), or hand
+    them to a ``StepRunner``."""
+    if isinstance(client, StepRunner):
+        return client.run_steps(steps)
     run = Run(steps)
     outcome: Answer | BrokerError | None = None
     while (call := run.next(outcome)) is not None:
