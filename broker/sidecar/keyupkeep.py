@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -50,6 +50,10 @@ class KeyUpkeep:
         self._ca_checked_at = -float("inf")
         self.ca_mismatch = False
         self.recertified = 0  # keys certified again because the CA changed
+        # The status lists as last published: a revocation that changes none of this
+        # sidecar's bits (another agent's token, or no token issued) writes nothing.
+        self._status_lists: dict[str, dict[str, Any]] | None = None
+        self.status_writes = 0
 
     def certificate_problem(self) -> str:
         """'' while the signing key holds a certificate that is valid now."""
@@ -123,7 +127,11 @@ class KeyUpkeep:
         if ledger is not None:
             now = self._clock()
             lists = ledger.snapshot(self.control, now)
+            if lists == self._status_lists:
+                return
             yield from publish_status_steps(self.agent, lists, now)
+            self._status_lists = lists
+            self.status_writes += 1
 
     def _maintain(self, generation: int) -> None:
         """In a worker thread: certify a new key when one is due."""

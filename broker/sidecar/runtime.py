@@ -376,8 +376,47 @@ class Runtime(KeyUpkeep, Heartbeat):
         if agreed is not None and not self._full_read_due():
             self.control_source = "node-agent"
             return agreed.read_at
-        seen = self.node.latest if self.node is not None else None
+        news = self._agent_news()
         sent = self._mono()
+        if news is not None:
+            version, moved = await self._read_news(news, sent)
+        else:
+            version, moved = await self._own_version(), None
+            if version == self._version_seen and not self._full_read_due():
+                return sent
+        if moved is None or version != self._version_seen:
+            started = self._mono()
+            moved = await self._read_documents() or bool(moved)
+            self._version_seen, self._full_read_at = version, started
+        self.full_reads += 1
+        if self.on_full_read is not None and not moved:
+            # A bump that moved no control document was a publish (or a periodic read):
+            # the manifest is looked at then, never in the burst after a kill or revocation.
+            self.on_full_read()
+        return sent
+
+    def _agent_news(self) -> Confirmation | None:
+        """The node agent's fresh word that control/version moved past our last full read."""
+        seen = self.node.confirmed(NODE_FRESH) if self.node is not None else None
+        if seen is None or not seen.stamp or seen.version <= self._version_seen[0]:
+            return None
+        return seen
+
+    async def _read_news(self, news: Confirmation, sent: float) -> tuple[tuple[int, str], bool]:
+        """The version and the documents at once, in one round trip instead of two. Safe
+        because Vault made the write the agent names (its creation time is not guessable)
+        before the agent told us, so before these reads were sent: the documents are at least
+        that new. When our own read names that same write it is the new baseline; anything
+        else (a later write, an agent that is wrong) and the caller reads the documents again
+        after our own version read, as without an agent."""
+        version, moved = await asyncio.gather(self._own_version(), self._read_documents())
+        if version == (news.version, news.stamp):
+            self._version_seen, self._full_read_at = version, sent
+        return version, moved
+
+    async def _own_version(self) -> tuple[int, str]:
+        """control/version as this sidecar reads it itself."""
+        seen = self.node.latest if self.node is not None else None
         version = await self._poller.kv_version(VERSION_PATH)
         self.direct_polls += 1
         self.control_source = "vault"
@@ -387,17 +426,7 @@ class Runtime(KeyUpkeep, Heartbeat):
             raise BackendUnavailable(NO_VERSION)
         if seen is not None and seen.version == version[0] and seen.stamp != version[1]:
             self._agent_disagrees(seen, version)
-        if version == self._version_seen and not self._full_read_due():
-            return sent
-        started = self._mono()
-        moved = await self._read_documents()
-        self._version_seen, self._full_read_at = version, started
-        self.full_reads += 1
-        if self.on_full_read is not None and not moved:
-            # A bump that moved no control document was a publish (or a periodic read):
-            # the manifest is looked at then, never in the burst after a kill or revocation.
-            self.on_full_read()
-        return sent
+        return version
 
     def _full_read_due(self) -> bool:
         return self._mono() - self._full_read_at >= self.full_read_every

@@ -194,3 +194,36 @@ async def test_bad_status_references_are_clear_refusals(
         with pytest.raises(VerificationError) as info:
             await asyncio.to_thread(client.revoked, ref)
         assert info.value.code == code
+
+
+async def _until_seen(h: Harness, jti: str, timeout: float = 5.0) -> None:
+    start = time.monotonic()
+    while jti not in h.sidecar.runtime.control.revoked_jtis:
+        assert time.monotonic() - start < timeout, f"the sidecar never read the revocation of {jti}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_revocation_that_changes_none_of_its_bits_writes_no_status_list(
+    drill: Harness,
+    openbao: DevServer,
+    issuer: IssuerProc,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Every sidecar reads every revocation; only the one whose token it names publishes
+    its lists again (in a fleet, one revoked token cost every sidecar a read and a write)."""
+    token = await _token(drill, "tickets.read")
+    mine = _verifier(openbao, issuer).verify(token, audience=AUDIENCE).jti
+    runtime = drill.sidecar.runtime
+    await asyncio.sleep(0.5)  # the mint's own publication, if any, is behind us
+    before = runtime.status_writes
+    ops = str(tmp_path / "ops.jsonl")
+    other = f"{mine[:16]}{'f' * 16}"  # this sidecar's form, a token it never issued
+    for jti, writes in ((other, before), (mine, before + 1)):
+        code = await cli(monkeypatch, security_operator(openbao), "revoke", "--jti", jti,
+                         "--vault-addr", openbao.addr, "--audit-log", ops)  # fmt: skip
+        assert code == 0
+        await _until_seen(drill, jti)
+        await asyncio.sleep(0.3)  # a write, if one were coming, would follow the read
+        assert runtime.status_writes == writes, jti
+    assert await _until_refused(_verifier(openbao, issuer), token) < 1.0
