@@ -311,6 +311,7 @@ class Sidecar:
         try:
             self.manifest = await self.watcher.aload_initial()
         except BaseException:
+            await self._watch_vault.close()
             await self.runtime.stop()  # fail closed: no good manifest, no sidecar
             raise
 

@@ -94,15 +94,10 @@ def test_a_ready_sidecar_loads_no_other_command(openbao: DevServer, tmp_path: Pa
     assert sorted(m for m in modules if m.split(".")[0] in SECOND_STACK) == []
 
 
-MINTING = """\
-agent: {agent}
-policy_version: footprint-2
-system_owner: platform@acme.example
-risk_owner: risk@acme.example
-actions:
-  read.thing:
-    accountable: owner@acme.example
-    credential: {{kind: jwt, audience: things, ttl: 60s}}
+# MANIFEST's JWT action, a Vault child token and a database login.
+MINTING = (
+    MANIFEST
+    + """\
   act.thing:
     accountable: owner@acme.example
     credential: {{kind: vault_token, policies: [things-write], ttl: 30s, uses: 1}}
@@ -110,6 +105,7 @@ actions:
     accountable: owner@acme.example
     credential: {{kind: dynamic, mount: database, role: orders-readonly, ttl: 2m}}
 """
+)
 # As RUN, but it lists the modules only once the test has minted (the file ``minted``).
 RUN_UNTIL_MINTED = RUN.replace(
     "        time.sleep(0.05)\n",
