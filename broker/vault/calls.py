@@ -98,12 +98,12 @@ def _send_sync(client: Any, call: Call) -> Answer:
     if adapter.namespace:
         headers["X-Vault-Namespace"] = adapter.namespace
     addr = str(client.url).rstrip("/")
-    # The client's TLS (verify, cert) and timeout, as hvac would send them.
-    options = {k: v for k, v in adapter._kwargs.items() if k != "proxies"}
     try:
+        # ``_kwargs``: the client's verify, cert, timeout and proxies, as hvac sends them
+        # (hvac keeps them nowhere public).
         resp = adapter.session.request(
             call.method, f"{addr}/v1/{call.path}", json=call.body, headers=headers,
-            allow_redirects=False, **options,
+            allow_redirects=False, **adapter._kwargs,
         )  # fmt: skip
         doc = resp.json() if resp.content else {}
     except requests.exceptions.SSLError as exc:
