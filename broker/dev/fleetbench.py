@@ -51,6 +51,12 @@ def register(commands: Any, bench: Any) -> None:
     b.add_argument("--sidecars", type=int, help="idle sidecar processes to start instead")
     b.add_argument("--window", type=float, default=10.0, help="seconds per CPU window (--sidecars)")
     b.add_argument(
+        "--bursts",
+        type=int,
+        default=5,
+        help="revocations measured one after another (--sidecars); one is noise on a busy host",
+    )
+    b.add_argument(
         "--no-node-agent",
         action="store_true",
         help="with --sidecars: each sidecar polls Vault itself (default: one node agent for all)",

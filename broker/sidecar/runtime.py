@@ -16,8 +16,9 @@ read a second and a heartbeat write every two seconds.
 With a node agent (``BROKER_NODE_AGENT_SOCKET``, ``broker.sidecar.nodeagent``) the version
 comes from the agent's poll, shared by every sidecar of the node, and the sidecar reads
 nothing of its own while it confirms: the agent's lines extend the state's freshness as of
-its reads, and a new version wakes the loop at once. The agent gone, silent or wrong, the
-sidecar reads control/version itself as above.
+its reads, and the periodic full read is the three documents alone. A new version wakes the
+loop at once, and the sidecar reads it itself, then the documents. The agent gone, silent or
+wrong, the sidecar reads control/version itself as above.
 ``vault_ok`` turns false the moment a poll fails, so minting fails closed within one poll
 interval plus the request timeout; it turns true again on the first good poll.
 
@@ -373,46 +374,32 @@ class Runtime(KeyUpkeep, Heartbeat):
         the sidecar itself, so the agent's word never becomes the baseline it is checked
         against (an agent of another Vault would otherwise confirm its own counter)."""
         agreed = self._agent_confirms()
-        if agreed is not None and not self._full_read_due():
+        if agreed is not None:
             self.control_source = "node-agent"
+            if self._full_read_due():
+                # The backstop for a raw write that forgot the bump: the documents only. The
+                # agent named our own baseline after it was written, so these reads, sent
+                # later, are at least that new (a false agent holds a change back until here).
+                started = self._mono()
+                self._after_full_read(await self._read_documents(), started)
             return agreed.read_at
-        news = self._agent_news()
         sent = self._mono()
-        if news is not None:
-            version, moved = await self._read_news(news, sent)
-        else:
-            version, moved = await self._own_version(), None
-            if version == self._version_seen and not self._full_read_due():
-                return sent
-        if moved is None or version != self._version_seen:
-            started = self._mono()
-            moved = await self._read_documents() or bool(moved)
-            self._version_seen, self._full_read_at = version, started
+        version = await self._own_version()
+        if version == self._version_seen and not self._full_read_due():
+            return sent
+        started = self._mono()
+        moved = await self._read_documents()
+        self._version_seen = version
+        self._after_full_read(moved, started)
+        return sent
+
+    def _after_full_read(self, moved: bool, started: float) -> None:
+        self._full_read_at = started
         self.full_reads += 1
         if self.on_full_read is not None and not moved:
             # A bump that moved no control document was a publish (or a periodic read):
             # the manifest is looked at then, never in the burst after a kill or revocation.
             self.on_full_read()
-        return sent
-
-    def _agent_news(self) -> Confirmation | None:
-        """The node agent's fresh word that control/version moved past our last full read."""
-        seen = self.node.confirmed(NODE_FRESH) if self.node is not None else None
-        if seen is None or not seen.stamp or seen.version <= self._version_seen[0]:
-            return None
-        return seen
-
-    async def _read_news(self, news: Confirmation, sent: float) -> tuple[tuple[int, str], bool]:
-        """The version and the documents at once, in one round trip instead of two. Safe
-        because Vault made the write the agent names (its creation time is not guessable)
-        before the agent told us, so before these reads were sent: the documents are at least
-        that new. When our own read names that same write it is the new baseline; anything
-        else (a later write, an agent that is wrong) and the caller reads the documents again
-        after our own version read, as without an agent."""
-        version, moved = await asyncio.gather(self._own_version(), self._read_documents())
-        if version == (news.version, news.stamp):
-            self._version_seen, self._full_read_at = version, sent
-        return version, moved
 
     async def _own_version(self) -> tuple[int, str]:
         """control/version as this sidecar reads it itself."""

@@ -17,6 +17,7 @@ import yaml
 from broker.cli import build_parser
 from broker.cli.deploy import socket_access
 from broker.settings import vault_from_env
+from broker.sidecar.probe import NODE_AGENT_WAIT
 from broker.sidecar.probes import parse_metrics_listen
 from broker.vault.layout import NODE_AGENT_ROLE
 from broker.vault.workload import DEFAULT_AUDIENCE
@@ -226,6 +227,18 @@ def test_the_sidecar_finds_the_node_agents_socket_where_the_daemonset_serves_it(
     assert volume["hostPath"]["path"] == str(served.parent)
     uids = {agent["securityContext"]["runAsUser"], 0}
     assert broker["securityContext"]["runAsUser"] in uids
+
+
+def test_the_daemonsets_liveness_check_probes_the_socket_the_agent_serves() -> None:
+    """Its exec probe is `broker probe --node-agent` (parsed by the real CLI) on the very
+    socket of the container's own `broker node-agent --socket`, within the probe's timeout."""
+    (agent,) = _daemonset()["spec"]["template"]["spec"]["containers"]
+    served = build_parser().parse_args(agent["command"][1:]).socket
+    check = agent["livenessProbe"]
+    args = build_parser().parse_args(check["exec"]["command"][1:])
+    assert args.func.__name__ == "cmd_probe"
+    assert args.node_agent == str(served)
+    assert check["timeoutSeconds"] > NODE_AGENT_WAIT
 
 
 def test_the_node_agent_logs_in_as_its_own_role_and_runs_unprivileged() -> None:

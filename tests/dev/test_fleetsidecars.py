@@ -23,6 +23,31 @@ def test_the_cost_of_one_idle_sidecar_is_the_difference_divided_by_their_number(
     assert any(line.endswith("p99 0.900 s, max 0.900 s") for line in lines), lines
 
 
+def test_several_revocations_are_pooled_and_each_ones_p99_given() -> None:
+    """Three revocations over two sidecars: percentiles over all six, and each one's p99."""
+    result = FleetResult(
+        2, 10.0, 7.4, 0.9, 0.5, 0.25, [74.0], [58.0], [0.2, 0.9, 0.3, 0.4, 0.1, 0.6], 0.3,
+        burst_p99=[0.9, 0.4, 0.6],
+    )  # fmt: skip
+    lines = list(result.lines())
+    assert any(
+        line.startswith("revocation time-to-effect over 2 sidecars x 3 revocations: p50 0.400 s")
+        for line in lines
+    ), lines
+    assert "  p99 of each revocation: 0.900, 0.400, 0.600 s (median 0.600 s)" in lines
+
+
+def test_the_revocations_cpu_is_reported_per_sidecar() -> None:
+    """The burst's CPU, net of idle, in the sidecar and in OpenBao, per sidecar."""
+    result = FleetResult(
+        20, 10.0, 7.4, 0.9, 0.5, 0.25, [74.0], [58.0], [0.2], 0.3, burst_ms=(6.25, 3.5)
+    )
+    assert (
+        "CPU to take the revocation in, per sidecar: 6.2 ms in the sidecar, 3.5 ms in OpenBao"
+        in list(result.lines())
+    )
+
+
 def test_without_a_node_agent_no_share_of_it_is_reported() -> None:
     """--no-node-agent: the same per-sidecar arithmetic, and no node-agent lines."""
     result = FleetResult(

@@ -328,6 +328,31 @@ async def test_a_wire_line_from_the_running_agent_is_a_current_confirmation(
     assert agent_version > before.version
 
 
+async def test_the_daemonsets_probe_finds_the_running_agent_alive_and_a_stopped_one_not(
+    openbao: DevServer, tmp_path: Path, sockdir: Path
+) -> None:
+    """`broker probe --node-agent SOCKET`, the command the DaemonSet's liveness check runs:
+    exit 0 naming the version while the agent serves; exit 1 once it has stopped."""
+    sock = sockdir / "node.sock"
+
+    async def probe() -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "broker.cli", "probe", "--node-agent", str(sock),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        return int(proc.returncode or 0), out.decode()
+
+    async with node_agent(openbao, sock, tmp_path) as agent:
+        await until(lambda: agent.latest is not None, 5.0)
+        alive = await probe()
+    gone = await probe()
+    assert alive[0] == 0, alive[1]
+    assert f"control/version {_version(openbao)}, read " in alive[1]
+    assert gone[0] == 1
+    assert "not ok" in gone[1]
+
+
 def _read_at(line: bytes) -> float:
     import json
 

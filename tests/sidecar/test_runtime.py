@@ -3,9 +3,7 @@ what /readyz names, and that a stale refusal is logged (no Vault needed: nothing
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -87,24 +85,13 @@ class FakeControlKV:
         self.versions: dict[str, int] = {"control/version": 1}  # written by bootstrap
         self.docs: dict[str, dict[str, object]] = {}
         self.reads: list[str] = []
-        self.in_flight = self.most_in_flight = 0
-        self.before_version_read: Callable[[], None] = lambda: None
-
-    async def _round_trip(self, path: str) -> None:
-        self.reads.append(path)
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        for _ in range(3):  # the answer comes later: other reads may be sent meanwhile
-            await asyncio.sleep(0)
-        self.in_flight -= 1
 
     async def kv_read_versioned(self, path: str) -> tuple[dict[str, object] | None, int]:
-        await self._round_trip(path)
+        self.reads.append(path)
         return self.docs.get(path), self.versions.get(path, 0)
 
     async def kv_version(self, path: str) -> tuple[int, str]:
-        await self._round_trip(path)
-        self.before_version_read()
+        self.reads.append(path)
         version = self.versions.get(path, 0)
         return version, f"written-{version}" if version else ""
 
@@ -163,8 +150,10 @@ async def test_a_missing_version_document_fails_closed() -> None:
     ("agent_says", "reads", "mismatch"),
     [
         ("the write of our last full read", 0, False),
+        # The periodic full read: the documents, not the version the agent just confirmed.
+        ("the write of our last full read, a full read due", 3, False),
         ("the same number, another write", 1, True),  # an agent of another Vault
-        ("a version that moved", 4, False),  # read by the sidecar itself, with the documents
+        ("a version that moved", 4, False),  # read by the sidecar itself, then the documents
     ],
 )
 async def test_the_node_agents_word_counts_only_for_the_write_the_sidecar_read_itself(
@@ -181,6 +170,9 @@ async def test_the_node_agents_word_counts_only_for_the_write_the_sidecar_read_i
     rt.use_node_agent(Path("/nonexistent/node.sock"))
     assert rt.node is not None
     stamp = {"the same number, another write": "elsewhere"}.get(agent_says, "written-1")
+    if agent_says.endswith("a full read due"):
+        mono.now += rt.full_read_every
+        kv.docs["control/agents/agent-x"] = {"killed": True}  # a raw write: no bump
     if agent_says == "a version that moved":
         kv.write("control/agents/agent-x", {"killed": True})
         stamp = "written-2"
@@ -191,47 +183,4 @@ async def test_the_node_agents_word_counts_only_for_the_write_the_sidecar_read_i
     await rt._read_control()
     assert len(kv.reads) == reads
     assert rt.agent_mismatch is mismatch
-    assert rt.control.killed is (agent_says == "a version that moved")
-
-
-@pytest.mark.parametrize(
-    ("agent_says", "reads", "baseline"),
-    [
-        # One round trip: the version and the three documents sent together.
-        ("the write Vault made", 4, (2, "written-2")),
-        # Our own read names another write: the documents again, after it.
-        ("the same number, another write", 7, (2, "written-2")),
-        ("a version Vault never reached", 7, (2, "written-2")),
-        ("a write overtaken by the next", 7, (3, "written-3")),
-    ],
-)
-async def test_news_from_the_node_agent_is_read_in_one_round_trip_and_checked(
-    agent_says: str, reads: int, baseline: tuple[int, str]
-) -> None:
-    """A version the agent says moved: our own read of it goes with the documents', and
-    becomes the baseline only when it names the agent's write; else the documents are read
-    again after it, so they are never older than the baseline they are confirmed against."""
-    mono = Clock()
-    rt = runtime(mono)
-    kv = FakeControlKV()
-    rt._poller = kv  # type: ignore[assignment]
-    await rt._read_control()
-    kv.reads.clear()
-    kv.most_in_flight = 0
-    rt.use_node_agent(Path("/nonexistent/node.sock"))
-    assert rt.node is not None
-    kv.write("control/agents/agent-x", {"killed": True})
-    said = {
-        "the same number, another write": (2, "elsewhere"),
-        "a version Vault never reached": (3, "written-3"),
-    }.get(agent_says, (2, "written-2"))
-    if agent_says == "a write overtaken by the next":
-        # Lands after our documents were read, before our version read is answered.
-        kv.before_version_read = lambda: kv.write("control/global", {"revoked_before": 5.0})
-    rt.node.latest, rt.node.problem = Confirmation(said[0], mono.now, said[1]), ""
-    await rt._read_control()
-    assert len(kv.reads) == reads
-    assert kv.most_in_flight == 4  # the version read went out with the documents
-    assert rt._version_seen == baseline
-    assert rt.control.killed is True
-    assert rt.control.revoked_before == (5.0 if baseline[0] == 3 else rt.control.revoked_before)
+    assert rt.control.killed is agent_says.endswith(("a version that moved", "a full read due"))
