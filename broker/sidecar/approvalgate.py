@@ -113,7 +113,7 @@ class ApprovalGate(ApprovalNotes):
 
     @property
     def store(self) -> ApprovalStore:
-        return ApprovalStore(self.runtime.session.client, self.runtime.session.addr)
+        return ApprovalStore(self.runtime.sync_client, self.runtime.session.addr)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -316,7 +316,7 @@ class ApprovalGate(ApprovalNotes):
         if by in approvers:
             session = self.runtime.session
             decided = await asyncio.to_thread(
-                read_decision, session.client, by, self.agent, approval.id, session.addr
+                read_decision, self.runtime.sync_client, by, self.agent, approval.id, session.addr
             )
         return vouch_problem(approval, approvers, decided, step)
 

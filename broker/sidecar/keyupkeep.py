@@ -1,30 +1,36 @@
 """The signing key's upkeep in Vault: its certificate (issued by the broker CA, checked to
 still chain to the CA Vault publishes, re-certified at once when it does not), the public keys
 and status lists published for the issuer, and the token renewal and key rotation the control
-loop runs in a worker thread. A mixin of ``Runtime``, over its session and signer."""
+loop runs in a worker thread (key generation is CPU work; its Vault calls are handed to the event
+loop, the sidecar's only HTTP client). A mixin of ``Runtime``, over its session and signer."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from broker.core.controlstate import ControlState
 from broker.sidecar.signing import ActionTokenSigner, PublishedKey
-from broker.vault.asyncapi import AsyncVault
-from broker.vault.jwks import publish_keys, publish_status
+from broker.vault.asyncapi import AsyncVault, LoopBridge
+from broker.vault.calls import Steps
+from broker.vault.jwks import publish_keys_steps, publish_status_steps
 from broker.vault.layout import PKI_MOUNT
-from broker.vault.pki import SignedCert, sign_csr
+from broker.vault.pki import SignedCert, sign_csr_steps
 from broker.vault.session import VaultSession
+
+if TYPE_CHECKING:
+    from broker.vault.session import VaultClient
 
 log = logging.getLogger("broker.sidecar.runtime")
 
 # How often the published CA is read to check that the signing certificate still chains to
 # it (a CA replaced in Vault is noticed within this plus one poll, then the key re-certified).
 CA_CHECK_EVERY = 10.0
+T = TypeVar("T")
 
 
 class KeyUpkeep:
@@ -37,6 +43,7 @@ class KeyUpkeep:
     _mono: Callable[[], float]
 
     def _init_key_upkeep(self) -> None:
+        self.bridge: LoopBridge | None = None  # set by ``Runtime.start``, on its loop
         self._cert: x509.Certificate | None = None  # the signing key's current certificate
         self._ca_pem = ""
         self._ca: x509.Certificate | None = None  # the CA Vault publishes, as last read
@@ -87,32 +94,47 @@ class KeyUpkeep:
             log.warning("the signing certificate no longer chains to the published CA")
         self.ca_mismatch = mismatch
 
+    @property
+    def sync_client(self) -> VaultClient | LoopBridge:
+        """For the stores that worker threads drive: the event loop's client once running
+        (no hvac in a sidecar), the session's hvac client before (tests, tools)."""
+        return self.bridge if self.bridge is not None else self.session.client
+
+    def _on_loop(self, steps: Steps[T]) -> T:
+        """From the rotation's worker thread: a Vault operation, run on the event loop."""
+        if self.bridge is None:
+            raise RuntimeError("the runtime has not started: no event loop for Vault calls")
+        return self.bridge.run_steps(steps)
+
     def _issue_cert(self, csr_pem: str, ttl: str, alg: str) -> SignedCert:
-        signed = sign_csr(self.session.client, self.agent, csr_pem, ttl, self.session.addr, alg=alg)
+        signed = self._on_loop(sign_csr_steps(self.agent, csr_pem, ttl, alg))
         self._cert = x509.load_pem_x509_certificate(signed.certificate_pem.encode())
         return signed
 
     def _publish_keys(self, keys: Sequence[PublishedKey]) -> None:
         """In the rotation's worker thread: the public keys go to Vault before they sign."""
         entries = [k.to_json() for k in keys]
-        publish_keys(self.session.client, self.agent, entries, self._clock(), self.session.addr)
-        self._publish_status()  # the new keys' status lists exist before a token names them
+        self._on_loop(publish_keys_steps(self.agent, entries, self._clock()))
+        # The new keys' status lists exist before a token names them.
+        self._on_loop(self._status_steps())
 
-    def _publish_status(self) -> None:
-        """In a worker thread: which of this sidecar's tokens are revoked, for the issuer."""
+    async def _publish_status(self) -> None:
+        """Which of this sidecar's tokens are revoked, for the issuer."""
+        await self.session.aio.run(self._status_steps())
+
+    def _status_steps(self) -> Steps[None]:
         ledger = self.signer.status
         if ledger is not None:
             now = self._clock()
             lists = ledger.snapshot(self.control, now)
             if lists == self._status_lists:
                 return
-            publish_status(self.session.client, self.agent, lists, now, self.session.addr)
+            yield from publish_status_steps(self.agent, lists, now)
             self._status_lists = lists
             self.status_writes += 1
 
     def _maintain(self, generation: int) -> None:
-        """In a worker thread: renew the token, certify a new key when one is due."""
-        self.session.ensure_fresh()
+        """In a worker thread: certify a new key when one is due."""
         if self.ca_mismatch or self.signer.needs_rotation(self._clock(), generation):
             mismatch = self.ca_mismatch
             # A key under a CA nobody trusts any more is replaced at once, not after PREPUBLISH.

@@ -249,7 +249,7 @@ class Sidecar:
     def _fleet_ledger(self, local: UsageLedger) -> FleetLedger:
         """Rates and slots as restored from this replica's trail; budgets from the fleet's."""
         store = VaultLedgerStore(
-            lambda: self.runtime.session.client, self.manifest.agent, self.config.vault.addr
+            lambda: self.runtime.sync_client, self.manifest.agent, self.config.vault.addr
         )
         fleet = FleetLedger(
             **{f.name: getattr(local, f.name) for f in fields(UsageLedger)},
@@ -309,8 +309,9 @@ class Sidecar:
             afetch=vault_afetch(self._watch_vault, agent),
         )
         try:
-            self.manifest = await asyncio.to_thread(self.watcher.load_initial)
+            self.manifest = await self.watcher.aload_initial()
         except BaseException:
+            await self._watch_vault.close()
             await self.runtime.stop()  # fail closed: no good manifest, no sidecar
             raise
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from broker.core.errors import BackendUnavailable
 from broker.sidecar.signing import ActionTokenSigner
 from broker.vault.asyncapi import AsyncVault
-from broker.vault.database import issue_credential
+from broker.vault.database import issue_credential_steps
 from broker.vault.layout import action_token_role
 from broker.vault.session import VaultSession
 
@@ -81,7 +81,6 @@ class Minter:
             tls=session.tls,
             endpoints=session.endpoints,
         )
-        self._dynamic_client = session.new_client(timeout=LATE_WINDOW)
         self._late: set[asyncio.Task[Any]] = set()
 
     async def within_deadline(
@@ -169,11 +168,7 @@ class Minter:
     async def mint_dynamic(
         self, *, now: float, mount: str, role: str, ttl: int
     ) -> IssuedCredential:
-        client = self._dynamic_client
-        client.token = self.session.token
-        cred = await asyncio.to_thread(
-            issue_credential, client, mount=mount, role=role, ttl_seconds=ttl
-        )
+        cred = await self.vault.run(issue_credential_steps(mount, role, ttl))
         return IssuedCredential(
             kind="dynamic",
             credential_id=cred.lease_id,

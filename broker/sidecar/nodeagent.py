@@ -35,6 +35,7 @@ from broker.core.controlstate import VERSION_PATH
 from broker.core.errors import BackendUnavailable, BrokerError, ConfigError, PermissionDenied
 from broker.settings import VaultSettings
 from broker.sidecar.nodewire import PEERCRED, Confirmation, encode
+from broker.vault.asyncapi import find_active
 from broker.vault.session import VaultSession
 
 log = logging.getLogger("broker.sidecar.nodeagent")
@@ -131,9 +132,10 @@ class NodeAgent:
         await self._vault.close()
         if self._logged_in:
             try:
-                await asyncio.to_thread(self.session.logout)
+                await self.session.alogout()
             except BrokerError as exc:  # it expires by itself; say why it is still there
                 log.warning("the node agent's Vault token not revoked at stop: %s", exc.detail)
+        await self.session.aclose()
         # Only our own socket: a restarted agent may already serve a new one at the path.
         with contextlib.suppress(FileNotFoundError):
             if self.path.lstat().st_ino == self._inode:
@@ -202,10 +204,10 @@ class NodeAgent:
         if self.session.endpoints.clustered and self.problem:
             await self._follow_active()
         if not self._logged_in:
-            await asyncio.to_thread(self.session.login)
+            await self.session.alogin()
             self._logged_in = True
         elif self.session.renewal_due():
-            await asyncio.to_thread(self.session.ensure_fresh)
+            await self.session.aensure_fresh()
         sent = self._mono()
         try:
             version, stamp = await self._vault.kv_version(VERSION_PATH)
@@ -221,7 +223,7 @@ class NodeAgent:
 
     async def _follow_active(self) -> None:
         endpoints = self.session.endpoints
-        if not await asyncio.to_thread(endpoints.find_active) and not endpoints.cluster_id:
+        if not await find_active(endpoints) and not endpoints.cluster_id:
             raise BackendUnavailable(f"no active Vault node among {', '.join(endpoints.addrs)}")
 
     def _down(self, why: str) -> None:

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 from broker.audit.records import iso_utc
 from broker.core.errors import AuditUnavailable, BrokerError
 from broker.sidecar.minting import IssuedCredential
-from broker.vault.database import revoke_own_lease
+from broker.vault.database import revoke_own_lease_steps
 from broker.vault.session import VaultSession
-from broker.vault.tokens import revoke_child_token
+from broker.vault.tokens import revoke_child_token_steps
 
 log = logging.getLogger("broker.sidecar.orphans")
 
@@ -30,12 +30,12 @@ class _Sink(Protocol):
     async def append(self, body: Mapping[str, Any], *, owned: bool = False) -> Any: ...
 
 
-def revoke_in_vault(session: VaultSession, issued: IssuedCredential) -> None:
+async def revoke_in_vault(session: VaultSession, issued: IssuedCredential) -> None:
     """Revoke a child token or lease this sidecar minted; BrokerError when Vault refuses."""
     if issued.kind == "vault_token":
-        revoke_child_token(session.client, str(issued.secret["token"]), session.addr)
+        await session.aio.run(revoke_child_token_steps(str(issued.secret["token"])))
     else:
-        revoke_own_lease(session.client, issued.credential_id)
+        await session.aio.run(revoke_own_lease_steps(issued.credential_id))
 
 
 class LateCredentials:
@@ -82,7 +82,7 @@ class LateCredentials:
                 await asyncio.sleep(delay)
                 delay *= 2
             try:
-                await asyncio.to_thread(revoke_in_vault, self._session, issued)
+                await revoke_in_vault(self._session, issued)
                 return ""
             except BrokerError as exc:
                 error = exc.detail

@@ -60,6 +60,7 @@ from broker.sidecar.metrics import SidecarMetrics
 from broker.sidecar.nodewatch import NodeWatch
 from broker.sidecar.nodewire import Confirmation
 from broker.sidecar.signing import ActionTokenSigner
+from broker.vault.asyncapi import LoopBridge, find_active
 from broker.vault.registry import login_recorder
 from broker.vault.session import VaultSession
 
@@ -233,6 +234,7 @@ class Runtime(KeyUpkeep, Heartbeat):
         """Start the loop. Vault need not answer yet: the loop logs in with backoff and
         nothing is minted until it has. Missing credentials settings fail here, at once."""
         self.session.check_credentials()
+        self.bridge = LoopBridge(self.session.aio, asyncio.get_running_loop())
         if self.node is not None:
             self.node.start()
         self._task = asyncio.create_task(self._loop(), name=f"runtime-{self.agent}")
@@ -251,6 +253,7 @@ class Runtime(KeyUpkeep, Heartbeat):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._poller.close()
+        await self.session.aclose()
 
     async def _loop(self) -> None:
         backoff = self.poll_interval
@@ -304,7 +307,7 @@ class Runtime(KeyUpkeep, Heartbeat):
         if not endpoints.clustered:
             return
         was = endpoints.current
-        if await asyncio.to_thread(endpoints.find_active):
+        if await find_active(endpoints):
             if endpoints.current != was:
                 log.warning("Vault active node is now %s (was %s)", endpoints.current, was)
         elif not endpoints.cluster_id:
@@ -312,7 +315,7 @@ class Runtime(KeyUpkeep, Heartbeat):
 
     async def _login(self) -> None:
         try:
-            await asyncio.to_thread(self.session.login)
+            await self.session.alogin()
         except ConfigError as exc:  # an unreadable secret id file may be fixed in place
             raise BrokerError(exc.detail) from exc
         self.logged_in = True
@@ -335,16 +338,14 @@ class Runtime(KeyUpkeep, Heartbeat):
             confirmed = await self._read_control()
         revocations = _revocation_view(self.control)
         if self.signer.status is not None and revocations != self._status_published:
-            await asyncio.to_thread(self._publish_status)
+            await self._publish_status()
             self._status_published = revocations
         now = self._clock()
         generation = self.control.signing_generation
         await self._check_ca()
-        if (
-            self.session.renewal_due()
-            or self.signer.needs_rotation(now, generation)
-            or self.ca_mismatch
-        ):
+        if self.session.renewal_due():
+            await self.session.aensure_fresh()
+        if self.signer.needs_rotation(now, generation) or self.ca_mismatch:
             await asyncio.to_thread(self._maintain, generation)
         since = self._mono() - self._last_heartbeat
         acknowledge, self._ack_due = self._ack_due, False

@@ -354,7 +354,7 @@ class CredentialService(Redeemer, ServiceViews):
             )
         except AuditUnavailable:
             with contextlib.suppress(BrokerError):
-                await asyncio.to_thread(revoke_in_vault, self.runtime.session, issued)
+                await revoke_in_vault(self.runtime.session, issued)
             raise
         self.runtime.dirty = True
         self.vault_ids[credential_id] = (

@@ -273,7 +273,7 @@ def desk_for(service: CredentialService) -> DelegationDesk:
     """The sidecar's desk, revoking through its own Vault session."""
     runtime = service.runtime
     agent = service.manifest.agent
-    store = DelegationStore(lambda: runtime.session.client, agent, runtime.session.addr)
+    store = DelegationStore(lambda: runtime.sync_client, agent, runtime.session.addr)
     return DelegationDesk(service, store, clock=service.approvals.clock)
 
 

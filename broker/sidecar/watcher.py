@@ -139,7 +139,15 @@ class ManifestWatcher:
 
     def load_initial(self) -> Manifest:
         """The first manifest; there is no last good one yet, so any problem is fatal."""
-        published = self._fetch()
+        return self._initial(self._fetch())
+
+    async def aload_initial(self) -> Manifest:
+        """``load_initial`` with the async fetch when there is one (validated in a thread)."""
+        if self._afetch is None:
+            return await asyncio.to_thread(self.load_initial)
+        return await asyncio.to_thread(self._initial, await self._afetch())
+
+    def _initial(self, published: PublishedManifest | None) -> Manifest:
         if published is None:
             raise ManifestError(f"vault:{self.agent}: no manifest is published for this agent")
         self.current = validate_published(published, self.agent)
@@ -309,11 +317,13 @@ def vault_fetch(session: Any, agent: str) -> Fetch:
     timeout of its own so a hung Vault delays only the watcher."""
     from broker.vault.manifests import read_manifest
 
-    client = session.new_client(timeout=2.0)
+    clients: list[Any] = []  # built at the first fetch: a sidecar fetches on the loop instead
 
     def fetch() -> PublishedManifest | None:
-        client.token = session.token
-        return read_manifest(client, agent, addr=session.addr)
+        if not clients:
+            clients.append(session.new_client(timeout=2.0))
+        clients[0].token = session.token
+        return read_manifest(clients[0], agent, addr=session.addr)
 
     return fetch
 

@@ -4,18 +4,22 @@ Messages name the operation and Vault's address, never a token or secret."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import hvac.exceptions
-import requests
-
 from broker.core.errors import BackendUnavailable, BrokerError, NotFound, PermissionDenied
+from broker.vault.calls import tls_problem
+
+__all__ = ["tls_problem", "translate_errors"]
 
 
 @contextmanager
 def translate_errors(operation: str, addr: str = "") -> Iterator[None]:
+    # Here, not at the top: the sidecar imports modules that use this on the command line's
+    # paths only, and never loads hvac or requests (``broker.vault.calls``).
+    import hvac.exceptions
+    import requests
+
     where = f" at {addr}" if addr else ""
     try:
         yield
@@ -36,26 +40,3 @@ def translate_errors(operation: str, addr: str = "") -> Iterator[None]:
         raise BackendUnavailable(
             f"Vault is unreachable{where} ({operation}): {type(exc).__name__}"
         ) from exc
-
-
-_CERT_REASON = re.compile(r"certificate verify failed: ([^()'\"]+)|(hostname [^()'\"]+)")
-
-
-# The server wanted a client certificate and got none (TLS 1.3 and 1.2 alerts).
-_CLIENT_CERT_WANTED = re.compile(r"alert certificate required|alert bad certificate", re.I)
-
-
-def tls_problem(text: str, addr: str, operation: str) -> str:
-    """A certificate failure said plainly, with the variable that fixes it."""
-    if _CLIENT_CERT_WANTED.search(text):
-        return (
-            f"Vault at {addr} requires a client certificate and refused ours ({operation}); set "
-            "VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (or BAO_CLIENT_CERT/BAO_CLIENT_KEY) to a "
-            "certificate its listener trusts and its key"
-        )
-    found = _CERT_REASON.search(text)
-    reason = next((g for g in found.groups() if g), "").strip() if found else "TLS handshake failed"
-    return (
-        f"Vault's TLS certificate at {addr} was not accepted ({operation}): {reason}; set "
-        "VAULT_CACERT (or BAO_CACERT) to the CA certificate that signed it"
-    )

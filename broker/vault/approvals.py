@@ -12,14 +12,15 @@ to the approval document cannot make an approval that the sidecar will honour.""
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import hvac
+from typing import TYPE_CHECKING
 
 from broker.core.approvals import Approval, ApprovalError, Decided, NotAnApprover, check_id
 from broker.core.errors import NotFound, PermissionDenied
-from broker.vault._errors import translate_errors
-from broker.vault.kv import kv_list
-from broker.vault.layout import KV_MOUNT, decision_path
+from broker.vault.kv import kv_list, kv_read, kv_read_versioned, kv_write_cas
+from broker.vault.layout import decision_path
+
+if TYPE_CHECKING:
+    import hvac
 
 APPROVALS_DIR = "approvals"
 
@@ -45,18 +46,8 @@ class ApprovalStore:
 
     def read(self, agent: str, approval_id: str) -> tuple[Approval, int] | None:
         """The approval and its KV version, or None."""
-        path = approval_path(agent, approval_id)
-        with translate_errors(f"read of {KV_MOUNT}/{path}", self.addr):
-            try:
-                result = self.client.secrets.kv.v2.read_secret_version(
-                    path=path, mount_point=KV_MOUNT, raise_on_deleted_version=False
-                )
-            except hvac.exceptions.InvalidPath:
-                return None
-        data = (result or {}).get("data") or {}
-        if not isinstance(data.get("data"), dict):
-            return None
-        return Approval.from_json(data["data"]), int(data["metadata"]["version"])
+        doc, version = kv_read_versioned(self.client, approval_path(agent, approval_id))
+        return None if doc is None else (Approval.from_json(doc), version)
 
     def find(self, approval_id: str, agent: str | None = None) -> tuple[Approval, int]:
         """An approval by id, searching every agent's approvals unless ``agent`` is given."""
@@ -113,18 +104,11 @@ class ApprovalStore:
 
     def _write(self, approval: Approval, cas: int) -> None:
         path = approval_path(approval.agent, approval.id)
-        with translate_errors(f"write of {KV_MOUNT}/{path}", self.addr):
-            try:
-                self.client.secrets.kv.v2.create_or_update_secret(
-                    path=path, secret=approval.to_json(), cas=cas, mount_point=KV_MOUNT
-                )
-            except hvac.exceptions.InvalidRequest as exc:
-                if "check-and-set" not in str(exc):
-                    raise
-                raise ApprovalConflict(
-                    f"approval {approval.id} changed while this change was made; "
-                    "read it again (someone else acted first)"
-                ) from exc
+        if kv_write_cas(self.client, path, approval.to_json(), cas) is None:
+            raise ApprovalConflict(
+                f"approval {approval.id} changed while this change was made; "
+                "read it again (someone else acted first)"
+            )
 
 
 def write_decision(client: hvac.Client, decided: Decided, addr: str = "") -> None:
@@ -132,17 +116,10 @@ def write_decision(client: hvac.Client, decided: Decided, addr: str = "") -> Non
     Vault refusing the path means the caller is not that approver."""
     path = decision_path(decided.approver, decided.agent, check_id(decided.approval_id))
     try:
-        with translate_errors(f"write of {KV_MOUNT}/{path}", addr):
-            try:
-                client.secrets.kv.v2.create_or_update_secret(
-                    path=path, secret=decided.to_json(), cas=0, mount_point=KV_MOUNT
-                )
-            except hvac.exceptions.InvalidRequest as exc:
-                if "check-and-set" not in str(exc):
-                    raise
-                raise ApprovalConflict(
-                    f"{decided.approver} already decided approval {decided.approval_id}"
-                ) from exc
+        if kv_write_cas(client, path, decided.to_json(), 0) is None:
+            raise ApprovalConflict(
+                f"{decided.approver} already decided approval {decided.approval_id}"
+            )
     except PermissionDenied as exc:
         raise NotAnApprover(
             f"Vault refused to record a decision as {decided.approver}: this Vault token is "
@@ -157,15 +134,7 @@ def read_decision(
     as a decision: a malformed record backs nothing)."""
     if not approver or "/" in approver:
         return None
-    path = decision_path(approver, agent, check_id(approval_id))
-    with translate_errors(f"read of {KV_MOUNT}/{path}", addr):
-        try:
-            result = client.secrets.kv.v2.read_secret_version(
-                path=path, mount_point=KV_MOUNT, raise_on_deleted_version=False
-            )
-        except hvac.exceptions.InvalidPath:
-            return None
-    data = ((result or {}).get("data") or {}).get("data")
+    data = kv_read(client, decision_path(approver, agent, check_id(approval_id)))
     try:
         return Decided.from_json(data) if isinstance(data, dict) else None
     except (KeyError, TypeError, ValueError):

@@ -4,22 +4,27 @@ hvac is synchronous: every call costs a thread hand-off and the GIL ping-pong th
 with it, which at hundreds of mints a second is most of the sidecar's overhead, and about
 0.8 ms of Python per call held in a thread (against 0.15 ms here). The hot calls (child
 token creation, the control poll's reads and the heartbeat) go through a pooled aiohttp
-session instead; everything else stays on hvac. Errors are translated here, as in ``_errors``: nothing of aiohttp
+session, and so does every other call of a running sidecar: ``run`` takes an operation of
+``broker.vault.calls``, which the command line runs over hvac. Errors are translated here, as in ``_errors``: nothing of aiohttp
 leaks past this module, and no token appears in a message."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
-from broker.core.errors import BackendUnavailable, NotFound, PermissionDenied
+from broker.core.errors import BackendUnavailable, BrokerError, NotFound
 from broker.settings import VaultTLS, tls_from_env
-from broker.vault._errors import tls_problem
-from broker.vault.endpoints import VaultEndpoints
+from broker.vault import calls
+from broker.vault.calls import Answer, Call, Run, Steps, error_for, expect, tls_problem, unreachable
+from broker.vault.endpoints import VaultEndpoints, node_state
 from broker.vault.layout import KV_MOUNT
+
+T = TypeVar("T")
 
 
 def ssl_context(tls: VaultTLS) -> ssl.SSLContext | bool:
@@ -44,7 +49,7 @@ def _unreachable(exc: Exception, addr: str, operation: str) -> BackendUnavailabl
     # read: an OSError caused by an SSLError, not a ClientSSLError.
     if isinstance(exc, aiohttp.ClientSSLError) or isinstance(exc.__cause__, ssl.SSLError):
         return BackendUnavailable(tls_problem(str(exc), addr, operation))
-    return BackendUnavailable(f"Vault is unreachable at {addr} ({operation}): {type(exc).__name__}")
+    return unreachable(addr, operation, exc)
 
 
 class AsyncVault:
@@ -110,27 +115,15 @@ class AsyncVault:
             raise _unreachable(exc, self.addr, operation) from exc
         if status < 300:
             return text
-        raise _error(status, None, operation, self.addr)
+        raise error_for(Answer(status, None, self.addr), operation)
 
     async def kv_read(self, path: str) -> dict[str, Any] | None:
         """A document on the broker's KV v2 mount; ``None`` when there is none (or deleted)."""
-        try:
-            found = await self.get(f"{KV_MOUNT}/data/{path}", f"read of {KV_MOUNT}/{path}")
-        except NotFound:
-            return None
-        doc = (found.get("data") or {}).get("data")
-        return dict(doc) if isinstance(doc, dict) else None
+        return (await self.kv_read_versioned(path))[0]
 
     async def kv_read_versioned(self, path: str) -> tuple[dict[str, Any] | None, int]:
         """The document and its KV version (0 when never written)."""
-        try:
-            found = await self.get(f"{KV_MOUNT}/data/{path}", f"read of {KV_MOUNT}/{path}")
-        except NotFound:
-            return None, 0
-        data = found.get("data") or {}
-        doc = data.get("data")
-        version = int((data.get("metadata") or {}).get("version") or 0)
-        return (dict(doc) if isinstance(doc, dict) else None), version
+        return await self.run(calls.kv_read_versioned(path))
 
     async def kv_version(self, path: str) -> tuple[int, str]:
         """The KV version of ``path`` and Vault's ``created_time`` of it (0 and "" when never
@@ -146,36 +139,78 @@ class AsyncVault:
     async def kv_write(self, path: str, doc: dict[str, Any]) -> None:
         await self.post(f"{KV_MOUNT}/data/{path}", {"data": doc}, f"write of {KV_MOUNT}/{path}")
 
+    async def run(self, steps: Steps[T]) -> T:
+        """Run an operation of ``broker.vault.calls`` on this client."""
+        run = Run(steps)
+        outcome: Answer | BrokerError | None = None
+        while (call := run.next(outcome)) is not None:
+            try:
+                outcome = await self.send(call)
+            except BrokerError as exc:
+                outcome = exc
+        return run.result  # type: ignore[return-value]  # set when the generator returned
+
     async def _call(
         self, method: str, path: str, body: dict[str, Any] | None, operation: str
     ) -> dict[str, Any]:
-        headers = {"X-Vault-Token": self._token(), **self._all_headers()}
+        return await self.run(expect(Call(method, path, operation, body)))
+
+    async def send(self, call: Call) -> Answer:
+        """One request; its status and JSON, or BackendUnavailable when nothing answered."""
+        token = self._token() if call.token is None else call.token
+        headers = {"X-Vault-Token": token, **self._all_headers()} if token else self._all_headers()
+        addr = self.addr
         try:
             # No redirects: a standby that cannot forward redirects to the active node it
             # last knew, which during an election is the dead one; better to fail and look.
             async with self._http().request(
-                method, f"{self.addr}/v1/{path}", json=body, headers=headers, allow_redirects=False
-            ) as resp:
+                call.method, f"{addr}/v1/{call.path}", json=call.body, headers=headers,
+                allow_redirects=False,
+            ) as resp:  # fmt: skip
                 doc = await resp.json(content_type=None) if resp.content_length != 0 else {}
-                status = resp.status
+                return Answer(resp.status, doc, addr)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise _unreachable(exc, self.addr, operation) from exc
-        if status < 300:
-            return doc if isinstance(doc, dict) else {}
-        raise _error(status, doc, operation, self.addr)
+            raise _unreachable(exc, addr, call.operation) from exc
 
 
-def _error(status: int, doc: Any, operation: str, addr: str) -> Exception:
-    errors = doc.get("errors") if isinstance(doc, dict) else None
-    reason = "; ".join(str(e) for e in errors or [])[:200] or f"HTTP {status}"
-    if status == 403:
-        return PermissionDenied(f"Vault at {addr} refused {operation}: permission denied")
-    if status == 404:
-        return NotFound(f"Vault at {addr} has nothing at the path for {operation}")
-    if status == 503:
-        return BackendUnavailable(f"Vault at {addr} is sealed or down ({operation})")
-    if 300 <= status < 400 or status == 429:
-        return BackendUnavailable(
-            f"Vault at {addr} is a standby without an active node ({operation})"
-        )
-    return BackendUnavailable(f"Vault at {addr} failed {operation}: {reason}")
+async def find_active(endpoints: VaultEndpoints) -> bool:
+    """``VaultEndpoints.find_active`` on the event loop: every node asked at once."""
+    timeout = aiohttp.ClientTimeout(total=endpoints.probe_timeout)
+    connector = aiohttp.TCPConnector(ssl=ssl_context(endpoints.tls))
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        states = await asyncio.gather(*(_health(http, addr) for addr in endpoints.addrs))
+    return endpoints.choose(states)
+
+
+async def _health(http: aiohttp.ClientSession, addr: str) -> tuple[str, str]:
+    try:
+        async with http.get(f"{addr}/v1/sys/health", allow_redirects=False) as resp:
+            doc = await resp.json(content_type=None) if resp.content_length != 0 else {}
+            return node_state(resp.status, doc)
+    except (TimeoutError, aiohttp.ClientError, ValueError):
+        return "down", ""
+
+
+class LoopBridge:
+    """For synchronous code in a worker thread (the approval, delegation and ledger stores,
+    the signer's rotation): each Vault operation it drives runs on the event loop's
+    ``AsyncVault``, and the thread waits for it. A ``StepRunner`` of ``broker.vault.calls``."""
+
+    def __init__(self, vault: AsyncVault, loop: asyncio.AbstractEventLoop) -> None:
+        self.vault, self._loop = vault, loop
+
+    def __repr__(self) -> str:
+        return f"LoopBridge({self.vault!r})"
+
+    @property
+    def url(self) -> str:
+        return self.vault.addr
+
+    def run_steps(self, steps: Steps[T]) -> T:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:  # it would wait for itself
+            raise RuntimeError("LoopBridge.run_steps called on its own event loop")
+        return asyncio.run_coroutine_threadsafe(self.vault.run(steps), self._loop).result()

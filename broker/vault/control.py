@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-
-import hvac
+from typing import TYPE_CHECKING
 
 from broker.core.claims import ActionClaims
 from broker.core.controlstate import (
@@ -19,6 +18,9 @@ from broker.core.controlstate import (
 from broker.settings import VaultSettings
 from broker.vault.kv import kv_read, kv_write
 from broker.vault.session import make_client
+
+if TYPE_CHECKING:
+    import hvac
 
 CACHE_SECONDS = 0.5  # revocation reaches a gateway within a second, reads included
 

@@ -18,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
-
-import hvac
 
 from broker.core.errors import BrokerError, ConfigError, NotFound
 from broker.vault._errors import translate_errors
+from broker.vault.calls import Call, Steps, drive, expect
+
+if TYPE_CHECKING:
+    import hvac
 
 PLUGIN = "postgresql-database-plugin"
 
@@ -133,8 +135,14 @@ def issue_credential(
     and the login's VALID UNTIL. A longer one is not: the role's TTL is the ceiling, and the
     returned ``lease_duration`` says what was granted.
     """
-    with _vault(client, f"issue database credential for role {role!r}"):
-        response = client.secrets.database.generate_credentials(name=role, mount_point=mount)
+    return drive(client, issue_credential_steps(mount, role, ttl_seconds))
+
+
+def issue_credential_steps(
+    mount: str, role: str, ttl_seconds: int | None
+) -> Steps[DynamicCredential]:
+    operation = f"issue database credential for role {role!r}"
+    response = yield from expect(Call("GET", f"{mount}/creds/{role}", operation))
     credential = DynamicCredential(
         username=response["data"]["username"],
         password=response["data"]["password"],
@@ -144,13 +152,16 @@ def issue_credential(
     )
     if ttl_seconds is None or ttl_seconds >= credential.lease_duration:
         return credential
-    return _shorten(client, credential, ttl_seconds)
+    return (yield from _shorten(credential, ttl_seconds))
 
 
 def revoke_lease(client: hvac.Client, lease_id: str) -> None:
     """Revoke one lease now; Vault waits for the revocation statements to finish."""
-    with _vault(client, "revoke a lease"):
-        client.sys.revoke_lease(lease_id=lease_id)
+    drive(client, _revoke_lease(lease_id))
+
+
+def _revoke_lease(lease_id: str) -> Steps[None]:
+    yield from expect(Call("PUT", "sys/leases/revoke", "revoke a lease", {"lease_id": lease_id}))
 
 
 def revoke_prefix(client: hvac.Client, prefix: str) -> None:
@@ -167,13 +178,15 @@ def rotate_root(client: hvac.Client, *, mount: str = "database", connection_name
         client.secrets.database.rotate_root_credentials(name=connection_name, mount_point=mount)
 
 
-def _shorten(client: hvac.Client, credential: DynamicCredential, ttl: int) -> DynamicCredential:
+def _shorten(credential: DynamicCredential, ttl: int) -> Steps[DynamicCredential]:
+    body = {"lease_id": credential.lease_id, "increment": ttl}
     try:
-        with _vault(client, "shorten a database lease"):
-            renewed = client.sys.renew_lease(lease_id=credential.lease_id, increment=ttl)
+        renewed = yield from expect(
+            Call("PUT", "sys/leases/renew", "shorten a database lease", body)
+        )
     except BrokerError:
         # Fail closed: a login that outlives what was asked for must not leave the broker.
-        revoke_lease(client, credential.lease_id)
+        yield from _revoke_lease(credential.lease_id)
         raise
     return DynamicCredential(
         username=credential.username,
@@ -273,5 +286,8 @@ def _vault(client: hvac.Client, operation: str) -> Iterator[None]:
 def revoke_own_lease(client: hvac.Client, lease_id: str) -> None:
     """Revoke one lease through the path form, which a sidecar's policy allows only under
     its own dynamic roles (the body form would need the right to revoke any lease)."""
-    with _vault(client, "revoke a lease"):
-        client.adapter.put(f"/v1/sys/leases/revoke/{lease_id}")
+    drive(client, revoke_own_lease_steps(lease_id))
+
+
+def revoke_own_lease_steps(lease_id: str) -> Steps[None]:
+    yield from expect(Call("PUT", f"sys/leases/revoke/{lease_id}", "revoke a lease"))

@@ -9,13 +9,14 @@ revoked grant are refused everywhere. Entries are kept until the grant expires."
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import hvac
+from typing import TYPE_CHECKING, Any
 
 from broker.core.controlstate import delegations_path, times
 from broker.core.errors import BackendUnavailable
 from broker.vault.kv import kv_read_versioned, kv_write_cas
+
+if TYPE_CHECKING:
+    import hvac
 
 CAS_ATTEMPTS = 20
 _Change = Callable[[dict[str, Any], dict[str, float]], tuple[dict[str, Any], dict[str, float]]]

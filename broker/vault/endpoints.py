@@ -26,8 +26,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import requests
-
 from broker.settings import VaultTLS
 
 HEALTH = {200: "active", 429: "standby", 472: "standby", 473: "standby", 501: "uninitialised"}
@@ -92,7 +90,10 @@ class VaultEndpoints:
         client.session.headers.update(self.headers())
 
     def health(self, addr: str) -> tuple[str, str]:
-        """(state, cluster id) of one node; state ``down`` when it does not answer."""
+        """(state, cluster id) of one node; state ``down`` when it does not answer. Over
+        requests, for the command line (a sidecar asks with ``broker.vault.asyncapi``)."""
+        import requests  # here: a sidecar never loads requests
+
         try:
             resp = requests.get(
                 f"{addr}/v1/sys/health",
@@ -103,14 +104,16 @@ class VaultEndpoints:
             doc = resp.json() if resp.content else {}
         except (requests.RequestException, ValueError):
             return "down", ""
-        state = HEALTH.get(resp.status_code, "sealed" if resp.status_code == 503 else "other")
-        return state, str(doc.get("cluster_id") or "") if isinstance(doc, dict) else ""
+        return node_state(resp.status_code, doc)
 
     def find_active(self) -> bool:
         """Ask every node at once; move every client to the active one. False when none is
         active (an election, or every node down): the clients stay where they were."""
         with ThreadPoolExecutor(len(self.addrs)) as pool:
-            states = list(pool.map(self.health, self.addrs))
+            return self.choose(list(pool.map(self.health, self.addrs)))
+
+    def choose(self, states: Sequence[tuple[str, str]]) -> bool:
+        """Switch to the active node among every node's (state, cluster id), if any."""
         for index, (state, cluster_id) in enumerate(states):
             if state == "active":
                 self._switch(index, cluster_id)
@@ -124,3 +127,9 @@ class VaultEndpoints:
             self._index, self.cluster_id = index, cluster_id or self.cluster_id
             for client in list(self._clients):
                 self._apply(client)
+
+
+def node_state(status: int, doc: Any) -> tuple[str, str]:
+    """A node's state from the status of its ``sys/health`` and its cluster id."""
+    state = HEALTH.get(status, "sealed" if status == 503 else "other")
+    return state, str(doc.get("cluster_id") or "") if isinstance(doc, dict) else ""

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import hvac
+from typing import TYPE_CHECKING, Any
 
 from broker.core.controlstate import GLOBAL_PATH, agent_path
 from broker.core.errors import BackendUnavailable, NotFound
 from broker.core.jwk import merge_published, merge_status
-from broker.vault._errors import translate_errors
+from broker.vault import calls
 from broker.vault.asyncapi import AsyncVault
+from broker.vault.calls import Steps, drive
 from broker.vault.layout import (
     ISSUER_KEYS_DIR,
     KV_MOUNT,
@@ -30,49 +29,33 @@ from broker.vault.layout import (
     status_path,
 )
 
+if TYPE_CHECKING:
+    import hvac
+
 _ATTEMPTS = 5
 
 
 def publish_keys(
     client: hvac.Client, agent: str, entries: Sequence[dict[str, Any]], now: float, addr: str = ""
 ) -> None:
+    drive(client, publish_keys_steps(agent, entries, now))
+
+
+def publish_keys_steps(agent: str, entries: Sequence[dict[str, Any]], now: float) -> Steps[None]:
     path = issuer_keys_path(agent)
+    if not (yield from _merge(path, lambda doc: merge_published(doc, entries, now))):
+        raise BackendUnavailable(
+            f"could not publish keys at {KV_MOUNT}/{path}: too many concurrent writers"
+        )
+
+
+def _merge(path: str, merge: Callable[[dict[str, Any]], dict[str, Any]]) -> Steps[bool]:
+    """Read, merge, write back with check-and-set; False when other writers kept winning."""
     for _ in range(_ATTEMPTS):
-        doc, version = _read(client, path, addr)
-        merged = merge_published(doc, entries, now)
-        if _write_cas(client, path, merged, version, addr):
-            return
-    raise BackendUnavailable(
-        f"could not publish keys at {KV_MOUNT}/{path}: too many concurrent writers"
-    )
-
-
-def _read(client: hvac.Client, path: str, addr: str) -> tuple[dict[str, Any], int]:
-    with translate_errors(f"read of {KV_MOUNT}/{path}", addr):
-        try:
-            result = client.secrets.kv.v2.read_secret_version(
-                path=path, mount_point=KV_MOUNT, raise_on_deleted_version=False
-            )
-        except hvac.exceptions.InvalidPath:
-            return {}, 0
-    data = (result or {}).get("data") or {}
-    version = int((data.get("metadata") or {}).get("version") or 0)
-    return dict(data.get("data") or {}), version
-
-
-def _write_cas(
-    client: hvac.Client, path: str, doc: dict[str, Any], version: int, addr: str
-) -> bool:
-    with translate_errors(f"write of {KV_MOUNT}/{path}", addr):
-        try:
-            client.secrets.kv.v2.create_or_update_secret(
-                path=path, secret=doc, cas=version, mount_point=KV_MOUNT
-            )
-        except hvac.exceptions.InvalidRequest as exc:
-            if "check-and-set" in str(exc):
-                return False
-            raise
-    return True
+        doc, version = yield from calls.kv_read_versioned(path)
+        if (yield from calls.kv_write_cas(path, merge(doc or {}), version)) is not None:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -150,14 +133,14 @@ async def sign_status_list(vault: AsyncVault, signing_input: bytes, version: str
 def publish_status(
     client: hvac.Client, agent: str, lists: dict[str, dict[str, Any]], now: float, addr: str = ""
 ) -> None:
+    drive(client, publish_status_steps(agent, lists, now))
+
+
+def publish_status_steps(agent: str, lists: dict[str, dict[str, Any]], now: float) -> Steps[None]:
     """The sidecar's status lists, merged by check-and-set into the agent's document."""
     path = status_path(agent)
-    for _ in range(_ATTEMPTS):
-        doc, version = _read(client, path, addr)
-        merged = merge_status(doc, lists, now)
-        if _write_cas(client, path, merged, version, addr):
-            return
-    raise BackendUnavailable(f"could not publish status lists at {KV_MOUNT}/{path}")
+    if not (yield from _merge(path, lambda doc: merge_status(doc, lists, now))):
+        raise BackendUnavailable(f"could not publish status lists at {KV_MOUNT}/{path}")
 
 
 async def _list(vault: AsyncVault, path: str) -> list[str]:

@@ -8,26 +8,20 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
-
-import hvac
+from typing import TYPE_CHECKING, Any
 
 from broker.core.errors import BackendUnavailable
+from broker.vault import calls
 from broker.vault._errors import translate_errors
+from broker.vault.calls import drive
 from broker.vault.layout import KV_MOUNT
+
+if TYPE_CHECKING:
+    import hvac
 
 
 def kv_read(client: hvac.Client, path: str, addr: str = "") -> dict[str, Any] | None:
-    with translate_errors(f"read of {KV_MOUNT}/{path}", addr):
-        try:
-            result = client.secrets.kv.v2.read_secret_version(
-                path=path, mount_point=KV_MOUNT, raise_on_deleted_version=False
-            )
-        except hvac.exceptions.InvalidPath:
-            return None
-    data = (result or {}).get("data") or {}
-    doc = data.get("data")
-    return dict(doc) if isinstance(doc, dict) else None
+    return kv_read_versioned(client, path, addr)[0]
 
 
 def kv_write(client: hvac.Client, path: str, doc: dict[str, Any], addr: str = "") -> None:
@@ -36,12 +30,7 @@ def kv_write(client: hvac.Client, path: str, doc: dict[str, Any], addr: str = ""
 
 
 def kv_list(client: hvac.Client, path: str, addr: str = "") -> list[str]:
-    with translate_errors(f"list of {KV_MOUNT}/{path}", addr):
-        try:
-            result = client.secrets.kv.v2.list_secrets(path=path, mount_point=KV_MOUNT)
-        except hvac.exceptions.InvalidPath:
-            return []
-    return [str(k) for k in result["data"]["keys"]]
+    return drive(client, calls.kv_list(path))
 
 
 def kv_read_versioned(
@@ -49,17 +38,7 @@ def kv_read_versioned(
 ) -> tuple[dict[str, Any] | None, int]:
     """The document and its current version (0 when the path was never written): the
     version is what a check-and-set write must name."""
-    with translate_errors(f"read of {KV_MOUNT}/{path}", addr):
-        try:
-            result = client.secrets.kv.v2.read_secret_version(
-                path=path, mount_point=KV_MOUNT, raise_on_deleted_version=False
-            )
-        except hvac.exceptions.InvalidPath:
-            return None, 0
-    data = (result or {}).get("data") or {}
-    version = int((data.get("metadata") or {}).get("version") or 0)
-    doc = data.get("data")
-    return (dict(doc) if isinstance(doc, dict) else None), version
+    return drive(client, calls.kv_read_versioned(path))
 
 
 def kv_write_cas(
@@ -67,16 +46,7 @@ def kv_write_cas(
 ) -> int | None:
     """Write ``doc`` only if the current version is ``cas`` (0: only if absent). Returns the
     new version, or None when another writer got there first."""
-    with translate_errors(f"write of {KV_MOUNT}/{path}", addr):
-        try:
-            result = client.secrets.kv.v2.create_or_update_secret(
-                path=path, secret=doc, cas=cas, mount_point=KV_MOUNT
-            )
-        except hvac.exceptions.InvalidRequest as exc:
-            if "check-and-set" in str(exc):
-                return None
-            raise
-    return int(((result or {}).get("data") or {}).get("version") or 0)
+    return drive(client, calls.kv_write_cas(path, doc, cas))
 
 
 Mutation = Callable[[dict[str, Any]], dict[str, Any]]

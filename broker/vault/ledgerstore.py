@@ -7,12 +7,13 @@ Raft storage makes the accepted write durable on a quorum before it is acknowled
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-import hvac
+from typing import TYPE_CHECKING, Any
 
 from broker.core.errors import BackendUnavailable
 from broker.vault.kv import kv_read_versioned, kv_write_cas
+
+if TYPE_CHECKING:
+    import hvac
 
 CAS_ATTEMPTS = 50
 

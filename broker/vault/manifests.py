@@ -11,12 +11,13 @@ hash before trusting it (``broker.sidecar.watcher``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import hvac
+from typing import TYPE_CHECKING, Any
 
 from broker.vault._errors import translate_errors
 from broker.vault.layout import KV_MOUNT
+
+if TYPE_CHECKING:
+    import hvac
 
 MANIFEST_PREFIX = "manifests"
 DOC_FORMAT = 1
@@ -87,6 +88,8 @@ def read_manifest(
     client: hvac.Client, agent: str, version: int | None = None, addr: str = ""
 ) -> PublishedManifest | None:
     """The current (or a given) version; ``None`` when nothing is published (or deleted)."""
+    import hvac  # only here: a sidecar without this feature never loads it
+
     with translate_errors(f"read of {KV_MOUNT}/{manifest_path(agent)}", addr):
         try:
             result = client.secrets.kv.v2.read_secret_version(
@@ -106,6 +109,8 @@ def read_manifest(
 
 def manifest_versions(client: hvac.Client, agent: str, addr: str = "") -> dict[int, str]:
     """Every version number with its creation time (RFC 3339), oldest first."""
+    import hvac  # only here: a sidecar without this feature never loads it
+
     with translate_errors(f"metadata read of {KV_MOUNT}/{manifest_path(agent)}", addr):
         try:
             result = client.secrets.kv.v2.read_secret_metadata(

@@ -10,12 +10,15 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-
-import hvac
+from typing import TYPE_CHECKING
 
 from broker.core.errors import BackendUnavailable
 from broker.vault._errors import translate_errors
+from broker.vault.calls import Call, Steps, drive, expect
 from broker.vault.layout import PKI_MOUNT, pki_role
+
+if TYPE_CHECKING:
+    import hvac
 
 
 @dataclass(frozen=True)
@@ -28,12 +31,13 @@ class SignedCert:
 def sign_csr(
     client: hvac.Client, agent: str, csr_pem: str, ttl: str, addr: str = "", *, alg: str = "EdDSA"
 ) -> SignedCert:
-    with translate_errors("certificate signing", addr):
-        result = client.write_data(
-            f"{PKI_MOUNT}/sign/{pki_role(agent, alg)}",
-            data={"csr": csr_pem, "common_name": agent, "ttl": ttl, "format": "pem"},
-        )
-    data = result["data"]
+    return drive(client, sign_csr_steps(agent, csr_pem, ttl, alg))
+
+
+def sign_csr_steps(agent: str, csr_pem: str, ttl: str, alg: str) -> Steps[SignedCert]:
+    body = {"csr": csr_pem, "common_name": agent, "ttl": ttl, "format": "pem"}
+    call = Call("POST", f"{PKI_MOUNT}/sign/{pki_role(agent, alg)}", "certificate signing", body)
+    data = (yield from expect(call))["data"]
     chain = data.get("ca_chain") or [data.get("issuing_ca")]
     return SignedCert(
         certificate_pem=data["certificate"],

@@ -17,13 +17,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import hvac
+from typing import TYPE_CHECKING, Any
 
 from broker.core.credids import PREFIX_LENGTH
 from broker.core.errors import ConfigError
-from broker.vault.kv import kv_delete, kv_list, kv_write_cas
+from broker.vault import calls
+from broker.vault.calls import Steps, drive
+from broker.vault.kv import kv_delete, kv_list
+
+if TYPE_CHECKING:
+    import hvac
+
+# What ``VaultSession.on_login`` runs with a new login's ``auth`` (its token in it).
+LoginRecorder = Callable[[dict[str, Any]], Steps[None]]
 
 REGISTRY = "sidecars"
 PREFIXES = "id-prefixes"  # id-prefixes/<prefix>/<agent>: which agents a process served
@@ -45,22 +51,28 @@ def record_login(
     client: hvac.Client, login: SidecarLogin, doc: dict[str, Any], addr: str = ""
 ) -> None:
     """Create the entry with ``client`` (logged in as the new token). Raises when it cannot."""
-    if kv_write_cas(client, login.path, doc, 0, addr) is None:
+    drive(client, _create(login, doc, None))
+
+
+def _create(login: SidecarLogin, doc: dict[str, Any], token: str | None) -> Steps[None]:
+    if (yield from calls.kv_write_cas(login.path, doc, 0, token)) is None:
         raise ConfigError(f"{login.path} is already recorded: token accessors are unique")
 
 
 def login_recorder(
     agent: str, id_prefix: str, addr: str, clock: Callable[[], float]
-) -> Callable[[hvac.Client, dict[str, Any]], None]:
-    """For ``VaultSession.on_login``: record each new login of ``agent``'s sidecar."""
+) -> LoginRecorder:
+    """For ``VaultSession.on_login``: record each new login of ``agent``'s sidecar, as
+    that login (its token, before the session uses it)."""
 
-    def record(client: hvac.Client, auth: dict[str, Any]) -> None:
+    def record(auth: dict[str, Any]) -> Steps[None]:
         now, ttl = clock(), int(auth.get("lease_duration") or 0)
+        token = str(auth["client_token"])
         doc = {"at": now, "expires_at": now + ttl, "pid": os.getpid()}
         if (addr, id_prefix, agent) not in _INDEXED:  # create-only: once per process and Vault
-            kv_write_cas(client, f"{PREFIXES}/{id_prefix}/{agent}", {"at": now}, 0, addr)
+            yield from calls.kv_write_cas(f"{PREFIXES}/{id_prefix}/{agent}", {"at": now}, 0, token)
             _INDEXED.add((addr, id_prefix, agent))
-        record_login(client, SidecarLogin(agent, id_prefix, str(auth["accessor"])), doc, addr)
+        yield from _create(SidecarLogin(agent, id_prefix, str(auth["accessor"])), doc, token)
 
     return record
 

@@ -9,6 +9,7 @@ holds an expired identity. The clock is injected."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import threading
@@ -17,23 +18,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hvac
-import requests
-
-from broker.core.errors import BackendUnavailable, ConfigError
+from broker.core.errors import BackendUnavailable, BrokerError, ConfigError
 from broker.settings import VaultSettings, VaultTLS, tls_from_env
-from broker.vault._errors import translate_errors
+from broker.vault.calls import Call, Steps, drive, error_for, expect
 from broker.vault.endpoints import VaultEndpoints, requests_verify
 from broker.vault.layout import APPROLE_MOUNT
 
 if TYPE_CHECKING:
+    import hvac
+
     from broker.vault.asyncapi import AsyncVault
+    from broker.vault.registry import LoginRecorder
+
+    # The client type other layers may name; only broker.vault imports hvac itself.
+    VaultClient = hvac.Client
 
 Clock = Callable[[], float]
+NO_CREDENTIALS = (
+    "no Vault credentials: set VAULT_TOKEN, or BROKER_ROLE_ID_FILE and "
+    "BROKER_SECRET_ID_FILE for AppRole"
+)
 
 
-# The client type other layers may name; only broker.vault imports hvac itself.
-VaultClient = hvac.Client
+def __getattr__(name: str) -> Any:
+    # ``VaultClient`` for the command line, without loading hvac for whoever imports this.
+    if name == "VaultClient":
+        import hvac
+
+        return hvac.Client
+    raise AttributeError(name)
 
 
 def _read_secret_file(path: Path, what: str) -> str:
@@ -56,6 +69,9 @@ def make_client(
     """Every hvac client is built here, with TLS and namespace from ``tls`` (default: the
     environment, as Vault's CLI reads it), so no command can forget ``VAULT_CACERT``. With
     ``endpoints`` it follows a cluster's active node (``addr`` is then ignored)."""
+    import hvac  # the command line's client: a sidecar runs on ``AsyncVault`` alone
+    import requests
+
     tls = tls or tls_from_env(addr=addr)
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
@@ -80,26 +96,31 @@ def make_client(
 
 
 class VaultSession:
-    """One identity's client. Thread-safe for renewal; hvac calls may run in threads."""
+    """One identity's token, renewed and replaced as it runs out. A sidecar drives it on its
+    event loop (``alogin``, ``aensure_fresh``, ``alogout``: ``AsyncVault``, no hvac); the
+    command line and tests call the same operations synchronously (``login``...), over hvac."""
 
     def __init__(self, settings: VaultSettings, clock: Clock = time.monotonic) -> None:
         self.settings = settings
         self.tls = settings.tls or tls_from_env(addr=settings.addr)
         # Every client of this identity takes its address from here (one HA cluster's nodes).
         self.endpoints = VaultEndpoints(settings.addrs or (settings.addr,), self.tls)
-        self.client = self.new_client()
+        self._token = ""
+        self._client: hvac.Client | None = None
+        self._aio: AsyncVault | None = None
         # Renewal is scheduled from the TTL Vault gives: a duration, so a monotonic clock (a
         # wall clock stepped back would renew late, and Vault would revoke the login token and
         # every credential minted under it when it ran out).
         self._clock = clock
         self._lock = threading.Lock()
+        self._alock: asyncio.Lock | None = None
         self._renew_at = 0.0
         self._expires_at = 0.0
         self.accessor = ""
         self.policies: list[str] = []
-        # Called with a client holding a new AppRole login's token, before the sidecar uses it
+        # Run with a new login's ``auth`` (its token), before the sidecar uses it
         # (``broker.sidecar.runtime`` records the login in Vault: ``broker.vault.registry``).
-        self.on_login: Callable[[hvac.Client, dict[str, Any]], None] | None = None
+        self.on_login: LoginRecorder | None = None
         self._refused = b""  # digest of the last secret id Vault refused
 
     def __repr__(self) -> str:
@@ -109,6 +130,14 @@ class VaultSession:
     def addr(self) -> str:
         """The node in use now (the active one of a cluster, once found)."""
         return self.endpoints.current
+
+    @property
+    def client(self) -> hvac.Client:
+        """An hvac client holding this session's token (built on first use: a sidecar never
+        asks for it, and so never loads hvac)."""
+        if self._client is None:
+            self._client = self.new_client(self._token or None)
+        return self._client
 
     def new_client(self, token: str | None = None, timeout: float = 5.0) -> hvac.Client:
         """A long-lived client that follows the active node with this session's clients."""
@@ -128,11 +157,17 @@ class VaultSession:
             endpoints=self.endpoints,
         )
 
-    def _once(self, token: str) -> hvac.Client:
-        """A client for one call (a login), on the node in use, with its headers."""
-        client = make_client(self.addr, token, tls=self.tls)
-        client.session.headers.update(self.endpoints.headers())
-        return client
+    @property
+    def aio(self) -> AsyncVault:
+        """The session's own aiohttp client: its logins and renewals, and the sidecar's
+        occasional calls (certificates, key publication, revocations)."""
+        if self._aio is None:
+            self._aio = self.async_client(timeout=5.0, pool=8)
+        return self._aio
+
+    async def aclose(self) -> None:
+        if self._aio is not None:
+            await self._aio.close()
 
     def check_credentials(self) -> None:
         """ConfigError now if no Vault credentials are configured at all (no network call):
@@ -141,31 +176,60 @@ class VaultSession:
         if s.auth != "approle":
             return  # settings.vault_from_env made sure the role and the token file are named
         if not (s.role_id_file and s.secret_id_file) and s.token is None:
-            raise ConfigError(
-                "no Vault credentials: set VAULT_TOKEN, or BROKER_ROLE_ID_FILE and "
-                "BROKER_SECRET_ID_FILE for AppRole"
-            )
+            raise ConfigError(NO_CREDENTIALS)
+
+    def _drive(self, steps: Steps[Any]) -> Any:
+        with self._lock:
+            return drive(self.client, steps)
+
+    async def _arun(self, steps: Steps[Any]) -> Any:
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        async with self._alock:
+            return await self.aio.run(steps)
 
     def login(self) -> None:
         """Authenticate from the settings: AppRole when configured, else the token."""
-        with self._lock, translate_errors("login", self.addr):
-            s = self.settings
-            if s.auth != "approle":
-                self._jwt_login()
-            elif s.role_id_file and s.secret_id_file:
-                role_id = _read_secret_file(s.role_id_file, "role id")
-                secret_id = _read_secret_file(s.secret_id_file, "secret id")
-                self._approle_login(role_id, secret_id)
-            elif s.token is not None:
-                self.client.token = s.token.get_secret_value()
-                self._note_auth(self.client.auth.token.lookup_self()["data"])
-            else:
-                raise ConfigError(
-                    "no Vault credentials: set VAULT_TOKEN, or BROKER_ROLE_ID_FILE and "
-                    "BROKER_SECRET_ID_FILE for AppRole"
-                )
+        self._drive(self._login())
 
-    def _approle_login(self, role_id: str, secret_id: str) -> None:
+    async def alogin(self) -> None:
+        await self._arun(self._login())
+
+    def ensure_fresh(self) -> None:
+        """Renew at half-life; log in again if renewal is refused or the token is gone."""
+        self._drive(self._fresh())
+
+    async def aensure_fresh(self) -> None:
+        await self._arun(self._fresh())
+
+    def logout(self) -> bool:
+        """Revoke the token this session logged in for (AppRole or jwt), as a process that
+        stops should; a token it was given (``VAULT_TOKEN``) is not its to revoke. True when
+        Vault revoked one."""
+        return bool(self._drive(self._logout()))
+
+    async def alogout(self) -> bool:
+        return bool(await self._arun(self._logout()))
+
+    def _login(self) -> Steps[None]:
+        s = self.settings
+        if s.auth != "approle":
+            auth = yield from self._jwt_login()
+        elif s.role_id_file and s.secret_id_file:
+            role_id = _read_secret_file(s.role_id_file, "role id")
+            secret_id = _read_secret_file(s.secret_id_file, "secret id")
+            auth = yield from self._approle_login(role_id, secret_id)
+        elif s.token is not None:
+            token = s.token.get_secret_value()
+            found = yield from expect(Call("GET", "auth/token/lookup-self", "login", token=token))
+            self._take(token, found["data"])
+            return
+        else:
+            raise ConfigError(NO_CREDENTIALS)
+        yield from self._record(auth)
+        self._take(str(auth["client_token"]), auth)
+
+    def _approle_login(self, role_id: str, secret_id: str) -> Steps[dict[str, Any]]:
         digest = hashlib.sha256(secret_id.encode()).digest()
         if digest == self._refused:
             # Vault locks a role out after a few failed logins (OpenBao's user lockout), which
@@ -174,48 +238,45 @@ class VaultSession:
                 f"the secret id in {self.settings.secret_id_file} was refused by Vault (destroyed "
                 "by a kill or a rotation?); waiting for a new one (`broker revive`)"
             )
-        try:
-            # A clean client: no stale token in the header of the login request.
-            result = self._once("").auth.approle.login(
-                role_id=role_id, secret_id=secret_id, mount_point=APPROLE_MOUNT, use_token=False
-            )
-        except hvac.exceptions.InvalidRequest:
+        body = {"role_id": role_id, "secret_id": secret_id}
+        # No token: nothing stale in the header of the login request.
+        answer = yield Call("POST", f"auth/{APPROLE_MOUNT}/login", "login", body, token="")
+        if answer.status == 400:
             self._refused = digest
-            raise
-        self._record(result["auth"])
-        self.client.token = result["auth"]["client_token"]
-        self._note_auth(result["auth"])
+        if answer.status >= 300:
+            raise error_for(answer, "login")
+        return dict(answer.doc["auth"])
 
-    def _jwt_login(self) -> None:
+    def _jwt_login(self) -> Steps[dict[str, Any]]:
         """Workload identity: the projected service-account token, read afresh at every login
-        (the kubelet rotates the file), exchanged at Vault's jwt or kubernetes auth method."""
+        (the kubelet rotates the file), exchanged at Vault's jwt or kubernetes auth method
+        (both take ``role`` and ``jwt`` at ``auth/<mount>/login``)."""
         s = self.settings
         assert s.jwt_file is not None
         assert s.jwt_role is not None
-        jwt = _read_secret_file(s.jwt_file, "service-account token")
-        client = self._once("")
-        if s.auth == "kubernetes":
-            result = client.auth.kubernetes.login(
-                s.jwt_role, jwt, use_token=False, mount_point=s.jwt_mount
-            )
-        else:
-            result = client.auth.jwt.jwt_login(s.jwt_role, jwt, use_token=False, path=s.jwt_mount)
-        self._record(result["auth"])
-        self.client.token = result["auth"]["client_token"]
-        self._note_auth(result["auth"])
+        body = {"role": s.jwt_role, "jwt": _read_secret_file(s.jwt_file, "service-account token")}
+        found = yield from expect(Call("POST", f"auth/{s.jwt_mount}/login", "login", body, ""))
+        return dict(found["auth"])
 
-    def _record(self, auth: dict[str, Any]) -> None:
+    def _record(self, auth: dict[str, Any]) -> Steps[None]:
         """Hand a fresh login to ``on_login`` before the token is put to use; a login that
         cannot be recorded is revoked and fails (nothing may mint with an unrecorded token)."""
         if self.on_login is None:
             return
-        fresh = self._once(str(auth["client_token"]))
         try:
-            self.on_login(fresh, auth)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                fresh.auth.token.revoke_self()
+            yield from self.on_login(auth)
+        except Exception:
+            token = str(auth["client_token"])
+            revoke = Call("POST", "auth/token/revoke-self", "logout", token=token)
+            with contextlib.suppress(BrokerError):
+                yield from expect(revoke)
             raise
+
+    def _take(self, token: str, auth: dict[str, Any]) -> None:
+        self._token = token
+        if self._client is not None:
+            self._client.token = token
+        self._note_auth(auth)
 
     def _note_auth(self, auth: dict[str, Any]) -> None:
         ttl = int(auth.get("lease_duration") or auth.get("ttl") or 0)
@@ -226,41 +287,40 @@ class VaultSession:
         self._expires_at = now + ttl if ttl else float("inf")
         self._renew_at = now + ttl / 2 if ttl else float("inf")
 
-    def logout(self) -> bool:
-        """Revoke the token this session logged in for (AppRole or jwt), as a process that
-        stops should; a token it was given (``VAULT_TOKEN``) is not its to revoke. True when
-        Vault revoked one."""
+    def _logout(self) -> Steps[bool]:
         if self.settings.auth == "approle" and not self.settings.role_id_file:
             return False
         if not self.accessor:
             return False
-        with self._lock, translate_errors("logout", self.addr):
-            self.client.auth.token.revoke_self()
+        yield from expect(Call("POST", "auth/token/revoke-self", "logout"))
         self.accessor = ""
         return True
 
     def renewal_due(self) -> bool:
         return self._clock() >= self._renew_at
 
-    def ensure_fresh(self) -> None:
-        """Renew at half-life; log in again if renewal is refused or the token is gone."""
+    def _fresh(self) -> Steps[None]:
         if self._clock() < self._renew_at:
             return
         try:
-            with self._lock, translate_errors("token renewal", self.addr):
-                self._note_auth(self.client.auth.token.renew_self()["auth"])
+            found = yield from expect(Call("POST", "auth/token/renew-self", "token renewal", {}))
+            self._note_auth(found["auth"])
         except BackendUnavailable:
-            self.login()
+            yield from self._login()
 
     @property
     def token(self) -> str:
-        return str(self.client.token)
+        return self._token
 
     def healthy(self) -> bool:
         """Reachable, initialised and unsealed."""
         try:
-            with translate_errors("health check", self.addr):
-                status = self.client.sys.read_health_status(method="GET")
+            with self._lock:
+                return bool(drive(self.client, _health()))
         except BackendUnavailable:
             return False
-        return isinstance(status, dict) and not status.get("sealed", True)
+
+
+def _health() -> Steps[bool]:
+    answer = yield Call("GET", "sys/health", "health check", token="")
+    return isinstance(answer.doc, dict) and not answer.doc.get("sealed", True)

@@ -5,11 +5,14 @@ each child at the manifest's policies, TTL and use count (``broker.vault.bootstr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import hvac
+from typing import TYPE_CHECKING
 
 from broker.vault._errors import translate_errors
+from broker.vault.calls import Call, Steps, drive, expect
 from broker.vault.layout import action_token_role
+
+if TYPE_CHECKING:
+    import hvac
 
 
 @dataclass(frozen=True)
@@ -68,5 +71,8 @@ def revoke_accessor(client: hvac.Client, accessor: str, addr: str = "") -> None:
 
 def revoke_child_token(client: hvac.Client, token: str, addr: str = "") -> None:
     """Revoke a token by its secret: what a sidecar may do to a child it minted itself."""
-    with translate_errors("token revocation", addr):
-        client.auth.token.revoke(token)
+    drive(client, revoke_child_token_steps(token))
+
+
+def revoke_child_token_steps(token: str) -> Steps[None]:
+    yield from expect(Call("POST", "auth/token/revoke", "token revocation", {"token": token}))
