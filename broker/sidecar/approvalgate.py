@@ -55,6 +55,7 @@ from broker.sidecar.metrics import SidecarMetrics
 from broker.sidecar.notify import BudgetAlarms, Notifier, NullNotifier
 from broker.sidecar.runtime import Runtime
 from broker.vault.approvals import ApprovalStore, read_decision
+from broker.vault.asyncapi import off_loop
 
 log = logging.getLogger("broker.sidecar.approvalgate")
 
@@ -127,7 +128,7 @@ class ApprovalGate(ApprovalNotes):
         # wait for it here.
         await self.runtime.wait_connected()
         try:
-            await asyncio.to_thread(self._load_open)
+            await off_loop(self._load_open)
         except BrokerError as exc:  # redeem still reads Vault directly; the watch catches up
             log.warning("approvals left open before this start not loaded: %s", exc.detail)
 
@@ -169,7 +170,7 @@ class ApprovalGate(ApprovalNotes):
         """One pass: audit operators' steps, expire what lapsed, check budget thresholds."""
         self.check_budgets()
         for approval_id in sorted(self.open):
-            found = await asyncio.to_thread(self.store.read, self.agent, approval_id)
+            found = await off_loop(self.store.read, self.agent, approval_id)
             if found is None:
                 self.open.discard(approval_id)
                 continue
@@ -232,7 +233,7 @@ class ApprovalGate(ApprovalNotes):
             created_at=self.clock(),
             expires_in=decision.approval_expires_in or DEFAULT_APPROVAL_EXPIRY_SECONDS,
         )
-        await asyncio.to_thread(self.store.create, approval)
+        await off_loop(self.store.create, approval)
         self.open.add(approval.id)
         self._noted[approval.id] = 0
         return approval
@@ -256,7 +257,7 @@ class ApprovalGate(ApprovalNotes):
         check_id(approval_id)
         give_up = time.monotonic() + max(0.0, min(wait, MAX_WAIT))
         while True:
-            found = await asyncio.to_thread(self.store.read, self.agent, approval_id)
+            found = await off_loop(self.store.read, self.agent, approval_id)
             if found is None:
                 raise NotFound(f"no approval {approval_id} for {self.agent}")
             approval = await self.note(found[0])
@@ -315,7 +316,7 @@ class ApprovalGate(ApprovalNotes):
         decided = None
         if by in approvers:
             session = self.runtime.session
-            decided = await asyncio.to_thread(
+            decided = await off_loop(
                 read_decision, self.runtime.sync_client, by, self.agent, approval.id, session.addr
             )
         return vouch_problem(approval, approvers, decided, step)
@@ -344,7 +345,7 @@ class ApprovalGate(ApprovalNotes):
             return replace(moved, noted=len(moved.history))
 
         async with self._steps:
-            moved = await asyncio.to_thread(self.store.update, self.agent, approval.id, change)
+            moved = await off_loop(self.store.update, self.agent, approval.id, change)
             already = self._noted.get(approval.id, approval.noted)
             self._noted[approval.id] = len(moved.history)
             steps = moved.history[already:] if audit else moved.history[already:-1]
@@ -366,7 +367,7 @@ class ApprovalGate(ApprovalNotes):
                 return replace(stored, noted=max(stored.noted, done))
 
             with contextlib.suppress(ApprovalError):
-                approval = await asyncio.to_thread(self.store.update, self.agent, approval.id, mark)
+                approval = await off_loop(self.store.update, self.agent, approval.id, mark)
         return approval
 
     async def _step(self, approval: Approval, step: Step) -> None:

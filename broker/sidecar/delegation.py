@@ -47,6 +47,7 @@ from broker.core.manifest import Manifest
 from broker.sidecar.fleetledger import FleetLedger
 from broker.sidecar.reply import Reply
 from broker.sidecar.service import CredentialService
+from broker.vault.asyncapi import off_loop
 from broker.vault.delegations import DelegationStore
 
 _R = GrantReason
@@ -130,7 +131,7 @@ class DelegationDesk:
             if isinstance(ledger, FleetLedger) and grant.carved:
                 await ledger.commit(self.clock())  # the carve is in the fleet's document first
             if self.store is not None:  # in Vault, for `broker status`, before it exists
-                await asyncio.to_thread(self.store.record, grant.id, _describe(grant), now)
+                await off_loop(self.store.record, grant.id, _describe(grant), now)
             await self.service.audit.append(self._record("grant", grant, now, request_id))
         except BrokerError:
             ledger.uncarve(grant.carved, now)
@@ -236,7 +237,7 @@ class DelegationDesk:
                 grant.revoked = True  # exchanges refuse from here on
             if self.store is not None and tree:
                 store, ids = self.store, {g.id: g.expires_at for g in tree}
-                await asyncio.to_thread(store.revoke, ids, now)
+                await off_loop(store.revoke, ids, now)
             for grant in tree:
                 self._give_back(grant, now)
                 body = {**self._record("revoke", grant, now, request_id), "reason": reason}

@@ -45,6 +45,7 @@ from broker.core.fleetshare import (
 )
 from broker.core.limits import AGENT_RATE_KEY, Chargeable, UsageLedger, window_end, window_start
 from broker.core.manifest import Budget, Manifest
+from broker.vault.asyncapi import off_loop
 
 DEFAULT_LEASE_TTL = 30.0
 # At a steady rate of at least AHEAD_FROM calls per second on an entry, a replica reports the
@@ -309,7 +310,7 @@ class FleetLedger(UsageLedger):
             )
 
         try:
-            doc = await asyncio.to_thread(self.store.update, change)
+            doc = await off_loop(self.store.update, change)
         except fleetdoc.LeaseLost:
             self._grants.clear()
             self._spent.clear()  # that spending is closed into ``used`` already
@@ -356,7 +357,7 @@ class FleetLedger(UsageLedger):
         live = [at for at in self._in_flight.values() if at > now]
         busy = (len(live), max(live, default=0.0))
         async with self._lock:
-            await asyncio.to_thread(
+            await off_loop(
                 self.store.update, lambda doc: fleetdoc.give_back(doc, path, replica, spent, busy)
             )
             returned, self._grants, self._slots = self._grants, {}, (0, 0.0)

@@ -54,6 +54,7 @@ log = logging.getLogger("broker.sidecar.main")
 
 VAULT_THREADS = 64
 START_GRACE = 3.0  # seconds to wait for Vault before listening anyway
+LATE_SETTLE = 5.0  # seconds a stopping sidecar waits for late credentials to be revoked
 
 
 @dataclass(frozen=True)
@@ -338,6 +339,8 @@ class Sidecar:
                 log.warning("leases not given back (they expire by themselves): %s", exc.detail)
         if self.service is not None:
             await self.service.approvals.stop()
+            # Credentials that came back after their request gave up are being revoked.
+            await self.service.minter.settle_late(LATE_SETTLE)
             await self.service.minter.vault.close()
         if self.notifier is not None:
             await self.notifier.stop()

@@ -60,7 +60,7 @@ from broker.sidecar.metrics import SidecarMetrics
 from broker.sidecar.nodewatch import NodeWatch
 from broker.sidecar.nodewire import Confirmation
 from broker.sidecar.signing import ActionTokenSigner
-from broker.vault.asyncapi import LoopBridge, find_active
+from broker.vault.asyncapi import LoopBridge, find_active, off_loop
 from broker.vault.registry import login_recorder
 from broker.vault.session import VaultSession
 
@@ -346,7 +346,7 @@ class Runtime(KeyUpkeep, Heartbeat):
         if self.session.renewal_due():
             await self.session.aensure_fresh()
         if self.signer.needs_rotation(now, generation) or self.ca_mismatch:
-            await asyncio.to_thread(self._maintain, generation)
+            await off_loop(self._maintain, generation)
         since = self._mono() - self._last_heartbeat
         acknowledge, self._ack_due = self._ack_due, False
         if acknowledge:

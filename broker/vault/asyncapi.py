@@ -11,6 +11,8 @@ leaks past this module, and no token appears in a message."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -74,6 +76,7 @@ class AsyncVault:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._pool = pool
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"AsyncVault(addr={self.addr!r})"
@@ -86,6 +89,10 @@ class AsyncVault:
         return {**self._headers, **self._endpoints.headers()} if self._endpoints else self._headers
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            # A late call after shutdown (a rotation thread, a late revocation) fails like
+            # any unreachable Vault instead of opening a session nobody closes.
+            raise BackendUnavailable(f"the client for Vault at {self.addr} is closed")
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self._pool, limit_per_host=self._pool, ssl=ssl_context(self._tls)
@@ -94,6 +101,7 @@ class AsyncVault:
         return self._session
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -213,4 +221,27 @@ class LoopBridge:
             running = None
         if running is self._loop:  # it would wait for itself
             raise RuntimeError("LoopBridge.run_steps called on its own event loop")
-        return asyncio.run_coroutine_threadsafe(self.vault.run(steps), self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(self.vault.run(steps), self._loop)
+        try:
+            return future.result(timeout=BRIDGE_WAIT)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise BackendUnavailable(
+                f"Vault at {self.vault.addr}: no answer within {BRIDGE_WAIT:g} s"
+            ) from None
+
+
+# A worker thread waits at most this for an operation it handed to the loop (each request
+# in it has its own, shorter timeout: this only bounds a loop that stopped serving).
+BRIDGE_WAIT = 60.0
+# Threads that hand Vault calls to the loop and wait (``LoopBridge``) have their own pool:
+# in the loop's default executor they could take every thread the loop itself needs to
+# resolve Vault's host name (aiohttp looks names up there), and each would wait for a
+# lookup that waits for it, until every call timed out with Vault up.
+_BRIDGED = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="vault-bridged")
+
+
+async def off_loop(func: Callable[..., T], *args: Any) -> T:
+    """``asyncio.to_thread`` for code that may drive Vault through a ``LoopBridge``."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_BRIDGED, functools.partial(func, *args))

@@ -39,8 +39,11 @@ class Call:
 
 class Answer(NamedTuple):
     status: int
-    doc: Any
+    doc: Any  # may hold a token or a password: never in the repr
     addr: str
+
+    def __repr__(self) -> str:
+        return f"Answer(status={self.status}, addr={self.addr!r})"
 
 
 Steps = Generator[Call, Answer, T]
@@ -103,7 +106,7 @@ def _send_sync(client: Any, call: Call) -> Answer:
         # (hvac keeps them nowhere public).
         resp = adapter.session.request(
             call.method, f"{addr}/v1/{call.path}", json=call.body, headers=headers,
-            allow_redirects=False, **adapter._kwargs,
+            allow_redirects=adapter.allow_redirects, **adapter._kwargs,
         )  # fmt: skip
         doc = resp.json() if resp.content else {}
     except requests.exceptions.SSLError as exc:

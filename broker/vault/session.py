@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     VaultClient = hvac.Client
 
 Clock = Callable[[], float]
+# How long closing waits for a login in flight to be recorded (or revoked).
+LOGIN_SETTLE = 10.0
 NO_CREDENTIALS = (
     "no Vault credentials: set VAULT_TOKEN, or BROKER_ROLE_ID_FILE and "
     "BROKER_SECRET_ID_FILE for AppRole"
@@ -114,6 +116,7 @@ class VaultSession:
         self._clock = clock
         self._lock = threading.Lock()
         self._alock: asyncio.Lock | None = None
+        self._inflight: set[asyncio.Future[Any]] = set()  # logins and renewals under way
         self._renew_at = 0.0
         self._expires_at = 0.0
         self.accessor = ""
@@ -166,6 +169,10 @@ class VaultSession:
         return self._aio
 
     async def aclose(self) -> None:
+        """Close the client, after a login or renewal in flight has ended (recorded or
+        revoked): a stopping sidecar cancels its loop, not its logins."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=LOGIN_SETTLE)
         if self._aio is not None:
             await self._aio.close()
 
@@ -193,14 +200,23 @@ class VaultSession:
         self._drive(self._login())
 
     async def alogin(self) -> None:
-        await self._arun(self._login())
+        await self._shielded(self._login())
+
+    async def _shielded(self, steps: Steps[Any]) -> Any:
+        """Runs to its end even when the caller is cancelled: a login cut off between Vault's
+        answer and its recording would leave a live token no runbook can find (in a thread,
+        as before, it could not be cut off)."""
+        task = asyncio.ensure_future(self._arun(steps))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
 
     def ensure_fresh(self) -> None:
         """Renew at half-life; log in again if renewal is refused or the token is gone."""
         self._drive(self._fresh())
 
     async def aensure_fresh(self) -> None:
-        await self._arun(self._fresh())
+        await self._shielded(self._fresh())
 
     def logout(self) -> bool:
         """Revoke the token this session logged in for (AppRole or jwt), as a process that

@@ -11,7 +11,7 @@ import hvac
 import psycopg
 import pytest
 
-from broker.core.errors import BackendUnavailable, ConfigError
+from broker.core.errors import BackendUnavailable, ConfigError, PermissionDenied
 from broker.dev.devstack import DevServer
 from broker.vault.database import (
     DatabaseRole,
@@ -284,3 +284,36 @@ def test_empty_prefix_is_refused_before_reaching_vault() -> None:
             revoke_prefix(client, "/")
     finally:
         client.adapter.close()
+
+
+@pytest.mark.integration
+def test_a_lease_that_cannot_be_shortened_is_revoked_through_the_path_a_sidecar_may_use(
+    vault: hvac.Client, mount: str
+) -> None:
+    """A token that may read the role's credentials and revoke their leases by path (as a
+    sidecar's policy allows) but not renew them: shortening fails, the error says so, and
+    the lease is gone (the body form of revoke, refused to it, used to leave it live)."""
+    policy = (
+        f'path "{mount}/creds/readonly" {{ capabilities = ["read"] }}\n'
+        f'path "sys/leases/revoke/{mount}/creds/readonly/*" {{ capabilities = ["update"] }}\n'
+    )
+    name = f"no-renew-{secrets.token_hex(4)}"
+    vault.sys.create_or_update_policy(name, policy)
+    made = vault.auth.token.create(policies=[name], ttl="5m", no_default_policy=True)
+    token = made["auth"]["client_token"]
+    limited = hvac.Client(url=vault.url, token=token)
+    before = _leases(vault, mount)
+    try:
+        with pytest.raises(PermissionDenied, match="shorten a database lease"):
+            issue_credential(limited, mount=mount, role="readonly", ttl_seconds=2)
+    finally:
+        limited.adapter.close()
+    assert _leases(vault, mount) == before
+
+
+def _leases(vault: hvac.Client, mount: str) -> set[str]:
+    try:
+        found = vault.adapter.request("LIST", f"/v1/sys/leases/lookup/{mount}/creds/readonly/")
+    except hvac.exceptions.InvalidPath:
+        return set()
+    return set((found or {}).get("data", {}).get("keys") or [])
