@@ -11,8 +11,9 @@ Invariants:
 - An approve or deny step counts only when its approver's own decision record (written where
   only that approver's Vault identity can write) backs it: a step without one, such as a raw
   KV rewrite of the document, is audited as ``unverified``, never announced, never redeemed.
-- All Vault calls run in threads (hvac is synchronous); nothing here runs inside the
-  decide-and-charge step of the service.
+- The store's calls run in worker threads (``off_loop``), which hand each Vault request to
+  the event loop's client (``LoopBridge``); nothing here runs inside the decide-and-charge
+  step of the service.
 
 Each step's audit record and notifications are worded in ``approvalnotes``.
 """

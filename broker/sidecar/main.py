@@ -156,8 +156,8 @@ class Sidecar:
         self._checkpoint_vault = self.runtime.session.async_client(timeout=10.0, pool=2)
 
     async def start(self) -> str:
-        # hvac is synchronous: Vault calls run in threads. The default pool (cores + 4) would
-        # cap concurrent mints far below what Vault serves; match the HTTP pool instead.
+        # Manifest validation and the stores' work run in threads; the default pool (cores + 4)
+        # is also where aiohttp resolves Vault's host name. Match the HTTP pool.
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(VAULT_THREADS, thread_name_prefix="vault")
         )

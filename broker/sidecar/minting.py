@@ -2,8 +2,8 @@
 
 ``jwt`` signs locally with the Vault-certified in-memory key (no Vault round trip);
 ``vault_token`` creates a child token through the agent's token role; ``dynamic`` reads
-a database secrets engine role and records the lease. hvac is synchronous, so Vault calls
-run in worker threads and never block the event loop.
+a database secrets engine role and records the lease. Every Vault call goes through the
+pooled aiohttp client on the event loop (``broker.vault.calls`` steps).
 
 Every Vault call on the mint path has a deadline (``MINT_DEADLINE``) that keeps the answer
 within the sidecar's 2 s promise. At the deadline the agent gets 503, but the call is not

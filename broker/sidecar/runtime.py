@@ -31,7 +31,8 @@ now and waits for it briefly (``refresh_now``) before refusing with ``control_st
 The poll's reads and the heartbeat run on the event loop through the pooled aiohttp client:
 through hvac in a worker thread, each read held the GIL for most of a millisecond at a
 stretch, and every poll showed as a stall of several milliseconds in the mint latencies.
-Renewal and certificate rotation, minutes apart, stay on hvac in a thread."""
+Login and renewal run there too; certificate rotation (key generation) runs in a worker
+thread whose Vault calls go to the loop (``LoopBridge``). A sidecar loads no hvac."""
 
 from __future__ import annotations
 
