@@ -238,7 +238,7 @@ BRIDGE_WAIT = 60.0
 # in the loop's default executor they could take every thread the loop itself needs to
 # resolve Vault's host name (aiohttp looks names up there), and each would wait for a
 # lookup that waits for it, until every call timed out with Vault up.
-# Threads are started only as calls need them; the cap matches what the stores used before.
+# Threads start only as calls need them (before, the stores shared the 64 of the default pool).
 _BRIDGED = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="vault-bridged")
 
 
