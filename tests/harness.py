@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import socket
 import textwrap
@@ -176,3 +177,22 @@ async def forward(port: int, target: str) -> AsyncIterator[None]:
             writer.close()
         await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
         await server.wait_closed()
+
+
+def process_env(
+    openbao: DevServer, manifest: Path, secrets_dir: Path, *, demo: bool = False, **extra: str
+) -> dict[str, str]:
+    """The environment of a sidecar run as its own process: the agent bootstrapped, its own
+    AppRole login in files (as in production), no VAULT_/BAO_ variable of the test's own."""
+    client = root_client(openbao)
+    loaded = load_manifest(manifest)
+    bootstrap(client, [grant_for(loaded)], demo=demo, addr=openbao.addr)
+    role_file, secret_file = approle_files(client, loaded.agent, secrets_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env.update(
+        VAULT_ADDR=openbao.addr,
+        BROKER_ROLE_ID_FILE=str(role_file),
+        BROKER_SECRET_ID_FILE=str(secret_file),
+        **extra,
+    )
+    return env

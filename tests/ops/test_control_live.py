@@ -25,7 +25,6 @@ import pytest
 from broker.cli import main as cli_main
 from broker.dev.devstack import DevServer
 from broker.dev.pgdev import PgCluster
-from broker.dev.stack import approle_files, grant_for
 from broker.ops.control import Control
 from broker.scopes.loader import load_manifest
 from broker.vault.bootstrap import bootstrap
@@ -34,6 +33,7 @@ from broker.vault.session import VaultSession, make_client
 from tests.harness import (
     REPO,
     Harness,
+    process_env,
     root_client,
     running_sidecar,
     setup_database,
@@ -189,15 +189,7 @@ async def test_kill_after_sigkill_revokes_every_token_and_lease_the_dead_sidecar
     setup_database(openbao, postgres)
     manifest = write_manifest(tmp_path, MANIFEST.format(agent=unique_agent("dead")))
     agent = load_manifest(manifest).agent
-    client = root_client(openbao)
-    bootstrap(client, [grant_for(load_manifest(manifest))], demo=True, addr=openbao.addr)
-    role_file, secret_file = approle_files(client, agent, tmp_path / "secrets")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env.update(
-        VAULT_ADDR=openbao.addr,
-        BROKER_ROLE_ID_FILE=str(role_file),
-        BROKER_SECRET_ID_FILE=str(secret_file),
-    )
+    env = process_env(openbao, manifest, tmp_path / "secrets", demo=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     first = _sidecar_process(manifest, env, port, tmp_path / "audit.jsonl")

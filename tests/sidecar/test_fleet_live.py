@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import time
 from collections import Counter
@@ -20,10 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker.audit.records import verify_lines
 from broker.core.fleetdoc import summary
 from broker.dev.devstack import DevServer
-from broker.dev.stack import approle_files, grant_for
 from broker.ops.control import Control
 from broker.scopes.loader import load_manifest
-from broker.vault.bootstrap import bootstrap
 from broker.vault.kv import kv_read, kv_write
 from broker.vault.layout import KV_MOUNT, sidecar_policy
 from broker.vault.ledgerstore import ledger_path
@@ -32,6 +29,7 @@ from tests.harness import (
     Harness,
     forward,
     free_port,
+    process_env,
     root_client,
     running_sidecar,
     unique_agent,
@@ -101,18 +99,9 @@ def operator_view(openbao: DevServer, manifest: Path) -> dict[str, Any]:
 def replica_env(openbao: DevServer, manifest: Path, tmp_path: Path, ttl: float) -> dict[str, str]:
     """The environment of a replica run as its own process (to be SIGKILLed): its AppRole
     login, the fleet ledger in Vault, a short lease TTL."""
-    client = root_client(openbao)
-    bootstrap(client, [grant_for(load_manifest(manifest))], addr=openbao.addr)
-    role_file, secret_file = approle_files(client, load_manifest(manifest).agent, tmp_path / "s")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env.update(
-        VAULT_ADDR=openbao.addr,
-        BROKER_ROLE_ID_FILE=str(role_file),
-        BROKER_SECRET_ID_FILE=str(secret_file),
-        BROKER_LEDGER="vault",
-        BROKER_LEDGER_LEASE_TTL=str(ttl),
+    return process_env(
+        openbao, manifest, tmp_path / "s", BROKER_LEDGER="vault", BROKER_LEDGER_LEASE_TTL=str(ttl)
     )
-    return env
 
 
 def records(trail: Path) -> list[dict[str, Any]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,10 +17,7 @@ import pytest
 
 from broker.audit.records import verify_lines
 from broker.dev.devstack import DevServer
-from broker.dev.stack import approle_files, grant_for
-from broker.scopes.loader import load_manifest
-from broker.vault.bootstrap import bootstrap
-from tests.harness import REPO, root_client, unique_agent, write_manifest
+from tests.harness import REPO, process_env, unique_agent, write_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -103,16 +99,7 @@ async def test_sigkill_under_load_loses_no_record_and_budgets_continue(
 ) -> None:
     """Every credential a client got is in the trail; after restart the budget ends at the limit."""
     manifest = write_manifest(tmp_path, MANIFEST.format(agent=unique_agent("crash")))
-    agent = load_manifest(manifest).agent
-    client = root_client(openbao)
-    bootstrap(client, [grant_for(load_manifest(manifest))], addr=openbao.addr)
-    role_file, secret_file = approle_files(client, agent, tmp_path / "secrets")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env.update(
-        VAULT_ADDR=openbao.addr,
-        BROKER_ROLE_ID_FILE=str(role_file),
-        BROKER_SECRET_ID_FILE=str(secret_file),
-    )
+    env = process_env(openbao, manifest, tmp_path / "secrets")
     audit = tmp_path / "audit.jsonl"
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

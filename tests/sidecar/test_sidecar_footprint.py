@@ -5,7 +5,6 @@ and, idle or minting, no second HTTP stack: every Vault call goes through aiohtt
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +14,14 @@ import aiohttp
 import pytest
 
 from broker.dev.devstack import DevServer
-from broker.dev.stack import approle_files, grant_for
-from broker.scopes.loader import load_manifest
 from broker.sidecar.probe import probe
-from broker.vault.bootstrap import bootstrap
-from tests.harness import REPO, root_client, setup_database, unique_agent, write_manifest
+from tests.harness import (
+    REPO,
+    process_env,
+    setup_database,
+    unique_agent,
+    write_manifest,
+)
 from tests.pgcluster import PgCluster
 
 pytestmark = pytest.mark.integration
@@ -59,16 +61,7 @@ SECOND_STACK = ("hvac", "requests", "urllib3", "charset_normalizer")
 
 def _sidecar_command(openbao: DevServer, manifest: Path, tmp_path: Path, script: str) -> Any:
     """The command and environment of a sidecar for ``manifest``, bootstrapped, on AppRole."""
-    agent = load_manifest(manifest).agent
-    client = root_client(openbao)
-    bootstrap(client, [grant_for(load_manifest(manifest))], addr=openbao.addr)
-    role_file, secret_file = approle_files(client, agent, tmp_path / "secrets")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env.update(
-        VAULT_ADDR=openbao.addr,
-        BROKER_ROLE_ID_FILE=str(role_file),
-        BROKER_SECRET_ID_FILE=str(secret_file),
-    )
+    env = process_env(openbao, manifest, tmp_path / "secrets")
     cmd = [sys.executable, "-c", script, "sidecar", "--manifest", str(manifest)]
     cmd += ["--listen", f"unix:{tmp_path / 's.sock'}", "--audit", str(tmp_path / "a.jsonl")]
     return cmd, env

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,10 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.dev.devstack import DevServer
-from broker.dev.stack import approle_files, grant_for
-from broker.scopes.loader import load_manifest
-from broker.vault.bootstrap import bootstrap
-from tests.harness import REPO, SCOPES, root_client
+from tests.harness import REPO, SCOPES, process_env
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +27,10 @@ MANIFEST = SCOPES / "support-refund-agent.yaml"
 @pytest.fixture(scope="module")
 def sidecar_port(openbao: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    client = root_client(openbao)
-    bootstrap(client, [grant_for(load_manifest(MANIFEST))], demo=True, addr=openbao.addr)
-    role_file, secret_file = approle_files(client, "support-refund-agent", tmp)
+    env = process_env(openbao, MANIFEST, tmp, demo=True)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env.update(
-        VAULT_ADDR=openbao.addr,
-        BROKER_ROLE_ID_FILE=str(role_file),
-        BROKER_SECRET_ID_FILE=str(secret_file),
-    )
     proc = subprocess.Popen(
         [
             sys.executable,
